@@ -1,0 +1,528 @@
+//! Line framing that resynchronises by itself.
+//!
+//! One JSON object per line. The channel is a raw byte stream with stale bytes, dropped
+//! bytes, console noise and AT commands from modem probers, so the decoder never fails on
+//! input: it skips what is not a message, counts it, and goes on at the next line. Every
+//! frame is bounded; a line longer than the bound is dropped as it streams in, so a peer
+//! that never sends a newline cannot make the buffer grow past the bound.
+//!
+//! Inside one line the decoder starts at the last [`FRAME_MARKER`]: a message that lost
+//! its tail (and its newline) followed by a whole message still yields the whole message,
+//! and noise glued to the front of a message is cut off. The marker cannot appear inside a
+//! JSON string of a valid message because the quote would be escaped.
+
+use bytes::{Buf, BytesMut};
+use memchr::memmem;
+use thiserror::Error;
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::message::{Envelope, FRAME_MARKER};
+
+/// Default bound on one frame, newline excluded.
+pub const MAX_FRAME_DEFAULT: usize = 64 * 1024;
+
+/// Default bound on JSON nesting (a full v1 message nests 7 deep).
+pub const MAX_DEPTH_DEFAULT: usize = 16;
+
+/// What the decoder skipped, by reason. Monotonic counters, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DecodeStats {
+    /// Messages decoded.
+    pub frames: u64,
+    /// Lines that looked like modem AT commands.
+    pub at_commands: u64,
+    /// Lines with NUL bytes.
+    pub nul: u64,
+    /// Lines that were not UTF-8.
+    pub invalid_utf8: u64,
+    /// Other lines with no frame marker (console noise, shell prompts...).
+    pub noise: u64,
+    /// Lines with a frame marker that did not parse as a v1 message (truncated, unknown
+    /// type, bad field, trailing junk before the newline is tolerated).
+    pub invalid: u64,
+    /// Lines nested deeper than the bound.
+    pub too_deep: u64,
+    /// Lines longer than the frame bound (skipped to the next newline).
+    pub oversize: u64,
+    /// Bytes of noise cut from the front of a line before its frame marker.
+    pub noise_prefixes: u64,
+}
+
+impl DecodeStats {
+    /// Lines skipped for any reason.
+    pub fn skipped(&self) -> u64 {
+        self.at_commands
+            + self.nul
+            + self.invalid_utf8
+            + self.noise
+            + self.invalid
+            + self.too_deep
+            + self.oversize
+    }
+}
+
+/// Errors of [`FrameCodec`]. Decoding never fails on content, only on I/O.
+#[derive(Debug, Error)]
+pub enum CodecError {
+    /// The underlying stream failed.
+    #[error("channel I/O")]
+    Io(#[from] std::io::Error),
+    /// A message we were about to send is over the frame bound.
+    #[error("message of {size} bytes exceeds the {limit}-byte frame limit")]
+    TooLarge {
+        /// Encoded size.
+        size: usize,
+        /// The bound.
+        limit: usize,
+    },
+    /// A message could not be serialised.
+    #[error("cannot encode message")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Frames [`Envelope`]s as JSON lines.
+#[derive(Debug, Clone)]
+pub struct FrameCodec {
+    max_frame: usize,
+    max_depth: usize,
+    /// Bytes of the buffer already searched for a newline.
+    scanned: usize,
+    /// Dropping the rest of an oversize line.
+    discarding: bool,
+    stats: DecodeStats,
+}
+
+impl Default for FrameCodec {
+    fn default() -> Self {
+        Self::new(MAX_FRAME_DEFAULT)
+    }
+}
+
+impl FrameCodec {
+    /// A codec bounding each frame to `max_frame` bytes (at least 256).
+    pub fn new(max_frame: usize) -> Self {
+        FrameCodec {
+            max_frame: max_frame.max(256),
+            max_depth: MAX_DEPTH_DEFAULT,
+            scanned: 0,
+            discarding: false,
+            stats: DecodeStats::default(),
+        }
+    }
+
+    /// Sets the nesting bound.
+    #[must_use]
+    pub fn with_max_depth(mut self, max_depth: usize) -> Self {
+        self.max_depth = max_depth.max(2);
+        self
+    }
+
+    /// The frame bound.
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
+    /// What was decoded and skipped so far.
+    pub fn stats(&self) -> DecodeStats {
+        self.stats
+    }
+
+    /// Encodes one message into a line (for callers that do not use [`Encoder`]).
+    pub fn encode_line(&self, msg: &Envelope) -> Result<Vec<u8>, CodecError> {
+        let mut line = serde_json::to_vec(msg)?;
+        if line.len() > self.max_frame {
+            return Err(CodecError::TooLarge {
+                size: line.len(),
+                limit: self.max_frame,
+            });
+        }
+        line.push(b'\n');
+        Ok(line)
+    }
+
+    /// Decodes one line (without its newline); `None` if it holds no message.
+    fn decode_line(&mut self, line: &[u8]) -> Option<Envelope> {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return None;
+        }
+        let Some(start) = memmem::rfind(line, FRAME_MARKER) else {
+            self.count_noise(line);
+            return None;
+        };
+        self.stats.noise_prefixes += start as u64;
+        let candidate = &line[start..];
+        if exceeds_depth(candidate, self.max_depth) {
+            self.stats.too_deep += 1;
+            return None;
+        }
+        // Parse the first JSON value and tolerate junk after it: noise can land between a
+        // message and its newline, and the message itself is intact.
+        let mut values = serde_json::Deserializer::from_slice(candidate).into_iter::<Envelope>();
+        if let Some(Ok(msg)) = values.next() {
+            self.stats.frames += 1;
+            Some(msg)
+        } else {
+            self.stats.invalid += 1;
+            None
+        }
+    }
+
+    fn count_noise(&mut self, line: &[u8]) {
+        let trimmed = trim_ascii_start(line);
+        if line.contains(&0) {
+            self.stats.nul += 1;
+        } else if std::str::from_utf8(line).is_err() {
+            self.stats.invalid_utf8 += 1;
+        } else if trimmed.len() >= 2 && trimmed[..2].eq_ignore_ascii_case(b"AT") {
+            self.stats.at_commands += 1;
+        } else {
+            self.stats.noise += 1;
+        }
+    }
+}
+
+fn trim_ascii_start(mut s: &[u8]) -> &[u8] {
+    while let [first, rest @ ..] = s {
+        if first.is_ascii_whitespace() {
+            s = rest;
+        } else {
+            break;
+        }
+    }
+    s
+}
+
+/// Whether `json` nests objects/arrays deeper than `max`, counting only brackets outside
+/// strings. serde_json has its own recursion limit (128); ours is far lower and is checked
+/// before any allocation.
+fn exceeds_depth(json: &[u8], max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in json {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+impl Decoder for FrameCodec {
+    type Item = Envelope;
+    type Error = CodecError;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Envelope>, CodecError> {
+        loop {
+            if self.discarding {
+                if let Some(nl) = memchr::memchr(b'\n', buf) {
+                    buf.advance(nl + 1);
+                    self.discarding = false;
+                    self.scanned = 0;
+                } else {
+                    buf.clear();
+                    return Ok(None);
+                }
+            }
+            let Some(rel) = memchr::memchr(b'\n', &buf[self.scanned..]) else {
+                if buf.len() > self.max_frame {
+                    // Drop what we have now rather than when the newline comes: this is
+                    // what keeps memory bounded against a peer that never sends one.
+                    self.stats.oversize += 1;
+                    buf.clear();
+                    self.discarding = true;
+                    self.scanned = 0;
+                } else {
+                    self.scanned = buf.len();
+                }
+                return Ok(None);
+            };
+            let nl = self.scanned + rel;
+            self.scanned = 0;
+            let line = buf.split_to(nl + 1);
+            let body = &line[..nl];
+            if body.len() > self.max_frame {
+                self.stats.oversize += 1;
+                continue;
+            }
+            if let Some(msg) = self.decode_line(body) {
+                return Ok(Some(msg));
+            }
+        }
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Envelope>, CodecError> {
+        // A last line without a newline is still a line: the peer may have gone away
+        // right after writing it.
+        if let Some(msg) = self.decode(buf)? {
+            return Ok(Some(msg));
+        }
+        if !buf.is_empty() && !self.discarding {
+            let rest = buf.split();
+            self.scanned = 0;
+            return Ok(self.decode_line(&rest));
+        }
+        buf.clear();
+        self.discarding = false;
+        self.scanned = 0;
+        Ok(None)
+    }
+}
+
+impl Encoder<&Envelope> for FrameCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, msg: &Envelope, dst: &mut BytesMut) -> Result<(), CodecError> {
+        let line = self.encode_line(msg)?;
+        dst.extend_from_slice(&line);
+        Ok(())
+    }
+}
+
+impl Encoder<Envelope> for FrameCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, msg: Envelope, dst: &mut BytesMut) -> Result<(), CodecError> {
+        Encoder::<&Envelope>::encode(self, &msg, dst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{Body, Hello, Role};
+    use crate::session::Nonce;
+
+    fn ping(id: u64) -> Envelope {
+        Envelope::new(
+            Role::Broker,
+            Some(Nonce::from_bytes([7; 16])),
+            Body::Ping { id },
+        )
+    }
+
+    fn line(msg: &Envelope) -> Vec<u8> {
+        FrameCodec::default().encode_line(msg).unwrap()
+    }
+
+    fn decode_all(codec: &mut FrameCodec, bytes: &[u8]) -> Vec<Envelope> {
+        let mut buf = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        while let Some(m) = codec.decode(&mut buf).unwrap() {
+            out.push(m);
+        }
+        out
+    }
+
+    #[test]
+    fn encoded_frames_start_with_the_marker_and_end_with_newline() {
+        let l = line(&ping(1));
+        assert!(l.starts_with(FRAME_MARKER));
+        assert_eq!(l.last(), Some(&b'\n'));
+        assert_eq!(memchr::memchr_iter(b'\n', &l).count(), 1);
+    }
+
+    #[test]
+    fn wire_shape_is_stable() {
+        let l = line(&ping(5));
+        assert_eq!(
+            std::str::from_utf8(&l).unwrap(),
+            "{\"xenchan\":1,\"from\":\"broker\",\"session\":\"07070707070707070707070707070707\",\"type\":\"ping\",\"id\":5}\n"
+        );
+    }
+
+    #[test]
+    fn round_trip_in_pieces() {
+        let mut c = FrameCodec::default();
+        let mut bytes = line(&ping(1));
+        bytes.extend(line(&ping(2)));
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for b in bytes {
+            buf.extend_from_slice(&[b]);
+            while let Some(m) = c.decode(&mut buf).unwrap() {
+                out.push(m);
+            }
+        }
+        assert_eq!(out, vec![ping(1), ping(2)]);
+        assert_eq!(c.stats().frames, 2);
+    }
+
+    #[test]
+    fn crlf_line_endings_are_accepted() {
+        let mut c = FrameCodec::default();
+        let mut bytes = line(&ping(1));
+        bytes.pop();
+        bytes.extend_from_slice(b"\r\n");
+        assert_eq!(decode_all(&mut c, &bytes), vec![ping(1)]);
+    }
+
+    #[test]
+    fn noise_is_skipped_and_counted_by_kind() {
+        let mut c = FrameCodec::default();
+        let mut bytes = b"AT+CGMI\r\nATZ\r\n\0\0\0\n\xff\xfe\n login: \n{}\n[1,2]\n\n".to_vec();
+        bytes.extend(line(&ping(3)));
+        assert_eq!(decode_all(&mut c, &bytes), vec![ping(3)]);
+        let s = c.stats();
+        assert_eq!(s.at_commands, 2);
+        assert_eq!(s.nul, 1);
+        assert_eq!(s.invalid_utf8, 1);
+        assert_eq!(s.noise, 3, "login prompt, {{}}, [1,2]");
+        assert_eq!(s.frames, 1);
+    }
+
+    #[test]
+    fn noise_glued_in_front_of_a_message_is_cut() {
+        let mut c = FrameCodec::default();
+        let mut bytes = b"\x1b[0mgarbage".to_vec();
+        bytes.extend(line(&ping(4)));
+        assert_eq!(decode_all(&mut c, &bytes), vec![ping(4)]);
+        assert_eq!(c.stats().noise_prefixes, 11);
+    }
+
+    #[test]
+    fn truncated_message_followed_by_a_whole_one_yields_the_whole_one() {
+        let mut c = FrameCodec::default();
+        let first = line(&ping(1));
+        let mut bytes = first[..first.len() / 2].to_vec(); // lost its tail and newline
+        bytes.extend(line(&ping(2)));
+        assert_eq!(decode_all(&mut c, &bytes), vec![ping(2)]);
+    }
+
+    #[test]
+    fn junk_between_message_and_newline_is_tolerated() {
+        let mut c = FrameCodec::default();
+        let mut bytes = line(&ping(1));
+        bytes.pop();
+        bytes.extend_from_slice(b"AT\r\n");
+        assert_eq!(decode_all(&mut c, &bytes), vec![ping(1)]);
+    }
+
+    #[test]
+    fn marker_with_bad_content_counts_as_invalid() {
+        let mut c = FrameCodec::default();
+        let bytes = b"{\"xenchan\":1,\"from\":\"broker\",\"type\":\"launch_missiles\"}\n\
+                      {\"xenchan\":1,\"from\":\"mallory\",\"type\":\"ping\",\"id\":1}\n\
+                      {\"xenchan\":1,\"from\":\"broker\",\"type\":\"ping\",\"id\":-1}\n\
+                      {\"xenchan\":1,\"from\":\"broker\",\"session\":\"XYZ\",\"type\":\"ping\",\"id\":1}\n";
+        assert!(decode_all(&mut c, bytes).is_empty());
+        assert_eq!(c.stats().invalid, 4);
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        let mut c = FrameCodec::default();
+        let mut bytes = b"{\"xenchan\":1,\"from\":\"agent\",\"type\":\"bye\",\"x\":".to_vec();
+        bytes.extend(std::iter::repeat_n(b'[', 100));
+        bytes.extend(std::iter::repeat_n(b']', 100));
+        bytes.extend_from_slice(b"}\n");
+        assert!(decode_all(&mut c, &bytes).is_empty());
+        assert_eq!(c.stats().too_deep, 1);
+        // Brackets inside strings do not count.
+        let s = format!(
+            "{{\"xenchan\":1,\"from\":\"agent\",\"type\":\"bye\",\"reason\":\"{}\"}}\n",
+            "[".repeat(100)
+        );
+        assert_eq!(decode_all(&mut c, s.as_bytes()).len(), 1);
+    }
+
+    #[test]
+    fn oversize_line_is_skipped_to_the_next_newline_with_bounded_buffer() {
+        let mut c = FrameCodec::new(1024);
+        let mut buf = BytesMut::new();
+        // 1 MiB without a newline, fed in 4 KiB chunks as a reader would.
+        let chunk = vec![b'x'; 4096];
+        for _ in 0..256 {
+            buf.extend_from_slice(&chunk);
+            assert!(c.decode(&mut buf).unwrap().is_none());
+            assert!(buf.len() <= 1024 + 4096, "buffer grew to {}", buf.len());
+        }
+        buf.extend_from_slice(b"tail of the giant line\n");
+        buf.extend_from_slice(&line(&ping(9)));
+        assert_eq!(c.decode(&mut buf).unwrap(), Some(ping(9)));
+        assert_eq!(c.stats().oversize, 1);
+    }
+
+    #[test]
+    fn oversize_line_that_arrives_whole_is_skipped() {
+        let mut c = FrameCodec::new(256);
+        let mut bytes = vec![b'y'; 10_000];
+        bytes.push(b'\n');
+        bytes.extend(line(&ping(1)));
+        assert_eq!(decode_all(&mut c, &bytes), vec![ping(1)]);
+        assert_eq!(c.stats().oversize, 1);
+    }
+
+    #[test]
+    fn a_message_exactly_at_the_bound_passes_and_one_byte_more_does_not() {
+        let hello = |pad: usize| {
+            Envelope::new(
+                Role::Agent,
+                None,
+                Body::Hello(Hello {
+                    channel: "c".repeat(pad),
+                    ..Hello::default()
+                }),
+            )
+        };
+        let base = serde_json::to_vec(&hello(0)).unwrap().len();
+        let limit = 512;
+        let fits = hello(limit - base);
+        let c = FrameCodec::new(limit);
+        assert_eq!(c.encode_line(&fits).unwrap().len(), limit + 1);
+        let too_big = hello(limit - base + 1);
+        assert!(matches!(
+            c.encode_line(&too_big),
+            Err(CodecError::TooLarge { .. })
+        ));
+        let mut raw = serde_json::to_vec(&too_big).unwrap();
+        raw.push(b'\n');
+        let mut c = FrameCodec::new(limit);
+        assert!(decode_all(&mut c, &raw).is_empty());
+        let mut raw = serde_json::to_vec(&fits).unwrap();
+        raw.push(b'\n');
+        assert_eq!(decode_all(&mut c, &raw), vec![fits]);
+    }
+
+    #[test]
+    fn eof_flushes_a_last_line_without_newline() {
+        let mut c = FrameCodec::default();
+        let mut l = line(&ping(1));
+        l.pop();
+        let mut buf = BytesMut::from(&l[..]);
+        assert_eq!(c.decode(&mut buf).unwrap(), None);
+        assert_eq!(c.decode_eof(&mut buf).unwrap(), Some(ping(1)));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn rescanning_is_incremental() {
+        // A partial line is not searched again from the start on every call.
+        let mut c = FrameCodec::default();
+        let mut buf = BytesMut::from(&b"abc"[..]);
+        assert!(c.decode(&mut buf).unwrap().is_none());
+        assert_eq!(c.scanned, 3);
+        buf.extend_from_slice(b"def\n");
+        assert!(c.decode(&mut buf).unwrap().is_none());
+        assert_eq!(c.scanned, 0);
+        assert!(buf.is_empty());
+    }
+}

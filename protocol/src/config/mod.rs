@@ -1,0 +1,496 @@
+//! The guest configuration document (DESIGN.md section 4).
+//!
+//! Its shape follows cloud-init where it fits, so users can reuse what they have: the
+//! `network` part is netplan / cloud-init network-config version 2 (`ethernets` matched by
+//! MAC), `users` takes cloud-config's `ssh_authorized_keys`.
+//!
+//! ```json
+//! {
+//!   "hostname": "web1.example.com",
+//!   "network": {
+//!     "version": 2,
+//!     "ethernets": {
+//!       "eth0": {
+//!         "match": { "macaddress": "00:16:3e:12:34:56" },
+//!         "addresses": ["192.0.2.10/24", "2001:db8::10/64"],
+//!         "routes": [{ "to": "default", "via": "192.0.2.1", "metric": 100 }],
+//!         "nameservers": { "addresses": ["192.0.2.53"], "search": ["example.com"] },
+//!         "mtu": 1500
+//!       }
+//!     }
+//!   },
+//!   "users": [{ "name": "cloud", "ssh_authorized_keys": ["ssh-ed25519 AAAA... alice"] }]
+//! }
+//! ```
+//!
+//! Parsing rejects unknown fields and bad values with the path of the field
+//! (`network.ethernets.eth0.addresses[1]`); [`GuestConfig::validate`] then checks the rules
+//! that span fields and reports every violation, each with its path.
+
+mod fields;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use thiserror::Error;
+
+pub use fields::{
+    Cidr, DomainName, Hostname, InterfaceId, MAX_SSH_KEY_LEN, MIN_RSA_BITS, MacAddr, RouteTarget,
+    SshKey, UserName,
+};
+
+/// Bounds on list sizes; a document is also bounded by the frame limit.
+pub mod limits {
+    /// Interfaces per document.
+    pub const INTERFACES: usize = 32;
+    /// Addresses per interface.
+    pub const ADDRESSES: usize = 64;
+    /// Routes per interface.
+    pub const ROUTES: usize = 128;
+    /// DNS servers per interface.
+    pub const NAMESERVERS: usize = 8;
+    /// Search domains per interface.
+    pub const SEARCH: usize = 32;
+    /// Users per document.
+    pub const USERS: usize = 64;
+    /// Keys per user.
+    pub const KEYS: usize = 256;
+    /// Smallest MTU (IPv4 minimum).
+    pub const MTU_MIN: u32 = 68;
+    /// Smallest MTU of a link carrying IPv6.
+    pub const MTU_MIN_V6: u32 = 1280;
+    /// Largest MTU.
+    pub const MTU_MAX: u32 = 65535;
+}
+
+/// The configuration of one guest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestConfig {
+    /// Host name (FQDN allowed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<Hostname>,
+    /// Network configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<Network>,
+    /// Users and their ssh keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<User>,
+}
+
+/// Network configuration, netplan version 2 shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// Must be 2.
+    pub version: u8,
+    /// Ethernet interfaces by label.
+    #[serde(default)]
+    pub ethernets: BTreeMap<InterfaceId, Ethernet>,
+}
+
+/// One ethernet interface, chosen by MAC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ethernet {
+    /// Which interface this is.
+    #[serde(rename = "match")]
+    pub matches: Match,
+    /// DHCP for IPv4.
+    #[serde(default)]
+    pub dhcp4: bool,
+    /// DHCP (or SLAAC-driven DHCPv6) for IPv6.
+    #[serde(default)]
+    pub dhcp6: bool,
+    /// Static addresses in CIDR form.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<Cidr>,
+    /// Routes, including default routes (`to: default`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
+    /// DNS servers and search domains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nameservers: Option<Nameservers>,
+    /// Link MTU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+}
+
+/// How an interface is recognised: by MAC only, never by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Match {
+    /// The interface's MAC address.
+    pub macaddress: MacAddr,
+}
+
+/// A static route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Destination.
+    pub to: RouteTarget,
+    /// Gateway.
+    pub via: IpAddr,
+    /// Route metric (lower wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<u32>,
+}
+
+/// DNS settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Nameservers {
+    /// DNS servers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<IpAddr>,
+    /// Search domains.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub search: Vec<DomainName>,
+}
+
+/// A user's ssh access.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    /// Local user name.
+    pub name: UserName,
+    /// Keys for the managed block of `~name/.ssh/authorized_keys`.
+    #[serde(default)]
+    pub ssh_authorized_keys: Vec<SshKey>,
+    /// Create the user if missing (otherwise a missing user is a failed item).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub create: bool,
+}
+
+/// One problem in a document, at a field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldError {
+    /// Where (`network.ethernets.eth0.mtu`); `.` for the document itself.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// A document that was refused, with every problem found.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub struct ConfigError {
+    /// The problems, in document order; never empty.
+    pub errors: Vec<FieldError>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            e.fmt(f)?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    fn one(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            errors: vec![FieldError {
+                path: path.into(),
+                message: message.into(),
+            }],
+        }
+    }
+
+    /// The path of the first problem.
+    pub fn first_path(&self) -> &str {
+        self.errors.first().map_or(".", |e| e.path.as_str())
+    }
+}
+
+/// The SHA-256 of a document's canonical form, as `sha256:<64 hex digits>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Digest(String);
+
+impl Digest {
+    /// The text form.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Digest {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let ok = s.strip_prefix("sha256:").is_some_and(|h| {
+            h.len() == 64
+                && h.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        });
+        if ok {
+            Ok(Digest(s))
+        } else {
+            Err("digest must be `sha256:` and 64 lowercase hex digits".into())
+        }
+    }
+}
+
+impl From<Digest> for String {
+    fn from(d: Digest) -> String {
+        d.0
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl GuestConfig {
+    /// Parses and validates a JSON document.
+    pub fn from_json(bytes: &[u8]) -> Result<GuestConfig, ConfigError> {
+        // serde accepts a JSON array for a struct (fields by position); a document is an
+        // object, always.
+        if bytes.trim_ascii_start().first() != Some(&b'{') {
+            return Err(ConfigError::one(".", "the document must be a JSON object"));
+        }
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
+        let cfg: GuestConfig = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let path = if path.is_empty() || path == "?" {
+                ".".to_string()
+            } else {
+                path
+            };
+            ConfigError::one(path, json_error_message(&inner))
+        })?;
+        de.end()
+            .map_err(|e| ConfigError::one(".", json_error_message(&e)))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The canonical form: compact JSON, fields in a fixed order, interfaces sorted by
+    /// label, every value in its canonical text. Two documents that mean the same have the
+    /// same canonical form.
+    pub fn canonical_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a GuestConfig always serialises")
+    }
+
+    /// The digest of the canonical form.
+    pub fn digest(&self) -> Digest {
+        let hash = Sha256::digest(self.canonical_json());
+        Digest(format!("sha256:{}", hex::encode(hash)))
+    }
+
+    /// Checks the rules that span fields; reports every violation.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errs = Errors::default();
+        if let Some(net) = &self.network {
+            validate_network(net, &mut errs);
+        }
+        validate_users(&self.users, &mut errs);
+        errs.finish()
+    }
+
+    /// The configuration items this document asks for, in a stable order, as the agent
+    /// reports them: `hostname`, `network:<id>`..., `dns`, `user:<name>`...
+    pub fn items(&self) -> Vec<String> {
+        let mut items = Vec::new();
+        if self.hostname.is_some() {
+            items.push("hostname".to_string());
+        }
+        if let Some(net) = &self.network {
+            items.extend(net.ethernets.keys().map(|id| format!("network:{id}")));
+            if net.ethernets.values().any(|e| e.nameservers.is_some()) {
+                items.push("dns".to_string());
+            }
+        }
+        items.extend(self.users.iter().map(|u| format!("user:{}", u.name)));
+        items
+    }
+}
+
+fn json_error_message(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let msg = e.to_string();
+    // serde_json appends " at line L column C"; keep it only for syntax errors where it
+    // is the useful part.
+    match e.classify() {
+        Category::Syntax | Category::Eof => msg,
+        Category::Data | Category::Io => match msg.rfind(" at line ") {
+            Some(i) => msg[..i].to_string(),
+            None => msg,
+        },
+    }
+}
+
+#[derive(Default)]
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn finish(self) -> Result<(), ConfigError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { errors: self.0 })
+        }
+    }
+}
+
+fn check_len(errs: &mut Errors, path: &str, len: usize, max: usize, what: &str) {
+    if len > max {
+        errs.push(path, format!("{len} {what} (at most {max})"));
+    }
+}
+
+fn validate_network(net: &Network, errs: &mut Errors) {
+    if net.version != 2 {
+        errs.push(
+            "network.version",
+            format!("version {} is not supported (only 2)", net.version),
+        );
+    }
+    check_len(
+        errs,
+        "network.ethernets",
+        net.ethernets.len(),
+        limits::INTERFACES,
+        "interfaces",
+    );
+    let mut macs: BTreeMap<&MacAddr, &InterfaceId> = BTreeMap::new();
+    let mut addrs: BTreeMap<IpAddr, String> = BTreeMap::new();
+    for (id, eth) in &net.ethernets {
+        let base = format!("network.ethernets.{id}");
+        if let Some(other) = macs.insert(&eth.matches.macaddress, id) {
+            errs.push(
+                format!("{base}.match.macaddress"),
+                format!(
+                    "MAC {} is also matched by interface `{other}`",
+                    eth.matches.macaddress
+                ),
+            );
+        }
+        check_len(
+            errs,
+            &format!("{base}.addresses"),
+            eth.addresses.len(),
+            limits::ADDRESSES,
+            "addresses",
+        );
+        for (i, a) in eth.addresses.iter().enumerate() {
+            let path = format!("{base}.addresses[{i}]");
+            if let Some(prev) = addrs.insert(a.0.addr(), path.clone()) {
+                errs.push(
+                    &path,
+                    format!("address {} is already given at {prev}", a.0.addr()),
+                );
+            }
+            if a.0.addr().is_multicast() || a.0.addr().is_unspecified() {
+                errs.push(&path, format!("{a} is not a unicast address"));
+            }
+        }
+        check_len(
+            errs,
+            &format!("{base}.routes"),
+            eth.routes.len(),
+            limits::ROUTES,
+            "routes",
+        );
+        for (i, r) in eth.routes.iter().enumerate() {
+            if let RouteTarget::Net(n) = r.to
+                && !fields::same_family(n.addr(), r.via)
+            {
+                errs.push(
+                    format!("{base}.routes[{i}].via"),
+                    format!("gateway {} is not of the family of {n}", r.via),
+                );
+            }
+        }
+        if let Some(ns) = &eth.nameservers {
+            check_len(
+                errs,
+                &format!("{base}.nameservers.addresses"),
+                ns.addresses.len(),
+                limits::NAMESERVERS,
+                "servers",
+            );
+            check_len(
+                errs,
+                &format!("{base}.nameservers.search"),
+                ns.search.len(),
+                limits::SEARCH,
+                "search domains",
+            );
+        }
+        if let Some(mtu) = eth.mtu {
+            let has_v6 = eth.dhcp6 || eth.addresses.iter().any(|a| a.0.addr().is_ipv6());
+            let min = if has_v6 {
+                limits::MTU_MIN_V6
+            } else {
+                limits::MTU_MIN
+            };
+            if !(min..=limits::MTU_MAX).contains(&mtu) {
+                let why = if has_v6 {
+                    " (the link carries IPv6)"
+                } else {
+                    ""
+                };
+                errs.push(
+                    format!("{base}.mtu"),
+                    format!("MTU {mtu} is out of range {min}-{}{why}", limits::MTU_MAX),
+                );
+            }
+        }
+    }
+}
+
+fn validate_users(users: &[User], errs: &mut Errors) {
+    check_len(errs, "users", users.len(), limits::USERS, "users");
+    let mut names = BTreeSet::new();
+    for (i, u) in users.iter().enumerate() {
+        if !names.insert(&u.name) {
+            errs.push(
+                format!("users[{i}].name"),
+                format!("user `{}` is listed twice", u.name),
+            );
+        }
+        check_len(
+            errs,
+            &format!("users[{i}].ssh_authorized_keys"),
+            u.ssh_authorized_keys.len(),
+            limits::KEYS,
+            "keys",
+        );
+        let mut seen = BTreeSet::new();
+        for (k, key) in u.ssh_authorized_keys.iter().enumerate() {
+            if !seen.insert(key.material()) {
+                errs.push(
+                    format!("users[{i}].ssh_authorized_keys[{k}]"),
+                    "the same key is listed twice",
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
