@@ -10,6 +10,11 @@
 //! its tail (and its newline) followed by a whole message still yields the whole message,
 //! and noise glued to the front of a message is cut off. The marker cannot appear inside a
 //! JSON string of a valid message because the quote would be escaped.
+//!
+//! Every frame ends with a CRC-32 of everything before it: `...,"crc":"1a2b3c4d"}`. Without
+//! it, a message that lost bytes in the middle of a number (`"id":57` to `"id":5`) and met
+//! a stray `}` would parse as a message that was never sent. With it, fragments glued
+//! together pass only by a 1 in 2^32 accident.
 
 use bytes::{Buf, BytesMut};
 use memchr::memmem;
@@ -37,15 +42,16 @@ pub struct DecodeStats {
     pub invalid_utf8: u64,
     /// Other lines with no frame marker (console noise, shell prompts...).
     pub noise: u64,
-    /// Lines with a frame marker that did not parse as a v1 message (truncated, unknown
-    /// type, bad field, trailing junk before the newline is tolerated).
+    /// Lines with a frame marker and no valid checksum (truncated, corrupted, glued).
+    pub bad_checksum: u64,
+    /// Lines with a valid checksum that are not a v1 message (unknown type, bad field).
     pub invalid: u64,
     /// Lines nested deeper than the bound.
     pub too_deep: u64,
     /// Lines longer than the frame bound (skipped to the next newline).
     pub oversize: u64,
-    /// Bytes of noise cut from the front of a line before its frame marker.
-    pub noise_prefixes: u64,
+    /// Bytes of noise cut from around a frame on its line.
+    pub noise_bytes: u64,
 }
 
 impl DecodeStats {
@@ -55,6 +61,7 @@ impl DecodeStats {
             + self.nul
             + self.invalid_utf8
             + self.noise
+            + self.bad_checksum
             + self.invalid
             + self.too_deep
             + self.oversize
@@ -129,14 +136,14 @@ impl FrameCodec {
 
     /// Encodes one message into a line (for callers that do not use [`Encoder`]).
     pub fn encode_line(&self, msg: &Envelope) -> Result<Vec<u8>, CodecError> {
-        let mut line = serde_json::to_vec(msg)?;
-        if line.len() > self.max_frame {
+        let json = serde_json::to_vec(msg)?;
+        let line = seal(&json);
+        if line.len() - 1 > self.max_frame {
             return Err(CodecError::TooLarge {
-                size: line.len(),
+                size: line.len() - 1,
                 limit: self.max_frame,
             });
         }
-        line.push(b'\n');
         Ok(line)
     }
 
@@ -150,16 +157,19 @@ impl FrameCodec {
             self.count_noise(line);
             return None;
         };
-        self.stats.noise_prefixes += start as u64;
         let candidate = &line[start..];
-        if exceeds_depth(candidate, self.max_depth) {
+        // Junk after a sealed frame is tolerated: noise can land between a message and
+        // its newline, and the message itself is intact.
+        let Some(frame) = unseal(candidate) else {
+            self.stats.bad_checksum += 1;
+            return None;
+        };
+        self.stats.noise_bytes += (line.len() - frame.len()) as u64;
+        if exceeds_depth(frame, self.max_depth) {
             self.stats.too_deep += 1;
             return None;
         }
-        // Parse the first JSON value and tolerate junk after it: noise can land between a
-        // message and its newline, and the message itself is intact.
-        let mut values = serde_json::Deserializer::from_slice(candidate).into_iter::<Envelope>();
-        if let Some(Ok(msg)) = values.next() {
+        if let Ok(msg) = serde_json::from_slice::<Envelope>(frame) {
             self.stats.frames += 1;
             Some(msg)
         } else {
@@ -180,6 +190,45 @@ impl FrameCodec {
             self.stats.noise += 1;
         }
     }
+}
+
+const CRC_FIELD: &[u8] = b",\"crc\":\"";
+
+/// Turns one JSON object (as serde_json writes it) into a frame line: the object with a
+/// `crc` field appended last, holding the CRC-32 of every byte before that field, and a
+/// newline. Public so that tools can hand-craft frames (e.g. to talk to an agent with
+/// socat while debugging).
+///
+/// # Panics
+/// If `json` does not end with `}`.
+pub fn seal(json: &[u8]) -> Vec<u8> {
+    let body = json.strip_suffix(b"}").expect("seal takes a JSON object");
+    let crc = crc32fast::hash(body);
+    let mut line = Vec::with_capacity(json.len() + CRC_FIELD.len() + 12);
+    line.extend_from_slice(body);
+    line.extend_from_slice(CRC_FIELD);
+    line.extend_from_slice(format!("{crc:08x}\"}}\n").as_bytes());
+    line
+}
+
+/// The sealed frame at the start of `candidate`, if its checksum holds; what follows the
+/// frame's closing brace is ignored.
+fn unseal(candidate: &[u8]) -> Option<&[u8]> {
+    let at = memmem::rfind(candidate, CRC_FIELD)?;
+    let hex = candidate.get(at + CRC_FIELD.len()..at + CRC_FIELD.len() + 8)?;
+    let tail = candidate.get(at + CRC_FIELD.len() + 8..at + CRC_FIELD.len() + 10)?;
+    if tail != b"\"}"
+        || !hex
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+    {
+        return None;
+    }
+    let want = u32::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+    if crc32fast::hash(&candidate[..at]) != want {
+        return None;
+    }
+    Some(&candidate[..at + CRC_FIELD.len() + 10])
 }
 
 fn trim_ascii_start(mut s: &[u8]) -> &[u8] {
@@ -342,10 +391,11 @@ mod tests {
 
     #[test]
     fn wire_shape_is_stable() {
+        // The checksum was computed independently: python3 -c "import zlib; print(hex(zlib.crc32(b'...')))".
         let l = line(&ping(5));
         assert_eq!(
             std::str::from_utf8(&l).unwrap(),
-            "{\"xenchan\":1,\"from\":\"broker\",\"session\":\"07070707070707070707070707070707\",\"type\":\"ping\",\"id\":5}\n"
+            "{\"xenchan\":1,\"from\":\"broker\",\"session\":\"07070707070707070707070707070707\",\"type\":\"ping\",\"id\":5,\"crc\":\"6b14fb9f\"}\n"
         );
     }
 
@@ -395,7 +445,7 @@ mod tests {
         let mut bytes = b"\x1b[0mgarbage".to_vec();
         bytes.extend(line(&ping(4)));
         assert_eq!(decode_all(&mut c, &bytes), vec![ping(4)]);
-        assert_eq!(c.stats().noise_prefixes, 11);
+        assert_eq!(c.stats().noise_bytes, 11);
     }
 
     #[test]
@@ -419,29 +469,57 @@ mod tests {
     #[test]
     fn marker_with_bad_content_counts_as_invalid() {
         let mut c = FrameCodec::default();
-        let bytes = b"{\"xenchan\":1,\"from\":\"broker\",\"type\":\"launch_missiles\"}\n\
-                      {\"xenchan\":1,\"from\":\"mallory\",\"type\":\"ping\",\"id\":1}\n\
-                      {\"xenchan\":1,\"from\":\"broker\",\"type\":\"ping\",\"id\":-1}\n\
-                      {\"xenchan\":1,\"from\":\"broker\",\"session\":\"XYZ\",\"type\":\"ping\",\"id\":1}\n";
-        assert!(decode_all(&mut c, bytes).is_empty());
+        let mut bytes = Vec::new();
+        for json in [
+            &br#"{"xenchan":1,"from":"broker","type":"launch_missiles"}"#[..],
+            br#"{"xenchan":1,"from":"mallory","type":"ping","id":1}"#,
+            br#"{"xenchan":1,"from":"broker","type":"ping","id":-1}"#,
+            br#"{"xenchan":1,"from":"broker","session":"XYZ","type":"ping","id":1}"#,
+        ] {
+            bytes.extend(seal(json));
+        }
+        assert!(decode_all(&mut c, &bytes).is_empty());
         assert_eq!(c.stats().invalid, 4);
+        assert_eq!(c.stats().bad_checksum, 0);
+    }
+
+    #[test]
+    fn unsealed_or_corrupted_frames_are_refused() {
+        let mut c = FrameCodec::default();
+        // Valid JSON, no checksum.
+        let mut bytes = br#"{"xenchan":1,"from":"broker","type":"ping","id":1}"#.to_vec();
+        bytes.push(b'\n');
+        // One digit changed after sealing.
+        let sealed = line(&ping(57));
+        let text = String::from_utf8(sealed)
+            .unwrap()
+            .replace("\"id\":57", "\"id\":58");
+        bytes.extend(text.as_bytes());
+        // Truncated in the middle of a number, then a stray closing brace: valid JSON for
+        // a message that was never sent, but its checksum is gone.
+        let sealed = line(&ping(57));
+        let cut = memmem::find(&sealed, b"57").unwrap() + 1;
+        bytes.extend_from_slice(&sealed[..cut]);
+        bytes.extend_from_slice(b"}\n");
+        assert!(decode_all(&mut c, &bytes).is_empty());
+        assert_eq!(c.stats().bad_checksum, 3);
     }
 
     #[test]
     fn deep_nesting_is_refused_before_parsing() {
         let mut c = FrameCodec::default();
-        let mut bytes = b"{\"xenchan\":1,\"from\":\"agent\",\"type\":\"bye\",\"x\":".to_vec();
-        bytes.extend(std::iter::repeat_n(b'[', 100));
-        bytes.extend(std::iter::repeat_n(b']', 100));
-        bytes.extend_from_slice(b"}\n");
-        assert!(decode_all(&mut c, &bytes).is_empty());
+        let mut json = b"{\"xenchan\":1,\"from\":\"agent\",\"type\":\"bye\",\"x\":".to_vec();
+        json.extend(std::iter::repeat_n(b'[', 100));
+        json.extend(std::iter::repeat_n(b']', 100));
+        json.push(b'}');
+        assert!(decode_all(&mut c, &seal(&json)).is_empty());
         assert_eq!(c.stats().too_deep, 1);
         // Brackets inside strings do not count.
         let s = format!(
-            "{{\"xenchan\":1,\"from\":\"agent\",\"type\":\"bye\",\"reason\":\"{}\"}}\n",
+            "{{\"xenchan\":1,\"from\":\"agent\",\"type\":\"bye\",\"reason\":\"{}\"}}",
             "[".repeat(100)
         );
-        assert_eq!(decode_all(&mut c, s.as_bytes()).len(), 1);
+        assert_eq!(decode_all(&mut c, &seal(s.as_bytes())).len(), 1);
     }
 
     #[test]
@@ -483,23 +561,26 @@ mod tests {
                 }),
             )
         };
-        let base = serde_json::to_vec(&hello(0)).unwrap().len();
+        let base = FrameCodec::new(1 << 20)
+            .encode_line(&hello(0))
+            .unwrap()
+            .len()
+            - 1;
         let limit = 512;
         let fits = hello(limit - base);
         let c = FrameCodec::new(limit);
-        assert_eq!(c.encode_line(&fits).unwrap().len(), limit + 1);
+        let fits_line = c.encode_line(&fits).unwrap();
+        assert_eq!(fits_line.len(), limit + 1);
         let too_big = hello(limit - base + 1);
         assert!(matches!(
             c.encode_line(&too_big),
             Err(CodecError::TooLarge { .. })
         ));
-        let mut raw = serde_json::to_vec(&too_big).unwrap();
-        raw.push(b'\n');
+        let raw = FrameCodec::new(1 << 20).encode_line(&too_big).unwrap();
         let mut c = FrameCodec::new(limit);
         assert!(decode_all(&mut c, &raw).is_empty());
-        let mut raw = serde_json::to_vec(&fits).unwrap();
-        raw.push(b'\n');
-        assert_eq!(decode_all(&mut c, &raw), vec![fits]);
+        assert_eq!(c.stats().oversize, 1);
+        assert_eq!(decode_all(&mut c, &fits_line), vec![fits]);
     }
 
     #[test]
