@@ -1,0 +1,36 @@
+# The two commands of the README: `make demo` (main job) and `make test` (all tests).
+# Both install missing system packages first (scripts/setup.sh, apt through sudo).
+
+CARGO ?= cargo
+
+.PHONY: demo test check fuzz transcript setup
+
+setup:
+	@scripts/setup.sh
+
+## The simulated end-to-end demo.
+demo: setup
+	$(CARGO) run --locked -q -p xenchan-protocol --example transcript
+
+## Every test of the workspace (unit, property, integration, end-to-end).
+test: setup
+	$(CARGO) test --workspace --locked
+
+## What CI checks besides the tests.
+check: setup
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	$(CARGO) check --locked --manifest-path fuzz/Cargo.toml
+
+## The protocol's worked transcript (docs/PROTOCOL.md shows it).
+transcript:
+	$(CARGO) run --locked -q -p xenchan-protocol --example transcript
+
+## Fuzz each parser for FUZZ_SECONDS (cargo install cargo-fuzz first). cargo-fuzz wants
+## nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain accept them.
+FUZZ_SECONDS ?= 300
+fuzz:
+	cd fuzz && for t in decoder config; do \
+	  mkdir -p corpus/$$t && cp -n seeds/$$t/* corpus/$$t/ && \
+	  RUSTC_BOOTSTRAP=1 cargo fuzz run -O $$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs the system packages xenchan needs to build and test on Debian/Ubuntu, and
+# nothing when they are all there already. Runs apt through sudo when not root.
+set -euo pipefail
+
+packages=(
+  pkg-config libudev-dev   # the udev crate (agent's console enumeration)
+  openssh-client           # ssh-keygen: test keys and the demo's key
+  xenstore-utils           # xenstore-read/-write: interop tests of our xenstore client
+  socat                    # debugging channels by hand (docs), used by some tests
+  iproute2                 # ip: network namespace tests
+  procps                   # ps/pkill used by test clean-up
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "setup: need root or sudo to install ${missing[*]}" >&2; exit 69; }
+    sudo="sudo"
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+command -v cargo >/dev/null || { echo "setup: cargo not found: install Rust (https://rustup.rs)" >&2; exit 69; }
+if command -v rustup >/dev/null; then
+  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
+fi
