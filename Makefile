@@ -30,7 +30,7 @@ transcript:
 ## nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain accept them.
 FUZZ_SECONDS ?= 300
 fuzz:
-	cd fuzz && for t in decoder config; do \
+	cd fuzz && for t in decoder config xenstore_wire registry; do \
 	  mkdir -p corpus/$$t && cp -n seeds/$$t/* corpus/$$t/ && \
 	  RUSTC_BOOTSTRAP=1 cargo fuzz run -O $$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
 	done
