@@ -1,0 +1,482 @@
+//! The agent's side of the protocol on one open device: beacon until a broker answers,
+//! check its hello, answer pings, apply pushed configurations, and go back to beaconing
+//! when the broker goes quiet. Generic over the byte stream so the same loop serves an
+//! hvc tty, a virtio port, or a socket in tests.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use rand::Rng;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+use tokio_util::codec::{Decoder, Encoder};
+use tracing::{debug, error, info, warn};
+use xenchan_protocol::message::{ApplyResult, ConfigPush, ErrorCode, ErrorReport, Hello};
+use xenchan_protocol::session::negotiate;
+use xenchan_protocol::{
+    Body, DecodeStats, Envelope, FrameCodec, ItemStatus, Nonce, Role, SUPPORTED_VERSIONS, Verdict,
+};
+
+use crate::apply::{self, Applier, ApplyContext};
+use crate::facts;
+use crate::identity;
+use crate::options::AgentOptions;
+use crate::state::{AppliedState, StateStore};
+
+/// Outgoing bytes waiting for the device beyond this are a stuck device: beacons are
+/// not queued while anything waits, and other messages are dropped past it.
+const MAX_PENDING: usize = 4 * 1024 * 1024;
+
+/// What the agent keeps across devices and sessions.
+#[derive(Debug)]
+pub(crate) struct AgentCore {
+    pub opts: Arc<AgentOptions>,
+    pub store: StateStore,
+    pub applied: Option<AppliedState>,
+    pub appliers: Arc<Vec<Box<dyn Applier>>>,
+}
+
+/// Why [`serve`] returned.
+#[derive(Debug)]
+pub(crate) enum End {
+    /// The shutdown future completed (a bye was sent if a session was open).
+    Shutdown,
+    /// The device's link went away or now points elsewhere.
+    Gone,
+    /// The device failed (hang-up, I/O error): close it and open it again.
+    Hangup(io::Error),
+}
+
+/// Counters of one [`serve`] call, for logs and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ServeStats {
+    pub reads: u64,
+    pub eofs: u64,
+    pub beacons: u64,
+    pub sessions: u64,
+    pub decode: DecodeStats,
+}
+
+/// Serves the protocol on `io` until shutdown, the device goes away (`gone` resolves) or
+/// fails. `tty`: a read of 0 bytes is a hang-up; otherwise (a virtio port) it means no
+/// host is connected, and reading pauses with back-off instead of spinning.
+pub(crate) async fn serve<T, G, S>(
+    io: &mut T,
+    tty: bool,
+    core: &mut AgentCore,
+    gone: G,
+    shutdown: &mut Pin<&mut S>,
+) -> (End, ServeStats)
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    G: Future<Output = ()>,
+    S: Future<Output = ()> + ?Sized,
+{
+    let timing = core.opts.timing;
+    let mut s = Session {
+        codec: FrameCodec::new(core.opts.max_frame),
+        rules: xenchan_protocol::session::SessionRules::new(Role::Agent),
+        out: BytesMut::new(),
+        beacon_every: timing.beacon_min,
+        next_beacon: Some(Instant::now()),
+        last_rx: Instant::now(),
+        eof_pause: timing.eof_min,
+        paused_until: None,
+        stats: ServeStats::default(),
+        uuid: identity::read_vm_uuid(&core.opts.root),
+        core,
+    };
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let mut rbuf = BytesMut::with_capacity(16 * 1024);
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut gone = std::pin::pin!(gone);
+    let end = loop {
+        let reading = s.paused_until.is_none();
+        let deadline = s.next_deadline();
+        tokio::select! {
+            biased;
+            () = shutdown.as_mut() => {
+                s.say_bye(&mut wr).await;
+                break End::Shutdown;
+            }
+            () = &mut gone => break End::Gone,
+            r = rd.read(&mut chunk), if reading => match r {
+                Ok(0) => {
+                    s.stats.eofs += 1;
+                    // A last line without a newline is still a line.
+                    while let Ok(Some(msg)) = s.codec.decode_eof(&mut rbuf) {
+                        s.handle(msg).await;
+                    }
+                    if tty {
+                        break End::Hangup(io::Error::new(io::ErrorKind::UnexpectedEof, "the tty hung up"));
+                    }
+                    if s.stats.eofs == 1 {
+                        info!("the device reads end-of-file: no host is connected yet");
+                    }
+                    s.paused_until = Some(Instant::now() + s.eof_pause);
+                    s.eof_pause = (s.eof_pause * 2).min(timing.eof_max);
+                }
+                Ok(n) => {
+                    s.stats.reads += 1;
+                    s.eof_pause = timing.eof_min;
+                    rbuf.extend_from_slice(&chunk[..n]);
+                    loop {
+                        match s.codec.decode(&mut rbuf) {
+                            Ok(Some(msg)) => s.handle(msg).await,
+                            Ok(None) => break,
+                            Err(e) => {
+                                warn!(error = %e, "decoder failed; dropping buffered input");
+                                rbuf.clear();
+                                break;
+                            }
+                        }
+                    }
+                    s.note_noise();
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break End::Hangup(e),
+            },
+            r = wr.write(&s.out), if !s.out.is_empty() => match r {
+                Ok(0) => break End::Hangup(io::Error::new(io::ErrorKind::WriteZero, "the device took no bytes")),
+                Ok(n) => s.out.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break End::Hangup(e),
+            },
+            () = tokio::time::sleep_until(deadline) => s.on_timer(),
+        }
+    };
+    s.stats.decode = s.codec.stats();
+    (end, s.stats)
+}
+
+struct Session<'c> {
+    core: &'c mut AgentCore,
+    codec: FrameCodec,
+    rules: xenchan_protocol::session::SessionRules,
+    out: BytesMut,
+    /// Current beacon interval (doubles while nobody answers).
+    beacon_every: Duration,
+    /// When to beacon next; `None` while in a session.
+    next_beacon: Option<Instant>,
+    /// Last message of the current session from the broker.
+    last_rx: Instant,
+    eof_pause: Duration,
+    paused_until: Option<Instant>,
+    stats: ServeStats,
+    uuid: Option<String>,
+}
+
+impl Session<'_> {
+    fn opts(&self) -> &AgentOptions {
+        &self.core.opts
+    }
+
+    fn broker_gone_after(&self) -> Duration {
+        self.opts().timing.keepalive * 3
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let far = Instant::now() + Duration::from_secs(3600);
+        let mut d = far;
+        if let Some(b) = self.next_beacon {
+            d = d.min(b);
+        }
+        if self.rules.current().is_some() {
+            d = d.min(self.last_rx + self.broker_gone_after());
+        }
+        if let Some(p) = self.paused_until {
+            d = d.min(p);
+        }
+        d
+    }
+
+    fn on_timer(&mut self) {
+        let now = Instant::now();
+        if self.paused_until.is_some_and(|p| p <= now) {
+            self.paused_until = None;
+        }
+        if self.rules.current().is_some() && now >= self.last_rx + self.broker_gone_after() {
+            warn!(
+                silent_ms = self.broker_gone_after().as_millis() as u64,
+                "no message from the broker for 3 keepalive intervals; it is gone, beaconing again"
+            );
+            self.end_session();
+        }
+        if let Some(b) = self.next_beacon
+            && b <= now
+        {
+            self.beacon(now);
+        }
+    }
+
+    fn end_session(&mut self) {
+        self.rules.clear();
+        self.beacon_every = self.opts().timing.beacon_min;
+        self.next_beacon = Some(Instant::now());
+    }
+
+    fn beacon(&mut self, now: Instant) {
+        // One beacon waiting is enough: on a virtio port with no host, writes block and
+        // beacons would otherwise pile up to be replayed stale.
+        if self.out.is_empty() {
+            let hello = self.hello();
+            self.send(&Envelope::new(Role::Agent, None, Body::Hello(hello)));
+            self.stats.beacons += 1;
+            debug!(next_ms = self.beacon_every.as_millis() as u64, "beacon");
+        }
+        let jitter = rand::thread_rng().gen_range(0.75..1.25);
+        self.next_beacon = Some(now + self.beacon_every.mul_f64(jitter));
+        self.beacon_every = (self.beacon_every * 2).min(self.opts().timing.beacon_max);
+    }
+
+    fn hello(&self) -> Hello {
+        Hello {
+            versions: Some(SUPPORTED_VERSIONS.to_vec()),
+            channel: self.opts().channel.clone(),
+            domain: None,
+            uuid: self.uuid.clone(),
+            software: facts::software(),
+            applied: self.core.applied.as_ref().map(AppliedState::applied),
+        }
+    }
+
+    fn send(&mut self, msg: &Envelope) {
+        if self.out.len() > MAX_PENDING {
+            warn!(
+                kind = msg.kind(),
+                "device is not taking bytes; dropping a message"
+            );
+            return;
+        }
+        if let Err(e) = Encoder::<&Envelope>::encode(&mut self.codec, msg, &mut self.out) {
+            error!(kind = msg.kind(), error = %e, "cannot encode a message");
+        }
+    }
+
+    fn send_error(&mut self, session: Option<Nonce>, code: ErrorCode, message: String) {
+        self.send(&Envelope::new(
+            Role::Agent,
+            session,
+            Body::Error(ErrorReport { code, message }),
+        ));
+    }
+
+    fn note_noise(&mut self) {
+        let st = self.codec.stats();
+        let skipped = st.skipped();
+        if skipped > self.stats.decode.skipped() {
+            debug!(
+                skipped,
+                at_commands = st.at_commands,
+                nul = st.nul,
+                oversize = st.oversize,
+                invalid = st.invalid,
+                noise = st.noise,
+                "skipped lines that are not messages"
+            );
+        }
+        self.stats.decode = st;
+    }
+
+    async fn handle(&mut self, msg: Envelope) {
+        let verdict = self.rules.classify(&msg);
+        match verdict {
+            Verdict::OwnEcho | Verdict::Stale | Verdict::UnknownVersion | Verdict::Beacon => {
+                debug!(?verdict, kind = msg.kind(), "ignoring message");
+            }
+            Verdict::NewSession => self.new_session(msg).await,
+            Verdict::Accept => {
+                self.last_rx = Instant::now();
+                self.accept(msg).await;
+            }
+        }
+    }
+
+    async fn new_session(&mut self, msg: Envelope) {
+        let (Some(nonce), Body::Hello(hello)) = (msg.session, msg.body) else {
+            return;
+        };
+        if hello.channel != self.opts().channel {
+            warn!(ours = %self.opts().channel, theirs = %hello.channel, "broker hello names another channel; not answering it");
+            let m = format!(
+                "this device is channel {}, the broker's hello says {}",
+                self.opts().channel,
+                hello.channel
+            );
+            self.send_error(Some(nonce), ErrorCode::ChannelMismatch, m);
+            return;
+        }
+        if let (Some(ours), Some(theirs)) = (&self.uuid, &hello.uuid)
+            && !ours.eq_ignore_ascii_case(theirs)
+        {
+            warn!(ours = %ours, theirs = %theirs, "broker hello names another VM; not answering it");
+            let m = format!("this VM's UUID is {ours}, the broker's hello says {theirs}");
+            self.send_error(Some(nonce), ErrorCode::IdentityMismatch, m);
+            return;
+        }
+        let version = match negotiate(SUPPORTED_VERSIONS, hello.versions.as_deref()) {
+            Ok(v) => v,
+            Err(e) => {
+                warn!(error = %e, "broker speaks no protocol version we speak");
+                self.send_error(Some(nonce), ErrorCode::NoCommonVersion, e.to_string());
+                return;
+            }
+        };
+        info!(
+            session = %nonce,
+            version,
+            domain = hello.domain.as_deref().unwrap_or("?"),
+            broker = %hello.software,
+            "session started"
+        );
+        self.stats.sessions += 1;
+        self.rules.set_session(nonce.clone());
+        self.next_beacon = None;
+        self.beacon_every = self.opts().timing.beacon_min;
+        self.last_rx = Instant::now();
+        let answer = self.hello();
+        self.send(&Envelope::new(
+            Role::Agent,
+            Some(nonce.clone()),
+            Body::Hello(answer),
+        ));
+        let opts = Arc::clone(&self.core.opts);
+        let gathered = tokio::task::spawn_blocking(move || facts::gather(&opts)).await;
+        match gathered {
+            Ok(f) => self.send(&Envelope::new(Role::Agent, Some(nonce), Body::Facts(f))),
+            Err(e) => error!(error = %e, "gathering guest facts failed"),
+        }
+    }
+
+    async fn accept(&mut self, msg: Envelope) {
+        let session = msg.session.clone();
+        match msg.body {
+            Body::Hello(_) => {
+                // The broker repeated its hello (it saw a beacon): answer it again.
+                let answer = self.hello();
+                self.send(&Envelope::new(Role::Agent, session, Body::Hello(answer)));
+            }
+            Body::Ping { id } => {
+                self.send(&Envelope::new(Role::Agent, session, Body::Pong { id }));
+            }
+            Body::Pong { .. } => {}
+            Body::Config(push) => self.config(session, push).await,
+            Body::Bye { reason } => {
+                info!(reason = %reason, "broker said bye; beaconing again");
+                self.end_session();
+            }
+            Body::Error(report) => {
+                warn!(code = ?report.code, message = %report.message, "broker reported an error");
+            }
+            Body::Result(_) | Body::Facts(_) => {
+                debug!(
+                    kind = msg.body.kind(),
+                    "ignoring a message only an agent sends"
+                );
+            }
+        }
+    }
+
+    async fn config(&mut self, session: Option<Nonce>, push: ConfigPush) {
+        let actual = push.config.digest();
+        if actual != push.digest {
+            warn!(
+                generation = push.generation,
+                "refusing a configuration whose digest does not match"
+            );
+            let m = format!(
+                "digest {} does not match the document (its digest is {actual})",
+                push.digest
+            );
+            self.send_error(session, ErrorCode::BadConfig, m);
+            return;
+        }
+        if let Err(e) = push.config.validate() {
+            warn!(generation = push.generation, error = %e, "refusing an invalid configuration");
+            self.send_error(session, ErrorCode::BadConfig, e.to_string());
+            return;
+        }
+        let opts = Arc::clone(&self.core.opts);
+        let appliers = Arc::clone(&self.core.appliers);
+        let previous = self.core.applied.clone();
+        let config = push.config.clone();
+        let applied = tokio::task::spawn_blocking(move || {
+            let ctx = ApplyContext {
+                opts: &opts,
+                previous: previous.as_ref(),
+            };
+            apply::apply_config(&appliers, &ctx, &config)
+        })
+        .await;
+        let items = match applied {
+            Ok(items) => items,
+            Err(e) => {
+                error!(error = %e, "applying the configuration panicked");
+                push.config
+                    .items()
+                    .into_iter()
+                    .map(|i| xenchan_protocol::ItemResult::failed(i, "the agent failed internally"))
+                    .collect()
+            }
+        };
+        for item in &items {
+            match item.status {
+                ItemStatus::Failed => {
+                    warn!(item = %item.item, reason = item.reason.as_deref().unwrap_or(""), "item failed");
+                }
+                ItemStatus::Unsupported => {
+                    info!(item = %item.item, reason = item.reason.as_deref().unwrap_or(""), "item unsupported");
+                }
+                s => info!(item = %item.item, status = s.as_str(), "item done"),
+            }
+        }
+        let state = AppliedState {
+            generation: push.generation,
+            digest: push.digest.clone(),
+            items: items.clone(),
+            users: push
+                .config
+                .users
+                .iter()
+                .map(|u| u.name.as_str().to_string())
+                .collect(),
+        };
+        if let Err(e) = self.core.store.save(&state) {
+            error!(dir = %self.core.store.dir().display(), error = %e, "cannot save what was applied");
+        }
+        self.core.applied = Some(state);
+        let result = ApplyResult {
+            generation: push.generation,
+            digest: push.digest,
+            items,
+        };
+        self.send(&Envelope::new(Role::Agent, session, Body::Result(result)));
+    }
+
+    async fn say_bye<W: AsyncWrite + Unpin>(&mut self, wr: &mut W) {
+        if let Some(n) = self.rules.current().cloned() {
+            self.send(&Envelope::new(
+                Role::Agent,
+                Some(n),
+                Body::Bye {
+                    reason: "agent shutting down".into(),
+                },
+            ));
+        }
+        if self.out.is_empty() {
+            return;
+        }
+        let t = self.opts().timing.bye_timeout;
+        let pending = self.out.split();
+        if tokio::time::timeout(t, wr.write_all(&pending))
+            .await
+            .is_err()
+        {
+            debug!("device did not take the last bytes before shutdown");
+        }
+    }
+}

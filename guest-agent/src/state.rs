@@ -1,0 +1,104 @@
+//! What the agent has applied, kept in `<state-dir>/applied.json` so that a restarted
+//! agent tells the broker the truth in its hello and a re-push changes nothing.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+use xenchan_protocol::message::Applied;
+use xenchan_protocol::{Digest, ItemResult};
+
+use crate::fsat::{self, Owner};
+
+/// The state file's name inside the state folder.
+pub const STATE_FILE: &str = "applied.json";
+
+/// The state file is small; anything bigger is not ours.
+const STATE_LIMIT: u64 = 4 * 1024 * 1024;
+
+/// The last configuration the agent applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedState {
+    /// The broker's generation of that configuration.
+    pub generation: u64,
+    /// Its digest.
+    pub digest: Digest,
+    /// What happened to each item.
+    pub items: Vec<ItemResult>,
+    /// Users whose `authorized_keys` hold a managed block (so that dropping a user from
+    /// the document removes its keys).
+    #[serde(default)]
+    pub users: Vec<String>,
+}
+
+impl AppliedState {
+    /// The generation and digest, as the hello reports them.
+    pub fn applied(&self) -> Applied {
+        Applied {
+            generation: self.generation,
+            digest: self.digest.clone(),
+        }
+    }
+}
+
+/// The state folder.
+#[derive(Debug)]
+pub(crate) struct StateStore {
+    dir: PathBuf,
+}
+
+impl StateStore {
+    /// Opens (creating it, mode 0700) the state folder.
+    pub(crate) fn open(dir: &Path) -> io::Result<StateStore> {
+        std::fs::create_dir_all(dir)?;
+        fsat::open_dir(dir)?;
+        Ok(StateStore {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The saved state; `None` if there is none or it cannot be read (logged: the agent
+    /// then reports nothing applied, and the broker pushes again).
+    pub(crate) fn load(&self) -> Option<AppliedState> {
+        let dir = fsat::open_dir(&self.dir).ok()?;
+        match fsat::read_file_at(&dir, OsStr::new(STATE_FILE), STATE_LIMIT) {
+            Ok(None) => None,
+            Ok(Some(bytes)) => match serde_json::from_slice(&bytes) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    warn!(file = %self.dir.join(STATE_FILE).display(), error = %e, "ignoring unreadable state file");
+                    None
+                }
+            },
+            Err(e) => {
+                warn!(file = %self.dir.join(STATE_FILE).display(), error = %e, "cannot read state file");
+                None
+            }
+        }
+    }
+
+    /// Saves `state` atomically (mode 0600, owned like the folder).
+    pub(crate) fn save(&self, state: &AppliedState) -> io::Result<()> {
+        let dir = fsat::open_dir(&self.dir)?;
+        let meta = dir.metadata()?;
+        let bytes = serde_json::to_vec_pretty(state).map_err(io::Error::other)?;
+        fsat::write_atomic_at(
+            &dir,
+            OsStr::new(STATE_FILE),
+            &bytes,
+            Owner {
+                uid: meta.uid(),
+                gid: meta.gid(),
+                mode: 0o600,
+            },
+        )
+    }
+
+    /// The folder.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
