@@ -1,0 +1,250 @@
+//! Files we own: written atomically and only when their content changes, recognised by
+//! [`MARKER`], removed only when they carry it.
+
+use std::error::Error as StdError;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use thiserror::Error;
+
+/// The text of the header comment in every file we write (after `# `).
+pub const MARKER: &str = "Managed by xenchan-agent; do not edit (changes are overwritten)";
+
+/// Network configuration files are small; anything bigger is not one of ours.
+pub(crate) const MAX_FILE: u64 = 1024 * 1024;
+
+/// What happened to a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Content and mode were already right: nothing was touched.
+    Unchanged,
+    /// The file was (re)written, or its mode fixed.
+    Written,
+}
+
+/// A file operation that failed.
+#[derive(Debug, Error)]
+pub(crate) enum FileError {
+    #[error("{} exists and is not ours (no xenchan marker): left alone", .0.display())]
+    NotOurs(PathBuf),
+    #[error("{} is not a regular file: left alone", .0.display())]
+    NotRegular(PathBuf),
+    #[error("{} is larger than {MAX_FILE} bytes: left alone", .0.display())]
+    TooLarge(PathBuf),
+    #[error("cannot {what} {}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> FileError + use<'a> {
+    move |source| FileError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// An error and its causes on one line, for item reasons.
+pub(crate) fn chain(e: &dyn StdError) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Whether the header of `content` carries our marker.
+pub(crate) fn has_marker(content: &[u8]) -> bool {
+    let head = &content[..content.len().min(1024)];
+    let needle = MARKER.as_bytes();
+    head.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The header comment line we put on top of every file.
+pub(crate) fn header() -> String {
+    format!("# {MARKER}\n")
+}
+
+/// Reads a regular file without following a symlink in the last component; `None` if
+/// there is nothing there.
+pub(crate) fn read_regular(path: &Path) -> Result<Option<(Vec<u8>, u32)>, FileError> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err("inspect", path)(e)),
+    };
+    if !meta.file_type().is_file() {
+        return Err(FileError::NotRegular(path.to_path_buf()));
+    }
+    if meta.len() > MAX_FILE {
+        return Err(FileError::TooLarge(path.to_path_buf()));
+    }
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io_err("open", path))?;
+    let mut buf = Vec::new();
+    f.take(MAX_FILE + 1)
+        .read_to_end(&mut buf)
+        .map_err(io_err("read", path))?;
+    if buf.len() as u64 > MAX_FILE {
+        return Err(FileError::TooLarge(path.to_path_buf()));
+    }
+    Ok(Some((buf, meta.permissions().mode() & 0o7777)))
+}
+
+/// Writes `content` to `path` with `mode`, atomically, unless it already holds exactly
+/// that. An existing file without our marker is refused.
+pub(crate) fn write_ours(path: &Path, content: &[u8], mode: u32) -> Result<Outcome, FileError> {
+    if let Some((old, old_mode)) = read_regular(path)? {
+        if !has_marker(&old) {
+            return Err(FileError::NotOurs(path.to_path_buf()));
+        }
+        if old == content {
+            if old_mode == mode {
+                return Ok(Outcome::Unchanged);
+            }
+            fs::set_permissions(path, fs::Permissions::from_mode(mode))
+                .map_err(io_err("set the mode of", path))?;
+            return Ok(Outcome::Written);
+        }
+    }
+    write_atomic(path, content, mode)?;
+    Ok(Outcome::Written)
+}
+
+static TMP_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Temporary file in the same folder, fsync, rename over, fsync the folder.
+pub(crate) fn write_atomic(path: &Path, content: &[u8], mode: u32) -> Result<(), FileError> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    if !dir.is_dir() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .map_err(io_err("create the folder", dir))?;
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(
+        ".{name}.xenchan-tmp-{}-{}",
+        std::process::id(),
+        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)
+            .map_err(io_err("create", &tmp))?;
+        f.write_all(content).map_err(io_err("write", &tmp))?;
+        // The umask may have cleared bits the mode asks for.
+        f.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(io_err("set the mode of", &tmp))?;
+        f.sync_all().map_err(io_err("sync", &tmp))?;
+        drop(f);
+        fs::rename(&tmp, path).map_err(io_err("rename into place", path))?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn sync_dir(dir: &Path) -> Result<(), FileError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("sync the folder", dir))
+}
+
+/// Removes `path` if it carries our marker. `Ok(false)`: there was nothing to remove.
+pub(crate) fn remove_ours(path: &Path) -> Result<bool, FileError> {
+    let Some((content, _)) = read_regular(path)? else {
+        return Ok(false);
+    };
+    if !has_marker(&content) {
+        return Err(FileError::NotOurs(path.to_path_buf()));
+    }
+    fs::remove_file(path).map_err(io_err("remove", path))?;
+    sync_dir(path.parent().unwrap_or(Path::new("/")))?;
+    Ok(true)
+}
+
+/// Renames `from` to `to` and syncs the folder (both in one folder).
+pub(crate) fn rename(from: &Path, to: &Path) -> Result<(), FileError> {
+    fs::rename(from, to).map_err(io_err("rename", from))?;
+    sync_dir(to.parent().unwrap_or(Path::new("/")))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    #[test]
+    fn writes_once_and_refuses_foreign_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sub/x.conf");
+        let body = format!("{}a=1\n", header());
+        assert_eq!(
+            write_ours(&p, body.as_bytes(), 0o600).unwrap(),
+            Outcome::Written
+        );
+        assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o600);
+        let ino = fs::metadata(&p).unwrap().ino();
+        assert_eq!(
+            write_ours(&p, body.as_bytes(), 0o600).unwrap(),
+            Outcome::Unchanged
+        );
+        assert_eq!(fs::metadata(&p).unwrap().ino(), ino, "not rewritten");
+        // Same content, wrong mode: fixed in place.
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(
+            write_ours(&p, body.as_bytes(), 0o600).unwrap(),
+            Outcome::Written
+        );
+        assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o600);
+
+        let foreign = dir.path().join("theirs.conf");
+        fs::write(&foreign, "a=2\n").unwrap();
+        assert!(matches!(
+            write_ours(&foreign, body.as_bytes(), 0o644),
+            Err(FileError::NotOurs(_))
+        ));
+        assert!(matches!(remove_ours(&foreign), Err(FileError::NotOurs(_))));
+        assert_eq!(fs::read_to_string(&foreign).unwrap(), "a=2\n");
+        assert!(remove_ours(&p).unwrap());
+        assert!(!remove_ours(&p).unwrap());
+        // No temporary files left behind.
+        assert_eq!(fs::read_dir(dir.path().join("sub")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn symlinks_are_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        fs::write(&target, format!("{}x\n", header())).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(matches!(remove_ours(&link), Err(FileError::NotRegular(_))));
+        assert!(target.exists());
+    }
+}
