@@ -155,6 +155,10 @@ impl Netlink {
                             return Err(io::Error::other("rtnetlink dump too large"));
                         }
                         out.push(m);
+                        // A plain get without an ack gets one answer and nothing else.
+                        if flags & (NLM_F_DUMP | NLM_F_ACK) == 0 {
+                            return Ok(out);
+                        }
                     }
                     _ => {}
                 }
