@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use tracing::{debug, info, warn};
 use xenchan_protocol::{GuestConfig, ItemResult, ItemStatus};
 
+use crate::activate;
 use crate::detect::{self, ResolvConf};
 use crate::files::{self, FileError, Outcome};
 use crate::links::{self, Link, LinkError};
@@ -28,6 +29,8 @@ struct Iface {
     plan: Option<IfacePlan>,
     journal: Option<Journal>,
     live: Option<(Vec<ipnet::IpNet>, Vec<crate::state::LiveRoute>)>,
+    /// The files are in place but the running manager did not take them.
+    reload_error: Option<String>,
 }
 
 impl Iface {
@@ -109,6 +112,7 @@ pub fn apply(
             plan: None,
             journal: None,
             live: None,
+            reload_error: None,
         };
         let mac = eth.matches.macaddress.as_str();
         match links
@@ -227,6 +231,17 @@ pub fn apply(
         Renderer::None => {}
     }
 
+    // An earlier reload failed: do it again even if the files are unchanged.
+    for it in &mut ifaces {
+        if prev
+            .interfaces
+            .get(&it.id)
+            .is_some_and(|p| p.pending_reload)
+        {
+            it.changed();
+        }
+    }
+
     // 3. Files of ours that are no longer needed: removed, unless they belong to an
     // interface whose item failed (it keeps its previous state).
     let failed: BTreeSet<String> = ifaces
@@ -275,6 +290,16 @@ pub fn apply(
         }
     }
 
+    // 3b. A running manager picks up what changed.
+    if opts.reload
+        && opts.netns.is_none()
+        && root == Path::new("/")
+        && renderer != Renderer::None
+        && detect::manager_running(root, renderer)
+    {
+        reload(renderer, &mut ifaces);
+    }
+
     // 4. DNS.
     let dns_item = config.items().iter().any(|i| i == "dns");
     let (dns_result, resolv_state, dns_text) =
@@ -307,10 +332,18 @@ pub fn apply(
                         mac: plan.mac.clone(),
                         name: plan.name.clone(),
                         shared_section: sections.get(&it.id).cloned(),
+                        pending_reload: it.reload_error.is_some(),
                         live_addresses,
                         live_routes,
                     },
                 );
+                if let Some(e) = &it.reload_error {
+                    results.push(ItemResult::failed(
+                        item,
+                        format!("configuration written, but the manager did not apply it: {e}"),
+                    ));
+                    continue;
+                }
                 results.push(ItemResult::new(
                     item,
                     if *changed {
@@ -335,6 +368,38 @@ pub fn apply(
         results.push(r);
     }
     (results, state)
+}
+
+/// Runs the manager's commands for the interfaces that changed. A failing command marks
+/// the interfaces it was for (all, for a global one) and stops there.
+fn reload(renderer: Renderer, ifaces: &mut [Iface]) {
+    let changed: Vec<activate::Changed> = ifaces
+        .iter()
+        .filter(|i| matches!(i.result, Ok(true)))
+        .filter_map(|i| {
+            i.plan.as_ref().map(|p| activate::Changed {
+                id: i.id.clone(),
+                name: p.name.clone(),
+            })
+        })
+        .collect();
+    if changed.is_empty() {
+        return;
+    }
+    for (owner, cmd) in activate::commands(renderer, &changed) {
+        info!(command = %cmd.join(" "), "asking the network manager to apply");
+        if let Err(e) = activate::run(&cmd) {
+            warn!(error = %e, "the network manager did not apply our configuration");
+            for it in ifaces.iter_mut().filter(|i| matches!(i.result, Ok(true))) {
+                if owner.as_ref().is_none_or(|o| *o == it.id) {
+                    it.reload_error = Some(e.clone());
+                }
+            }
+            if owner.is_none() {
+                return;
+            }
+        }
+    }
 }
 
 /// Our files are named `xenchan-*`, `10-xenchan-*` or `90-xenchan.yaml`, or are

@@ -15,6 +15,7 @@
 //! The entry point is [`apply`]: blocking, one [`ItemResult`] per `network:<id>` item and
 //! one for `dns` when present, in [`GuestConfig::items`] order.
 
+mod activate;
 mod apply;
 mod detect;
 mod files;

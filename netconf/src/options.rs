@@ -56,6 +56,11 @@ pub struct NetOptions {
     /// `/proc/<pid>/ns/net`) instead of the caller's. Interfaces are then found over
     /// rtnetlink in that namespace.
     pub netns: Option<PathBuf>,
+    /// After writing files, ask the manager to apply them (`networkctl reload` and
+    /// `reconfigure`, `nmcli connection reload` and `up`, `netplan apply`,
+    /// `ifdown`/`ifup`). Only when the root is `/`, no `netns` is given and the manager
+    /// is running; a failing command fails the item (the files stay written).
+    pub reload: bool,
     /// Test hook: make the live apply of every interface fail just before its step number
     /// `n` (0-based, counting only steps that change something), so that rollback is
     /// exercised deterministically.
@@ -71,6 +76,7 @@ impl Default for NetOptions {
             live: LiveMode::Auto,
             sysfs: PathBuf::from("/sys"),
             netns: None,
+            reload: true,
             fail_after_step: None,
         }
     }

@@ -66,6 +66,10 @@ pub struct IfaceState {
     /// interfaces (netplan), kept so that a failed interface keeps its previous part.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_section: Option<String>,
+    /// Our files are in place but the manager has not applied them yet (its reload
+    /// failed): the next apply tries again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending_reload: bool,
     /// Addresses we added live (so that a later configuration removes only ours).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub live_addresses: Vec<IpNet>,
