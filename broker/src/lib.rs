@@ -1,1 +1,214 @@
-//! placeholder
+//! xenchan-broker: the dom0 side of xenchan (DESIGN.md sections 1 and 5).
+//!
+//! It finds each domain's channel socket (`<socket_dir>/<vm>.sock`), keeps one session per
+//! domain with the guest's agent, pushes the desired configuration that operators put
+//! through the control API, records what the agent reports in an embedded store, takes
+//! and releases address and hostname leases, and runs hooks. See docs/BROKER.md.
+//!
+//! The entry point is [`run`]; [`client::Client`] talks to a running broker.
+
+pub mod api;
+pub mod client;
+mod clock;
+pub mod config;
+mod discovery;
+mod domains;
+pub mod hooks;
+mod lock;
+pub mod metrics;
+pub mod paths;
+mod session;
+pub mod store;
+
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Config, ConfigFileError, Mode};
+pub use discovery::DiscoveryError;
+pub use lock::LockError;
+pub use store::StoreError;
+
+use crate::domains::Shared;
+use crate::hooks::Hooks;
+use crate::lock::StateLock;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// Why the broker could not start (or stopped on an error).
+#[derive(Debug, Error)]
+pub enum BrokerError {
+    /// The configuration is not usable.
+    #[error("invalid configuration")]
+    Config(#[from] ConfigFileError),
+    /// Another broker holds the state folder.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// The store could not be opened or read.
+    #[error("cannot open the store")]
+    Store(#[from] StoreError),
+    /// A folder or socket could not be set up.
+    #[error("cannot set up {what} {}", path.display())]
+    Io {
+        /// What it was for.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The control socket could not be bound.
+    #[error("cannot serve the control API: {0}")]
+    Control(String),
+    /// The socket folder cannot be watched.
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
+}
+
+impl BrokerError {
+    /// The sysexits code a binary should exit with.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            BrokerError::Config(_) | BrokerError::Control(_) => 78,
+            BrokerError::Lock(_) => 69,
+            BrokerError::Store(_) | BrokerError::Io { .. } | BrokerError::Discovery(_) => 74,
+        }
+    }
+}
+
+fn make_dir(
+    what: &'static str,
+    path: &std::path::Path,
+    mode: Option<u32>,
+) -> Result<(), BrokerError> {
+    let err = |source| BrokerError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    };
+    if !path.exists() {
+        std::fs::create_dir_all(path).map_err(err)?;
+        if let Some(m) = mode {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(m)).map_err(err)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs the broker with `config` until `shutdown` completes, then stops gracefully:
+/// sessions say bye, running API requests finish, the store is closed and the control
+/// socket removed. Tells systemd READY once the control API listens.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), BrokerError> {
+    config.validate(std::path::Path::new("<config>"))?;
+    let config = Arc::new(config);
+    // The store holds ssh keys and addresses: private to the broker's user.
+    make_dir("state folder", &config.state_dir, Some(0o700))?;
+    if let Some(parent) = config.control_socket.parent() {
+        make_dir("control socket folder", parent, None)?;
+    }
+    make_dir("socket folder", &config.socket_dir, None)?;
+    let lock = StateLock::acquire(&config.lock_path())?;
+
+    let (store, store_thread) = Store::open(
+        &config.db_path(),
+        config.limits.history,
+        config.limits.events,
+    )?;
+    let records = store.call(store::Db::load_all).await?;
+    tracing::info!(
+        domains = records.len(),
+        "store loaded from {}",
+        config.db_path().display()
+    );
+    let metrics = Arc::new(Metrics::default());
+    let hooks = Hooks::start(
+        config.hooks_dir.clone(),
+        config.timeouts.hook(),
+        config.limits.hook_stderr,
+        config.limits.hook_queue,
+        Arc::clone(&metrics),
+    );
+    let shared = Arc::new(Shared::new(
+        Arc::clone(&config),
+        store.clone(),
+        metrics,
+        hooks,
+        records,
+    ));
+    let _ = store
+        .call(|db| db.event(None, "start", "broker started"))
+        .await;
+    drop(store);
+
+    let listener = session::bind_socket(&config.control_socket).map_err(BrokerError::Control)?;
+    std::fs::set_permissions(
+        &config.control_socket,
+        std::fs::Permissions::from_mode(0o660),
+    )
+    .map_err(|source| BrokerError::Io {
+        what: "control socket",
+        path: config.control_socket.clone(),
+        source,
+    })?;
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(api::serve(listener, Arc::clone(&shared), stop.clone()));
+
+    let discovery = match config.mode {
+        Mode::Connect => match discovery::start(Arc::clone(&shared), stop.clone()) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                stop.cancel();
+                let _ = server.await;
+                let _ = std::fs::remove_file(&config.control_socket);
+                return Err(e.into());
+            }
+        },
+        Mode::Listen => {
+            for name in shared.configured_names() {
+                let d = shared.desired(&name);
+                if let Some(c) = d.config {
+                    shared.install_desired(&name, (*c).clone(), d.uuid.as_ref());
+                }
+            }
+            None
+        }
+    };
+    tracing::info!(
+        control = %config.control_socket.display(),
+        sockets = %config.socket_dir.display(),
+        mode = ?config.mode,
+        "broker ready"
+    );
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+
+    shutdown.await;
+
+    tracing::info!("shutting down");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    stop.cancel();
+    if let Some(d) = discovery {
+        let _ = d.await;
+    }
+    shared.stop_all().await;
+    let _ = server.await;
+    let _ = std::fs::remove_file(&config.control_socket);
+    let _ = shared
+        .store
+        .call(|db| db.event(None, "stop", "broker stopped"))
+        .await;
+    drop(shared);
+    // Every write was committed before its caller went on; joining only makes sure the
+    // database is closed before the lock is released.
+    let joined = tokio::task::spawn_blocking(move || store_thread.join());
+    let _ = tokio::time::timeout(config.timeouts.shutdown(), joined).await;
+    drop(lock);
+    Ok(())
+}

@@ -1,0 +1,175 @@
+//! The control API's JSON documents (docs/API.md). The server, the [`Client`] and the
+//! `xenchan` CLI share these types.
+//!
+//! [`Client`]: crate::client::Client
+
+use serde::{Deserialize, Serialize};
+use xenchan_protocol::ItemStatus;
+use xenchan_protocol::config::{FieldError, GuestConfig};
+use xenchan_protocol::message::GuestFacts;
+
+/// Where a domain stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DomainState {
+    /// No channel socket (yet): the domain is configured but not running, or not
+    /// reachable.
+    Pending,
+    /// The socket exists; the broker is connecting (or waiting to reconnect).
+    Connecting,
+    /// Connected; hello sent, waiting for the agent's answer.
+    Handshaking,
+    /// A configuration was pushed; waiting for its result.
+    Pushing,
+    /// The agent applied the desired configuration, every item ok.
+    Configured,
+    /// The agent answered the desired configuration with at least one failed item.
+    Failed,
+    /// The agent stopped answering (no hello within the deadline, or three missed
+    /// pongs).
+    Unresponsive,
+    /// The agent reported a VM UUID other than the domain's; nothing is pushed.
+    IdentityMismatch,
+    /// The agent speaks no protocol version the broker speaks; nothing is pushed.
+    VersionMismatch,
+    /// Something else went wrong (see `last_error`).
+    Error,
+    /// Connected to an agent, and no configuration is desired for the domain.
+    Idle,
+}
+
+impl DomainState {
+    /// Every state, in the order above.
+    pub const ALL: [DomainState; 11] = [
+        DomainState::Pending,
+        DomainState::Connecting,
+        DomainState::Handshaking,
+        DomainState::Pushing,
+        DomainState::Configured,
+        DomainState::Failed,
+        DomainState::Unresponsive,
+        DomainState::IdentityMismatch,
+        DomainState::VersionMismatch,
+        DomainState::Error,
+        DomainState::Idle,
+    ];
+
+    /// The wire name (`identity-mismatch`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DomainState::Pending => "pending",
+            DomainState::Connecting => "connecting",
+            DomainState::Handshaking => "handshaking",
+            DomainState::Pushing => "pushing",
+            DomainState::Configured => "configured",
+            DomainState::Failed => "failed",
+            DomainState::Unresponsive => "unresponsive",
+            DomainState::IdentityMismatch => "identity-mismatch",
+            DomainState::VersionMismatch => "version-mismatch",
+            DomainState::Error => "error",
+            DomainState::Idle => "idle",
+        }
+    }
+}
+
+impl std::fmt::Display for DomainState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The last result the agent reported for one configuration item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemView {
+    /// `hostname`, `network:<id>`, `dns`, `user:<name>`.
+    pub item: String,
+    /// What happened to it.
+    pub status: ItemStatus,
+    /// Why, for `failed` and `unsupported`.
+    pub reason: Option<String>,
+    /// The generation this result is for.
+    pub generation: u64,
+}
+
+/// One domain as the API shows it (`GET /v1/domains/{name}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DomainView {
+    /// The domain (socket file stem).
+    pub name: String,
+    /// The VM UUID the operator gave (`PUT ...?uuid=`); the agent's must match it.
+    pub uuid: Option<String>,
+    /// The VM UUID the agent reported in its last hello.
+    pub reported_uuid: Option<String>,
+    /// Where the domain stands.
+    pub state: DomainState,
+    /// The generation of the desired configuration (absent: none desired).
+    pub desired_generation: Option<u64>,
+    /// Its digest.
+    pub desired_digest: Option<String>,
+    /// The generation the agent last reported as applied.
+    pub applied_generation: Option<u64>,
+    /// Its digest.
+    pub applied_digest: Option<String>,
+    /// The last result per item.
+    pub items: Vec<ItemView>,
+    /// The last error (refused identity, timeouts, agent errors...).
+    pub last_error: Option<String>,
+    /// What the agent last reported about the guest.
+    pub facts: Option<GuestFacts>,
+    /// Whether a session to the agent is up right now.
+    pub connected: bool,
+    /// When the last result arrived (RFC 3339, UTC).
+    pub last_result_at: Option<String>,
+    /// The desired configuration.
+    pub config: Option<GuestConfig>,
+}
+
+/// `GET /v1/health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// Always `ok` when the broker answers.
+    pub status: String,
+    /// Domains known (configured or with a socket).
+    pub domains: u64,
+    /// Sessions running (one per socket).
+    pub sessions: u64,
+}
+
+/// The body of every error response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// What went wrong, in one sentence.
+    pub error: String,
+    /// The configuration field at fault (400 on a config).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Every problem found in a refused configuration.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+    /// The other domain holding a lease (409).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+}
+
+impl ApiError {
+    /// An error with only a message.
+    pub fn msg(error: impl Into<String>) -> Self {
+        ApiError {
+            error: error.into(),
+            path: None,
+            errors: Vec::new(),
+            domain: None,
+        }
+    }
+}
+
+/// `DELETE /v1/domains/{name}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteResult {
+    /// The domain.
+    pub name: String,
+    /// Whether a configuration was removed (false: there was none; still a success).
+    pub removed: bool,
+    /// The leases released (`address 192.0.2.10`, `hostname web1`).
+    pub released: Vec<String>,
+}

@@ -1,0 +1,302 @@
+//! An async client for the control API over its unix socket, used by the `xenchan` CLI,
+//! the simulator and tests.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), xenchan_broker::client::ClientError> {
+//! use xenchan_broker::client::Client;
+//! let client = Client::new("/run/xenchan/broker.sock");
+//! for d in client.list().await? {
+//!     println!("{} {}", d.name, d.state);
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use thiserror::Error;
+use tokio::net::UnixStream;
+use xenchan_protocol::config::GuestConfig;
+
+use crate::api::types::{ApiError, DeleteResult, DomainView, Health};
+use crate::paths::MAX_SOCKET_PATH;
+
+/// Default deadline of one request.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Largest response body read (a list of 20000 domains fits).
+pub const MAX_RESPONSE: usize = 256 * 1024 * 1024;
+
+/// Why a request failed.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// The broker's socket cannot be reached (missing, refused, permission denied).
+    #[error("cannot reach the broker at {path}")]
+    Unavailable {
+        /// The control socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The socket path cannot be used at all.
+    #[error("control socket path {0} is longer than the {MAX_SOCKET_PATH}-byte unix socket limit")]
+    PathTooLong(PathBuf),
+    /// The request did not complete in time.
+    #[error("the broker did not answer within {} ms", .0.as_millis())]
+    Timeout(Duration),
+    /// The HTTP exchange broke.
+    #[error("HTTP exchange with the broker failed")]
+    Http(#[source] hyper::Error),
+    /// The broker refused the request.
+    #[error("{}", .error.error)]
+    Api {
+        /// The HTTP status.
+        status: u16,
+        /// The error document.
+        error: ApiError,
+    },
+    /// The answer is not what the API documents.
+    #[error("unexpected answer from the broker (status {status})")]
+    Decode {
+        /// The HTTP status.
+        status: u16,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The answer is too large.
+    #[error("the broker's answer exceeds {MAX_RESPONSE} bytes")]
+    TooLarge,
+}
+
+impl ClientError {
+    /// The HTTP status, for refusals.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } | ClientError::Decode { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A control API client. Each request uses its own connection.
+#[derive(Debug, Clone)]
+pub struct Client {
+    socket: PathBuf,
+    timeout: Duration,
+}
+
+/// Percent-encodes a path segment or query value (everything but unreserved characters).
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+impl Client {
+    /// A client for the API on `socket_path`, with [`DEFAULT_TIMEOUT`].
+    pub fn new(socket_path: impl Into<PathBuf>) -> Client {
+        Client {
+            socket: socket_path.into(),
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// Sets the deadline of each request (connect, send, answer).
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Client {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The control socket this client talks to.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Sends one request and returns the status and body, whatever the status.
+    pub async fn request(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        if self.socket.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(ClientError::PathTooLong(self.socket.clone()));
+        }
+        tokio::time::timeout(self.timeout, self.exchange(method, path_and_query, body))
+            .await
+            .map_err(|_| ClientError::Timeout(self.timeout))?
+    }
+
+    async fn exchange(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|source| ClientError::Unavailable {
+                    path: self.socket.clone(),
+                    source,
+                })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(ClientError::Http)?;
+        let driver = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path_and_query)
+            .header(hyper::header::HOST, "xenchan-broker");
+        if body.is_some() {
+            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .expect("a request from valid parts");
+        let result = async {
+            let resp = sender.send_request(req).await.map_err(ClientError::Http)?;
+            let status = resp.status();
+            let body = Limited::new(resp.into_body(), MAX_RESPONSE)
+                .collect()
+                .await
+                .map_err(|e| match e.downcast::<hyper::Error>() {
+                    Ok(h) => ClientError::Http(*h),
+                    Err(_) => ClientError::TooLarge,
+                })?
+                .to_bytes();
+            Ok((status, body))
+        }
+        .await;
+        driver.abort();
+        result
+    }
+
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, ClientError> {
+        let (status, bytes) = self.request(method, path, body).await?;
+        if status.is_success() {
+            serde_json::from_slice(&bytes).map_err(|source| ClientError::Decode {
+                status: status.as_u16(),
+                source,
+            })
+        } else {
+            let error = serde_json::from_slice::<ApiError>(&bytes).unwrap_or_else(|_| {
+                ApiError::msg(format!(
+                    "{status}: {}",
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).trim()
+                ))
+            });
+            Err(ClientError::Api {
+                status: status.as_u16(),
+                error,
+            })
+        }
+    }
+
+    /// `GET /v1/health`.
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        self.call(Method::GET, "/v1/health", None).await
+    }
+
+    /// `GET /v1/domains`.
+    pub async fn list(&self) -> Result<Vec<DomainView>, ClientError> {
+        self.call(Method::GET, "/v1/domains", None).await
+    }
+
+    /// `GET /v1/domains/{name}`.
+    pub async fn get_domain(&self, name: &str) -> Result<DomainView, ClientError> {
+        self.call(Method::GET, &format!("/v1/domains/{}", encode(name)), None)
+            .await
+    }
+
+    /// `PUT /v1/domains/{name}/config[?uuid=]` with a document.
+    pub async fn put_config(
+        &self,
+        name: &str,
+        config: &GuestConfig,
+        uuid: Option<&str>,
+    ) -> Result<DomainView, ClientError> {
+        self.put_config_json(name, &config.canonical_json(), uuid)
+            .await
+    }
+
+    /// `PUT /v1/domains/{name}/config[?uuid=]` with raw JSON (the broker validates it).
+    pub async fn put_config_json(
+        &self,
+        name: &str,
+        json: &[u8],
+        uuid: Option<&str>,
+    ) -> Result<DomainView, ClientError> {
+        let mut path = format!("/v1/domains/{}/config", encode(name));
+        if let Some(u) = uuid {
+            path.push_str("?uuid=");
+            path.push_str(&encode(u));
+        }
+        self.call(Method::PUT, &path, Some(json.to_vec())).await
+    }
+
+    /// `DELETE /v1/domains/{name}`.
+    pub async fn delete(&self, name: &str) -> Result<DeleteResult, ClientError> {
+        self.call(
+            Method::DELETE,
+            &format!("/v1/domains/{}", encode(name)),
+            None,
+        )
+        .await
+    }
+
+    /// `POST /v1/domains/{name}/push`.
+    pub async fn push(&self, name: &str) -> Result<DomainView, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/v1/domains/{}/push", encode(name)),
+            Some(Vec::new()),
+        )
+        .await
+    }
+
+    /// `GET /metrics` (Prometheus text).
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        let (status, bytes) = self.request(Method::GET, "/metrics", None).await?;
+        if status.is_success() {
+            Ok(String::from_utf8_lossy(&bytes).into_owned())
+        } else {
+            Err(ClientError::Api {
+                status: status.as_u16(),
+                error: ApiError::msg(String::from_utf8_lossy(&bytes).into_owned()),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_segments_are_encoded() {
+        assert_eq!(encode("web-1.a_b"), "web-1.a_b");
+        assert_eq!(encode("a/b c"), "a%2Fb%20c");
+    }
+}

@@ -1,0 +1,354 @@
+//! Counters for `GET /metrics` (Prometheus text format 0.0.4).
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use xenchan_protocol::{DecodeStats, ItemStatus};
+
+use crate::api::types::DomainState;
+
+/// Kinds of errors counted in `xenchan_errors_total{kind=...}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Connecting to a socket failed (refused, missing...).
+    Connect,
+    /// No hello from the agent in time.
+    HelloTimeout,
+    /// No result in time.
+    ResultTimeout,
+    /// Writing to the channel failed or timed out.
+    Write,
+    /// Reading from the channel failed.
+    Read,
+    /// The agent reported another VM's UUID.
+    IdentityMismatch,
+    /// No common protocol version.
+    VersionMismatch,
+    /// The agent sent an error message.
+    AgentError,
+    /// Three pings went unanswered.
+    Unresponsive,
+    /// A store operation failed.
+    Store,
+    /// A hook failed, timed out or could not run.
+    Hook,
+    /// A socket path was unusable (too long, bad name).
+    SocketPath,
+    /// A second connection to a listening socket was refused.
+    ExtraConnection,
+    /// Something else.
+    Other,
+}
+
+impl ErrorKind {
+    const ALL: [ErrorKind; 14] = [
+        ErrorKind::Connect,
+        ErrorKind::HelloTimeout,
+        ErrorKind::ResultTimeout,
+        ErrorKind::Write,
+        ErrorKind::Read,
+        ErrorKind::IdentityMismatch,
+        ErrorKind::VersionMismatch,
+        ErrorKind::AgentError,
+        ErrorKind::Unresponsive,
+        ErrorKind::Store,
+        ErrorKind::Hook,
+        ErrorKind::SocketPath,
+        ErrorKind::ExtraConnection,
+        ErrorKind::Other,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Connect => "connect",
+            ErrorKind::HelloTimeout => "hello_timeout",
+            ErrorKind::ResultTimeout => "result_timeout",
+            ErrorKind::Write => "write",
+            ErrorKind::Read => "read",
+            ErrorKind::IdentityMismatch => "identity_mismatch",
+            ErrorKind::VersionMismatch => "version_mismatch",
+            ErrorKind::AgentError => "agent_error",
+            ErrorKind::Unresponsive => "unresponsive",
+            ErrorKind::Store => "store",
+            ErrorKind::Hook => "hook",
+            ErrorKind::SocketPath => "socket_path",
+            ErrorKind::ExtraConnection => "extra_connection",
+            ErrorKind::Other => "other",
+        }
+    }
+}
+
+const SKIP_REASONS: [&str; 7] = [
+    "at_command",
+    "nul",
+    "invalid_utf8",
+    "noise",
+    "invalid",
+    "too_deep",
+    "oversize",
+];
+
+fn skip_counts(s: &DecodeStats) -> [u64; 7] {
+    [
+        s.at_commands,
+        s.nul,
+        s.invalid_utf8,
+        s.noise,
+        s.invalid,
+        s.too_deep,
+        s.oversize,
+    ]
+}
+
+const ITEM_STATUSES: [ItemStatus; 4] = [
+    ItemStatus::Applied,
+    ItemStatus::Unchanged,
+    ItemStatus::Failed,
+    ItemStatus::Unsupported,
+];
+
+/// The broker's counters. Monotonic; shared by every task.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    connections: AtomicU64,
+    pushes: AtomicU64,
+    results: AtomicU64,
+    item_results: [AtomicU64; 4],
+    frames: AtomicU64,
+    skipped: [AtomicU64; 7],
+    errors: [AtomicU64; 14],
+    hooks_ok: AtomicU64,
+    hooks_failed: AtomicU64,
+    hooks_dropped: AtomicU64,
+    api_requests: AtomicU64,
+}
+
+impl Metrics {
+    /// A connection to a domain socket was made.
+    pub fn connection(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A config was pushed.
+    pub fn push(&self) {
+        self.pushes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A result arrived with these item statuses.
+    pub fn result(&self, statuses: impl IntoIterator<Item = ItemStatus>) {
+        self.results.fetch_add(1, Ordering::Relaxed);
+        for s in statuses {
+            if let Some(i) = ITEM_STATUSES.iter().position(|x| *x == s) {
+                self.item_results[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Adds what a codec decoded and skipped since `before`.
+    pub fn decoded(&self, before: &DecodeStats, now: &DecodeStats) {
+        self.frames
+            .fetch_add(now.frames.saturating_sub(before.frames), Ordering::Relaxed);
+        for (i, (b, n)) in skip_counts(before)
+            .into_iter()
+            .zip(skip_counts(now))
+            .enumerate()
+        {
+            if n > b {
+                self.skipped[i].fetch_add(n - b, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// An error of `kind` happened.
+    pub fn error(&self, kind: ErrorKind) {
+        let i = ErrorKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+        self.errors[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many errors of `kind` happened.
+    pub fn errors(&self, kind: ErrorKind) -> u64 {
+        let i = ErrorKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+        self.errors[i].load(Ordering::Relaxed)
+    }
+
+    /// A hook ran: ok or not.
+    pub fn hook(&self, ok: bool) {
+        if ok {
+            self.hooks_ok.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.hooks_failed.fetch_add(1, Ordering::Relaxed);
+            self.error(ErrorKind::Hook);
+        }
+    }
+
+    /// A background hook run was dropped (queue full).
+    pub fn hook_dropped(&self) {
+        self.hooks_dropped.fetch_add(1, Ordering::Relaxed);
+        self.error(ErrorKind::Hook);
+    }
+
+    /// An API request was served.
+    pub fn api_request(&self) {
+        self.api_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text, with `states` giving the current sessions by state and
+    /// `domains` the number of domains known.
+    pub fn render(&self, states: &[(DomainState, u64)], domains: u64) -> String {
+        let mut o = String::new();
+        let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let head = |o: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        head(
+            &mut o,
+            "xenchan_domains",
+            "gauge",
+            "Domains known to the broker.",
+        );
+        let _ = writeln!(o, "xenchan_domains {domains}");
+        head(
+            &mut o,
+            "xenchan_sessions",
+            "gauge",
+            "Domains by state (pending: no socket).",
+        );
+        for s in DomainState::ALL {
+            let n = states.iter().find(|(x, _)| *x == s).map_or(0, |(_, n)| *n);
+            let _ = writeln!(o, "xenchan_sessions{{state=\"{s}\"}} {n}");
+        }
+        head(
+            &mut o,
+            "xenchan_connections_total",
+            "counter",
+            "Connections made to domain sockets.",
+        );
+        let _ = writeln!(o, "xenchan_connections_total {}", c(&self.connections));
+        head(
+            &mut o,
+            "xenchan_pushes_total",
+            "counter",
+            "Configurations pushed to agents.",
+        );
+        let _ = writeln!(o, "xenchan_pushes_total {}", c(&self.pushes));
+        head(
+            &mut o,
+            "xenchan_results_total",
+            "counter",
+            "Results received from agents.",
+        );
+        let _ = writeln!(o, "xenchan_results_total {}", c(&self.results));
+        head(
+            &mut o,
+            "xenchan_item_results_total",
+            "counter",
+            "Item results received, by status.",
+        );
+        for (i, s) in ITEM_STATUSES.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "xenchan_item_results_total{{status=\"{}\"}} {}",
+                s.as_str(),
+                c(&self.item_results[i])
+            );
+        }
+        head(
+            &mut o,
+            "xenchan_frames_total",
+            "counter",
+            "Protocol frames decoded from agents.",
+        );
+        let _ = writeln!(o, "xenchan_frames_total {}", c(&self.frames));
+        head(
+            &mut o,
+            "xenchan_frames_skipped_total",
+            "counter",
+            "Lines skipped as noise, by reason.",
+        );
+        for (i, r) in SKIP_REASONS.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "xenchan_frames_skipped_total{{reason=\"{r}\"}} {}",
+                c(&self.skipped[i])
+            );
+        }
+        head(
+            &mut o,
+            "xenchan_errors_total",
+            "counter",
+            "Errors, by kind.",
+        );
+        for (i, k) in ErrorKind::ALL.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "xenchan_errors_total{{kind=\"{}\"}} {}",
+                k.as_str(),
+                c(&self.errors[i])
+            );
+        }
+        head(
+            &mut o,
+            "xenchan_hook_runs_total",
+            "counter",
+            "Hook runs, by result.",
+        );
+        let _ = writeln!(
+            o,
+            "xenchan_hook_runs_total{{result=\"ok\"}} {}",
+            c(&self.hooks_ok)
+        );
+        let _ = writeln!(
+            o,
+            "xenchan_hook_runs_total{{result=\"failed\"}} {}",
+            c(&self.hooks_failed)
+        );
+        let _ = writeln!(
+            o,
+            "xenchan_hook_runs_total{{result=\"dropped\"}} {}",
+            c(&self.hooks_dropped)
+        );
+        head(
+            &mut o,
+            "xenchan_api_requests_total",
+            "counter",
+            "Control API requests served.",
+        );
+        let _ = writeln!(o, "xenchan_api_requests_total {}", c(&self.api_requests));
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family_with_labels() {
+        let m = Metrics::default();
+        m.push();
+        m.result([ItemStatus::Applied, ItemStatus::Failed]);
+        m.error(ErrorKind::HelloTimeout);
+        let before = DecodeStats::default();
+        let now = DecodeStats {
+            noise: 3,
+            oversize: 1,
+            frames: 2,
+            ..DecodeStats::default()
+        };
+        m.decoded(&before, &now);
+        let t = m.render(&[(DomainState::Configured, 2)], 3);
+        for line in [
+            "xenchan_domains 3",
+            "xenchan_sessions{state=\"configured\"} 2",
+            "xenchan_sessions{state=\"pending\"} 0",
+            "xenchan_pushes_total 1",
+            "xenchan_item_results_total{status=\"failed\"} 1",
+            "xenchan_frames_skipped_total{reason=\"noise\"} 3",
+            "xenchan_frames_skipped_total{reason=\"oversize\"} 1",
+            "xenchan_frames_total 2",
+            "xenchan_errors_total{kind=\"hello_timeout\"} 1",
+        ] {
+            assert!(t.lines().any(|l| l == line), "missing {line}\n{t}");
+        }
+    }
+}

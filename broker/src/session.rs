@@ -1,0 +1,984 @@
+//! One task per domain: connect (or accept), handshake, push, keepalive, reconnect.
+//!
+//! Every step has a deadline (connect, hello, result, each write); reads go through
+//! [`FrameCodec`], which bounds the buffer whatever the guest sends; writes wait for the
+//! socket (the host-to-guest ring is 1 KiB) under a deadline. A session never waits on
+//! another domain: the only shared things are the store thread (each session has at most
+//! one write queued, and awaits it) and a short in-memory lock.
+//!
+//! Ending a session (EOF, EPIPE, a missed deadline) is not an error of the domain: the
+//! task reconnects with exponential backoff and jitter for as long as the socket exists,
+//! as it must across `xl reboot`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use rand::Rng;
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use xenchan_protocol::message::{
+    Applied, ApplyResult, Body, ConfigPush, ErrorCode, ErrorReport, GuestFacts, Hello,
+};
+use xenchan_protocol::session::{NoCommonVersion, negotiate};
+use xenchan_protocol::{
+    DecodeStats, Envelope, FrameCodec, Nonce, Role, SUPPORTED_VERSIONS, Verdict,
+};
+
+use crate::api::types::{DomainState, ItemView};
+use crate::clock::now_rfc3339;
+use crate::domains::{Desired, Shared};
+use crate::metrics::ErrorKind;
+use crate::paths::check_socket_path;
+
+/// Missed pongs after which a guest is unresponsive.
+const MISSED_PONGS: u32 = 3;
+
+/// Fewest time between two hellos sent in answer to beacons.
+const BEACON_ANSWER_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Exponential backoff with jitter.
+#[derive(Debug)]
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff {
+            min,
+            max,
+            next: min,
+        }
+    }
+
+    /// The next delay: a random point in [d/2, d], d doubling up to the maximum, so that
+    /// many sessions that lost their sockets together do not retry together.
+    fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let lo = d / 2;
+        let jitter = rand::thread_rng().gen_range(0..=d.saturating_sub(lo).as_millis() as u64);
+        lo + Duration::from_millis(jitter)
+    }
+
+    fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
+/// How a session ended.
+#[derive(Debug)]
+enum End {
+    /// Stop asked (socket removed, domain deleted, shutdown).
+    Stopped,
+    /// The connection is over; reconnect. `handshook`: the agent had answered.
+    Over { handshook: bool, why: String },
+}
+
+/// Connect mode: connects to `<socket_dir>/<name>.sock` and keeps a session up until
+/// `stop`.
+pub async fn run_connect(
+    shared: Arc<Shared>,
+    name: String,
+    mut desired: watch::Receiver<Desired>,
+    stop: CancellationToken,
+    previous: Option<JoinHandle<()>>,
+) {
+    if let Some(p) = previous {
+        // Exactly one connection per socket: the old session lets go first.
+        let _ = p.await;
+    }
+    let path = shared.config.socket_path(&name);
+    if let Err(e) = check_socket_path(&path) {
+        shared.set_state(&name, DomainState::Error);
+        shared.record_error(&name, ErrorKind::SocketPath, e).await;
+        stop.cancelled().await;
+        return;
+    }
+    let t = &shared.config.timeouts;
+    let mut backoff = Backoff::new(t.reconnect_min(), t.reconnect_max());
+    loop {
+        shared.set_state(&name, DomainState::Connecting);
+        let attempt = tokio::select! {
+            () = stop.cancelled() => return,
+            r = tokio::time::timeout(t.connect(), UnixStream::connect(&path)) => r,
+        };
+        match attempt {
+            Ok(Ok(stream)) => {
+                shared.metrics.connection();
+                tracing::debug!(domain = %name, "connected");
+                let end = Session::new(&shared, &name)
+                    .run(stream, &mut desired, &stop, None)
+                    .await;
+                shared.update(&name, |s| s.connected(false));
+                match end {
+                    End::Stopped => return,
+                    End::Over { handshook, why } => {
+                        tracing::info!(domain = %name, "session ended: {why}");
+                        if handshook {
+                            backoff.reset();
+                        }
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                shared.metrics.error(ErrorKind::Connect);
+                tracing::debug!(domain = %name, "connect to {} failed: {e}", path.display());
+            }
+            Err(_) => {
+                shared.metrics.error(ErrorKind::Connect);
+                tracing::debug!(domain = %name, "connect to {} timed out", path.display());
+            }
+        }
+        let delay = backoff.next_delay();
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Listen mode: owns `<socket_dir>/<name>.sock`, serves one backend connection at a time
+/// (extra ones are closed at once) until `stop`, then removes the socket.
+pub async fn run_listen(
+    shared: Arc<Shared>,
+    name: String,
+    mut desired: watch::Receiver<Desired>,
+    stop: CancellationToken,
+    previous: Option<JoinHandle<()>>,
+) {
+    if let Some(p) = previous {
+        let _ = p.await;
+    }
+    let path = shared.config.socket_path(&name);
+    let listener = match bind_socket(&path) {
+        Ok(l) => l,
+        Err(e) => {
+            shared.set_state(&name, DomainState::Error);
+            shared.record_error(&name, ErrorKind::SocketPath, e).await;
+            stop.cancelled().await;
+            return;
+        }
+    };
+    loop {
+        shared.set_state(&name, DomainState::Connecting);
+        let accepted = tokio::select! {
+            () = stop.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                shared.metrics.connection();
+                let end = Session::new(&shared, &name)
+                    .run(stream, &mut desired, &stop, Some(&listener))
+                    .await;
+                shared.update(&name, |s| s.connected(false));
+                match end {
+                    End::Stopped => break,
+                    End::Over { why, .. } => {
+                        tracing::info!(domain = %name, "session ended: {why}");
+                    }
+                }
+            }
+            Err(e) => {
+                shared.metrics.error(ErrorKind::Connect);
+                tracing::warn!(domain = %name, "accept failed: {e}");
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(shared.config.timeouts.reconnect_min()) => {}
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+/// Binds a listening socket, replacing a stale socket file but never another file.
+pub fn bind_socket(path: &std::path::Path) -> Result<UnixListener, String> {
+    use std::os::unix::fs::FileTypeExt;
+    check_socket_path(path)?;
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        if !m.file_type().is_socket() {
+            return Err(format!(
+                "{} exists and is not a socket; refusing to replace it",
+                path.display()
+            ));
+        }
+        std::fs::remove_file(path)
+            .map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;
+    }
+    UnixListener::bind(path).map_err(|e| format!("cannot listen on {}: {e}", path.display()))
+}
+
+/// A push waiting for its result.
+#[derive(Debug, Clone)]
+struct InFlight {
+    generation: u64,
+    digest: String,
+    deadline: Instant,
+}
+
+/// Where the handshake is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Hello sent; waiting for the agent's answer until the deadline.
+    AwaitHello(Instant),
+    /// The agent answered.
+    Ready,
+}
+
+/// Why nothing may be pushed in this session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Block {
+    /// No common version (error sent).
+    Version,
+    /// The agent refused our channel or our identity.
+    Refused(DomainState),
+}
+
+enum Event {
+    Stop,
+    Frame(Option<Result<Envelope, xenchan_protocol::codec::CodecError>>),
+    Desired,
+    DesiredGone,
+    Timer,
+    Extra,
+}
+
+/// One connection's session.
+struct Session<'a> {
+    shared: &'a Shared,
+    name: &'a str,
+    nonce: Nonce,
+    rules: xenchan_protocol::session::SessionRules,
+    encoder: FrameCodec,
+    stats_seen: DecodeStats,
+    phase: Phase,
+    hello_sent: Instant,
+    handshook: bool,
+    agent_uuid: Option<String>,
+    agent_applied: Option<Applied>,
+    block: Option<Block>,
+    identity_flagged: bool,
+    in_flight: Option<InFlight>,
+    /// A (generation, digest) the agent refused as a bad config: not pushed again until
+    /// the desired config changes or a push is forced.
+    refused: Option<(u64, String)>,
+    force_seen: u64,
+    /// The outcome of the last result: (generation, digest, all items ok).
+    last_result: Option<(u64, String, bool)>,
+    last_facts: Option<GuestFacts>,
+    ping_id: u64,
+    unanswered: u32,
+    next_ping: Instant,
+    desired_open: bool,
+}
+
+impl<'a> Session<'a> {
+    fn new(shared: &'a Shared, name: &'a str) -> Session<'a> {
+        let mut rules = xenchan_protocol::session::SessionRules::new(Role::Broker);
+        let nonce = Nonce::from_bytes(rand::random());
+        rules.set_session(nonce.clone());
+        let force_seen = shared.desired(name).force;
+        Session {
+            shared,
+            name,
+            nonce,
+            rules,
+            encoder: FrameCodec::new(shared.config.limits.max_frame),
+            stats_seen: DecodeStats::default(),
+            phase: Phase::Ready,
+            hello_sent: Instant::now(),
+            handshook: false,
+            agent_uuid: None,
+            agent_applied: None,
+            block: None,
+            identity_flagged: false,
+            in_flight: None,
+            refused: None,
+            force_seen,
+            last_result: None,
+            last_facts: None,
+            ping_id: 0,
+            unanswered: 0,
+            next_ping: Instant::now(),
+            desired_open: true,
+        }
+    }
+
+    fn timeouts(&self) -> &crate::config::Timeouts {
+        &self.shared.config.timeouts
+    }
+
+    fn set_state(&self, s: DomainState) {
+        self.shared.set_state(self.name, s);
+    }
+
+    async fn run(
+        mut self,
+        stream: UnixStream,
+        desired: &mut watch::Receiver<Desired>,
+        stop: &CancellationToken,
+        extra: Option<&UnixListener>,
+    ) -> End {
+        let (read, mut write) = stream.into_split();
+        let mut frames =
+            FramedRead::new(read, FrameCodec::new(self.shared.config.limits.max_frame));
+        // Where the last result of this domain stands, to tell configured from failed
+        // without asking the agent again.
+        let items: Vec<ItemView> = {
+            let mut v = Vec::new();
+            self.shared.update(self.name, |s| v = s.items().to_vec());
+            v
+        };
+        if let Some(first) = items.first() {
+            let ok = items
+                .iter()
+                .filter(|i| i.generation == first.generation)
+                .all(|i| {
+                    matches!(
+                        i.status,
+                        xenchan_protocol::ItemStatus::Applied
+                            | xenchan_protocol::ItemStatus::Unchanged
+                    )
+                });
+            self.last_result = Some((first.generation, String::new(), ok));
+        }
+        if let Err(end) = self.send_hello(&mut write).await {
+            return end;
+        }
+        loop {
+            let deadline = self.next_deadline();
+            let ev = tokio::select! {
+                () = stop.cancelled() => Event::Stop,
+                f = frames.next() => Event::Frame(f),
+                r = desired.changed(), if self.desired_open => {
+                    if r.is_ok() { Event::Desired } else { Event::DesiredGone }
+                }
+                () = tokio::time::sleep_until(deadline) => Event::Timer,
+                () = refuse_extra(extra) => Event::Extra,
+            };
+            let now_stats = frames.decoder().stats();
+            self.shared.metrics.decoded(&self.stats_seen, &now_stats);
+            self.stats_seen = now_stats;
+            let r = match ev {
+                Event::Stop => {
+                    let reason = if self.shared.shutdown.is_cancelled() {
+                        "broker shutting down"
+                    } else {
+                        "domain removed"
+                    };
+                    self.say_bye(&write, reason);
+                    return End::Stopped;
+                }
+                Event::Frame(None) => Err(self.over("the peer closed the connection (EOF)")),
+                Event::Frame(Some(Err(e))) => {
+                    self.shared.metrics.error(ErrorKind::Read);
+                    Err(self.over(&format!("read failed: {}", error_text(&e))))
+                }
+                Event::Frame(Some(Ok(env))) => self.on_message(env, &mut write, desired).await,
+                Event::Desired => {
+                    let _ = desired.borrow_and_update();
+                    self.evaluate(&mut write, desired).await
+                }
+                Event::DesiredGone => {
+                    self.desired_open = false;
+                    Ok(())
+                }
+                Event::Timer => self.on_timer(&mut write).await,
+                Event::Extra => {
+                    self.shared.metrics.error(ErrorKind::ExtraConnection);
+                    tracing::warn!(
+                        domain = self.name,
+                        "refused a second connection to the socket"
+                    );
+                    Ok(())
+                }
+            };
+            if let Err(end) = r {
+                return end;
+            }
+        }
+    }
+
+    fn over(&self, why: &str) -> End {
+        End::Over {
+            handshook: self.handshook,
+            why: why.to_string(),
+        }
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let mut d = Instant::now() + Duration::from_secs(3600);
+        if let Phase::AwaitHello(h) = self.phase {
+            d = d.min(h);
+        }
+        if let Some(f) = &self.in_flight {
+            d = d.min(f.deadline);
+        }
+        if self.phase == Phase::Ready && self.handshook {
+            d = d.min(self.next_ping);
+        }
+        d
+    }
+
+    /// Writes one message under `deadline`, waiting for the socket to drain.
+    async fn send(
+        &mut self,
+        write: &mut OwnedWriteHalf,
+        body: Body,
+        deadline: Duration,
+    ) -> Result<(), End> {
+        let env = Envelope::new(Role::Broker, Some(self.nonce.clone()), body);
+        let line = match self.encoder.encode_line(&env) {
+            Ok(l) => l,
+            Err(e) => {
+                // Only a config can be this large; the API refuses those, so this is a
+                // frame limit lowered after the config was stored.
+                self.shared
+                    .record_error(
+                        self.name,
+                        ErrorKind::Other,
+                        format!("cannot send {}: {e}", env.kind()),
+                    )
+                    .await;
+                return Ok(());
+            }
+        };
+        match tokio::time::timeout(deadline, write.write_all(&line)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                self.shared.metrics.error(ErrorKind::Write);
+                Err(self.over(&format!("write failed: {e}")))
+            }
+            Err(_) => {
+                self.shared.metrics.error(ErrorKind::Write);
+                Err(self.over(&format!(
+                    "writing {} did not finish within {} ms (the guest is not reading)",
+                    env.kind(),
+                    deadline.as_millis()
+                )))
+            }
+        }
+    }
+
+    /// Best effort, never waits: the peer may be gone or not reading.
+    fn say_bye(&self, write: &OwnedWriteHalf, reason: &str) {
+        let env = Envelope::new(
+            Role::Broker,
+            Some(self.nonce.clone()),
+            Body::Bye {
+                reason: reason.to_string(),
+            },
+        );
+        if let Ok(line) = self.encoder.encode_line(&env) {
+            let _ = write.try_write(&line);
+        }
+    }
+
+    async fn send_hello(&mut self, write: &mut OwnedWriteHalf) -> Result<(), End> {
+        let uuid = self.shared.desired(self.name).uuid;
+        let hello = Hello {
+            versions: Some(SUPPORTED_VERSIONS.to_vec()),
+            channel: self.shared.config.channel.clone(),
+            domain: Some(self.name.to_string()),
+            uuid,
+            software: format!("xenchan-broker {}", env!("CARGO_PKG_VERSION")),
+            applied: None,
+        };
+        let timeout = self.timeouts().hello();
+        self.hello_sent = Instant::now();
+        if !self.handshook {
+            self.phase = Phase::AwaitHello(Instant::now() + timeout);
+            self.set_state(DomainState::Handshaking);
+        }
+        self.send(write, Body::Hello(hello), timeout).await
+    }
+
+    async fn on_message(
+        &mut self,
+        env: Envelope,
+        write: &mut OwnedWriteHalf,
+        desired: &mut watch::Receiver<Desired>,
+    ) -> Result<(), End> {
+        match self.rules.classify(&env) {
+            Verdict::Beacon => {
+                // An agent without a session (perhaps a stale beacon replayed by QEMU):
+                // say hello again, at most once a second; never take it as the answer.
+                if self.hello_sent.elapsed() >= BEACON_ANSWER_INTERVAL {
+                    self.send_hello(write).await?;
+                }
+                Ok(())
+            }
+            Verdict::Accept => {
+                self.unanswered = 0;
+                match env.body {
+                    Body::Hello(h) => self.on_hello(h, write, desired).await,
+                    Body::Result(r) => self.on_result(r, write, desired).await,
+                    Body::Facts(f) => {
+                        self.on_facts(f).await;
+                        Ok(())
+                    }
+                    Body::Pong { .. } => {
+                        if self.phase == Phase::Ready && self.handshook {
+                            // Back from unresponsive, if it was.
+                            self.refresh_state(desired);
+                        }
+                        Ok(())
+                    }
+                    Body::Ping { id } => {
+                        self.send(write, Body::Pong { id }, self.timeouts().keepalive())
+                            .await
+                    }
+                    Body::Error(e) => {
+                        self.on_agent_error(e).await;
+                        Ok(())
+                    }
+                    Body::Bye { reason } => {
+                        Err(self.over(&format!("the agent said bye ({reason})")))
+                    }
+                    Body::Config(_) => Ok(()),
+                }
+            }
+            Verdict::NewSession | Verdict::OwnEcho | Verdict::Stale | Verdict::UnknownVersion => {
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_hello(
+        &mut self,
+        h: Hello,
+        write: &mut OwnedWriteHalf,
+        desired: &mut watch::Receiver<Desired>,
+    ) -> Result<(), End> {
+        self.phase = Phase::Ready;
+        self.handshook = true;
+        self.in_flight = None;
+        self.next_ping = Instant::now() + self.timeouts().keepalive();
+        let reported = h.uuid.as_deref().map(|u| u.trim().to_ascii_lowercase());
+        self.agent_uuid.clone_from(&reported);
+        if let Err(NoCommonVersion { ours, theirs }) =
+            negotiate(SUPPORTED_VERSIONS, h.versions.as_deref())
+        {
+            let message =
+                format!("no common protocol version (broker: {ours:?}, agent: {theirs:?})");
+            self.block = Some(Block::Version);
+            self.set_state(DomainState::VersionMismatch);
+            self.shared
+                .record_error(self.name, ErrorKind::VersionMismatch, message.clone())
+                .await;
+            return self
+                .send(
+                    write,
+                    Body::Error(ErrorReport {
+                        code: ErrorCode::NoCommonVersion,
+                        message,
+                    }),
+                    self.timeouts().hello(),
+                )
+                .await;
+        }
+        self.block = None;
+        self.identity_flagged = false;
+        self.agent_applied.clone_from(&h.applied);
+        let applied = h.applied.map(|a| (a.generation, a.digest.to_string()));
+        let name = self.name.to_string();
+        let (a2, u2) = (applied.clone(), reported.clone());
+        if let Err(e) = self
+            .shared
+            .store
+            .call(move |db| {
+                db.record_applied(
+                    &name,
+                    a2.as_ref().map(|(g, d)| (*g, d.as_str())),
+                    u2.as_deref(),
+                )
+            })
+            .await
+        {
+            self.shared.metrics.error(ErrorKind::Store);
+            tracing::error!(domain = self.name, "cannot record the applied state: {e}");
+        }
+        self.shared.update(self.name, |s| {
+            s.applied(applied, reported);
+            s.connected(true);
+        });
+        tracing::info!(domain = self.name, software = %h.software, "agent answered hello");
+        if self.identity_ok(desired) {
+            self.shared.clear_error(self.name).await;
+        }
+        self.evaluate(write, desired).await
+    }
+
+    /// Whether the agent's UUID matches the domain's (true when either is unknown).
+    fn identity_ok(&self, desired: &watch::Receiver<Desired>) -> bool {
+        let want = desired.borrow().uuid.clone();
+        match (want, &self.agent_uuid) {
+            (Some(w), Some(a)) => w.eq_ignore_ascii_case(a),
+            _ => true,
+        }
+    }
+
+    /// Decides what to do now: push, wait, or nothing; and sets the state to match.
+    async fn evaluate(
+        &mut self,
+        write: &mut OwnedWriteHalf,
+        desired: &mut watch::Receiver<Desired>,
+    ) -> Result<(), End> {
+        if self.phase != Phase::Ready || !self.handshook {
+            return Ok(());
+        }
+        if let Some(b) = self.block {
+            self.set_state(match b {
+                Block::Version => DomainState::VersionMismatch,
+                Block::Refused(s) => s,
+            });
+            return Ok(());
+        }
+        if !self.identity_ok(desired) {
+            self.set_state(DomainState::IdentityMismatch);
+            if !self.identity_flagged {
+                self.identity_flagged = true;
+                let want = desired.borrow().uuid.clone().unwrap_or_default();
+                let got = self.agent_uuid.clone().unwrap_or_default();
+                let message = format!(
+                    "identity mismatch: domain {} is VM {want} but the agent reports {got}; nothing is pushed",
+                    self.name
+                );
+                self.shared
+                    .record_error(self.name, ErrorKind::IdentityMismatch, message.clone())
+                    .await;
+                // Nothing more than the error: not one byte of configuration goes to a VM
+                // that is not the one it is meant for.
+                self.send(
+                    write,
+                    Body::Error(ErrorReport {
+                        code: ErrorCode::IdentityMismatch,
+                        message,
+                    }),
+                    self.timeouts().hello(),
+                )
+                .await?;
+            }
+            return Ok(());
+        }
+        if self.identity_flagged {
+            self.identity_flagged = false;
+            self.shared.clear_error(self.name).await;
+        }
+        let d = desired.borrow().clone();
+        let Some(cfg) = d.config else {
+            self.set_state(DomainState::Idle);
+            return Ok(());
+        };
+        let digest = cfg.digest.to_string();
+        if let Some(f) = &self.in_flight
+            && f.generation == cfg.generation
+            && f.digest == digest
+        {
+            self.set_state(DomainState::Pushing);
+            return Ok(());
+        }
+        let forced = d.force > self.force_seen;
+        let applied_matches = self
+            .agent_applied
+            .as_ref()
+            .is_some_and(|a| a.generation == cfg.generation && a.digest == cfg.digest);
+        if applied_matches && !forced {
+            self.refresh_state_for(cfg.generation);
+            return Ok(());
+        }
+        if !forced && self.refused.as_ref() == Some(&(cfg.generation, digest.clone())) {
+            self.set_state(DomainState::Error);
+            return Ok(());
+        }
+        self.force_seen = d.force;
+        self.refused = None;
+        let push = ConfigPush {
+            generation: cfg.generation,
+            digest: cfg.digest.clone(),
+            config: cfg.config.clone(),
+        };
+        let timeout = self.timeouts().result();
+        self.in_flight = Some(InFlight {
+            generation: cfg.generation,
+            digest,
+            deadline: Instant::now() + timeout,
+        });
+        self.set_state(DomainState::Pushing);
+        self.shared.metrics.push();
+        tracing::info!(
+            domain = self.name,
+            generation = cfg.generation,
+            "pushing configuration"
+        );
+        self.send(write, Body::Config(push), timeout).await
+    }
+
+    /// Sets configured or failed for `generation` from the last result.
+    fn refresh_state_for(&self, generation: u64) {
+        let ok = match &self.last_result {
+            Some((g, _, ok)) if *g == generation => *ok,
+            _ => true,
+        };
+        self.set_state(if ok {
+            DomainState::Configured
+        } else {
+            DomainState::Failed
+        });
+    }
+
+    /// Recomputes the state without acting (after an unresponsive spell).
+    fn refresh_state(&self, desired: &watch::Receiver<Desired>) {
+        if let Some(b) = self.block {
+            self.set_state(match b {
+                Block::Version => DomainState::VersionMismatch,
+                Block::Refused(s) => s,
+            });
+        } else if !self.identity_ok(desired) {
+            self.set_state(DomainState::IdentityMismatch);
+        } else if self.in_flight.is_some() {
+            self.set_state(DomainState::Pushing);
+        } else if let Some(cfg) = desired.borrow().config.clone() {
+            let applied = self
+                .agent_applied
+                .as_ref()
+                .is_some_and(|a| a.generation == cfg.generation && a.digest == cfg.digest);
+            if applied {
+                self.refresh_state_for(cfg.generation);
+            } else if self.refused.is_some() {
+                self.set_state(DomainState::Error);
+            } else {
+                self.set_state(DomainState::Pushing);
+            }
+        } else {
+            self.set_state(DomainState::Idle);
+        }
+    }
+
+    async fn on_result(
+        &mut self,
+        r: ApplyResult,
+        write: &mut OwnedWriteHalf,
+        desired: &mut watch::Receiver<Desired>,
+    ) -> Result<(), End> {
+        // Durable before anything else: a result received is never lost.
+        let name = self.name.to_string();
+        let stored = r.clone();
+        if let Err(e) = self
+            .shared
+            .store
+            .call(move |db| db.record_result(&name, &stored))
+            .await
+        {
+            self.shared.metrics.error(ErrorKind::Store);
+            tracing::error!(domain = self.name, "cannot record a result: {e}");
+        }
+        self.shared.metrics.result(r.items.iter().map(|i| i.status));
+        let ok = r.all_ok();
+        let items: Vec<ItemView> = r
+            .items
+            .iter()
+            .map(|i| ItemView {
+                item: i.item.clone(),
+                status: i.status,
+                reason: i.reason.clone(),
+                generation: r.generation,
+            })
+            .collect();
+        let applied = (r.generation, r.digest.to_string());
+        self.shared.update(self.name, |s| {
+            s.result(items, now_rfc3339());
+            s.applied(Some(applied), None);
+        });
+        self.agent_applied = Some(Applied {
+            generation: r.generation,
+            digest: r.digest.clone(),
+        });
+        self.last_result = Some((r.generation, r.digest.to_string(), ok));
+        if self
+            .in_flight
+            .as_ref()
+            .is_some_and(|f| f.generation == r.generation)
+        {
+            self.in_flight = None;
+        }
+        tracing::info!(
+            domain = self.name,
+            generation = r.generation,
+            ok,
+            "result received"
+        );
+        self.shared.notify_hook(
+            self.name,
+            "add",
+            if ok { "end" } else { "failed" },
+            r.generation.to_string(),
+        );
+        self.evaluate(write, desired).await
+    }
+
+    async fn on_facts(&mut self, f: GuestFacts) {
+        if self.last_facts.as_ref() == Some(&f) {
+            return;
+        }
+        self.last_facts = Some(f.clone());
+        let name = self.name.to_string();
+        let stored = f.clone();
+        if self
+            .shared
+            .store
+            .call(move |db| db.record_facts(&name, &stored))
+            .await
+            .is_err()
+        {
+            self.shared.metrics.error(ErrorKind::Store);
+        }
+        self.shared.update(self.name, |s| s.facts(f));
+    }
+
+    async fn on_agent_error(&mut self, e: ErrorReport) {
+        let text = format!("agent error {}: {}", error_code_text(e.code), e.message);
+        match e.code {
+            ErrorCode::BadConfig => {
+                if let Some(f) = self.in_flight.take() {
+                    self.refused = Some((f.generation, f.digest.clone()));
+                    self.shared
+                        .notify_hook(self.name, "add", "failed", f.generation.to_string());
+                }
+                self.set_state(DomainState::Error);
+            }
+            ErrorCode::ChannelMismatch => {
+                self.block = Some(Block::Refused(DomainState::Error));
+                self.set_state(DomainState::Error);
+            }
+            ErrorCode::IdentityMismatch => {
+                self.block = Some(Block::Refused(DomainState::IdentityMismatch));
+                self.set_state(DomainState::IdentityMismatch);
+            }
+            ErrorCode::NoCommonVersion => {
+                self.block = Some(Block::Version);
+                self.set_state(DomainState::VersionMismatch);
+            }
+            ErrorCode::Unexpected => {}
+        }
+        self.shared
+            .record_error(self.name, ErrorKind::AgentError, text)
+            .await;
+    }
+
+    async fn on_timer(&mut self, write: &mut OwnedWriteHalf) -> Result<(), End> {
+        let now = Instant::now();
+        if let Phase::AwaitHello(deadline) = self.phase
+            && now >= deadline
+        {
+            let why = format!("no answer to hello within {} ms", self.timeouts().hello);
+            self.set_state(DomainState::Unresponsive);
+            self.shared
+                .record_error(self.name, ErrorKind::HelloTimeout, why.clone())
+                .await;
+            return Err(self.over(&why));
+        }
+        if let Some(f) = &self.in_flight
+            && now >= f.deadline
+        {
+            let why = format!(
+                "no result for generation {} within {} ms",
+                f.generation,
+                self.timeouts().result
+            );
+            self.set_state(DomainState::Error);
+            self.shared
+                .record_error(self.name, ErrorKind::ResultTimeout, why.clone())
+                .await;
+            return Err(self.over(&why));
+        }
+        if self.phase == Phase::Ready && self.handshook && now >= self.next_ping {
+            if self.unanswered >= MISSED_PONGS {
+                let was = self.shared.view(self.name).map(|v| v.state);
+                if was != Some(DomainState::Unresponsive) {
+                    self.set_state(DomainState::Unresponsive);
+                    self.shared
+                        .record_error(
+                            self.name,
+                            ErrorKind::Unresponsive,
+                            format!("{MISSED_PONGS} pings went unanswered"),
+                        )
+                        .await;
+                }
+            }
+            self.ping_id += 1;
+            self.unanswered = self.unanswered.saturating_add(1);
+            self.next_ping = now + self.timeouts().keepalive();
+            let id = self.ping_id;
+            self.send(write, Body::Ping { id }, self.timeouts().keepalive())
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Accepts and drops every extra connection to a listening socket; pending forever
+/// in connect mode.
+async fn refuse_extra(extra: Option<&UnixListener>) {
+    match extra {
+        Some(l) => {
+            if let Ok((s, _)) = l.accept().await {
+                drop(s);
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+fn error_code_text(c: ErrorCode) -> String {
+    serde_json::to_value(c)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{c:?}"))
+}
+
+fn error_text(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(800));
+        let mut last_cap = Duration::ZERO;
+        for cap in [100u64, 200, 400, 800, 800] {
+            let d = b.next_delay();
+            let cap = Duration::from_millis(cap);
+            assert!(
+                d <= cap && d >= cap / 2,
+                "{d:?} not in [{:?}, {cap:?}]",
+                cap / 2
+            );
+            last_cap = cap;
+        }
+        assert_eq!(last_cap, Duration::from_millis(800));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,216 @@
+//! Human-readable output: aligned tables and key/value blocks.
+
+use std::fmt::Write as _;
+use std::io::{self, Write};
+
+use xenchan_broker::api::types::{DomainState, DomainView, Health};
+
+/// Writes rows as left-aligned columns separated by two spaces.
+fn table(out: &mut dyn Write, rows: &[Vec<String>]) -> io::Result<()> {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut width = vec![0usize; cols];
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            width[i] = width[i].max(c.chars().count());
+        }
+    }
+    for r in rows {
+        let mut line = String::new();
+        for (i, c) in r.iter().enumerate() {
+            if i + 1 == r.len() {
+                line.push_str(c);
+            } else {
+                let _ = write!(line, "{c:<w$}  ", w = width[i]);
+            }
+        }
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    Ok(())
+}
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+/// Control characters from a guest must not reach the operator's terminal.
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+fn short_error(e: Option<&String>) -> String {
+    match e {
+        None => "-".into(),
+        Some(e) => {
+            let e = clean(e);
+            if e.chars().count() > 60 {
+                format!("{}...", e.chars().take(57).collect::<String>())
+            } else {
+                e
+            }
+        }
+    }
+}
+
+/// `xenchan domain list`.
+pub fn domain_table(out: &mut dyn Write, list: &[DomainView]) -> io::Result<()> {
+    if list.is_empty() {
+        return writeln!(out, "no domains");
+    }
+    let mut rows = vec![
+        [
+            "NAME",
+            "STATE",
+            "CONNECTED",
+            "DESIRED",
+            "APPLIED",
+            "LAST RESULT",
+            "ERROR",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for d in list {
+        rows.push(vec![
+            d.name.clone(),
+            d.state.to_string(),
+            if d.connected { "yes" } else { "no" }.into(),
+            opt(d.desired_generation),
+            opt(d.applied_generation),
+            opt(d.last_result_at.as_ref()),
+            short_error(d.last_error.as_ref()),
+        ]);
+    }
+    table(out, &rows)
+}
+
+/// `xenchan domain get`.
+pub fn domain(out: &mut dyn Write, d: &DomainView) -> io::Result<()> {
+    let gen_digest = |g: Option<u64>, dg: Option<&String>| match g {
+        Some(g) => format!("generation {g} ({})", opt(dg)),
+        None => "-".into(),
+    };
+    let mut rows = vec![
+        vec!["name:".into(), d.name.clone()],
+        vec![
+            "state:".into(),
+            format!(
+                "{}{}",
+                d.state,
+                if d.connected { " (connected)" } else { "" }
+            ),
+        ],
+        vec!["uuid:".into(), opt(d.uuid.as_ref())],
+        vec![
+            "reported uuid:".into(),
+            opt(d.reported_uuid.as_ref().map(|u| clean(u))),
+        ],
+        vec![
+            "desired:".into(),
+            gen_digest(d.desired_generation, d.desired_digest.as_ref()),
+        ],
+        vec![
+            "applied:".into(),
+            gen_digest(d.applied_generation, d.applied_digest.as_ref()),
+        ],
+        vec!["last result:".into(), opt(d.last_result_at.as_ref())],
+        vec![
+            "last error:".into(),
+            opt(d.last_error.as_ref().map(|e| clean(e))),
+        ],
+    ];
+    if let Some(f) = &d.facts {
+        rows.push(vec![
+            "guest:".into(),
+            clean(&format!(
+                "{} | kernel {} | hostname {} | {}",
+                if f.os.is_empty() { "?" } else { &f.os },
+                if f.kernel.is_empty() { "?" } else { &f.kernel },
+                if f.hostname.is_empty() {
+                    "?"
+                } else {
+                    &f.hostname
+                },
+                f.agent
+            )),
+        ]);
+        for i in &f.interfaces {
+            rows.push(vec![
+                String::new(),
+                clean(&format!(
+                    "{} {} {} mtu {}{}",
+                    i.name,
+                    i.mac,
+                    i.addresses.join(","),
+                    i.mtu,
+                    if i.up { "" } else { " (down)" }
+                )),
+            ]);
+        }
+    }
+    table(out, &rows)?;
+    if !d.items.is_empty() {
+        writeln!(out, "items:")?;
+        let mut rows = vec![
+            ["  ITEM", "STATUS", "GENERATION", "REASON"]
+                .map(String::from)
+                .to_vec(),
+        ];
+        for i in &d.items {
+            rows.push(vec![
+                format!("  {}", clean(&i.item)),
+                i.status.as_str().into(),
+                i.generation.to_string(),
+                opt(i.reason.as_ref().map(|r| clean(r))),
+            ]);
+        }
+        table(out, &rows)?;
+    }
+    Ok(())
+}
+
+/// `xenchan status`.
+pub fn status(out: &mut dyn Write, h: &Health, list: &[DomainView]) -> io::Result<()> {
+    writeln!(
+        out,
+        "broker {}: {} domains, {} sessions",
+        h.status, h.domains, h.sessions
+    )?;
+    let mut rows = Vec::new();
+    for s in DomainState::ALL {
+        let n = list.iter().filter(|d| d.state == s).count();
+        if n > 0 {
+            rows.push(vec![format!("  {s}"), n.to_string()]);
+        }
+    }
+    table(out, &rows)?;
+    let troubled: Vec<&DomainView> = list
+        .iter()
+        .filter(|d| {
+            matches!(
+                d.state,
+                DomainState::Failed
+                    | DomainState::Unresponsive
+                    | DomainState::IdentityMismatch
+                    | DomainState::VersionMismatch
+                    | DomainState::Error
+            )
+        })
+        .collect();
+    if !troubled.is_empty() {
+        writeln!(out, "needing attention:")?;
+        let rows: Vec<Vec<String>> = troubled
+            .iter()
+            .map(|d| {
+                vec![
+                    format!("  {}", d.name),
+                    d.state.to_string(),
+                    short_error(d.last_error.as_ref()),
+                ]
+            })
+            .collect();
+        table(out, &rows)?;
+    }
+    Ok(())
+}
