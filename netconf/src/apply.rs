@@ -160,6 +160,18 @@ pub fn apply(
             it.fail(why.clone(), nl_live.as_deref_mut());
         }
     }
+    if renderer == Renderer::Ifupdown {
+        for it in ifaces.iter_mut().filter(|i| i.ok()) {
+            let name = it.plan.as_ref().map_or("", |p| p.name.as_str());
+            if !render::ifupdown_safe_name(name) {
+                let why = format!(
+                    "interface name {name:?} cannot be written into an ifupdown file safely \
+                     (letters, digits, `_`, `-`, `.`, `@` only)"
+                );
+                it.fail(why, nl_live.as_deref_mut());
+            }
+        }
+    }
     match renderer {
         Renderer::Networkd | Renderer::NetworkManager | Renderer::Ifupdown => {
             for it in ifaces.iter_mut().filter(|i| i.ok()) {

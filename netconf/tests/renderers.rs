@@ -425,3 +425,25 @@ fn detection_picks_the_manager_of_the_root() {
     // NetworkManager handles resolv.conf itself.
     assert!(!g.exists("etc/resolv.conf"));
 }
+
+#[test]
+fn ifupdown_refuses_names_a_shell_would_interpret() {
+    let g = Guest::new();
+    prepare(&g, RendererChoice::Ifupdown);
+    fs::remove_dir_all(g.sysfs().join("class/net/enX0")).unwrap();
+    common::fake_nic(&g.sysfs(), "e$(reboot)", MAC0, 7);
+    let (r, _) = apply(
+        &opts(&g, RendererChoice::Ifupdown),
+        &doc(&cases()[0].1),
+        None,
+    );
+    assert_eq!(r[0].status, ItemStatus::Failed);
+    assert!(
+        r[0].reason
+            .as_deref()
+            .unwrap()
+            .contains("cannot be written"),
+        "{r:?}"
+    );
+    assert!(!g.exists("etc/network/interfaces.d/xenchan-eth0"));
+}

@@ -90,6 +90,15 @@ pub(crate) fn render(p: &IfacePlan) -> RenderedFile {
     }
 }
 
+/// Whether a kernel name can go into the file as is: `up` lines are run by a shell, and
+/// the kernel allows `$`, `(` or `;` in names.
+pub(crate) fn safe_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '@'))
+}
+
 fn route_lines(opts: &mut Vec<String>, name: &str, r: &LiveRoute, fam: &str) {
     let metric = r.metric.map(|m| format!(" metric {m}")).unwrap_or_default();
     opts.push(format!(

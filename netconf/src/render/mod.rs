@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::plan::IfacePlan;
 
+pub(crate) use ifupdown::safe_name as ifupdown_safe_name;
 pub(crate) use netplan::{netplan_file, netplan_section};
 pub(crate) use resolv::resolv_conf;
 
