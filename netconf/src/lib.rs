@@ -31,7 +31,7 @@ pub use detect::{ResolvConf, detect_renderer, manager_running, resolv_conf_statu
 pub use files::MARKER;
 pub use links::{Link, LinkError, links_from_sysfs};
 pub use options::{LiveMode, NetOptions, RendererChoice};
-pub use render::{RenderedFile, Renderer};
+pub use render::Renderer;
 pub use state::{IfaceState, LiveRoute, NetState, OwnedFile, ResolvState};
 
 #[doc(no_inline)]
