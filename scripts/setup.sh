@@ -9,6 +9,7 @@ packages=(
   xenstore-utils           # xenstore-read/-write: interop tests of our xenstore client
   socat                    # debugging channels by hand (docs), used by some tests
   iproute2                 # ip: network namespace tests
+  iputils-ping             # ping across veth pairs in the live-apply tests
   procps                   # ps/pkill used by test clean-up
 )
 
