@@ -445,7 +445,15 @@ impl Session<'_> {
                 .map(|u| u.name.as_str().to_string())
                 .collect(),
         };
-        if let Err(e) = self.core.store.save(&state) {
+        // A re-push of what is in place leaves even the state file alone.
+        if self
+            .core
+            .applied
+            .as_ref()
+            .is_some_and(|prev| same_outcome(prev, &state))
+        {
+            debug!("nothing changed; state file left as it is");
+        } else if let Err(e) = self.core.store.save(&state) {
             error!(dir = %self.core.store.dir().display(), error = %e, "cannot save what was applied");
         }
         self.core.applied = Some(state);
@@ -479,4 +487,18 @@ impl Session<'_> {
             debug!("device did not take the last bytes before shutdown");
         }
     }
+}
+
+/// Whether `new` records nothing `prev` does not: the same generation, digest and users,
+/// and every item either unchanged or with the same outcome as before.
+fn same_outcome(prev: &AppliedState, new: &AppliedState) -> bool {
+    prev.generation == new.generation
+        && prev.digest == new.digest
+        && prev.users == new.users
+        && prev.items.len() == new.items.len()
+        && prev
+            .items
+            .iter()
+            .zip(&new.items)
+            .all(|(p, n)| p.item == n.item && (n.status == ItemStatus::Unchanged || p == n))
 }
