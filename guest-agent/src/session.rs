@@ -502,3 +502,102 @@ fn same_outcome(prev: &AppliedState, new: &AppliedState) -> bool {
             .zip(&new.items)
             .all(|(p, n)| p.item == n.item && (n.status == ItemStatus::Unchanged || p == n))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixStream;
+
+    use super::*;
+    use crate::options::Timing;
+
+    fn core(dir: &std::path::Path) -> AgentCore {
+        let opts = AgentOptions {
+            timing: Timing::fast(Duration::from_secs(10)),
+            live_hostname: false,
+            ..AgentOptions::under_root(dir)
+        };
+        AgentCore {
+            store: StateStore::open(&opts.state_dir).unwrap(),
+            opts: Arc::new(opts),
+            applied: None,
+            appliers: Arc::new(apply::default_appliers()),
+        }
+    }
+
+    /// A virtio port with no host reads EOF at once, every time. A socket whose peer shut
+    /// down its sending side does exactly that, while still taking our writes.
+    #[tokio::test]
+    async fn eof_without_a_host_neither_ends_nor_spins() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut core = core(dir.path());
+        let (mut port, mut host) = UnixStream::pair().unwrap();
+        host.shutdown().await.unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let mut shutdown = std::pin::pin!(async {
+            let _ = rx.await;
+        });
+        let window = Duration::from_millis(600);
+        let watch_host = async {
+            let started = Instant::now();
+            let mut codec = FrameCodec::default();
+            let mut buf = BytesMut::new();
+            let mut beacons = 0;
+            while beacons < 2 || started.elapsed() < window {
+                let mut chunk = [0u8; 4096];
+                let n = tokio::time::timeout(Duration::from_secs(5), host.read(&mut chunk))
+                    .await
+                    .expect("the agent kept beaconing")
+                    .unwrap();
+                buf.extend_from_slice(&chunk[..n]);
+                while let Some(m) = codec.decode(&mut buf).unwrap() {
+                    assert!(m.session.is_none() && matches!(m.body, Body::Hello(_)));
+                    beacons += 1;
+                }
+            }
+            tx.send(()).unwrap();
+            beacons
+        };
+        let serving = serve(
+            &mut port,
+            false,
+            &mut core,
+            std::future::pending(),
+            &mut shutdown,
+        );
+        let (beacons, (end, stats)) = tokio::join!(watch_host, serving);
+        assert!(matches!(end, End::Shutdown), "{end:?}");
+        assert!(beacons >= 2);
+        // 20 ms doubling to 200 ms: about 6 reads in 600 ms. Spinning would be thousands.
+        assert!(
+            (2..=15).contains(&stats.eofs),
+            "{} EOF reads in {window:?}",
+            stats.eofs
+        );
+    }
+
+    /// On a tty, EOF is a hang-up: the device is closed and opened again.
+    #[tokio::test]
+    async fn eof_on_a_tty_is_a_hangup() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut core = core(dir.path());
+        let (mut port, host) = UnixStream::pair().unwrap();
+        drop(host);
+        let mut shutdown = std::pin::pin!(std::future::pending::<()>());
+        let (end, _) = tokio::time::timeout(
+            Duration::from_secs(5),
+            serve(
+                &mut port,
+                true,
+                &mut core,
+                std::future::pending(),
+                &mut shutdown,
+            ),
+        )
+        .await
+        .unwrap();
+        assert!(matches!(end, End::Hangup(_)), "{end:?}");
+    }
+}

@@ -3,7 +3,7 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -53,7 +53,10 @@ pub(crate) struct StateStore {
 impl StateStore {
     /// Opens (creating it, mode 0700) the state folder.
     pub(crate) fn open(dir: &Path) -> io::Result<StateStore> {
-        std::fs::create_dir_all(dir)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
         fsat::open_dir(dir)?;
         Ok(StateStore {
             dir: dir.to_path_buf(),

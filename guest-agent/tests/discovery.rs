@@ -173,3 +173,28 @@ async fn explicit_device_skips_discovery() {
     broker.wait_for("a beacon after bye", is_beacon).await;
     agent.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_hung_up_device_is_reopened() {
+    let guest = Guest::new();
+    let first = pty();
+    guest.link_channel(1, &first.path, CHANNEL);
+    let mut first = Broker::new(first);
+    let agent = start(guest.opts());
+    first.handshake().await;
+    // hvc1 first leads nowhere (so the agent cannot reopen a pts number another test
+    // gets next), then its host side goes away for good: the agent's fd is hung up.
+    let hvc = guest.path("dev/hvc1");
+    std::fs::remove_file(&hvc).unwrap();
+    std::os::unix::fs::symlink(guest.path("dev/nothing-yet"), &hvc).unwrap();
+    drop(first);
+    // The agent retries the same link (no folder event happens) until it works again.
+    let second = pty();
+    let tmp = guest.path("dev/.hvc1.new");
+    std::os::unix::fs::symlink(&second.path, &tmp).unwrap();
+    std::fs::rename(&tmp, &hvc).unwrap();
+    let mut second = Broker::new(second);
+    second.handshake().await;
+    assert!(agent.is_running());
+    agent.stop().await.unwrap();
+}
