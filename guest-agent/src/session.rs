@@ -412,15 +412,24 @@ impl Session<'_> {
             apply::apply_config(&appliers, &ctx, &config)
         })
         .await;
-        let items = match applied {
-            Ok(items) => items,
+        let (items, appliers) = match applied {
+            Ok(done) => done,
             Err(e) => {
                 error!(error = %e, "applying the configuration panicked");
-                push.config
+                let items = push
+                    .config
                     .items()
                     .into_iter()
                     .map(|i| xenchan_protocol::ItemResult::failed(i, "the agent failed internally"))
-                    .collect()
+                    .collect();
+                // Keep what the appliers remembered: nothing was undone.
+                let kept = self
+                    .core
+                    .applied
+                    .as_ref()
+                    .map(|a| a.appliers.clone())
+                    .unwrap_or_default();
+                (items, kept)
             }
         };
         for item in &items {
@@ -438,12 +447,7 @@ impl Session<'_> {
             generation: push.generation,
             digest: push.digest.clone(),
             items: items.clone(),
-            users: push
-                .config
-                .users
-                .iter()
-                .map(|u| u.name.as_str().to_string())
-                .collect(),
+            appliers,
         };
         // A re-push of what is in place leaves even the state file alone.
         if self
@@ -489,12 +493,12 @@ impl Session<'_> {
     }
 }
 
-/// Whether `new` records nothing `prev` does not: the same generation, digest and users,
-/// and every item either unchanged or with the same outcome as before.
+/// Whether `new` records nothing `prev` does not: the same generation, digest and
+/// applier states, and every item either unchanged or with the same outcome as before.
 fn same_outcome(prev: &AppliedState, new: &AppliedState) -> bool {
     prev.generation == new.generation
         && prev.digest == new.digest
-        && prev.users == new.users
+        && prev.appliers == new.appliers
         && prev.items.len() == new.items.len()
         && prev
             .items

@@ -1,6 +1,7 @@
 //! What the agent has applied, kept in `<state-dir>/applied.json` so that a restarted
 //! agent tells the broker the truth in its hello and a re-push changes nothing.
 
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
@@ -20,7 +21,7 @@ pub const STATE_FILE: &str = "applied.json";
 const STATE_LIMIT: u64 = 4 * 1024 * 1024;
 
 /// The last configuration the agent applied.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AppliedState {
     /// The broker's generation of that configuration.
     pub generation: u64,
@@ -28,10 +29,10 @@ pub struct AppliedState {
     pub digest: Digest,
     /// What happened to each item.
     pub items: Vec<ItemResult>,
-    /// Users whose `authorized_keys` hold a managed block (so that dropping a user from
-    /// the document removes its keys).
-    #[serde(default)]
-    pub users: Vec<String>,
+    /// What each applier asked to remember, by applier name (the users applier keeps
+    /// whose keys it manages, so that dropping a user from the document removes them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub appliers: BTreeMap<String, serde_json::Value>,
 }
 
 impl AppliedState {

@@ -13,7 +13,7 @@ use nix::sys::stat::SFlag;
 use xenchan_protocol::config::Hostname;
 use xenchan_protocol::{GuestConfig, ItemResult};
 
-use super::{Applier, ApplyContext, status};
+use super::{Applier, ApplyContext, Outcome, status};
 use crate::fsat::{self, Owner};
 
 const ETC_FILE_LIMIT: u64 = 1024 * 1024;
@@ -23,19 +23,26 @@ const ETC_FILE_LIMIT: u64 = 1024 * 1024;
 pub struct HostnameApplier;
 
 impl Applier for HostnameApplier {
+    fn name(&self) -> &'static str {
+        "hostname"
+    }
+
     fn owns(&self, item: &str) -> bool {
         item == "hostname"
     }
 
-    fn apply(&self, ctx: &ApplyContext<'_>, config: &GuestConfig) -> Vec<ItemResult> {
+    fn apply(&self, ctx: &ApplyContext<'_>, config: &GuestConfig) -> Outcome {
         let Some(name) = &config.hostname else {
-            return Vec::new();
+            return Outcome::default();
         };
         let result = match apply_hostname(ctx, name) {
             Ok(changed) => ItemResult::new("hostname", status(changed)),
             Err(reason) => ItemResult::failed("hostname", reason),
         };
-        vec![result]
+        Outcome {
+            items: vec![result],
+            state: None,
+        }
     }
 }
 

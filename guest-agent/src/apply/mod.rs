@@ -12,6 +12,7 @@ mod users;
 
 use std::collections::BTreeMap;
 
+use serde_json::Value;
 use xenchan_protocol::{GuestConfig, ItemResult, ItemStatus};
 
 use crate::options::AgentOptions;
@@ -31,14 +32,36 @@ pub struct ApplyContext<'a> {
     pub previous: Option<&'a AppliedState>,
 }
 
+impl ApplyContext<'_> {
+    /// What the applier called `name` saved last time (see [`Outcome::state`]).
+    pub fn previous_state(&self, name: &str) -> Option<&Value> {
+        self.previous.and_then(|p| p.appliers.get(name))
+    }
+}
+
+/// What an applier did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Outcome {
+    /// One result per item it owns in the document.
+    pub items: Vec<ItemResult>,
+    /// Anything it must remember until the next push (what it manages, to undo it when
+    /// the document stops asking for it). Saved in `applied.json` under its name and
+    /// handed back through [`ApplyContext::previous_state`].
+    pub state: Option<Value>,
+}
+
 /// Applies one kind of configuration item.
 pub trait Applier: Send + Sync + std::fmt::Debug {
-    /// Which items of `config` (as [`GuestConfig::items`] names them) this applier owns.
+    /// The applier's name, the key of its saved state (`hostname`, `users`, `network`).
+    fn name(&self) -> &'static str;
+
+    /// Which items of a document (as [`GuestConfig::items`] names them) it owns.
     fn owns(&self, item: &str) -> bool;
 
-    /// Applies the items of `config` this applier owns and reports each one. Blocking:
-    /// the agent calls it off the async runtime.
-    fn apply(&self, ctx: &ApplyContext<'_>, config: &GuestConfig) -> Vec<ItemResult>;
+    /// Applies the items of `config` it owns, reporting each one. It runs on every push,
+    /// also when the document has none of its items (it may have something to undo).
+    /// Blocking: the agent calls it off the async runtime.
+    fn apply(&self, ctx: &ApplyContext<'_>, config: &GuestConfig) -> Outcome;
 }
 
 /// The appliers of this agent version.
@@ -50,23 +73,28 @@ pub fn default_appliers() -> Vec<Box<dyn Applier>> {
     ]
 }
 
-/// Applies `config` with `appliers` and returns exactly one result per
-/// [`GuestConfig::items`] entry, in that order.
+/// Applies `config` with `appliers`. Returns exactly one result per
+/// [`GuestConfig::items`] entry, in that order, and the appliers' states by name.
 pub fn apply_config(
     appliers: &[Box<dyn Applier>],
     ctx: &ApplyContext<'_>,
     config: &GuestConfig,
-) -> Vec<ItemResult> {
+) -> (Vec<ItemResult>, BTreeMap<String, Value>) {
     let wanted = config.items();
     let mut got: BTreeMap<String, ItemResult> = BTreeMap::new();
-    // Every applier runs, even with none of its items present: one that managed something
-    // before may have to undo it (the keys of a user dropped from the document).
+    let mut states = BTreeMap::new();
     for applier in appliers {
-        for r in applier.apply(ctx, config) {
-            got.entry(r.item.clone()).or_insert(r);
+        let outcome = applier.apply(ctx, config);
+        for r in outcome.items {
+            if applier.owns(&r.item) {
+                got.entry(r.item.clone()).or_insert(r);
+            }
+        }
+        if let Some(state) = outcome.state {
+            states.insert(applier.name().to_string(), state);
         }
     }
-    wanted
+    let items = wanted
         .into_iter()
         .map(|item| {
             got.remove(&item).unwrap_or_else(|| ItemResult {
@@ -75,7 +103,8 @@ pub fn apply_config(
                 status: ItemStatus::Unsupported,
             })
         })
-        .collect()
+        .collect();
+    (items, states)
 }
 
 /// `applied` or `unchanged`.

@@ -4,7 +4,7 @@
 
 use xenchan_protocol::{GuestConfig, ItemResult, ItemStatus};
 
-use super::{Applier, ApplyContext};
+use super::{Applier, ApplyContext, Outcome};
 
 /// The reason given for every `network:<id>` and `dns` item.
 pub const NETWORK_UNSUPPORTED: &str =
@@ -15,12 +15,16 @@ pub const NETWORK_UNSUPPORTED: &str =
 pub struct NetworkApplier;
 
 impl Applier for NetworkApplier {
+    fn name(&self) -> &'static str {
+        "network"
+    }
+
     fn owns(&self, item: &str) -> bool {
         item == "dns" || item.starts_with("network:")
     }
 
-    fn apply(&self, _ctx: &ApplyContext<'_>, config: &GuestConfig) -> Vec<ItemResult> {
-        config
+    fn apply(&self, _ctx: &ApplyContext<'_>, config: &GuestConfig) -> Outcome {
+        let items = config
             .items()
             .into_iter()
             .filter(|i| self.owns(i))
@@ -29,6 +33,7 @@ impl Applier for NetworkApplier {
                 status: ItemStatus::Unsupported,
                 reason: Some(NETWORK_UNSUPPORTED.into()),
             })
-            .collect()
+            .collect();
+        Outcome { items, state: None }
     }
 }

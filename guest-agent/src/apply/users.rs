@@ -9,26 +9,37 @@ use std::ffi::OsStr;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
+use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 use xenchan_protocol::config::User;
 use xenchan_protocol::{GuestConfig, ItemResult};
 
 use super::accounts::{self, PasswdEntry};
 use super::keys::write_authorized_keys;
-use super::{Applier, ApplyContext, status};
+use super::{Applier, ApplyContext, Outcome, status};
 use crate::fsat::{self, Owner};
 
 /// Applies `user:<name>` items.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct UsersApplier;
 
+/// The users applier's saved state: whose `authorized_keys` hold a managed block.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct UsersState {
+    users: Vec<String>,
+}
+
 impl Applier for UsersApplier {
+    fn name(&self) -> &'static str {
+        "users"
+    }
+
     fn owns(&self, item: &str) -> bool {
         item.starts_with("user:")
     }
 
-    fn apply(&self, ctx: &ApplyContext<'_>, config: &GuestConfig) -> Vec<ItemResult> {
-        let results = config
+    fn apply(&self, ctx: &ApplyContext<'_>, config: &GuestConfig) -> Outcome {
+        let items = config
             .users
             .iter()
             .map(|u| {
@@ -39,24 +50,36 @@ impl Applier for UsersApplier {
                 }
             })
             .collect();
-        if let Some(prev) = ctx.previous {
-            for gone in prev
-                .users
-                .iter()
-                .filter(|n| !config.users.iter().any(|u| u.name.as_str() == n.as_str()))
-            {
-                match drop_keys(ctx, gone) {
-                    Ok(true) => {
-                        info!(user = %gone, "removed the managed keys of a user no longer in the document");
-                    }
-                    Ok(false) => {}
-                    Err(e) => {
-                        warn!(user = %gone, error = %e, "cannot remove the managed keys of a user no longer in the document");
-                    }
+        let previous: UsersState = ctx
+            .previous_state(self.name())
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default();
+        for gone in previous
+            .users
+            .iter()
+            .filter(|n| !config.users.iter().any(|u| u.name.as_str() == n.as_str()))
+        {
+            match drop_keys(ctx, gone) {
+                Ok(true) => {
+                    info!(user = %gone, "removed the managed keys of a user no longer in the document");
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(user = %gone, error = %e, "cannot remove the managed keys of a user no longer in the document");
                 }
             }
         }
-        results
+        let state = UsersState {
+            users: config
+                .users
+                .iter()
+                .map(|u| u.name.as_str().to_string())
+                .collect(),
+        };
+        Outcome {
+            items,
+            state: serde_json::to_value(state).ok(),
+        }
     }
 }
 
