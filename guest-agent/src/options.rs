@@ -68,6 +68,11 @@ pub struct Timing {
     pub rescan: Duration,
     /// How long a `bye` may take to leave on shutdown.
     pub bye_timeout: Duration,
+    /// Deadline for applying one pushed configuration (file system calls cannot be
+    /// cancelled: past it the items are answered `failed` and the late outcome dropped).
+    pub apply_timeout: Duration,
+    /// Deadline for gathering the facts report (it is skipped past it).
+    pub facts_timeout: Duration,
 }
 
 impl Default for Timing {
@@ -82,6 +87,8 @@ impl Default for Timing {
             eof_max: Duration::from_secs(2),
             rescan: Duration::from_secs(30),
             bye_timeout: Duration::from_secs(1),
+            apply_timeout: Duration::from_secs(60),
+            facts_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -99,6 +106,8 @@ impl Timing {
             eof_max: Duration::from_millis(200),
             rescan: Duration::from_secs(5),
             bye_timeout: Duration::from_millis(500),
+            apply_timeout: Duration::from_secs(10),
+            facts_timeout: Duration::from_secs(5),
         }
     }
 }

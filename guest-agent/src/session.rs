@@ -345,10 +345,16 @@ impl Session<'_> {
             Body::Hello(answer),
         ));
         let opts = Arc::clone(&self.core.opts);
-        let gathered = tokio::task::spawn_blocking(move || facts::gather(&opts)).await;
+        let deadline = opts.timing.facts_timeout;
+        let gathered = tokio::time::timeout(
+            deadline,
+            tokio::task::spawn_blocking(move || facts::gather(&opts)),
+        )
+        .await;
         match gathered {
-            Ok(f) => self.send(&Envelope::new(Role::Agent, Some(nonce), Body::Facts(f))),
-            Err(e) => error!(error = %e, "gathering guest facts failed"),
+            Ok(Ok(f)) => self.send(&Envelope::new(Role::Agent, Some(nonce), Body::Facts(f))),
+            Ok(Err(e)) => error!(error = %e, "gathering guest facts failed"),
+            Err(_) => warn!(?deadline, "gathering guest facts took too long; not sent"),
         }
     }
 
@@ -404,23 +410,34 @@ impl Session<'_> {
         let appliers = Arc::clone(&self.core.appliers);
         let previous = self.core.applied.clone();
         let config = push.config.clone();
-        let applied = tokio::task::spawn_blocking(move || {
-            let ctx = ApplyContext {
-                opts: &opts,
-                previous: previous.as_ref(),
-            };
-            apply::apply_config(&appliers, &ctx, &config)
-        })
+        let deadline = self.opts().timing.apply_timeout;
+        let applied = tokio::time::timeout(
+            deadline,
+            tokio::task::spawn_blocking(move || {
+                let ctx = ApplyContext {
+                    opts: &opts,
+                    previous: previous.as_ref(),
+                };
+                apply::apply_config(&appliers, &ctx, &config)
+            }),
+        )
         .await;
         let (items, appliers) = match applied {
-            Ok(done) => done,
-            Err(e) => {
-                error!(error = %e, "applying the configuration panicked");
+            Ok(Ok(done)) => done,
+            failure => {
+                let why = match failure {
+                    Err(_) => {
+                        format!("applying took longer than {deadline:?}; the outcome is unknown")
+                    }
+                    Ok(Err(e)) => format!("the agent failed internally ({e})"),
+                    Ok(Ok(_)) => unreachable!(),
+                };
+                error!(generation = push.generation, "{why}");
                 let items = push
                     .config
                     .items()
                     .into_iter()
-                    .map(|i| xenchan_protocol::ItemResult::failed(i, "the agent failed internally"))
+                    .map(|i| xenchan_protocol::ItemResult::failed(i, why.clone()))
                     .collect();
                 // Keep what the appliers remembered: nothing was undone.
                 let kept = self

@@ -172,7 +172,10 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(xenchan_agent::run(opts, shutdown_signal())) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             let code = e.exit_code();
             eprintln!("xenchan-agent: {:#}", anyhow::Error::from(e));
