@@ -119,3 +119,25 @@ fn helper_help_explains_every_option() {
         assert!(help.contains(opt), "--help does not mention {opt}:\n{help}");
     }
 }
+
+#[test]
+fn consoles_lists_what_udev_knows() {
+    let out = agent(&["consoles", "--channel-dir", "/nonexistent"]);
+    if out.status.code() == Some(69) {
+        eprintln!(
+            "skipping: libudev cannot enumerate devices here: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("Xen console devices (SUBSYSTEM=xen):"),
+        "{text}"
+    );
+    assert!(
+        text.contains("hvc ttys (channel links in /nonexistent):"),
+        "{text}"
+    );
+}
