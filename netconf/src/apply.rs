@@ -240,7 +240,19 @@ pub fn apply(
                 }
             }
         }
-        Renderer::None => {}
+        Renderer::None => {
+            // Nothing to write and nothing done live: the interface would not be
+            // configured at all, which must not read as `unchanged`.
+            if !go_live {
+                for it in ifaces.iter_mut().filter(|i| i.ok()) {
+                    it.result = Err(
+                        "no network manager found in the guest root and live apply is off: \
+                         nothing would configure this interface"
+                            .into(),
+                    );
+                }
+            }
+        }
     }
 
     // An earlier reload failed: do it again even if the files are unchanged.

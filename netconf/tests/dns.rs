@@ -148,3 +148,22 @@ fn no_manager_writes_resolv_conf() {
     assert!(!g.exists("etc/resolv.conf"));
     assert!(s2.resolv_conf.is_none());
 }
+
+#[test]
+fn no_manager_and_no_live_apply_fails_the_interface_instead_of_claiming_unchanged() {
+    let g = Guest::new();
+    let (r, _) = apply(
+        &opts(&g, RendererChoice::None),
+        &cfg(r#""192.0.2.53""#),
+        None,
+    );
+    let eth0 = r.iter().find(|i| i.item == "network:eth0").unwrap();
+    assert_eq!(eth0.status, ItemStatus::Failed);
+    assert!(
+        eth0.reason
+            .as_deref()
+            .unwrap()
+            .contains("nothing would configure this interface"),
+        "{eth0:?}"
+    );
+}
