@@ -57,9 +57,6 @@ struct Slot {
     /// The socket exists (connect mode) or the broker listens on it (listen mode).
     socket: bool,
     session: Option<SessionTask>,
-    /// The task of a session that was stopped and may still hold its connection: the
-    /// next session waits for it, so there is never more than one connection.
-    stopping: Option<JoinHandle<()>>,
 }
 
 impl Slot {
@@ -76,7 +73,6 @@ impl Slot {
             connected: false,
             socket: false,
             session: None,
-            stopping: None,
         }
     }
 
@@ -139,6 +135,12 @@ pub struct Shared {
     /// hook runs.
     pub config_lock: tokio::sync::Mutex<()>,
     slots: Mutex<HashMap<String, Slot>>,
+    /// Tasks of sessions that were stopped and may still hold their connection (a stop
+    /// is seen between two steps, and a step may be a store write). The next session of
+    /// the same name waits for its predecessor, so there is never more than one
+    /// connection per socket. Kept apart from `slots` because a domain's slot may be
+    /// forgotten while its last session winds down. Lock order: `slots`, then this.
+    stopping: Mutex<HashMap<String, JoinHandle<()>>>,
 }
 
 /// The signature of the session task entry point (connect or listen mode).
@@ -171,6 +173,23 @@ impl Shared {
             shutdown: CancellationToken::new(),
             config_lock: tokio::sync::Mutex::new(()),
             slots: Mutex::new(slots),
+            stopping: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn stopping(&self) -> MutexGuard<'_, HashMap<String, JoinHandle<()>>> {
+        self.stopping
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Stops a slot's session; its task is kept until the next session of the name.
+    fn stop_session(&self, name: &str, slot: &mut Slot) {
+        if let Some(t) = slot.session.take() {
+            t.stop.cancel();
+            let mut stopping = self.stopping();
+            stopping.retain(|_, j| !j.is_finished());
+            stopping.insert(name.to_string(), t.join);
         }
     }
 
@@ -354,7 +373,7 @@ impl Shared {
         });
         if self.config.mode == Mode::Listen {
             slot.socket = false;
-            stop_session(slot);
+            self.stop_session(name, slot);
         }
         if slot.session.is_none() {
             slots.remove(name);
@@ -418,7 +437,7 @@ impl Shared {
                 return;
             }
             slot.socket = false;
-            stop_session(slot);
+            self.stop_session(name, slot);
             slot.state = DomainState::Pending;
             slot.connected = false;
             !slot.has_config()
@@ -437,7 +456,7 @@ impl Shared {
     }
 
     fn start_session(self: &Arc<Self>, name: &str, slot: &mut Slot, entry: SessionFn) {
-        let previous = slot.stopping.take();
+        let previous = self.stopping().remove(name);
         let stop = self.shutdown.child_token();
         let fut = entry(
             Arc::clone(self),
@@ -458,14 +477,12 @@ impl Shared {
         self.shutdown.cancel();
         let joins: Vec<JoinHandle<()>> = {
             let mut slots = self.slots();
-            slots
+            let mut joins: Vec<_> = slots
                 .values_mut()
-                .flat_map(|s| {
-                    let a = s.session.take().map(|t| t.join);
-                    let b = s.stopping.take();
-                    a.into_iter().chain(b)
-                })
-                .collect()
+                .filter_map(|s| s.session.take().map(|t| t.join))
+                .collect();
+            joins.extend(self.stopping().drain().map(|(_, j)| j));
+            joins
         };
         let all = futures::future::join_all(joins);
         if tokio::time::timeout(self.config.timeouts.shutdown(), all)
@@ -474,13 +491,6 @@ impl Shared {
         {
             tracing::warn!("some sessions did not stop in time");
         }
-    }
-}
-
-fn stop_session(slot: &mut Slot) {
-    if let Some(t) = slot.session.take() {
-        t.stop.cancel();
-        slot.stopping = Some(t.join);
     }
 }
 

@@ -78,22 +78,24 @@ impl ErrorKind {
     }
 }
 
-const SKIP_REASONS: [&str; 7] = [
+const SKIP_REASONS: [&str; 8] = [
     "at_command",
     "nul",
     "invalid_utf8",
     "noise",
+    "bad_checksum",
     "invalid",
     "too_deep",
     "oversize",
 ];
 
-fn skip_counts(s: &DecodeStats) -> [u64; 7] {
+fn skip_counts(s: &DecodeStats) -> [u64; 8] {
     [
         s.at_commands,
         s.nul,
         s.invalid_utf8,
         s.noise,
+        s.bad_checksum,
         s.invalid,
         s.too_deep,
         s.oversize,
@@ -115,7 +117,7 @@ pub struct Metrics {
     results: AtomicU64,
     item_results: [AtomicU64; 4],
     frames: AtomicU64,
-    skipped: [AtomicU64; 7],
+    skipped: [AtomicU64; 8],
     errors: [AtomicU64; 14],
     hooks_ok: AtomicU64,
     hooks_failed: AtomicU64,
@@ -331,6 +333,7 @@ mod tests {
         let before = DecodeStats::default();
         let now = DecodeStats {
             noise: 3,
+            bad_checksum: 4,
             oversize: 1,
             frames: 2,
             ..DecodeStats::default()
@@ -345,6 +348,7 @@ mod tests {
             "xenchan_item_results_total{status=\"failed\"} 1",
             "xenchan_frames_skipped_total{reason=\"noise\"} 3",
             "xenchan_frames_skipped_total{reason=\"oversize\"} 1",
+            "xenchan_frames_skipped_total{reason=\"bad_checksum\"} 4",
             "xenchan_frames_total 2",
             "xenchan_errors_total{kind=\"hello_timeout\"} 1",
         ] {

@@ -775,15 +775,19 @@ impl<'a> Session<'a> {
         // Durable before anything else: a result received is never lost.
         let name = self.name.to_string();
         let stored = r.clone();
-        if let Err(e) = self
+        let at = match self
             .shared
             .store
             .call(move |db| db.record_result(&name, &stored))
             .await
         {
-            self.shared.metrics.error(ErrorKind::Store);
-            tracing::error!(domain = self.name, "cannot record a result: {e}");
-        }
+            Ok(at) => at,
+            Err(e) => {
+                self.shared.metrics.error(ErrorKind::Store);
+                tracing::error!(domain = self.name, "cannot record a result: {e}");
+                now_rfc3339()
+            }
+        };
         self.shared.metrics.result(r.items.iter().map(|i| i.status));
         let ok = r.all_ok();
         let items: Vec<ItemView> = r
@@ -798,7 +802,7 @@ impl<'a> Session<'a> {
             .collect();
         let applied = (r.generation, r.digest.to_string());
         self.shared.update(self.name, |s| {
-            s.result(items, now_rfc3339());
+            s.result(items, at);
             s.applied(Some(applied), None);
         });
         self.agent_applied = Some(Applied {

@@ -592,8 +592,12 @@ impl Db {
     }
 
     /// Records a result: the items, the applied generation and when. Durable before it
-    /// returns.
-    pub fn record_result(&mut self, name: &str, result: &ApplyResult) -> Result<(), StoreError> {
+    /// returns; returns the time it recorded.
+    pub fn record_result(
+        &mut self,
+        name: &str,
+        result: &ApplyResult,
+    ) -> Result<String, StoreError> {
         let now = now_rfc3339();
         let tx = self.conn.transaction()?;
         Self::ensure_row(&tx, name, &now)?;
@@ -639,7 +643,7 @@ impl Db {
         )?;
         tx.commit()?;
         self.after_event();
-        Ok(())
+        Ok(now)
     }
 
     /// Records the guest's facts.

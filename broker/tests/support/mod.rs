@@ -125,6 +125,9 @@ pub struct Record {
 
 #[derive(Debug)]
 struct PeerState {
+    /// Descriptors of the connections accepted and not yet seen closed, by id.
+    live: Mutex<Vec<(u64, std::os::fd::OwnedFd)>>,
+    next_id: std::sync::atomic::AtomicU64,
     record: Mutex<Record>,
     changed: Notify,
     kick: Notify,
@@ -154,6 +157,8 @@ impl TestPeer {
         let path = dir.join(format!("{name}.sock"));
         let applied = opts.applied.clone();
         let state = Arc::new(PeerState {
+            live: Mutex::new(Vec::new()),
+            next_id: std::sync::atomic::AtomicU64::new(0),
             record: Mutex::new(Record {
                 applied,
                 ..Record::default()
@@ -263,6 +268,8 @@ pub async fn connect_as_backend(
         .await
         .expect("connect to the broker's socket");
     let state = Arc::new(PeerState {
+        live: Mutex::new(Vec::new()),
+        next_id: std::sync::atomic::AtomicU64::new(0),
         record: Mutex::new(Record {
             applied: opts.applied.clone(),
             ..Record::default()
@@ -278,12 +285,37 @@ pub async fn connect_as_backend(
 }
 
 async fn serve(stream: UnixStream, state: Arc<PeerState>) {
-    state.update(|r| {
-        r.connections += 1;
-        r.open += 1;
-        r.max_open = r.max_open.max(r.open);
-    });
+    let id = state
+        .next_id
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    {
+        use std::os::fd::AsFd;
+        // Which connections does the broker still hold, right now? Polled here rather
+        // than tracked by each connection's task, so that this peer's own scheduling
+        // lag is not taken for a second broker connection.
+        let mut live = state.live.lock().unwrap();
+        live.retain(|(_, fd)| !broker_closed(fd.as_fd()));
+        if !broker_closed(stream.as_fd()) {
+            live.push((id, stream.as_fd().try_clone_to_owned().expect("dup")));
+        }
+        let open = live.len() as u32;
+        state.update(|r| {
+            r.connections += 1;
+            r.open = open;
+            r.max_open = r.max_open.max(open);
+        });
+    }
     let opts = state.opts.lock().unwrap().clone();
+    // A second descriptor of the same socket: once the behaviour is over, it tells when
+    // the broker really closes its end, so `open` counts the broker's connections
+    // exactly (and not this peer's bookkeeping).
+    let probe = {
+        use std::os::fd::AsFd;
+        let fd = stream.as_fd().try_clone_to_owned().expect("dup the socket");
+        let std = std::os::unix::net::UnixStream::from(fd);
+        std.set_nonblocking(true).unwrap();
+        UnixStream::from_std(std).unwrap()
+    };
     let kicked = state.kick.notified();
     tokio::pin!(kicked);
     kicked.as_mut().enable();
@@ -315,7 +347,41 @@ async fn serve(stream: UnixStream, state: Arc<PeerState>) {
             }
         }
     }
-    state.update(|r| r.open -= 1);
+    wait_for_close(probe).await;
+    let open = {
+        let mut live = state.live.lock().unwrap();
+        live.retain(|(i, _)| *i != id);
+        live.len() as u32
+    };
+    state.update(|r| r.open = open);
+}
+
+/// Whether the broker has closed (or half-closed) its end of a connection, now.
+fn broker_closed(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    // nix does not name POLLRDHUP (Linux-only); the bit comes from libc.
+    let rdhup = PollFlags::from_bits_retain(libc::POLLRDHUP);
+    let mut fds = [PollFd::new(fd, rdhup)];
+    poll(&mut fds, PollTimeout::ZERO).is_ok_and(|n| {
+        n > 0
+            && fds[0]
+                .revents()
+                .is_some_and(|r| r.intersects(rdhup | PollFlags::POLLHUP))
+    })
+}
+
+/// Half-closes (the broker reads EOF) and waits until the broker closes its end.
+async fn wait_for_close(mut probe: UnixStream) {
+    use tokio::io::AsyncReadExt;
+    let _ = probe.shutdown().await;
+    let mut buf = [0u8; 4096];
+    let end = Instant::now() + DEADLINE;
+    loop {
+        match tokio::time::timeout_at(end, probe.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) | Err(_) => return,
+            Ok(Ok(_)) => {}
+        }
+    }
 }
 
 async fn agent(
