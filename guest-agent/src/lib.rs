@@ -31,7 +31,8 @@ use tracing::{info, warn};
 
 pub use error::{AgentError, exit};
 pub use options::{
-    AgentOptions, DEFAULT_CHANNEL_DIR, DEFAULT_STATE_DIR, DEFAULT_VIRTIO_DIR, Timing,
+    AgentOptions, DEFAULT_CHANNEL_DIR, DEFAULT_STATE_DIR, DEFAULT_VIRTIO_DIR, NetworkOptions,
+    Timing,
 };
 
 use device::Channel;

@@ -40,8 +40,23 @@ pub struct AgentOptions {
     pub registry_dir: Option<PathBuf>,
     /// Tell systemd (`sd_notify(READY=1)`) when the agent is watching for its device.
     pub sd_notify: bool,
+    /// How network configuration is applied.
+    pub network: NetworkOptions,
     /// Intervals and back-offs.
     pub timing: Timing,
+}
+
+/// How the network applier works (see the `xenchan-netconf` crate).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkOptions {
+    /// Which network manager's files to write (detected in the guest root by default).
+    pub renderer: xenchan_netconf::RendererChoice,
+    /// Whether to configure the running kernel over rtnetlink. Only ever done when the
+    /// root is `/` or `netns` is given: under an image root, interface names found in
+    /// its sysfs say nothing about this machine's interfaces.
+    pub live: xenchan_netconf::LiveMode,
+    /// Configure the running kernel in this network namespace (tests, containers).
+    pub netns: Option<PathBuf>,
 }
 
 /// Intervals and back-offs of the agent. The defaults are the protocol's; tests shrink
@@ -125,6 +140,7 @@ impl Default for AgentOptions {
             max_frame: MAX_FRAME_DEFAULT,
             registry_dir: None,
             sd_notify: false,
+            network: NetworkOptions::default(),
             timing: Timing::default(),
         }
     }

@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use common::*;
-use xenchan_agent::apply::{BLOCK_BEGIN, BLOCK_END, NETWORK_UNSUPPORTED};
+use xenchan_agent::apply::{BLOCK_BEGIN, BLOCK_END};
 use xenchan_protocol::{ItemStatus, message::ApplyResult};
 
 async fn session(guest: &Guest) -> (Broker, Running) {
@@ -377,24 +377,116 @@ async fn create_true_makes_a_locked_user_with_a_fresh_uid() {
     agent.stop().await.unwrap();
 }
 
+/// Makes `<root>/sys/class/net/<name>` with `mac`, as the guest's sysfs shows a NIC.
+fn fake_nic(guest: &Guest, name: &str, mac: &str) {
+    let d = guest.path(&format!("sys/class/net/{name}"));
+    std::fs::create_dir_all(d.join("device")).unwrap();
+    std::fs::write(d.join("address"), format!("{mac}\n")).unwrap();
+}
+
+const NET_DOC: &str = r#"{"hostname":"n1","network":{"version":2,"ethernets":{"eth0":{"match":{"macaddress":"00:16:3e:12:34:56"},"addresses":["192.0.2.10/24"],"routes":[{"to":"default","via":"192.0.2.1"}],"nameservers":{"addresses":["192.0.2.53"]}}}}}"#;
+
 #[tokio::test]
-async fn network_and_dns_are_unsupported_for_now() {
+async fn network_is_rendered_for_the_guests_manager_and_re_push_is_unchanged() {
     let guest = Guest::new();
-    let (mut broker, agent) = session(&guest).await;
-    let doc = config(
-        r#"{"hostname":"n1","network":{"version":2,"ethernets":{"eth0":{"match":{"macaddress":"00:16:3e:12:34:56"},"addresses":["192.0.2.10/24"],"nameservers":{"addresses":["192.0.2.53"]}}}}}"#,
-    );
+    fake_nic(&guest, "enX0", "00:16:3e:12:34:56");
+    let pty = pty();
+    guest.link_channel(1, &pty.path, CHANNEL);
+    let mut broker = Broker::new(pty);
+    let mut opts = guest.opts();
+    opts.network.renderer = xenchan_netconf::RendererChoice::Networkd;
+    let agent = start(opts);
+    broker.handshake().await;
+
+    let doc = config(NET_DOC);
     let result = broker.push(4, &doc).await;
     assert_eq!(
         statuses(&result),
         vec![
             ("hostname".into(), ItemStatus::Applied),
-            ("network:eth0".into(), ItemStatus::Unsupported),
-            ("dns".into(), ItemStatus::Unsupported)
-        ]
+            ("network:eth0".into(), ItemStatus::Applied),
+            ("dns".into(), ItemStatus::Applied)
+        ],
+        "{result:?}"
     );
-    assert_eq!(reason(&result, "network:eth0"), NETWORK_UNSUPPORTED);
-    assert_eq!(reason(&result, "dns"), NETWORK_UNSUPPORTED);
+    let file = guest.path("etc/systemd/network/10-xenchan-eth0.network");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("MACAddress=00:16:3e:12:34:56"), "{text}");
+    assert!(text.contains("Address=192.0.2.10/24"), "{text}");
+    assert!(text.contains("DNS=192.0.2.53"), "{text}");
+    let before = version(&file);
+
+    let again = broker.push(4, &doc).await;
+    assert!(
+        again
+            .items
+            .iter()
+            .all(|i| i.status == ItemStatus::Unchanged),
+        "{again:?}"
+    );
+    assert_eq!(version(&file), before, "a re-push rewrote the file");
+
+    // A document without the interface removes our file.
+    let result = broker.push(5, &config(r#"{"hostname":"n1"}"#)).await;
+    assert_eq!(
+        statuses(&result),
+        vec![("hostname".into(), ItemStatus::Unchanged)]
+    );
+    assert!(!file.exists());
+    agent.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_interface_the_guest_lacks_fails_naming_the_mac() {
+    let guest = Guest::new();
+    fake_nic(&guest, "enX0", "00:16:3e:00:00:99");
+    let pty = pty();
+    guest.link_channel(1, &pty.path, CHANNEL);
+    let mut broker = Broker::new(pty);
+    let mut opts = guest.opts();
+    opts.network.renderer = xenchan_netconf::RendererChoice::Networkd;
+    let agent = start(opts);
+    broker.handshake().await;
+    let result = broker.push(1, &config(NET_DOC)).await;
+    let eth0 = result
+        .items
+        .iter()
+        .find(|i| i.item == "network:eth0")
+        .unwrap();
+    assert_eq!(eth0.status, ItemStatus::Failed);
+    assert!(
+        reason(&result, "network:eth0").contains("00:16:3e:12:34:56"),
+        "{eth0:?}"
+    );
+    agent.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn under_an_image_root_live_apply_is_never_attempted() {
+    // The guest root has no network manager; live apply was asked for. Under an image
+    // root the agent must not touch this machine's interfaces: the item fails instead.
+    let guest = Guest::new();
+    fake_nic(&guest, "lo", "00:16:3e:12:34:56");
+    let pty = pty();
+    guest.link_channel(1, &pty.path, CHANNEL);
+    let mut broker = Broker::new(pty);
+    let mut opts = guest.opts();
+    opts.network.renderer = xenchan_netconf::RendererChoice::None;
+    opts.network.live = xenchan_netconf::LiveMode::Always;
+    let agent = start(opts);
+    broker.handshake().await;
+    let result = broker.push(1, &config(NET_DOC)).await;
+    assert_eq!(
+        result
+            .items
+            .iter()
+            .find(|i| i.item == "network:eth0")
+            .unwrap()
+            .status,
+        ItemStatus::Failed,
+        "{result:?}"
+    );
+    assert!(reason(&result, "network:eth0").contains("live apply is off"));
     agent.stop().await.unwrap();
 }
 

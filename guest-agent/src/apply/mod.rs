@@ -20,7 +20,7 @@ use crate::state::AppliedState;
 
 pub use hostname::HostnameApplier;
 pub use keys::{BLOCK_BEGIN, BLOCK_END, render_managed_block};
-pub use network::{NETWORK_UNSUPPORTED, NetworkApplier};
+pub use network::NetworkApplier;
 pub use users::UsersApplier;
 
 /// What an applier may look at besides the document.

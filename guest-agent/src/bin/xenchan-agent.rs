@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use xenchan_agent::logging::{self, LogFormat};
-use xenchan_agent::{AgentOptions, Timing, exit};
+use xenchan_agent::{AgentOptions, NetworkOptions, Timing, exit};
+use xenchan_netconf::{LiveMode, RendererChoice};
 
 const ABOUT: &str = "The xenchan guest agent: receives hostname and ssh keys from the xenchan broker in \
 dom0 over a Xen PV channel (or a virtio-serial port) and applies them to this guest.";
@@ -20,8 +21,9 @@ xen-console-setup from udev) or --virtio-dir (made by udev for virtio-serial), o
 device, announces itself until the broker answers, and then applies every configuration \
 the broker pushes: /etc/hostname, the 127.0.1.1 line of /etc/hosts, the running hostname, \
 and a managed block of each user's ~/.ssh/authorized_keys. What it applied is remembered \
-in --state-dir so that a re-push changes nothing. Network items are answered \
-`unsupported` by this version.
+in --state-dir so that a re-push changes nothing. Network items (interfaces chosen by \
+MAC, addresses, routes, DNS, MTU) are written for the guest's network manager and, \
+when none is running and --root is /, applied live over rtnetlink.
 
 Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more detail.";
 
@@ -104,6 +106,19 @@ struct Cli {
     #[arg(long, value_name = "DIR", default_value = "/etc/xenchan/registry.d")]
     registry_dir: PathBuf,
 
+    /// Which network manager's files to write: `auto` (detect it in the guest root, in
+    /// this order: netplan, NetworkManager, systemd-networkd, ifupdown, else none),
+    /// `networkd`, `network-manager`, `netplan`, `ifupdown`, or `none` (live apply and
+    /// /etc/resolv.conf only). See docs/NETWORK.md.
+    #[arg(long, value_name = "RENDERER", default_value = "auto", value_parser = network_renderer)]
+    network_renderer: RendererChoice,
+
+    /// Whether to configure the running kernel over rtnetlink (addresses, routes, MTU,
+    /// link up, rolled back if a step fails): `auto` (when no network manager is
+    /// running), `always`, or `never`. Only ever done when --root is `/`.
+    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = network_live)]
+    network_live: LiveMode,
+
     /// Log line format on stderr: `text` or `json`.
     #[arg(long, value_name = "FORMAT", default_value = "text")]
     log_format: LogFormat,
@@ -118,6 +133,31 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = xenchan_agent::DEFAULT_CHANNEL_DIR)]
         channel_dir: PathBuf,
     },
+}
+
+fn network_renderer(s: &str) -> Result<RendererChoice, String> {
+    Ok(match s {
+        "auto" => RendererChoice::Auto,
+        "networkd" => RendererChoice::Networkd,
+        "network-manager" => RendererChoice::NetworkManager,
+        "netplan" => RendererChoice::Netplan,
+        "ifupdown" => RendererChoice::Ifupdown,
+        "none" => RendererChoice::None,
+        _ => {
+            return Err(
+                "expected auto, networkd, network-manager, netplan, ifupdown or none".into(),
+            );
+        }
+    })
+}
+
+fn network_live(s: &str) -> Result<LiveMode, String> {
+    Ok(match s {
+        "auto" => LiveMode::Auto,
+        "always" => LiveMode::Always,
+        "never" => LiveMode::Never,
+        _ => return Err("expected auto, always or never".into()),
+    })
 }
 
 fn channel_name(s: &str) -> Result<String, String> {
@@ -154,6 +194,11 @@ fn main() -> ExitCode {
         live_hostname: !cli.no_live_hostname,
         registry_dir: Some(cli.registry_dir),
         sd_notify: true,
+        network: NetworkOptions {
+            renderer: cli.network_renderer,
+            live: cli.network_live,
+            netns: None,
+        },
         timing: Timing {
             keepalive: Duration::from_secs(cli.keepalive_secs),
             beacon_max: Duration::from_secs(cli.beacon_max_secs),
