@@ -116,6 +116,9 @@ pub async fn run(
     }
     make_dir("socket folder", &config.socket_dir, None)?;
     let lock = StateLock::acquire(&config.lock_path())?;
+    for warning in xenchan_registry::startup_check(&config.channel, &config.registry_dir) {
+        tracing::warn!("{warning}");
+    }
 
     let (store, store_thread) = Store::open(
         &config.db_path(),

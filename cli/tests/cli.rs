@@ -1,0 +1,243 @@
+//! The `xenchan` binary against a real broker (in this process) and a fake QEMU + agent.
+
+#[path = "../../broker/tests/support/mod.rs"]
+mod support;
+
+use std::path::Path;
+use std::process::Output;
+
+use support::{DEADLINE, Dirs, KEY, PeerOptions, TestBroker, TestPeer, sample_config, wait_until};
+
+/// Runs `xenchan` with `args` against `socket` (blocking, off the runtime threads).
+async fn xenchan(socket: &Path, args: &[&str]) -> Output {
+    let socket = socket.to_path_buf();
+    let args: Vec<String> = args.iter().map(|s| (*s).to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_xenchan"))
+            .env("XENCHAN_SOCKET", &socket)
+            .env_remove("XENCHAN_REGISTRY_DIR")
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn domain_commands_over_the_api() {
+    let dirs = Dirs::new();
+    let config = dirs.config();
+    let sock = config.control_socket.clone();
+    let broker = TestBroker::start(config).await;
+    let peer = TestPeer::start(&dirs.sockets(), "web1", PeerOptions::default());
+
+    // set --file
+    let file = dirs.root.path().join("web1.json");
+    std::fs::write(
+        &file,
+        sample_config("web1", "192.0.2.10/24").canonical_json(),
+    )
+    .unwrap();
+    let o = xenchan(
+        &sock,
+        &["domain", "set", "web1", "--file", file.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("web1: configuration created, generation 1"),
+        "{}",
+        text(&o)
+    );
+    peer.wait("the pushed config", |r| r.results == 1).await;
+    broker
+        .wait_domain("web1", "configured", |v| v.applied_generation == Some(1))
+        .await;
+
+    // get (table and JSON), list, status
+    let o = xenchan(&sock, &["domain", "get", "web1"]).await;
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        out.contains("state:") && out.contains("configured (connected)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("network:eth0") && out.contains("applied"),
+        "{out}"
+    );
+    let o = xenchan(&sock, &["domain", "get", "web1", "--json"]).await;
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["applied_generation"], 1);
+    assert_eq!(v["state"], "configured");
+    let o = xenchan(&sock, &["domain", "list"]).await;
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(out.lines().next().unwrap().starts_with("NAME"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("web1") && l.contains("configured")),
+        "{out}"
+    );
+    let o = xenchan(&sock, &["domain", "list", "--json"]).await;
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    let o = xenchan(&sock, &["status"]).await;
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(out.starts_with("broker ok: 1 domains, 1 sessions"), "{out}");
+
+    // set from flags, with a key file
+    let key = dirs.root.path().join("key.pub");
+    std::fs::write(&key, format!("# a comment\n{KEY}\n\n")).unwrap();
+    let o = xenchan(
+        &sock,
+        &[
+            "domain",
+            "set",
+            "web2",
+            "--hostname",
+            "web2.example.com",
+            "--mac",
+            "00:16:3e:00:00:02",
+            "--address",
+            "192.0.2.20/24",
+            "--gateway",
+            "192.0.2.1",
+            "--dns",
+            "192.0.2.53",
+            "--ssh-key-file",
+            key.to_str().unwrap(),
+            "--user",
+            "cloud",
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v = broker.client.get_domain("web2").await.unwrap();
+    let cfg = v.config.unwrap();
+    assert_eq!(cfg.hostname.unwrap().as_str(), "web2.example.com");
+    assert_eq!(cfg.users[0].ssh_authorized_keys.len(), 1);
+
+    // push
+    let o = xenchan(&sock, &["domain", "push", "web1"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    peer.wait("the forced re-push", |r| r.configs.len() == 2)
+        .await;
+
+    // rm, twice
+    let o = xenchan(&sock, &["domain", "rm", "web2"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("released address 192.0.2.20"),
+        "{}",
+        text(&o)
+    );
+    let o = xenchan(&sock, &["domain", "rm", "web2"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("had no configuration"));
+    broker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes() {
+    let dirs = Dirs::new();
+    let config = dirs.config();
+    let sock = config.control_socket.clone();
+
+    // 69: no broker.
+    let o = xenchan(&sock, &["domain", "list"]).await;
+    assert_eq!(o.status.code(), Some(69), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("cannot reach the broker"),
+        "{}",
+        text(&o)
+    );
+
+    let broker = TestBroker::start(config).await;
+    // 2: usage.
+    let o = xenchan(&sock, &["domain", "set", "x", "--address", "192.0.2.1/24"]).await;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = xenchan(&sock, &["domain", "frobnicate"]).await;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    // 74: unreadable file.
+    let o = xenchan(
+        &sock,
+        &["domain", "set", "x", "--file", "/nonexistent/cfg.json"],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(74), "{}", text(&o));
+    // 65: invalid document, naming the field.
+    let bad = dirs.root.path().join("bad.json");
+    std::fs::write(&bad, br#"{"hostname":"-bad-"}"#).unwrap();
+    let o = xenchan(
+        &sock,
+        &["domain", "set", "x", "--file", bad.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(65), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("hostname"),
+        "{}",
+        text(&o)
+    );
+    // 65: a lease conflict, naming the other domain.
+    broker
+        .client
+        .put_config("owner", &sample_config("owner", "192.0.2.30/24"), None)
+        .await
+        .unwrap();
+    let o = xenchan(
+        &sock,
+        &[
+            "domain",
+            "set",
+            "thief",
+            "--mac",
+            "00:16:3e:00:00:09",
+            "--address",
+            "192.0.2.30/24",
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(65), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("leased to domain owner"),
+        "{}",
+        text(&o)
+    );
+    // 65: unknown domain.
+    let o = xenchan(&sock, &["domain", "get", "ghost"]).await;
+    assert_eq!(o.status.code(), Some(65), "{}", text(&o));
+    // The broker 400 path too (a name the API refuses).
+    let o = xenchan(&sock, &["domain", "get", "bad name"]).await;
+    assert_eq!(o.status.code(), Some(65), "{}", text(&o));
+    // registry is mounted.
+    let o = xenchan(
+        &sock,
+        &[
+            "--registry-dir",
+            dirs.root.path().join("none").to_str().unwrap(),
+            "registry",
+            "lookup",
+            "org.xenchan.agent.1",
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let c = broker.client.clone();
+    wait_until("the broker still healthy", DEADLINE, || {
+        let c = c.clone();
+        async move { c.health().await.ok() }
+    })
+    .await;
+    broker.stop().await.unwrap();
+}
