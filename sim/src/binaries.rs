@@ -1,0 +1,179 @@
+//! Finding (and, from a source tree, building) the real binaries the simulator runs.
+//!
+//! Order: an explicit folder (`--bin-dir` or `XENCHAN_BIN_DIR`) is used as is. Otherwise
+//! the binaries are looked for next to the running executable (for test executables,
+//! which live in `target/<profile>/deps`, one folder up). When the simulator was built
+//! from this workspace and was started by cargo (`cargo run`, `cargo test`), or when a
+//! binary is missing, it first runs `cargo build --bins -p xenchan-broker -p
+//! xenchan-agent` for the same profile and target folder: `cargo` only builds the
+//! binaries of the package it runs, and an older broker or agent would be tested
+//! otherwise.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use thiserror::Error;
+
+/// The broker binary's name.
+pub const BROKER: &str = "xenchan-broker";
+/// The agent binary's name.
+pub const AGENT: &str = "xenchan-agent";
+/// The hotplug helper's name.
+pub const CONSOLE_SETUP: &str = "xen-console-setup";
+/// The simulator's own binary.
+pub const SIM: &str = "xenchan-sim";
+/// Environment variable naming a folder holding all the binaries (no build then).
+pub const ENV_BIN_DIR: &str = "XENCHAN_BIN_DIR";
+
+/// The packages whose binaries the simulator runs.
+pub const PACKAGES: &[&str] = &["xenchan-broker", "xenchan-agent"];
+
+/// Why the binaries are not available.
+#[derive(Debug, Error)]
+pub enum BinariesError {
+    /// Some binaries are not in the folder.
+    #[error(
+        "{} not found in {}; build them with `cargo build --bins -p xenchan-broker -p xenchan-agent` \
+         (same profile as the simulator) or point {ENV_BIN_DIR} / --bin-dir at a folder holding them",
+        missing.join(", "),
+        dir.display()
+    )]
+    Missing {
+        /// The folder searched.
+        dir: PathBuf,
+        /// The missing names.
+        missing: Vec<&'static str>,
+    },
+    /// The running executable's location is unknown.
+    #[error("cannot find the running executable's folder")]
+    NoExe(#[source] std::io::Error),
+    /// `cargo build` could not run or failed.
+    #[error("`{command}` failed")]
+    Build {
+        /// The command line.
+        command: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Paths of the binaries.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    /// `xenchan-broker`.
+    pub broker: PathBuf,
+    /// `xenchan-agent`.
+    pub agent: PathBuf,
+    /// `xen-console-setup`.
+    pub console_setup: PathBuf,
+    /// The folder they are in.
+    pub dir: PathBuf,
+}
+
+impl Binaries {
+    /// The binaries in `dir`, all of which must exist.
+    pub fn in_dir(dir: &Path) -> Result<Binaries, BinariesError> {
+        let missing: Vec<&'static str> = [BROKER, AGENT, CONSOLE_SETUP]
+            .into_iter()
+            .filter(|n| !dir.join(n).is_file())
+            .collect();
+        if !missing.is_empty() {
+            return Err(BinariesError::Missing {
+                dir: dir.to_path_buf(),
+                missing,
+            });
+        }
+        Ok(Binaries {
+            broker: dir.join(BROKER),
+            agent: dir.join(AGENT),
+            console_setup: dir.join(CONSOLE_SETUP),
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Finds the binaries as the module documentation says; `explicit` is `--bin-dir`.
+    /// Build progress goes to stderr.
+    pub fn locate(explicit: Option<&Path>) -> Result<Binaries, BinariesError> {
+        if let Some(dir) = explicit {
+            return Binaries::in_dir(dir);
+        }
+        if let Some(dir) = std::env::var_os(ENV_BIN_DIR).filter(|d| !d.is_empty()) {
+            return Binaries::in_dir(Path::new(&dir));
+        }
+        let dir = profile_dir()?;
+        let started_by_cargo = std::env::var_os("CARGO").is_some();
+        let missing = Binaries::in_dir(&dir).is_err();
+        if let Some(ws) = workspace_dir()
+            && (started_by_cargo || missing)
+        {
+            build(&ws, &dir, PACKAGES)?;
+        }
+        Binaries::in_dir(&dir)
+    }
+}
+
+/// `target/<profile>` of the running executable.
+pub fn profile_dir() -> Result<PathBuf, BinariesError> {
+    let exe = std::env::current_exe().map_err(BinariesError::NoExe)?;
+    let mut dir = exe
+        .parent()
+        .ok_or_else(|| BinariesError::NoExe(std::io::Error::other("executable has no folder")))?
+        .to_path_buf();
+    if dir
+        .file_name()
+        .is_some_and(|n| n == "deps" || n == "examples")
+    {
+        dir.pop();
+    }
+    Ok(dir)
+}
+
+/// The workspace this simulator was built from, if its sources are still there.
+pub fn workspace_dir() -> Option<PathBuf> {
+    let ws = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()?
+        .to_path_buf();
+    let manifest = std::fs::read_to_string(ws.join("Cargo.toml")).ok()?;
+    (manifest.contains("[workspace]")
+        && ws.join("broker").is_dir()
+        && ws.join("guest-agent").is_dir())
+    .then_some(ws)
+}
+
+/// Runs `cargo build --bins -p <packages>` in `workspace` so the binaries land in
+/// `profile_dir` (`target/<profile>`).
+pub fn build(workspace: &Path, profile_dir: &Path, packages: &[&str]) -> Result<(), BinariesError> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(&cargo);
+    cmd.current_dir(workspace).arg("build").arg("--bins");
+    for p in packages {
+        cmd.arg("-p").arg(p);
+    }
+    match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => {}
+        Some("release") => {
+            cmd.arg("--release");
+        }
+        Some(other) => {
+            cmd.arg("--profile").arg(other);
+        }
+    }
+    if let Some(target) = profile_dir.parent() {
+        cmd.env("CARGO_TARGET_DIR", target);
+    }
+    let line = format!("{cmd:?}");
+    eprintln!("xenchan-sim: building the binaries it runs: {line}");
+    let status = cmd.status().map_err(|source| BinariesError::Build {
+        command: line.clone(),
+        source,
+    })?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(BinariesError::Build {
+            command: line,
+            source: std::io::Error::other(format!("cargo exited with {status}")),
+        })
+    }
+}
