@@ -1,0 +1,172 @@
+# shellcheck shell=bash
+# The Xen stage: Xen 4.17 with a Debian dom0 under QEMU (TCG, -cpu qemu64), the broker in
+# dom0, and a PV domU (the virtio guest's disk, as dom0's /dev/vdb) whose agent gets its
+# channel from the real udev rule and xen-console-setup reading the real xenstore.
+# Commands run in dom0 over ssh (harness key, hostfwd).
+
+X_NAME=vmtest-domu                             # xl name = socket stem = broker domain
+X_UUID=6a1c3a2e-8d4b-4f0e-9a57-0c5e2b7d9f10    # as in files/dom0/etc/xen/vmtest-domu.cfg
+X_HOSTNAME=xenchan-domu
+X_SOCK=/run/xenchan/sockets/$X_NAME.sock
+
+xen_qemu_start() {
+  local serial=$1
+  VM_LOG=$VT_LOGS/xen-qemu.log
+  case "$IMAGES" in *,* | *' '*) fail "the cache path must not contain commas or spaces (QEMU's -initrd list): $IMAGES" ;; esac
+  # -cpu qemu64: with -cpu max, dom0's kernel crashes (SMEP/SMAP under Xen PV).
+  spawn "$VM_LOG" qemu-system-x86_64 -name vmtest-xen -accel tcg -cpu qemu64 -smp 2 -m 3072 \
+    -display none -monitor none -serial "file:$serial" \
+    -kernel "$IMAGES/xen-4.17" \
+    -append "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M dom0_max_vcpus=2 noreboot" \
+    -initrd "$IMAGES/vmlinuz root=/dev/vda rw console=hvc0 earlyprintk=xen net.ifnames=0,$IMAGES/initrd.img" \
+    -drive "file=$VT_WORK/dom0.img,if=virtio,format=raw,snapshot=on" \
+    -drive "file=$VT_WORK/guest.img,if=virtio,format=raw,snapshot=on" \
+    -nic "user,model=virtio-net-pci,mac=52:54:00:12:34:56,hostfwd=tcp:127.0.0.1:$X_PORT-:22"
+  VM_PID=$SPAWNED
+  X_QEMU_PID=$VM_PID
+}
+
+# d0 CMD...: run CMD in dom0.
+d0() { vssh "$X_PORT" "$@"; }
+
+xen_diag() {
+  log "diagnostics (xen)"
+  if [ -n "${X_PORT:-}" ] && ssh_up "$X_PORT"; then
+    VSSH_LIMIT=30 d0 "echo '# xl list'; xl list; echo '# broker'; journalctl -u xenchan-broker -o short-monotonic --no-pager -n 30;
+      echo '# domU console'; tail -n 40 /var/log/xen/console/guest-$X_NAME.log 2>/dev/null;
+      echo '# qemu-dm'; tail -n 15 /var/log/xen/qemu-dm-$X_NAME.log 2>/dev/null;
+      echo '# xl'; tail -n 15 /var/log/xen/xl-$X_NAME.log 2>/dev/null" 2>&1 | sed 's/^/    dom0: /' >&2 || true
+  fi
+  [ -n "${SERIAL:-}" ] && show_tail "$SERIAL" 30
+}
+
+xl_works() { d0 xl list >/dev/null 2>&1; }
+
+# Boots Xen + dom0, waits for the toolstack and for the broker (started by systemd).
+xen_boot() {
+  DIAG=xen_diag
+  X_PORT=$(free_port)
+  boot_with_retry xen 160 xen_qemu_start "$X_PORT"
+  wait_for "xl answers in dom0 (xenstored, xen.service)" 60 2 xl_works || fail "the Xen toolstack did not start in dom0"
+  d0 "xl info | grep -E '^(xen_version|total_memory|free_memory)'" | sed 's/^/    /' >&2
+  # The broker is enabled in dom0 (broker/systemd/xenchan-broker.service).
+  API_AT=$X_PORT
+  wait_for "the broker in dom0 answers" 30 1 api_healthy || fail "the broker in dom0 did not come up"
+}
+
+# domid NAME
+xen_domid() { d0 xl domid "$X_NAME" 2>/dev/null || true; }
+
+# `xl create` with the placeholder channel: the agent in the domU gets its channel from
+# udev + xen-console-setup, and the document pushed by the broker is applied.
+xen_create() {
+  make_doc "$VT_WORK/domu-doc.json" "$X_HOSTNAME"
+  api_set "$X_NAME" "$VT_WORK/domu-doc.json" "$X_UUID"
+  local out
+  out=$(VSSH_LIMIT=90 d0 xl create /etc/xen/vmtest-domu.cfg 2>&1) || fail "xl create failed: $out"
+  X_DOMID=$(xen_domid)
+  log "xl create: domid $X_DOMID"
+  # Which console carries our channel (dom0's view of the domU's frontend nodes).
+  local consoles
+  consoles=$(d0 "for n in \$(xenstore-list /local/domain/$X_DOMID/device/console 2>/dev/null); do
+      echo \"console/\$n: \$(xenstore-read /local/domain/$X_DOMID/device/console/\$n/name 2>/dev/null || echo '(no name)')\"; done")
+  log "domU consoles: $(tr '\n' ' ' <<<"$consoles")"
+  grep -q ": $CHANNEL\$" <<<"$consoles" || fail "xl did not give the domU the channel $CHANNEL (placeholder work-around for xl 4.17?)"
+
+  wait_for "the domU agent's result is in the broker's API" 270 3 domain_settled "$X_NAME" ||
+    fail "no result from the domU: $(api_domain "$X_NAME")"
+  local j
+  j=$(api_domain "$X_NAME")
+  expect_items "$j" "hostname=applied user:cloud=applied"
+  [ "$(json_get "$j" .state)" = configured ] || fail "state is $(json_get "$j" .state)"
+  [ "$(json_get "$j" .uuid)" = "$X_UUID" ] || fail "uuid is $(json_get "$j" .uuid)"
+  X_GEN=$(json_get "$j" .applied_generation)
+  log "domU configured (generation $X_GEN; guest facts: $(json_get "$j" '.facts | "\(.os), kernel \(.kernel), hostname \(.hostname)"'))"
+}
+
+# domain_detached NAME: the broker no longer has a session with the domain.
+domain_detached() {
+  [ "$(json_get "$(api_domain "$1")" .connected)" = false ]
+}
+
+# `xl reboot`: the broker loses the socket (EOF, socket gone), reconnects when the new
+# QEMU listens, and the rebooted agent's hello says the generation is applied: nothing is
+# pushed. The new boot reports the pushed hostname as its own.
+xen_reboot() {
+  local p r c j
+  p=$(api_metric xenchan_pushes_total)
+  r=$(api_metric xenchan_results_total)
+  c=$(api_metric xenchan_connections_total)
+  d0 xl reboot "$X_NAME" >/dev/null || fail "xl reboot failed"
+  wait_for "the broker sees the session end" 90 2 domain_detached "$X_NAME" || fail "the broker did not notice the reboot"
+  wait_for "the broker reconnected" 240 3 metric_above xenchan_connections_total "$c" || fail "the broker did not reconnect"
+  wait_for "the rebooted domU's agent is attached" 240 3 domain_attached "$X_NAME" ||
+    fail "the domain is not attached after the reboot: $(api_domain "$X_NAME")"
+  local domid
+  domid=$(xen_domid)
+  [ -n "$domid" ] && [ "$domid" != "$X_DOMID" ] || fail "domid did not change ($X_DOMID -> $domid)"
+  sleep 5 # a push would follow the hello at once
+  [ "$(api_metric xenchan_pushes_total)" = "$p" ] || fail "the broker pushed again after the reboot"
+  [ "$(api_metric xenchan_results_total)" = "$r" ] || fail "a result came after the reboot (something was applied)"
+  j=$(api_domain "$X_NAME")
+  [ "$(json_get "$j" .applied_generation)" = "$X_GEN" ] || fail "applied generation is $(json_get "$j" .applied_generation)"
+  [ "$(json_get "$j" .facts.hostname)" = "$X_HOSTNAME" ] ||
+    fail "the rebooted domU reports hostname '$(json_get "$j" .facts.hostname)', want $X_HOSTNAME"
+  log "rebooted (domid $X_DOMID -> $domid): re-attached, nothing pushed, hostname $X_HOSTNAME kept"
+  X_DOMID=$domid
+}
+
+sock_gone() { d0 test ! -e "$X_SOCK"; }
+
+# `xl destroy`: the session ends, the socket goes, the broker stays healthy and records
+# no error. Then the domU's disk shows what the agent wrote and what its journal says.
+xen_destroy() {
+  local j
+  sleep 3 # the domU's journal reaches its disk (SyncIntervalSec=2s in the image)
+  d0 xl destroy "$X_NAME" >/dev/null || fail "xl destroy failed"
+  wait_for "the channel socket is gone" 30 1 sock_gone || fail "$X_SOCK stayed after xl destroy"
+  wait_for "the broker ended the session" 30 1 domain_detached "$X_NAME" || fail "the broker still shows a session"
+  j=$(api_domain "$X_NAME")
+  [ "$(json_get "$j" .last_error)" = null ] || fail "the broker recorded an error: $(json_get "$j" .last_error)"
+  case $(json_get "$j" .state) in
+    error | failed | unresponsive | identity-mismatch | version-mismatch) fail "state after destroy: $(json_get "$j" .state)" ;;
+  esac
+  api_healthy || fail "the broker is not healthy after the destroy"
+  [ "$(d0 systemctl is-active xenchan-broker)" = active ] || fail "the broker is not running"
+  log "destroyed: session ended cleanly (state $(json_get "$j" .state), no error)"
+
+  # The domU's disk, as the agent left it (mount replays the ext4 journal).
+  local out
+  out=$(d0 "set -e; mkdir -p /mnt/domu; mount /dev/vdb /mnt/domu; cd /mnt/domu
+    echo \"hostname=\$(cat etc/hostname)\"
+    echo \"keys=\$(grep -c '^ssh-' home/cloud/.ssh/authorized_keys)\"
+    echo \"owner=\$(stat -c %U home/cloud/.ssh/authorized_keys)\"
+    echo \"generation=\$(grep -o '\"generation\": *[0-9]*' var/lib/xenchan-agent/applied.json | grep -o '[0-9]*\$')\"
+    for b in \$(journalctl -D var/log/journal --list-boots --no-pager -q | awk '{print \$2}'); do
+      log=\$(journalctl -D var/log/journal -b \$b -u xenchan-agent.service -o cat --no-pager)
+      echo \"boot=\$(grep -c -F '$AGENT_SESSION_MSG' <<<\"\$log\"):\$(grep -c -F '$AGENT_ITEM_MSG' <<<\"\$log\")\"
+    done
+    cd /; umount /mnt/domu" 2>&1) || fail "cannot read the domU's disk: $out"
+  log "domU disk: $(tr '\n' ' ' <<<"$out")"
+  grep -qx "hostname=$X_HOSTNAME" <<<"$out" || fail "the domU's /etc/hostname is not $X_HOSTNAME"
+  grep -qx "keys=41" <<<"$out" || fail "cloud's authorized_keys does not hold the 41 pushed keys"
+  grep -qx "owner=cloud" <<<"$out" || fail "cloud's authorized_keys is not owned by cloud"
+  grep -qx "generation=$X_GEN" <<<"$out" || fail "the agent's state does not record generation $X_GEN"
+  # Per boot "sessions:items": the first boot applied the items, the second only started
+  # a session.
+  local boots
+  boots=$(grep '^boot=' <<<"$out" | cut -d= -f2 | tr '\n' ' ')
+  [[ "$boots" =~ ^[1-9][0-9]*:[1-9][0-9]*\ [1-9][0-9]*:0\ $ ]] ||
+    fail "the domU's journal per boot (sessions:items) is '$boots', want 'N:M N:0' (applied once, re-attached once)"
+}
+
+xen_stop() {
+  d0 systemctl stop xenchan-broker || fail "cannot stop the broker"
+  local res
+  res=$(d0 systemctl show -p Result --value xenchan-broker 2>/dev/null || true)
+  [ -z "$res" ] || [ "$res" = success ] || fail "the broker's stop result is $res"
+  log "broker stopped cleanly"
+  vssh_close "$X_PORT"
+  stop_pid "$X_QEMU_PID" 5
+  DIAG=""
+}
