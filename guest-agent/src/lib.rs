@@ -11,6 +11,7 @@
 //! docs/AGENT.md describes the design and its decisions.
 
 pub mod apply;
+pub mod cli;
 pub mod console_setup;
 pub mod consoles;
 mod device;
