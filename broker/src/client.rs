@@ -23,7 +23,9 @@ use thiserror::Error;
 use tokio::net::UnixStream;
 use xenchan_protocol::config::GuestConfig;
 
-use crate::api::types::{ApiError, DeleteResult, DomainView, Health};
+use crate::api::types::{
+    ApiError, DeleteResult, DomainView, Health, PrepareRequest, ReleaseResult,
+};
 use crate::paths::MAX_SOCKET_PATH;
 
 /// Default deadline of one request.
@@ -272,6 +274,35 @@ impl Client {
             Method::POST,
             &format!("/v1/domains/{}/push", encode(name)),
             Some(Vec::new()),
+        )
+        .await
+    }
+
+    /// `POST /v1/domains/{name}/prepare`: the VM is about to start (libvirt hook
+    /// `prepare`). Registers the domain, records its UUID and channel socket, confirms
+    /// its leases and runs the `prepare` hooks. 409 on a UUID or lease clash (the error
+    /// names the other domain), 422 if a hook refused.
+    pub async fn prepare(
+        &self,
+        name: &str,
+        request: &PrepareRequest,
+    ) -> Result<DomainView, ClientError> {
+        let body = serde_json::to_vec(request).expect("a prepare request serialises");
+        self.call(
+            Method::POST,
+            &format!("/v1/domains/{}/prepare", encode(name)),
+            Some(body),
+        )
+        .await
+    }
+
+    /// `POST /v1/domains/{name}/release`: the VM stopped (libvirt hook `release`). Stops
+    /// the session and keeps the configuration. Succeeds for unknown domains too.
+    pub async fn release(&self, name: &str) -> Result<ReleaseResult, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/v1/domains/{}/release", encode(name)),
+            Some(b"{}".to_vec()),
         )
         .await
     }

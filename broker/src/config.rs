@@ -27,6 +27,18 @@ pub enum Mode {
     Listen,
 }
 
+/// How the broker finds the domains' channel sockets (connect mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Discovery {
+    /// `<socket_dir>/<vm>.sock` files, watched with inotify.
+    SocketDir,
+    /// The console backends in xenstore (`/local/domain/0/backend/console`): a backend
+    /// with the broker's channel name and `connection=socket` gives the socket path; the
+    /// domain's name and UUID come from its xenstore nodes.
+    Xenstore,
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -45,6 +57,12 @@ pub struct Config {
     pub channel: String,
     /// Connect (QEMU listens) or listen (the backend connects).
     pub mode: Mode,
+    /// Where the domains' sockets are found (connect mode).
+    pub discovery: Discovery,
+    /// The xenstore socket or device (`discovery = "xenstore"`). Unset: libxenstore's
+    /// rules ([`Config::xenstore_candidates`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xenstore_path: Option<PathBuf>,
     /// Deadlines, in milliseconds.
     pub timeouts: Timeouts,
     /// Size and count bounds.
@@ -63,6 +81,8 @@ impl Default for Config {
             registry_dir: PathBuf::from("/etc/xenchan/registry.d"),
             channel: xenchan_protocol::DEFAULT_CHANNEL.to_string(),
             mode: Mode::Connect,
+            discovery: Discovery::SocketDir,
+            xenstore_path: None,
             timeouts: Timeouts::default(),
             limits: Limits::default(),
             leases: Leases::default(),
@@ -92,6 +112,8 @@ pub struct Timeouts {
     pub request: u64,
     /// Sessions' goodbye at shutdown.
     pub shutdown: u64,
+    /// Connecting to xenstore, and each xenstore request (`discovery = "xenstore"`).
+    pub xenstore: u64,
 }
 
 impl Default for Timeouts {
@@ -106,6 +128,7 @@ impl Default for Timeouts {
             reconnect_max: 10_000,
             request: 10_000,
             shutdown: 2000,
+            xenstore: 5000,
         }
     }
 }
@@ -151,6 +174,10 @@ impl Timeouts {
     /// `shutdown` as a duration.
     pub fn shutdown(&self) -> Duration {
         ms(self.shutdown)
+    }
+    /// `xenstore` as a duration.
+    pub fn xenstore(&self) -> Duration {
+        ms(self.xenstore)
     }
 }
 
@@ -268,15 +295,25 @@ impl Config {
             message,
         };
         for (key, p) in [
-            ("socket_dir", &self.socket_dir),
-            ("control_socket", &self.control_socket),
-            ("state_dir", &self.state_dir),
-            ("hooks_dir", &self.hooks_dir),
-            ("registry_dir", &self.registry_dir),
+            ("socket_dir", Some(&self.socket_dir)),
+            ("control_socket", Some(&self.control_socket)),
+            ("state_dir", Some(&self.state_dir)),
+            ("hooks_dir", Some(&self.hooks_dir)),
+            ("registry_dir", Some(&self.registry_dir)),
+            ("xenstore_path", self.xenstore_path.as_ref()),
         ] {
-            if !p.is_absolute() {
+            if let Some(p) = p
+                && !p.is_absolute()
+            {
                 return Err(bad(key, format!("{} is not an absolute path", p.display())));
             }
+        }
+        if self.discovery == Discovery::Xenstore && self.mode == Mode::Listen {
+            return Err(bad(
+                "discovery",
+                "`xenstore` finds the sockets QEMU listens on, so it needs mode = \"connect\""
+                    .into(),
+            ));
         }
         check_socket_path(&self.control_socket).map_err(|e| bad("control_socket", e))?;
         // The shortest possible domain socket must fit; longer names are refused one by
@@ -316,6 +353,7 @@ impl Config {
             ("timeouts.reconnect_min", t.reconnect_min),
             ("timeouts.reconnect_max", t.reconnect_max),
             ("timeouts.request", t.request),
+            ("timeouts.xenstore", t.xenstore),
         ] {
             if v == 0 {
                 return Err(bad(key, "must be at least 1 millisecond".into()));
@@ -368,6 +406,17 @@ impl Config {
         self.state_dir.join("broker.lock")
     }
 
+    /// Where xenstore is tried, in order: `xenstore_path` if set, else libxenstore's
+    /// rules: `$XENSTORED_PATH` alone if set, else `$XENSTORED_RUNDIR/socket` (default
+    /// `/var/run/xenstored/socket`, i.e. `/run/xenstored/socket`), `/dev/xen/xenbus`,
+    /// `/proc/xen/xenbus`.
+    pub fn xenstore_candidates(&self) -> Vec<PathBuf> {
+        match &self.xenstore_path {
+            Some(p) => vec![p.clone()],
+            None => xenchan_xenstore::default_paths(),
+        }
+    }
+
     /// The channel socket of domain `name`.
     pub fn socket_path(&self, name: &str) -> PathBuf {
         self.socket_dir.join(format!("{name}.sock"))
@@ -417,6 +466,7 @@ state_dir = "/tmp/state"
 hooks_dir = "/tmp/hooks"
 channel = "org.example.agent.1"
 mode = "listen"
+discovery = "socket-dir"
 [timeouts]
 connect = 1
 hello = 2
@@ -456,6 +506,32 @@ hostname = false
             .unwrap_err()
             .to_string();
         assert!(e.contains("reconnect_max"), "{e}");
+    }
+
+    #[test]
+    fn xenstore_discovery_keys() {
+        let c = parse("discovery = \"xenstore\"\nxenstore_path = \"/tmp/xs.sock\"\n[timeouts]\nxenstore = 700")
+            .unwrap();
+        assert_eq!(c.discovery, Discovery::Xenstore);
+        assert_eq!(c.xenstore_candidates(), vec![PathBuf::from("/tmp/xs.sock")]);
+        assert_eq!(c.timeouts.xenstore(), Duration::from_millis(700));
+        assert_eq!(parse(&c.to_toml()).unwrap(), c);
+        let e = parse("discovery = \"xenstore\"\nmode = \"listen\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`discovery`") && e.contains("connect"), "{e}");
+        let e = parse("xenstore_path = \"xs.sock\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("xenstore_path"), "{e}");
+        let e = parse("discovery = \"inotify\"").unwrap_err().to_string();
+        assert!(e.contains("inotify"), "{e}");
+        // Unset: libxenstore's candidates, ending with the xenbus device.
+        let d = Config::default().xenstore_candidates();
+        assert!(
+            d.iter().any(|p| p.ends_with("xenbus")) || d.len() == 1,
+            "{d:?}"
+        );
     }
 
     #[test]

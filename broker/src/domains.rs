@@ -1,25 +1,33 @@
 //! The broker's domains: what is desired (from the API), what each session sees, and the
 //! lifecycle operations (DESIGN.md section 5, after the libxl hotplug interface):
 //!
-//! - **prepare** = `PUT config`: validate, take leases, store, run `prepare` hooks;
-//! - **add** = the domain's socket appears: a session connects and pushes;
-//! - **remove** = the socket goes away: the session stops (safe after a failed add);
+//! - **prepare** = `PUT config` (validate, take leases, store, run `prepare` hooks) and
+//!   the lifecycle `POST .../prepare` (register, record the UUID and channel path,
+//!   confirm the leases, mark the domain running);
+//! - **add** = the domain's socket appears (socket folder, xenstore backend, or the path
+//!   a prepare named): a session is attached to it, connects and pushes;
+//! - **remove** = the socket goes away, or `POST .../release`: the session stops (safe
+//!   after a failed add);
 //! - **unprepare** = `DELETE`: the desired config is dropped and the leases released.
 //!
-//! Every step is idempotent. The store is the durable copy; this module keeps the read
+//! Every step is idempotent. Domains are keyed by name (the API's key); discovery maps
+//! what it finds onto names (xenstore discovery by UUID first, see
+//! `discovery::xenstore`), so a domain that comes back with a new domid finds its state. The store is the durable copy; this module keeps the read
 //! model in memory (views, hook input, metrics) and is updated right after each durable
 //! write. A std mutex guards it and is never held across an await.
 
 use std::collections::HashMap;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use xenchan_protocol::message::GuestFacts;
 
-use crate::api::types::{DomainState, DomainView, ItemView};
-use crate::config::{Config, Mode};
+use crate::api::types::{DomainState, DomainView, ItemView, Lifecycle};
+use crate::config::{Config, Discovery, Mode};
 use crate::hooks::{HookCall, Hooks};
 use crate::metrics::{ErrorKind, Metrics};
 use crate::store::{DesiredConfig, DomainRecord, Store};
@@ -29,10 +37,43 @@ use crate::store::{DesiredConfig, DomainRecord, Store};
 pub struct Desired {
     /// The desired configuration, if any.
     pub config: Option<Arc<DesiredConfig>>,
-    /// The VM UUID the agent must report, when known.
+    /// The VM UUID recorded for the domain (`PUT ?uuid=`, prepare).
     pub uuid: Option<String>,
+    /// The VM UUID xenstore gives for the running domain.
+    pub discovered_uuid: Option<String>,
     /// Bumped by `POST .../push`: push even if the agent has applied the generation.
     pub force: u64,
+}
+
+impl Desired {
+    /// The UUID the agent must report: the recorded one, else the discovered one.
+    pub fn expected_uuid(&self) -> Option<&String> {
+        self.uuid.as_ref().or(self.discovered_uuid.as_ref())
+    }
+}
+
+/// Who attached a session to its socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// `<socket_dir>/<name>.sock`, found by socket-folder discovery.
+    Dir,
+    /// A socket path outside the socket folder, named by a lifecycle prepare.
+    Prepared,
+    /// A console backend found in xenstore.
+    Xenstore,
+    /// Listen mode: the broker's own socket.
+    Listen,
+}
+
+/// The socket a session is attached to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Who found it.
+    pub source: Source,
+    /// The unix socket.
+    pub path: PathBuf,
+    /// The Xen domain id (xenstore discovery).
+    pub domid: Option<u32>,
 }
 
 /// A running session task.
@@ -54,10 +95,21 @@ struct Slot {
     last_result_at: Option<String>,
     state: DomainState,
     connected: bool,
-    /// The socket exists (connect mode) or the broker listens on it (listen mode).
-    socket: bool,
+    /// The socket the session is attached to; `Some` exactly while `session` is.
+    attached: Option<Endpoint>,
     session: Option<SessionTask>,
+    /// Where the lifecycle endpoints left the domain (durable).
+    lifecycle: Option<Lifecycle>,
+    /// The socket path the last prepare named, if not the default one (durable).
+    channel_path: Option<PathBuf>,
+    /// A domid whose session `release` stopped: xenstore discovery does not attach it
+    /// again (the VM is gone, xenstore just has not said so yet).
+    released_domid: Option<u32>,
 }
+
+/// Hook notifications collected under the lock and sent after it is dropped (a hook's
+/// stdin is the domain's view, which takes the lock).
+type HookEvents = Vec<(&'static str, &'static str)>;
 
 impl Slot {
     fn new() -> Slot {
@@ -71,8 +123,11 @@ impl Slot {
             last_result_at: None,
             state: DomainState::Pending,
             connected: false,
-            socket: false,
+            attached: None,
             session: None,
+            lifecycle: None,
+            channel_path: None,
+            released_domid: None,
         }
     }
 
@@ -81,6 +136,7 @@ impl Slot {
         s.desired.send_replace(Desired {
             config: r.desired.map(Arc::new),
             uuid: r.uuid,
+            discovered_uuid: None,
             force: 0,
         });
         s.reported_uuid = r.reported_uuid;
@@ -89,6 +145,8 @@ impl Slot {
         s.last_error = r.last_error;
         s.facts = r.facts;
         s.last_result_at = r.last_result_at;
+        s.lifecycle = r.lifecycle;
+        s.channel_path = r.channel_path;
         s
     }
 
@@ -96,11 +154,20 @@ impl Slot {
         self.desired.borrow().config.is_some()
     }
 
+    fn running(&self) -> bool {
+        self.lifecycle == Some(Lifecycle::Running)
+    }
+
+    /// Whether the domain stays known without a configuration.
+    fn survives_without_config(&self, mode: Mode) -> bool {
+        self.running() || (self.attached.is_some() && mode == Mode::Connect)
+    }
+
     fn view(&self, name: &str) -> DomainView {
         let d = self.desired.borrow();
         DomainView {
             name: name.to_string(),
-            uuid: d.uuid.clone(),
+            uuid: d.expected_uuid().cloned(),
             reported_uuid: self.reported_uuid.clone(),
             state: self.state,
             desired_generation: d.config.as_ref().map(|c| c.generation),
@@ -113,6 +180,13 @@ impl Slot {
             connected: self.connected,
             last_result_at: self.last_result_at.clone(),
             config: d.config.as_ref().map(|c| c.config.clone()),
+            lifecycle: self.lifecycle,
+            socket: self
+                .attached
+                .as_ref()
+                .map(|a| a.path.clone())
+                .or_else(|| self.channel_path.clone()),
+            domid: self.attached.as_ref().and_then(|a| a.domid),
         }
     }
 }
@@ -134,6 +208,8 @@ pub struct Shared {
     /// that memory always ends in the order the store committed. Never held while a
     /// hook runs.
     pub config_lock: tokio::sync::Mutex<()>,
+    /// Asks discovery to reconcile now (a prepare changed what may be attached).
+    pub rediscover: Notify,
     slots: Mutex<HashMap<String, Slot>>,
     /// Tasks of sessions that were stopped and may still hold their connection (a stop
     /// is seen between two steps, and a step may be a store write). The next session of
@@ -147,10 +223,15 @@ pub struct Shared {
 type SessionFn = fn(
     Arc<Shared>,
     String,
+    PathBuf,
     watch::Receiver<Desired>,
     CancellationToken,
     Option<JoinHandle<()>>,
 ) -> futures::future::BoxFuture<'static, ()>;
+
+fn is_socket(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
+}
 
 impl Shared {
     /// Shared state with the stored domains loaded.
@@ -172,6 +253,7 @@ impl Shared {
             hooks,
             shutdown: CancellationToken::new(),
             config_lock: tokio::sync::Mutex::new(()),
+            rediscover: Notify::new(),
             slots: Mutex::new(slots),
             stopping: Mutex::new(HashMap::new()),
         }
@@ -181,16 +263,6 @@ impl Shared {
         self.stopping
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Stops a slot's session; its task is kept until the next session of the name.
-    fn stop_session(&self, name: &str, slot: &mut Slot) {
-        if let Some(t) = slot.session.take() {
-            t.stop.cancel();
-            let mut stopping = self.stopping();
-            stopping.retain(|_, j| !j.is_finished());
-            stopping.insert(name.to_string(), t.join);
-        }
     }
 
     fn slots(&self) -> MutexGuard<'_, HashMap<String, Slot>> {
@@ -243,20 +315,16 @@ impl Shared {
             .unwrap_or_default()
     }
 
-    /// Names of domains with a desired configuration.
-    pub fn configured_names(&self) -> Vec<String> {
-        self.slots()
-            .iter()
-            .filter(|(_, s)| s.has_config())
-            .map(|(n, _)| n.clone())
-            .collect()
+    /// Whether the agent of `name` has answered in the running session.
+    pub fn connected(&self, name: &str) -> bool {
+        self.slots().get(name).is_some_and(|s| s.connected)
     }
 
-    /// Names of domains whose socket is present (connect mode).
-    pub fn socket_names(&self) -> Vec<String> {
+    /// Names of domains whose session `source` attached.
+    pub fn attached_names(&self, source: Source) -> Vec<String> {
         self.slots()
             .iter()
-            .filter(|(_, s)| s.socket)
+            .filter(|(_, s)| s.attached.as_ref().is_some_and(|a| a.source == source))
             .map(|(n, _)| n.clone())
             .collect()
     }
@@ -330,6 +398,24 @@ impl Shared {
         });
     }
 
+    fn fire(&self, name: &str, events: HookEvents) {
+        for (event, phase) in events {
+            self.notify_hook(name, event, phase, "-".into());
+        }
+    }
+
+    /// The socket a listen-mode session owns.
+    fn listen_endpoint(&self, name: &str, slot: &Slot) -> Endpoint {
+        Endpoint {
+            source: Source::Listen,
+            path: slot
+                .channel_path
+                .clone()
+                .unwrap_or_else(|| self.config.socket_path(name)),
+            domid: None,
+        }
+    }
+
     /// Installs a newly stored desired configuration (after the durable write, under
     /// `config_lock`). Creates the domain if needed; in listen mode starts listening.
     pub fn install_desired(
@@ -338,30 +424,41 @@ impl Shared {
         config: DesiredConfig,
         uuid: Option<&String>,
     ) {
-        let mut slots = self.slots();
-        let slot = slots.entry(name.to_string()).or_insert_with(Slot::new);
-        slot.desired.send_if_modified(|d| {
-            let same = d
-                .config
-                .as_ref()
-                .is_some_and(|c| c.generation == config.generation && c.digest == config.digest);
-            let new_uuid = uuid.is_some() && uuid != d.uuid.as_ref();
-            if new_uuid {
-                d.uuid = uuid.cloned();
+        let mut hooks = HookEvents::new();
+        {
+            let mut slots = self.slots();
+            let slot = slots.entry(name.to_string()).or_insert_with(Slot::new);
+            slot.desired.send_if_modified(|d| {
+                let same = d.config.as_ref().is_some_and(|c| {
+                    c.generation == config.generation && c.digest == config.digest
+                });
+                let new_uuid = uuid.is_some() && uuid != d.uuid.as_ref();
+                if new_uuid {
+                    d.uuid = uuid.cloned();
+                }
+                if !same {
+                    d.config = Some(Arc::new(config));
+                }
+                new_uuid || !same
+            });
+            if self.config.mode == Mode::Listen && slot.lifecycle != Some(Lifecycle::Stopped) {
+                let ep = self.listen_endpoint(name, slot);
+                self.attach_in(slot, name, ep, true, &mut hooks);
             }
-            if !same {
-                d.config = Some(Arc::new(config));
-            }
-            new_uuid || !same
-        });
-        if self.config.mode == Mode::Listen && slot.session.is_none() {
-            slot.socket = true;
-            self.start_session(name, slot, listen_entry);
         }
+        self.fire(name, hooks);
+    }
+
+    /// Whether the store must keep the domain's row when its configuration is deleted
+    /// (a session is attached, or the domain is prepared).
+    pub fn keeps_row_without_config(&self, name: &str) -> bool {
+        self.slots()
+            .get(name)
+            .is_some_and(|s| s.survives_without_config(self.config.mode))
     }
 
     /// Drops the desired configuration (after the durable delete, under `config_lock`).
-    /// Returns whether a session is running for the domain (its row must then stay).
+    /// The domain is forgotten unless a session is attached or it is prepared.
     pub fn remove_desired(&self, name: &str) {
         let mut slots = self.slots();
         let Some(slot) = slots.get_mut(name) else {
@@ -371,20 +468,13 @@ impl Shared {
             d.config = None;
             d.uuid = None;
         });
-        if self.config.mode == Mode::Listen {
-            slot.socket = false;
-            self.stop_session(name, slot);
+        if self.config.mode == Mode::Listen && !slot.running() {
+            let mut hooks = HookEvents::new();
+            self.detach_in(slot, name, &mut hooks);
         }
-        if slot.session.is_none() {
+        if !slot.survives_without_config(self.config.mode) {
             slots.remove(name);
         }
-    }
-
-    /// Whether a session is running (or stopping) for `name`.
-    pub fn has_session(&self, name: &str) -> bool {
-        self.slots()
-            .get(name)
-            .is_some_and(|s| s.session.is_some() || s.socket)
     }
 
     /// Asks for a re-push. Returns false if the domain has no desired configuration.
@@ -400,67 +490,308 @@ impl Shared {
         true
     }
 
-    /// Connect mode: `<name>.sock` appeared. Starts the session unless one runs.
-    /// Returns false if the domain limit refuses it.
-    pub fn socket_appeared(self: &Arc<Self>, name: &str) -> bool {
-        let mut slots = self.slots();
-        if !slots.contains_key(name) && slots.len() >= self.config.limits.max_domains {
-            drop(slots);
-            self.metrics.error(ErrorKind::Other);
-            tracing::warn!(
-                domain = name,
-                "socket ignored: the broker already manages limits.max_domains = {} domains",
-                self.config.limits.max_domains
-            );
-            return false;
+    /// Attaches `name`'s session to `ep`: starts it, or restarts it if it is attached to
+    /// another socket or domid. `fresh`: the socket just appeared (an event, not a
+    /// rescan). Returns false if it was not attached (domain limit, a released domain
+    /// seen again by a rescan, a prepared path that takes precedence). `uuid` is what
+    /// xenstore says the domain's UUID is (xenstore discovery only; set before the
+    /// session starts).
+    pub fn attach(
+        self: &Arc<Self>,
+        name: &str,
+        ep: Endpoint,
+        fresh: bool,
+        uuid: Option<String>,
+    ) -> bool {
+        let mut hooks = HookEvents::new();
+        let attached = {
+            let mut slots = self.slots();
+            if !slots.contains_key(name) && slots.len() >= self.config.limits.max_domains {
+                drop(slots);
+                self.metrics.error(ErrorKind::Other);
+                tracing::warn!(
+                    domain = name,
+                    "socket ignored: the broker already manages limits.max_domains = {} domains",
+                    self.config.limits.max_domains
+                );
+                return false;
+            }
+            let slot = slots.entry(name.to_string()).or_insert_with(Slot::new);
+            if ep.source == Source::Xenstore {
+                slot.desired.send_if_modified(|d| {
+                    let changed = d.discovered_uuid != uuid;
+                    d.discovered_uuid = uuid;
+                    changed
+                });
+            }
+            self.attach_in(slot, name, ep, fresh, &mut hooks)
+        };
+        self.fire(name, hooks);
+        attached
+    }
+
+    fn attach_in(
+        self: &Arc<Self>,
+        slot: &mut Slot,
+        name: &str,
+        ep: Endpoint,
+        fresh: bool,
+        hooks: &mut HookEvents,
+    ) -> bool {
+        if let Some(cur) = &slot.attached {
+            if *cur == ep {
+                return true;
+            }
+            if cur.source == Source::Prepared && ep.source == Source::Dir {
+                // The operator named another socket for this domain.
+                return false;
+            }
+        } else {
+            if ep.source == Source::Dir && !fresh && slot.lifecycle == Some(Lifecycle::Stopped) {
+                // Released, and its socket file is still there: wait for a new one.
+                return false;
+            }
+            if ep.source == Source::Xenstore
+                && ep.domid.is_some()
+                && slot.released_domid == ep.domid
+            {
+                return false;
+            }
         }
-        let slot = slots.entry(name.to_string()).or_insert_with(Slot::new);
-        if slot.socket && slot.session.is_some() {
-            return true;
+        if ep.source == Source::Xenstore {
+            slot.released_domid = None;
         }
-        slot.socket = true;
-        tracing::info!(domain = name, "socket found; starting its session");
-        self.start_session(name, slot, connect_entry);
-        drop(slots);
-        self.notify_hook(name, "add", "begin", "-".into());
+        self.detach_in(slot, name, hooks);
+        tracing::info!(
+            domain = name,
+            socket = %ep.path.display(),
+            domid = ep.domid,
+            source = ?ep.source,
+            "starting the domain's session"
+        );
+        let entry: SessionFn = if ep.source == Source::Listen {
+            listen_entry
+        } else {
+            connect_entry
+        };
+        let path = ep.path.clone();
+        slot.attached = Some(ep);
+        self.start_session(name, slot, path, entry);
+        hooks.push(("add", "begin"));
         true
     }
 
-    /// Connect mode: `<name>.sock` went away. Stops the session (remove).
-    pub fn socket_vanished(self: &Arc<Self>, name: &str) {
+    /// Stops a slot's session, if one is attached; its task is kept until the next
+    /// session of the name.
+    fn detach_in(&self, slot: &mut Slot, name: &str, hooks: &mut HookEvents) {
+        if slot.attached.take().is_none() {
+            return;
+        }
+        if let Some(t) = slot.session.take() {
+            t.stop.cancel();
+            let mut stopping = self.stopping();
+            stopping.retain(|_, j| !j.is_finished());
+            stopping.insert(name.to_string(), t.join);
+        }
+        slot.state = DomainState::Pending;
+        slot.connected = false;
+        tracing::info!(domain = name, "session stopped");
+        hooks.push(("remove", "end"));
+    }
+
+    /// A session task ended. If no other session was attached meanwhile, the domain is
+    /// `pending`: whatever the ended session wrote after it was detached is stale.
+    pub fn session_ended(&self, name: &str) {
+        if let Some(s) = self.slots().get_mut(name)
+            && s.attached.is_none()
+        {
+            s.state = DomainState::Pending;
+            s.connected = false;
+        }
+    }
+
+    /// `source` saw the domain's socket go away (remove): stops the session it
+    /// attached, and forgets the domain if nothing about it matters any more.
+    pub fn vanished(self: &Arc<Self>, name: &str, source: Source) {
+        let mut hooks = HookEvents::new();
         let forget = {
             let mut slots = self.slots();
             let Some(slot) = slots.get_mut(name) else {
                 return;
             };
-            if !slot.socket {
-                return;
+            if slot.attached.as_ref().is_some_and(|a| a.source == source) {
+                self.detach_in(slot, name, &mut hooks);
             }
-            slot.socket = false;
-            self.stop_session(name, slot);
-            slot.state = DomainState::Pending;
-            slot.connected = false;
-            !slot.has_config()
+            if source == Source::Xenstore {
+                slot.released_domid = None;
+                slot.desired
+                    .send_if_modified(|d| d.discovered_uuid.take().is_some());
+            }
+            slot.attached.is_none() && !slot.has_config() && !slot.running()
         };
-        tracing::info!(domain = name, "socket gone; session stopped");
-        self.notify_hook(name, "remove", "end", "-".into());
+        self.fire(name, hooks);
         if forget {
-            // Nothing is desired and nothing is connected: the domain is forgotten.
-            self.slots().remove(name);
-            let store = self.store.clone();
-            let n = name.to_string();
-            tokio::spawn(async move {
-                let _ = store.call(move |db| db.forget_unconfigured(&n)).await;
-            });
+            self.forget(name);
         }
     }
 
-    fn start_session(self: &Arc<Self>, name: &str, slot: &mut Slot, entry: SessionFn) {
+    /// Forgets an unconfigured, unprepared domain without a session.
+    fn forget(&self, name: &str) {
+        {
+            let mut slots = self.slots();
+            let Some(slot) = slots.get(name) else {
+                return;
+            };
+            if slot.attached.is_some() || slot.has_config() || slot.running() {
+                return;
+            }
+            slots.remove(name);
+        }
+        let store = self.store.clone();
+        let n = name.to_string();
+        tokio::spawn(async move {
+            let _ = store.call(move |db| db.forget_unconfigured(&n)).await;
+        });
+    }
+
+    /// The lifecycle prepare, in memory (after the durable write, under `config_lock`):
+    /// registers the domain, records `uuid` (the one now recorded) and the channel path,
+    /// marks it running, and attaches its session where this broker's mode says so.
+    pub fn prepared(
+        self: &Arc<Self>,
+        name: &str,
+        uuid: Option<String>,
+        channel_path: Option<PathBuf>,
+    ) {
+        let mut hooks = HookEvents::new();
+        {
+            let mut slots = self.slots();
+            let slot = slots.entry(name.to_string()).or_insert_with(Slot::new);
+            slot.desired.send_if_modified(|d| {
+                if d.uuid == uuid {
+                    return false;
+                }
+                d.uuid = uuid;
+                true
+            });
+            slot.lifecycle = Some(Lifecycle::Running);
+            slot.released_domid = None;
+            slot.channel_path.clone_from(&channel_path);
+            match (self.config.mode, self.config.discovery) {
+                (Mode::Listen, _) => {
+                    let ep = self.listen_endpoint(name, slot);
+                    self.attach_in(slot, name, ep, true, &mut hooks);
+                }
+                (Mode::Connect, Discovery::SocketDir) => {
+                    if let Some(path) = channel_path {
+                        let ep = Endpoint {
+                            source: Source::Prepared,
+                            path,
+                            domid: None,
+                        };
+                        self.attach_in(slot, name, ep, true, &mut hooks);
+                    } else if slot
+                        .attached
+                        .as_ref()
+                        .is_some_and(|a| a.source == Source::Prepared)
+                    {
+                        self.detach_in(slot, name, &mut hooks);
+                    }
+                }
+                // xenstore says where the socket is and when the domain runs.
+                (Mode::Connect, Discovery::Xenstore) => {}
+            }
+        }
+        self.fire(name, hooks);
+        // The default socket (or the xenstore backend) may be there already.
+        self.rediscover.notify_one();
+    }
+
+    /// The lifecycle release, in memory (after the durable write, under `config_lock`):
+    /// stops the session, marks the domain stopped, and forgets it if it has no
+    /// configuration and no socket is left that discovery would see again. Returns
+    /// whether anything was released (a running marker or a session).
+    pub fn released(self: &Arc<Self>, name: &str) -> bool {
+        let mut hooks = HookEvents::new();
+        let (was, forget) = {
+            let mut slots = self.slots();
+            let Some(slot) = slots.get_mut(name) else {
+                return false;
+            };
+            let was = slot.running() || slot.attached.is_some();
+            if let Some(a) = &slot.attached
+                && a.source == Source::Xenstore
+            {
+                slot.released_domid = a.domid;
+            }
+            slot.lifecycle = Some(Lifecycle::Stopped);
+            self.detach_in(slot, name, &mut hooks);
+            let lingering = match (self.config.mode, self.config.discovery) {
+                (Mode::Connect, Discovery::SocketDir) => is_socket(&self.config.socket_path(name)),
+                (Mode::Connect, Discovery::Xenstore) => slot.released_domid.is_some(),
+                (Mode::Listen, _) => false,
+            };
+            (was, !slot.has_config() && !lingering)
+        };
+        self.fire(name, hooks);
+        if forget {
+            self.slots().remove(name);
+        }
+        was
+    }
+
+    /// At start: listens for every configured or prepared domain (listen mode), or
+    /// attaches prepared domains whose socket is outside the socket folder.
+    pub fn resume(self: &Arc<Self>) {
+        let names: Vec<String> = self.slots().keys().cloned().collect();
+        for name in names {
+            let mut hooks = HookEvents::new();
+            {
+                let mut slots = self.slots();
+                let Some(slot) = slots.get_mut(&name) else {
+                    continue;
+                };
+                match (self.config.mode, self.config.discovery) {
+                    (Mode::Listen, _) => {
+                        if (slot.has_config() || slot.running())
+                            && slot.lifecycle != Some(Lifecycle::Stopped)
+                        {
+                            let ep = self.listen_endpoint(&name, slot);
+                            self.attach_in(slot, &name, ep, true, &mut hooks);
+                        }
+                    }
+                    (Mode::Connect, Discovery::SocketDir) => {
+                        if slot.running()
+                            && let Some(path) = slot.channel_path.clone()
+                        {
+                            let ep = Endpoint {
+                                source: Source::Prepared,
+                                path,
+                                domid: None,
+                            };
+                            self.attach_in(slot, &name, ep, true, &mut hooks);
+                        }
+                    }
+                    (Mode::Connect, Discovery::Xenstore) => {}
+                }
+            }
+            self.fire(&name, hooks);
+        }
+    }
+
+    fn start_session(
+        self: &Arc<Self>,
+        name: &str,
+        slot: &mut Slot,
+        path: PathBuf,
+        entry: SessionFn,
+    ) {
         let previous = self.stopping().remove(name);
         let stop = self.shutdown.child_token();
         let fut = entry(
             Arc::clone(self),
             name.to_string(),
+            path,
             slot.desired.subscribe(),
             stop.clone(),
             previous,
@@ -497,24 +828,26 @@ impl Shared {
 fn connect_entry(
     shared: Arc<Shared>,
     name: String,
+    path: PathBuf,
     desired: watch::Receiver<Desired>,
     stop: CancellationToken,
     previous: Option<JoinHandle<()>>,
 ) -> futures::future::BoxFuture<'static, ()> {
     Box::pin(crate::session::run_connect(
-        shared, name, desired, stop, previous,
+        shared, name, path, desired, stop, previous,
     ))
 }
 
 fn listen_entry(
     shared: Arc<Shared>,
     name: String,
+    path: PathBuf,
     desired: watch::Receiver<Desired>,
     stop: CancellationToken,
     previous: Option<JoinHandle<()>>,
 ) -> futures::future::BoxFuture<'static, ()> {
     Box::pin(crate::session::run_listen(
-        shared, name, desired, stop, previous,
+        shared, name, path, desired, stop, previous,
     ))
 }
 

@@ -1,13 +1,15 @@
 //! xenchan-broker: the dom0 side of xenchan (DESIGN.md sections 1 and 5).
 //!
-//! It finds each domain's channel socket (`<socket_dir>/<vm>.sock`), keeps one session per
-//! domain with the guest's agent, pushes the desired configuration that operators put
+//! It finds each domain's channel socket (`<socket_dir>/<vm>.sock`, or the console
+//! backends in xenstore), keeps one session per domain with the guest's agent, pushes the desired configuration that operators put
 //! through the control API, records what the agent reports in an embedded store, takes
 //! and releases address and hostname leases, and runs hooks. See docs/BROKER.md.
 //!
-//! The entry point is [`run`]; [`client::Client`] talks to a running broker.
+//! The entry point is [`run`]; [`client::Client`] talks to a running broker;
+//! [`cli::Args`] is the binary's command line.
 
 pub mod api;
+pub mod cli;
 pub mod client;
 mod clock;
 pub mod config;
@@ -28,7 +30,7 @@ use std::sync::Arc;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{Config, ConfigFileError, Mode};
+pub use config::{Config, ConfigFileError, Discovery, Mode};
 pub use discovery::DiscoveryError;
 pub use lock::LockError;
 pub use store::StoreError;
@@ -151,16 +153,10 @@ pub async fn run(
         .await;
     drop(store);
 
-    let listener = session::bind_socket(&config.control_socket).map_err(BrokerError::Control)?;
-    std::fs::set_permissions(
-        &config.control_socket,
-        std::fs::Permissions::from_mode(0o660),
-    )
-    .map_err(|source| BrokerError::Io {
-        what: "control socket",
-        path: config.control_socket.clone(),
-        source,
-    })?;
+    // Bound under a temporary name and renamed once it is 0660: the control socket
+    // never exists with the umask's permissions.
+    let listener = session::bind_socket_with_mode(&config.control_socket, 0o660)
+        .map_err(BrokerError::Control)?;
     let stop = CancellationToken::new();
     let server = tokio::spawn(api::serve(listener, Arc::clone(&shared), stop.clone()));
 
@@ -174,20 +170,15 @@ pub async fn run(
                 return Err(e.into());
             }
         },
-        Mode::Listen => {
-            for name in shared.configured_names() {
-                let d = shared.desired(&name);
-                if let Some(c) = d.config {
-                    shared.install_desired(&name, (*c).clone(), d.uuid.as_ref());
-                }
-            }
-            None
-        }
+        Mode::Listen => None,
     };
+    // Listen mode's sockets, and prepared domains' sockets outside the socket folder.
+    shared.resume();
     tracing::info!(
         control = %config.control_socket.display(),
         sockets = %config.socket_dir.display(),
         mode = ?config.mode,
+        discovery = ?config.discovery,
         "broker ready"
     );
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);

@@ -1,67 +1,9 @@
 //! `xenchan-broker`: the dom0 daemon. See `--help` and docs/BROKER.md.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, ValueEnum};
-use xenchan_broker::config::{Config, DEFAULT_CONFIG_PATH};
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line (for journald/collectors).
-    Json,
-}
-
-/// The xenchan dom0 broker: finds each domain's channel socket, pushes the desired
-/// configuration to the guest's agent and serves the control API.
-#[derive(Debug, Parser)]
-#[command(
-    name = "xenchan-broker",
-    version,
-    after_help = "\
-The configuration file is TOML; every key is optional and unknown keys are refused.
-Print the effective configuration (all defaults filled in) with --check-config.
-
-Examples:
-  xenchan-broker                                   # /etc/xenchan/broker.toml if present
-  xenchan-broker --config /etc/xenchan/broker.toml
-  xenchan-broker --config ./test.toml --check-config
-  RUST_LOG=xenchan_broker=debug xenchan-broker --log-format json
-
-Exit codes: 0 stopped cleanly (SIGTERM/SIGINT) or configuration valid;
-2 usage; 69 another broker holds the state folder; 74 I/O error (store, folders);
-78 configuration error (unreadable or invalid file, unusable socket path).
-See docs/BROKER.md and docs/API.md."
-)]
-struct Args {
-    /// Configuration file [default: /etc/xenchan/broker.toml; if that file does not exist the
-    /// built-in defaults are used]. An explicitly given file must exist.
-    #[arg(long, short = 'c', env = "XENCHAN_BROKER_CONFIG", value_name = "FILE")]
-    config: Option<PathBuf>,
-
-    /// Validate the configuration, print the effective configuration as TOML and exit
-    /// (0 if valid, 78 if not).
-    #[arg(long)]
-    check_config: bool,
-
-    /// Log format on stderr. The level comes from RUST_LOG (default: info).
-    #[arg(long, value_enum, default_value = "text")]
-    log_format: LogFormat,
-}
-
-fn load(args: &Args) -> Result<Config, xenchan_broker::ConfigFileError> {
-    if let Some(p) = &args.config {
-        return Config::load(p);
-    }
-    let p = PathBuf::from(DEFAULT_CONFIG_PATH);
-    if p.exists() {
-        Config::load(&p)
-    } else {
-        Ok(Config::default())
-    }
-}
+use clap::Parser;
+use xenchan_broker::cli::{Args, LogFormat};
 
 fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -104,7 +46,7 @@ async fn signalled() {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match load(&args) {
+    let config = match args.load_config() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("xenchan-broker: {}", chain(&e));

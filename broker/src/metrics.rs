@@ -123,6 +123,8 @@ pub struct Metrics {
     hooks_failed: AtomicU64,
     hooks_dropped: AtomicU64,
     api_requests: AtomicU64,
+    xenstore_connected: AtomicU64,
+    xenstore_connections: AtomicU64,
 }
 
 impl Metrics {
@@ -187,6 +189,15 @@ impl Metrics {
     pub fn hook_dropped(&self) {
         self.hooks_dropped.fetch_add(1, Ordering::Relaxed);
         self.error(ErrorKind::Hook);
+    }
+
+    /// The xenstore connection (xenstore discovery) came up or went away.
+    pub fn xenstore_connected(&self, up: bool) {
+        if up {
+            self.xenstore_connections.fetch_add(1, Ordering::Relaxed);
+        }
+        self.xenstore_connected
+            .store(u64::from(up), Ordering::Relaxed);
     }
 
     /// An API request was served.
@@ -316,6 +327,28 @@ impl Metrics {
             "Control API requests served.",
         );
         let _ = writeln!(o, "xenchan_api_requests_total {}", c(&self.api_requests));
+        head(
+            &mut o,
+            "xenchan_xenstore_connected",
+            "gauge",
+            "1 while xenstore discovery is connected to xenstore.",
+        );
+        let _ = writeln!(
+            o,
+            "xenchan_xenstore_connected {}",
+            c(&self.xenstore_connected)
+        );
+        head(
+            &mut o,
+            "xenchan_xenstore_connections_total",
+            "counter",
+            "Connections made to xenstore (reconnections included).",
+        );
+        let _ = writeln!(
+            o,
+            "xenchan_xenstore_connections_total {}",
+            c(&self.xenstore_connections)
+        );
         o
     }
 }
@@ -339,6 +372,7 @@ mod tests {
             ..DecodeStats::default()
         };
         m.decoded(&before, &now);
+        m.xenstore_connected(true);
         let t = m.render(&[(DomainState::Configured, 2)], 3);
         for line in [
             "xenchan_domains 3",
@@ -351,6 +385,8 @@ mod tests {
             "xenchan_frames_skipped_total{reason=\"bad_checksum\"} 4",
             "xenchan_frames_total 2",
             "xenchan_errors_total{kind=\"hello_timeout\"} 1",
+            "xenchan_xenstore_connected 1",
+            "xenchan_xenstore_connections_total 1",
         ] {
             assert!(t.lines().any(|l| l == line), "missing {line}\n{t}");
         }

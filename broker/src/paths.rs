@@ -1,4 +1,4 @@
-//! Unix socket path bounds and domain names.
+//! Unix socket path bounds, domain names and UUIDs.
 
 use std::path::Path;
 
@@ -54,6 +54,21 @@ pub fn domain_of_socket_file(file_name: &str) -> Option<&str> {
     check_domain_name(stem).ok().map(|()| stem)
 }
 
+/// A VM UUID in canonical form (8-4-4-4-12 hex digits, lowercase), if `s` is one
+/// (surrounding whitespace is ignored; any case is accepted).
+pub fn canonical_uuid(s: &str) -> Option<String> {
+    let v = s.trim().to_ascii_lowercase();
+    let ok = v.len() == 36
+        && v.char_indices().all(|(i, c)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                c == '-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        });
+    ok.then_some(v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,6 +90,21 @@ mod tests {
         assert_eq!(domain_of_socket_file(".x.sock"), None);
         assert_eq!(domain_of_socket_file(".sock"), None);
         assert_eq!(domain_of_socket_file("notes.txt"), None);
+    }
+
+    #[test]
+    fn uuids() {
+        assert_eq!(
+            canonical_uuid(" 0F1E2D3C-4B5A-6978-8796-A5B4C3D2E1F0\n").as_deref(),
+            Some("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0")
+        );
+        for bad in [
+            "",
+            "0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+            "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1fg",
+        ] {
+            assert_eq!(canonical_uuid(bad), None, "{bad}");
+        }
     }
 
     #[test]

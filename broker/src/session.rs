@@ -10,6 +10,7 @@
 //! task reconnects with exponential backoff and jitter for as long as the socket exists,
 //! as it must across `xl reboot`.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,7 +36,7 @@ use crate::api::types::{DomainState, ItemView};
 use crate::clock::now_rfc3339;
 use crate::domains::{Desired, Shared};
 use crate::metrics::ErrorKind;
-use crate::paths::check_socket_path;
+use crate::paths::{MAX_SOCKET_PATH, check_socket_path};
 
 /// Missed pongs after which a guest is unresponsive.
 const MISSED_PONGS: u32 = 3;
@@ -84,11 +85,24 @@ enum End {
     Over { handshook: bool, why: String },
 }
 
-/// Connect mode: connects to `<socket_dir>/<name>.sock` and keeps a session up until
-/// `stop`.
+/// Connect mode: connects to `path` (`<socket_dir>/<name>.sock`, a xenstore backend's
+/// `path`, or the one a prepare named) and keeps a session up until `stop`.
 pub async fn run_connect(
     shared: Arc<Shared>,
     name: String,
+    path: PathBuf,
+    desired: watch::Receiver<Desired>,
+    stop: CancellationToken,
+    previous: Option<JoinHandle<()>>,
+) {
+    connect_loop(&shared, &name, path, desired, stop, previous).await;
+    shared.session_ended(&name);
+}
+
+async fn connect_loop(
+    shared: &Arc<Shared>,
+    name: &str,
+    path: PathBuf,
     mut desired: watch::Receiver<Desired>,
     stop: CancellationToken,
     previous: Option<JoinHandle<()>>,
@@ -97,17 +111,16 @@ pub async fn run_connect(
         // Exactly one connection per socket: the old session lets go first.
         let _ = p.await;
     }
-    let path = shared.config.socket_path(&name);
     if let Err(e) = check_socket_path(&path) {
-        shared.set_state(&name, DomainState::Error);
-        shared.record_error(&name, ErrorKind::SocketPath, e).await;
+        shared.set_state(name, DomainState::Error);
+        shared.record_error(name, ErrorKind::SocketPath, e).await;
         stop.cancelled().await;
         return;
     }
     let t = &shared.config.timeouts;
     let mut backoff = Backoff::new(t.reconnect_min(), t.reconnect_max());
     loop {
-        shared.set_state(&name, DomainState::Connecting);
+        shared.set_state(name, DomainState::Connecting);
         let attempt = tokio::select! {
             () = stop.cancelled() => return,
             r = tokio::time::timeout(t.connect(), UnixStream::connect(&path)) => r,
@@ -116,10 +129,10 @@ pub async fn run_connect(
             Ok(Ok(stream)) => {
                 shared.metrics.connection();
                 tracing::debug!(domain = %name, "connected");
-                let end = Session::new(&shared, &name)
+                let end = Session::new(shared, name)
                     .run(stream, &mut desired, &stop, None)
                     .await;
-                shared.update(&name, |s| s.connected(false));
+                shared.update(name, |s| s.connected(false));
                 match end {
                     End::Stopped => return,
                     End::Over { handshook, why } => {
@@ -132,6 +145,10 @@ pub async fn run_connect(
             }
             Ok(Err(e)) => {
                 shared.metrics.error(ErrorKind::Connect);
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    // A socket named by a prepare, before QEMU creates it.
+                    shared.set_state(name, DomainState::Pending);
+                }
                 tracing::debug!(domain = %name, "connect to {} failed: {e}", path.display());
             }
             Err(_) => {
@@ -147,11 +164,25 @@ pub async fn run_connect(
     }
 }
 
-/// Listen mode: owns `<socket_dir>/<name>.sock`, serves one backend connection at a time
-/// (extra ones are closed at once) until `stop`, then removes the socket.
+/// Listen mode: owns `path` (`<socket_dir>/<name>.sock` unless a prepare named another),
+/// serves one backend connection at a time (extra ones are closed at once) until `stop`,
+/// then removes the socket.
 pub async fn run_listen(
     shared: Arc<Shared>,
     name: String,
+    path: PathBuf,
+    desired: watch::Receiver<Desired>,
+    stop: CancellationToken,
+    previous: Option<JoinHandle<()>>,
+) {
+    listen_loop(&shared, &name, &path, desired, stop, previous).await;
+    shared.session_ended(&name);
+}
+
+async fn listen_loop(
+    shared: &Arc<Shared>,
+    name: &str,
+    path: &Path,
     mut desired: watch::Receiver<Desired>,
     stop: CancellationToken,
     previous: Option<JoinHandle<()>>,
@@ -159,18 +190,17 @@ pub async fn run_listen(
     if let Some(p) = previous {
         let _ = p.await;
     }
-    let path = shared.config.socket_path(&name);
-    let listener = match bind_socket(&path) {
+    let listener = match bind_socket(path) {
         Ok(l) => l,
         Err(e) => {
-            shared.set_state(&name, DomainState::Error);
-            shared.record_error(&name, ErrorKind::SocketPath, e).await;
+            shared.set_state(name, DomainState::Error);
+            shared.record_error(name, ErrorKind::SocketPath, e).await;
             stop.cancelled().await;
             return;
         }
     };
     loop {
-        shared.set_state(&name, DomainState::Connecting);
+        shared.set_state(name, DomainState::Connecting);
         let accepted = tokio::select! {
             () = stop.cancelled() => break,
             r = listener.accept() => r,
@@ -178,10 +208,10 @@ pub async fn run_listen(
         match accepted {
             Ok((stream, _)) => {
                 shared.metrics.connection();
-                let end = Session::new(&shared, &name)
+                let end = Session::new(shared, name)
                     .run(stream, &mut desired, &stop, Some(&listener))
                     .await;
-                shared.update(&name, |s| s.connected(false));
+                shared.update(name, |s| s.connected(false));
                 match end {
                     End::Stopped => break,
                     End::Over { why, .. } => {
@@ -199,11 +229,11 @@ pub async fn run_listen(
             }
         }
     }
-    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(path);
 }
 
 /// Binds a listening socket, replacing a stale socket file but never another file.
-pub fn bind_socket(path: &std::path::Path) -> Result<UnixListener, String> {
+pub fn bind_socket(path: &Path) -> Result<UnixListener, String> {
     use std::os::unix::fs::FileTypeExt;
     check_socket_path(path)?;
     if let Ok(m) = std::fs::symlink_metadata(path) {
@@ -217,6 +247,63 @@ pub fn bind_socket(path: &std::path::Path) -> Result<UnixListener, String> {
             .map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;
     }
     UnixListener::bind(path).map_err(|e| format!("cannot listen on {}: {e}", path.display()))
+}
+
+/// Binds a listening socket that appears at `path` only with `mode`: it is bound under a
+/// temporary name in the same folder, chmod'ed, then renamed over `path` (a bound unix
+/// socket can be renamed), so there is no moment when `path` exists with the
+/// permissions the umask gave. Like [`bind_socket`], a stale socket at `path` is
+/// replaced and any other file refused.
+pub fn bind_socket_with_mode(path: &Path, mode: u32) -> Result<UnixListener, String> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    check_socket_path(path)?;
+    if let Ok(m) = std::fs::symlink_metadata(path)
+        && !m.file_type().is_socket()
+    {
+        return Err(format!(
+            "{} exists and is not a socket; refusing to replace it",
+            path.display()
+        ));
+    }
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    // A hidden name no longer than the limit allows; 8 random hex digits make a clash
+    // with another file unlikely, and bind refuses an existing name anyway.
+    let room = MAX_SOCKET_PATH.saturating_sub(dir.as_os_str().len() + 1);
+    if room < 6 {
+        return Err(format!(
+            "the folder of {} leaves no room for a temporary socket name",
+            path.display()
+        ));
+    }
+    let mut last = String::new();
+    for _ in 0..4 {
+        let mut tmp = format!(".{:08x}.tmp", rand::random::<u32>());
+        tmp.truncate(room);
+        let tmp = dir.join(tmp);
+        let listener = match UnixListener::bind(&tmp) {
+            Ok(l) => l,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                last = format!("{} is in use", tmp.display());
+                continue;
+            }
+            Err(e) => return Err(format!("cannot listen on {}: {e}", tmp.display())),
+        };
+        let finish = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("cannot set the mode of {}: {e}", tmp.display()))
+            .and_then(|()| {
+                std::fs::rename(&tmp, path).map_err(|e| {
+                    format!("cannot move {} to {}: {e}", tmp.display(), path.display())
+                })
+            });
+        return match finish {
+            Ok(()) => Ok(listener),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(e)
+            }
+        };
+    }
+    Err(format!("cannot find a free temporary socket name: {last}"))
 }
 
 /// A push waiting for its result.
@@ -486,7 +573,7 @@ impl<'a> Session<'a> {
     }
 
     async fn send_hello(&mut self, write: &mut OwnedWriteHalf) -> Result<(), End> {
-        let uuid = self.shared.desired(self.name).uuid;
+        let uuid = self.shared.desired(self.name).expected_uuid().cloned();
         let hello = Hello {
             versions: Some(SUPPORTED_VERSIONS.to_vec()),
             channel: self.shared.config.channel.clone(),
@@ -622,7 +709,7 @@ impl<'a> Session<'a> {
 
     /// Whether the agent's UUID matches the domain's (true when either is unknown).
     fn identity_ok(&self, desired: &watch::Receiver<Desired>) -> bool {
-        let want = desired.borrow().uuid.clone();
+        let want = desired.borrow().expected_uuid().cloned();
         match (want, &self.agent_uuid) {
             (Some(w), Some(a)) => w.eq_ignore_ascii_case(a),
             _ => true,
@@ -649,7 +736,11 @@ impl<'a> Session<'a> {
             self.set_state(DomainState::IdentityMismatch);
             if !self.identity_flagged {
                 self.identity_flagged = true;
-                let want = desired.borrow().uuid.clone().unwrap_or_default();
+                let want = desired
+                    .borrow()
+                    .expected_uuid()
+                    .cloned()
+                    .unwrap_or_default();
                 let got = self.agent_uuid.clone().unwrap_or_default();
                 let message = format!(
                     "identity mismatch: domain {} is VM {want} but the agent reports {got}; nothing is pushed",

@@ -11,7 +11,7 @@
 //! goes back, even across a delete), `items` (the last result per item), `leases`
 //! (address/hostname -> domain) and `events` (a bounded log).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use thiserror::Error;
@@ -20,7 +20,7 @@ use xenchan_protocol::config::GuestConfig;
 use xenchan_protocol::message::{ApplyResult, GuestFacts};
 use xenchan_protocol::{Digest, ItemStatus};
 
-use crate::api::types::ItemView;
+use crate::api::types::{ItemView, Lifecycle};
 use crate::clock::now_rfc3339;
 
 /// Store failures.
@@ -77,6 +77,10 @@ pub struct DomainRecord {
     pub facts: Option<GuestFacts>,
     /// When the last result arrived.
     pub last_result_at: Option<String>,
+    /// Where the lifecycle endpoints left the domain (`None`: never used for it).
+    pub lifecycle: Option<Lifecycle>,
+    /// The channel socket the last prepare named, when it is not the default one.
+    pub channel_path: Option<PathBuf>,
 }
 
 impl DomainRecord {
@@ -184,6 +188,59 @@ pub enum PutRefusal {
     TooManyDomains(usize),
 }
 
+/// Why a lifecycle prepare was not stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrepareRefusal {
+    /// Another registered domain has this UUID.
+    UuidTaken {
+        /// The UUID.
+        uuid: String,
+        /// The domain registered with it.
+        holder: String,
+    },
+    /// The domain is registered with another UUID and its agent is connected.
+    UuidChanged {
+        /// The UUID recorded for the domain.
+        recorded: String,
+        /// The UUID asked for.
+        asked: String,
+    },
+    /// A lease of the domain's configuration is held by another domain.
+    Lease(LeaseConflict),
+    /// The broker already manages `limits.max_domains` domains.
+    TooManyDomains(usize),
+}
+
+/// What a stored lifecycle prepare did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    /// The domain was not registered before.
+    pub created: bool,
+    /// The UUID recorded for the domain now.
+    pub uuid: Option<String>,
+    /// The leases the domain holds now (`address 192.0.2.10`).
+    pub leases: Vec<String>,
+}
+
+/// What a lifecycle prepare asks the store for.
+#[derive(Debug, Clone, Copy)]
+pub struct PrepareRequest<'a> {
+    /// The domain.
+    pub name: &'a str,
+    /// Its UUID, if the caller knows it (lowercase).
+    pub uuid: Option<&'a str>,
+    /// A channel socket path other than the default one.
+    pub channel_path: Option<&'a str>,
+    /// Whether hostnames are leases (`leases.hostname`).
+    pub hostname_leases: bool,
+    /// Whether the domain's agent is connected now (a UUID change is then refused).
+    pub connected: bool,
+    /// `limits.max_domains`.
+    pub max_domains: usize,
+    /// Only check (before the prepare hooks run): nothing is written.
+    pub check_only: bool,
+}
+
 /// One event: (time, domain, kind, detail).
 pub type EventRow = (String, Option<String>, String, String);
 
@@ -209,7 +266,9 @@ CREATE TABLE IF NOT EXISTS domains (
     last_error TEXT,
     facts TEXT,
     last_result_at TEXT,
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL,
+    lifecycle TEXT,
+    channel_path TEXT
 );
 CREATE TABLE IF NOT EXISTS generations (
     name TEXT PRIMARY KEY,
@@ -277,7 +336,8 @@ impl Db {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
-        conn.pragma_update(None, "user_version", 1)?;
+        migrate(&conn)?;
+        conn.pragma_update(None, "user_version", 2)?;
         Ok(Db {
             conn,
             history,
@@ -315,12 +375,15 @@ impl Db {
             Option<String>,
             Option<String>,
             Option<String>,
+            Option<String>,
+            Option<String>,
         );
         let row: Option<Row> = self
             .conn
             .query_row(
                 "SELECT uuid, reported_uuid, desired_generation, desired_digest, config,
-                        applied_generation, applied_digest, last_error, facts, last_result_at
+                        applied_generation, applied_digest, last_error, facts, last_result_at,
+                        lifecycle, channel_path
                  FROM domains WHERE name = ?1",
                 [name],
                 |r| {
@@ -335,11 +398,26 @@ impl Db {
                         r.get(7)?,
                         r.get(8)?,
                         r.get(9)?,
+                        r.get(10)?,
+                        r.get(11)?,
                     ))
                 },
             )
             .optional()?;
-        let Some((uuid, reported_uuid, dgen, ddigest, config, agen, adigest, err, facts, at)) = row
+        let Some((
+            uuid,
+            reported_uuid,
+            dgen,
+            ddigest,
+            config,
+            agen,
+            adigest,
+            err,
+            facts,
+            at,
+            lifecycle,
+            channel_path,
+        )) = row
         else {
             return Ok(None);
         };
@@ -383,6 +461,8 @@ impl Db {
             last_error: err,
             facts,
             last_result_at: at,
+            lifecycle: lifecycle.as_deref().and_then(Lifecycle::from_str_opt),
+            channel_path: channel_path.map(PathBuf::from),
         }))
     }
 
@@ -548,7 +628,8 @@ impl Db {
     pub fn forget_unconfigured(&mut self, name: &str) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         let n = tx.execute(
-            "DELETE FROM domains WHERE name = ?1 AND desired_generation IS NULL",
+            "DELETE FROM domains WHERE name = ?1 AND desired_generation IS NULL
+                AND coalesce(lifecycle, '') != 'running'",
             [name],
         )?;
         if n > 0 {
@@ -556,6 +637,156 @@ impl Db {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// The lifecycle prepare: registers the domain (no configuration needed), records
+    /// its UUID and channel path, takes or confirms the leases of its configuration and
+    /// marks it running, in one transaction. Idempotent.
+    pub fn prepare(
+        &mut self,
+        req: &PrepareRequest<'_>,
+    ) -> Result<Result<Prepared, PrepareRefusal>, StoreError> {
+        let now = now_rfc3339();
+        let tx = self.conn.transaction()?;
+        let name = req.name;
+        let current: Option<(Option<String>, Option<String>)> = tx
+            .query_row(
+                "SELECT uuid, config FROM domains WHERE name = ?1",
+                [name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        if let Some(u) = req.uuid {
+            let holder: Option<String> = tx
+                .query_row(
+                    "SELECT name FROM domains WHERE uuid = ?1 AND name != ?2 ORDER BY name LIMIT 1",
+                    params![u, name],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(holder) = holder {
+                return Ok(Err(PrepareRefusal::UuidTaken {
+                    uuid: u.to_string(),
+                    holder,
+                }));
+            }
+            if let Some((Some(old), _)) = &current
+                && old != u
+                && req.connected
+            {
+                return Ok(Err(PrepareRefusal::UuidChanged {
+                    recorded: old.clone(),
+                    asked: u.to_string(),
+                }));
+            }
+        }
+        if current.is_none() {
+            let count: i64 = tx.query_row("SELECT count(*) FROM domains", [], |r| r.get(0))?;
+            if count as usize >= req.max_domains {
+                return Ok(Err(PrepareRefusal::TooManyDomains(req.max_domains)));
+            }
+        }
+        // The leases belong to the stored configuration (read here, inside the
+        // transaction, so a PUT that raced with the prepare hooks is what counts).
+        let leases = match current.as_ref().and_then(|c| c.1.as_deref()) {
+            Some(json) => {
+                let config: GuestConfig =
+                    serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
+                        domain: name.to_string(),
+                        message: e.to_string(),
+                    })?;
+                leases_of(&config, req.hostname_leases)
+            }
+            None => Vec::new(),
+        };
+        if let Some(c) = lease_conflict(&tx, name, &leases)? {
+            return Ok(Err(PrepareRefusal::Lease(c)));
+        }
+        if req.check_only {
+            return Ok(Ok(Prepared {
+                created: current.is_none(),
+                uuid: req
+                    .uuid
+                    .map(str::to_string)
+                    .or_else(|| current.and_then(|c| c.0)),
+                leases: leases.iter().map(ToString::to_string).collect(),
+            }));
+        }
+        replace_leases(&tx, name, &leases, &now)?;
+        tx.execute(
+            "INSERT INTO domains(name, uuid, lifecycle, channel_path, updated_at)
+             VALUES (?1, ?2, 'running', ?3, ?4)
+             ON CONFLICT(name) DO UPDATE SET
+                uuid = coalesce(excluded.uuid, domains.uuid),
+                lifecycle = 'running',
+                channel_path = excluded.channel_path,
+                updated_at = excluded.updated_at",
+            params![name, req.uuid, req.channel_path, now],
+        )?;
+        let uuid: Option<String> =
+            tx.query_row("SELECT uuid FROM domains WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })?;
+        let held: Vec<String> = leases.iter().map(ToString::to_string).collect();
+        insert_event(
+            &tx,
+            Some(name),
+            "prepare",
+            &format!(
+                "uuid {} leases [{}]",
+                uuid.as_deref().unwrap_or("-"),
+                held.join(", ")
+            ),
+        )?;
+        tx.commit()?;
+        self.after_event();
+        Ok(Ok(Prepared {
+            created: current.is_none(),
+            uuid,
+            leases: held,
+        }))
+    }
+
+    /// The lifecycle release of a stopped VM: the running marker goes; the desired
+    /// configuration and its leases stay (they are the orchestrator's). A domain with no
+    /// configuration is forgotten. Returns whether the domain was marked running, or
+    /// `None` if the store does not know it. Idempotent.
+    pub fn release(&mut self, name: &str) -> Result<Option<bool>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let row: Option<(bool, Option<String>)> = tx
+            .query_row(
+                "SELECT desired_generation IS NOT NULL, lifecycle FROM domains WHERE name = ?1",
+                [name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((configured, lifecycle)) = row else {
+            return Ok(None);
+        };
+        let was_running = lifecycle.as_deref() == Some("running");
+        if configured {
+            tx.execute(
+                "UPDATE domains SET lifecycle = 'stopped', updated_at = ?2 WHERE name = ?1",
+                params![name, now_rfc3339()],
+            )?;
+        } else {
+            tx.execute("DELETE FROM domains WHERE name = ?1", [name])?;
+            tx.execute("DELETE FROM items WHERE name = ?1", [name])?;
+            tx.execute("DELETE FROM leases WHERE domain = ?1", [name])?;
+        }
+        insert_event(
+            &tx,
+            Some(name),
+            "release",
+            if configured {
+                "stopped; configuration kept"
+            } else {
+                "stopped; forgotten (no configuration)"
+            },
+        )?;
+        tx.commit()?;
+        self.after_event();
+        Ok(Some(was_running))
     }
 
     fn ensure_row(tx: &Transaction<'_>, name: &str, now: &str) -> Result<(), StoreError> {
@@ -726,6 +957,26 @@ impl Db {
             );
         }
     }
+}
+
+/// Brings a database made by an older broker up to this schema.
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let columns: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('domains')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for (column, ddl) in [
+        ("lifecycle", "ALTER TABLE domains ADD COLUMN lifecycle TEXT"),
+        (
+            "channel_path",
+            "ALTER TABLE domains ADD COLUMN channel_path TEXT",
+        ),
+    ] {
+        if !columns.iter().any(|c| c == column) {
+            conn.execute_batch(ddl)?;
+        }
+    }
+    Ok(())
 }
 
 fn lease_conflict(
@@ -927,6 +1178,130 @@ mod tests {
         db.put_config("two", None, &a, &leases_of(&a, true), 10)
             .unwrap()
             .unwrap();
+    }
+
+    fn prep<'a>(name: &'a str, uuid: Option<&'a str>) -> PrepareRequest<'a> {
+        PrepareRequest {
+            name,
+            uuid,
+            channel_path: None,
+            hostname_leases: true,
+            connected: false,
+            max_domains: 10,
+            check_only: false,
+        }
+    }
+
+    #[test]
+    fn prepare_registers_guards_uuids_and_release_keeps_configs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(&dir.path().join("db"), 3, 1000).unwrap();
+        // A check writes nothing.
+        let check = PrepareRequest {
+            check_only: true,
+            ..prep("a", Some("u-1"))
+        };
+        assert!(db.prepare(&check).unwrap().unwrap().created);
+        assert!(db.get("a").unwrap().is_none());
+        let p = db
+            .prepare(&PrepareRequest {
+                channel_path: Some("/q/a.sock"),
+                ..prep("a", Some("u-1"))
+            })
+            .unwrap()
+            .unwrap();
+        assert!(p.created);
+        let rec = db.get("a").unwrap().unwrap();
+        assert_eq!(rec.lifecycle, Some(Lifecycle::Running));
+        assert_eq!(rec.channel_path, Some(PathBuf::from("/q/a.sock")));
+        assert!(rec.desired.is_none());
+        // Idempotent; no UUID keeps the recorded one.
+        let p = db.prepare(&prep("a", None)).unwrap().unwrap();
+        assert!(!p.created);
+        assert_eq!(p.uuid.as_deref(), Some("u-1"));
+        assert_eq!(db.get("a").unwrap().unwrap().channel_path, None);
+        // Another domain with the UUID; a new UUID while connected.
+        let r = db.prepare(&prep("b", Some("u-1"))).unwrap().unwrap_err();
+        assert_eq!(
+            r,
+            PrepareRefusal::UuidTaken {
+                uuid: "u-1".into(),
+                holder: "a".into()
+            }
+        );
+        let connected = PrepareRequest {
+            connected: true,
+            ..prep("a", Some("u-2"))
+        };
+        assert!(matches!(
+            db.prepare(&connected).unwrap().unwrap_err(),
+            PrepareRefusal::UuidChanged { .. }
+        ));
+        assert_eq!(
+            db.prepare(&prep("a", Some("u-2")))
+                .unwrap()
+                .unwrap()
+                .uuid
+                .as_deref(),
+            Some("u-2")
+        );
+        // Leases of the stored config are taken; release keeps config and leases.
+        let c = cfg(&net("192.0.2.9/24"));
+        db.put_config("a", None, &c, &[], 10).unwrap().unwrap();
+        db.prepare(&prep("a", None)).unwrap().unwrap();
+        assert_eq!(db.leases().unwrap().len(), 2);
+        assert_eq!(db.release("a").unwrap(), Some(true));
+        assert_eq!(db.release("a").unwrap(), Some(false));
+        let rec = db.get("a").unwrap().unwrap();
+        assert_eq!(rec.lifecycle, Some(Lifecycle::Stopped));
+        assert!(rec.desired.is_some());
+        assert_eq!(db.leases().unwrap().len(), 2);
+        // Another config with the same hostname, accepted while hostnames were not
+        // leases, is refused at prepare, naming the holder.
+        db.put_config("b", None, &cfg(r#"{"hostname":"h1"}"#), &[], 10)
+            .unwrap()
+            .unwrap();
+        let r = db.prepare(&prep("b", None)).unwrap().unwrap_err();
+        assert!(
+            matches!(r, PrepareRefusal::Lease(ref c) if c.holder == "a"),
+            "{r:?}"
+        );
+        // Without a configuration, release forgets; unknown is None.
+        db.prepare(&prep("c", None)).unwrap().unwrap();
+        assert_eq!(db.release("c").unwrap(), Some(true));
+        assert!(db.get("c").unwrap().is_none());
+        assert_eq!(db.release("zz").unwrap(), None);
+        // A prepared domain outlives forget_unconfigured.
+        db.prepare(&prep("d", None)).unwrap().unwrap();
+        db.forget_unconfigured("d").unwrap();
+        assert!(db.get("d").unwrap().is_some());
+    }
+
+    #[test]
+    fn a_store_of_the_first_schema_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE domains (name TEXT PRIMARY KEY, uuid TEXT, reported_uuid TEXT,
+                    desired_generation INTEGER, desired_digest TEXT, config TEXT,
+                    applied_generation INTEGER, applied_digest TEXT, last_error TEXT,
+                    facts TEXT, last_result_at TEXT, updated_at TEXT NOT NULL);
+                 INSERT INTO domains(name, uuid, updated_at) VALUES ('old', 'u-9', 'x');
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let mut db = Db::open(&path, 3, 1000).unwrap();
+        let rec = db.get("old").unwrap().unwrap();
+        assert_eq!(rec.uuid.as_deref(), Some("u-9"));
+        assert_eq!(rec.lifecycle, None);
+        db.prepare(&prep("old", None)).unwrap().unwrap();
+        assert_eq!(
+            db.get("old").unwrap().unwrap().lifecycle,
+            Some(Lifecycle::Running)
+        );
     }
 
     #[test]

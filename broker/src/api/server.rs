@@ -26,12 +26,18 @@ use xenchan_protocol::config::{ConfigError, GuestConfig};
 use xenchan_protocol::message::ConfigPush;
 use xenchan_protocol::{Body as Msg, Envelope, Nonce, Role};
 
-use crate::api::types::{ApiError, DeleteResult, DomainState, DomainView, Health};
+use crate::api::types::{
+    ApiError, ChannelSpec, DeleteResult, DomainState, DomainView, Health, Lifecycle,
+    PrepareRequest, ReleaseResult,
+};
+use crate::config::Config;
 use crate::domains::Shared;
 use crate::hooks::HookCall;
 use crate::metrics::ErrorKind;
-use crate::paths::check_domain_name;
-use crate::store::{LeaseConflict, PutOutcome, PutRefusal, StoreError, leases_of};
+use crate::paths::{canonical_uuid, check_domain_name};
+use crate::store::{
+    self, LeaseConflict, PrepareRefusal, PutOutcome, PutRefusal, StoreError, leases_of,
+};
 
 /// An error response.
 #[derive(Debug)]
@@ -109,6 +115,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/domains/{name}", get(get_domain).delete(delete_domain))
         .route("/v1/domains/{name}/config", put(put_config))
         .route("/v1/domains/{name}/push", post(push))
+        .route("/v1/domains/{name}/prepare", post(prepare))
+        .route("/v1/domains/{name}/release", post(release))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -222,16 +230,7 @@ fn uuid_query(q: Option<&str>) -> Result<Option<String>, Fail> {
                 },
             ));
         }
-        let v = v.to_ascii_lowercase();
-        let ok = v.len() == 36
-            && v.char_indices().all(|(i, c)| {
-                if matches!(i, 8 | 13 | 18 | 23) {
-                    c == '-'
-                } else {
-                    c.is_ascii_hexdigit()
-                }
-            });
-        if !ok {
+        let Some(v) = canonical_uuid(v).filter(|_| !v.contains(char::is_whitespace)) else {
             return Err(Fail(
                 StatusCode::BAD_REQUEST,
                 ApiError {
@@ -244,7 +243,7 @@ fn uuid_query(q: Option<&str>) -> Result<Option<String>, Fail> {
                     domain: None,
                 },
             ));
-        }
+        };
         uuid = Some(v);
     }
     Ok(uuid)
@@ -388,6 +387,9 @@ fn empty_view(name: &str) -> DomainView {
         connected: false,
         last_result_at: None,
         config: None,
+        lifecycle: None,
+        socket: None,
+        domid: None,
     }
 }
 
@@ -399,7 +401,7 @@ async fn delete_domain(
     let before = sh.view(&name);
     let (removed, released) = {
         let _serial = sh.config_lock.lock().await;
-        let keep_row = sh.has_session(&name) && sh.config.mode == crate::config::Mode::Connect;
+        let keep_row = sh.keeps_row_without_config(&name);
         let n = name.clone();
         let r = sh
             .store
@@ -443,6 +445,289 @@ async fn push(State(sh): State<Arc<Shared>>, Path(name): Path<String>) -> Result
     }
     let view = sh.view(&name).unwrap_or_else(|| empty_view(&name));
     Ok(json(StatusCode::ACCEPTED, &view))
+}
+
+/// A 400 naming the request field at fault.
+fn bad_field(path: impl Into<String>, error: impl Into<String>) -> Fail {
+    Fail(
+        StatusCode::BAD_REQUEST,
+        ApiError {
+            error: error.into(),
+            path: Some(path.into()),
+            errors: Vec::new(),
+            domain: None,
+        },
+    )
+}
+
+/// The socket path of the broker's channel among `channels`, when it is not the default
+/// `<socket_dir>/<name>.sock` (`None`: the default).
+fn channel_path_of(
+    config: &Config,
+    name: &str,
+    channels: &[ChannelSpec],
+) -> Result<Option<std::path::PathBuf>, Fail> {
+    use std::path::Component;
+    let ours: Vec<(usize, &ChannelSpec)> = channels
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.name == config.channel)
+        .collect();
+    if ours.len() > 1 {
+        return Err(bad_field(
+            format!("channels[{}]", ours[1].0),
+            format!("channel {} is listed more than once", config.channel),
+        ));
+    }
+    let Some((i, Some(p))) = ours.first().map(|(i, c)| (*i, c.path.as_ref())) else {
+        return Ok(None);
+    };
+    let field = format!("channels[{i}].path");
+    let normal = p
+        .components()
+        .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+        && p.components().collect::<std::path::PathBuf>() == *p
+        && !p.as_os_str().as_encoded_bytes().contains(&0);
+    if !p.is_absolute() || !normal {
+        return Err(bad_field(
+            field,
+            format!(
+                "channel path {} must be absolute and normal (no `.`, `..`, `//` or trailing `/`)",
+                p.display()
+            ),
+        ));
+    }
+    crate::paths::check_socket_path(p).map_err(|e| bad_field(field.clone(), e))?;
+    let default = config.socket_path(name);
+    if *p == default {
+        return Ok(None);
+    }
+    if p.parent() == Some(config.socket_dir.as_path()) {
+        // Discovery would take that file for another domain.
+        return Err(bad_field(
+            field,
+            format!(
+                "channel path {} is in socket_dir but is not {}",
+                p.display(),
+                default.display()
+            ),
+        ));
+    }
+    Ok(Some(p.clone()))
+}
+
+fn prepare_refused(name: &str, r: PrepareRefusal) -> Fail {
+    match r {
+        PrepareRefusal::UuidTaken { uuid, holder } => Fail(
+            StatusCode::CONFLICT,
+            ApiError {
+                error: format!("VM {uuid} is registered as domain {holder}"),
+                path: Some("uuid".into()),
+                errors: Vec::new(),
+                domain: Some(holder),
+            },
+        ),
+        PrepareRefusal::UuidChanged { recorded, asked } => Fail(
+            StatusCode::CONFLICT,
+            ApiError {
+                error: format!(
+                    "domain {name} is registered as VM {recorded} and its agent is connected; \
+                     it cannot become VM {asked} (release it first)"
+                ),
+                path: Some("uuid".into()),
+                errors: Vec::new(),
+                domain: Some(name.to_string()),
+            },
+        ),
+        PrepareRefusal::Lease(c) => conflict(&c),
+        PrepareRefusal::TooManyDomains(max) => fail(
+            StatusCode::CONFLICT,
+            format!("the broker already manages limits.max_domains = {max} domains"),
+        ),
+    }
+}
+
+/// Whether a body is empty (only whitespace).
+fn blank(bytes: &[u8]) -> bool {
+    bytes.iter().all(u8::is_ascii_whitespace)
+}
+
+/// `POST /v1/domains/{name}/prepare`: the libvirt hook's `prepare` (the VM is about
+/// to start). Registers the domain, records its UUID and channel path, confirms its
+/// leases, runs the `prepare begin` hooks, marks it running. Idempotent.
+async fn prepare(
+    State(sh): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Response, Fail> {
+    valid_name(&name)?;
+    let bytes = read_body(body, sh.config.limits.max_body).await?;
+    let req: PrepareRequest = if blank(&bytes) {
+        PrepareRequest::default()
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| {
+            fail(
+                StatusCode::BAD_REQUEST,
+                format!("invalid prepare request: {e}"),
+            )
+        })?
+    };
+    let uuid = match &req.uuid {
+        Some(u) => Some(canonical_uuid(u).ok_or_else(|| {
+            bad_field(
+                "uuid",
+                format!(
+                    "`{}` is not a UUID (expected 8-4-4-4-12 hex digits)",
+                    u.escape_debug()
+                ),
+            )
+        })?),
+        None => None,
+    };
+    let channel_path = channel_path_of(&sh.config, &name, &req.channels)?;
+    let path_text = channel_path
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned());
+
+    let hostname_leases = sh.config.leases.hostname;
+    let max_domains = sh.config.limits.max_domains;
+    let ask = |connected: bool, check_only: bool| {
+        let (n, u, p) = (name.clone(), uuid.clone(), path_text.clone());
+        move |db: &mut store::Db| {
+            db.prepare(&store::PrepareRequest {
+                name: &n,
+                uuid: u.as_deref(),
+                channel_path: p.as_deref(),
+                hostname_leases,
+                connected,
+                max_domains,
+                check_only,
+            })
+        }
+    };
+    // Refuse a doomed prepare before running hooks for it.
+    let check = ask(sh.connected(&name), true);
+    if let Err(r) = sh.store.call(check).await.map_err(|e| store_fail(&e))? {
+        return Err(prepare_refused(&name, r));
+    }
+    let mut prospective = sh.view(&name).unwrap_or_else(|| empty_view(&name));
+    if uuid.is_some() {
+        prospective.uuid.clone_from(&uuid);
+    }
+    prospective.lifecycle = Some(Lifecycle::Running);
+    if channel_path.is_some() {
+        prospective.socket.clone_from(&channel_path);
+    }
+    // No lock is held while hooks run.
+    if let Err(f) = sh
+        .hooks
+        .run(&HookCall {
+            domain: name.clone(),
+            event: "prepare",
+            phase: "begin",
+            extra: "-".into(),
+            stdin: serde_json::to_vec(&prospective).expect("views serialise"),
+        })
+        .await
+    {
+        tracing::warn!(domain = %name, "prepare refused: {f}");
+        sh.metrics.error(ErrorKind::Hook);
+        let detail = if f.stderr.is_empty() {
+            f.to_string()
+        } else {
+            f.stderr.clone()
+        };
+        return Err(fail(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("prepare hook refused: {detail}"),
+        ));
+    }
+    {
+        let _serial = sh.config_lock.lock().await;
+        let commit = ask(sh.connected(&name), false);
+        let done = sh
+            .store
+            .call(commit)
+            .await
+            .map_err(|e| store_fail(&e))?
+            .map_err(|r| prepare_refused(&name, r))?;
+        tracing::info!(
+            domain = %name,
+            uuid = done.uuid.as_deref().unwrap_or("-"),
+            socket = path_text.as_deref().unwrap_or("(default)"),
+            leases = ?done.leases,
+            created = done.created,
+            "domain prepared"
+        );
+        sh.prepared(&name, done.uuid, channel_path);
+    }
+    let view = sh.view(&name).unwrap_or_else(|| empty_view(&name));
+    Ok(json(StatusCode::OK, &view))
+}
+
+/// `POST /v1/domains/{name}/release`: the libvirt hook's `release` (the VM stopped).
+/// Stops the session, keeps the configuration and leases, drops the running marker,
+/// runs the `release end` hooks. Always 200; idempotent.
+async fn release(
+    State(sh): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Response, Fail> {
+    valid_name(&name)?;
+    let bytes = read_body(body, sh.config.limits.max_body).await?;
+    if !blank(&bytes) {
+        let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+            fail(
+                StatusCode::BAD_REQUEST,
+                format!("invalid release request: {e}"),
+            )
+        })?;
+        if !v.is_object() {
+            return Err(fail(
+                StatusCode::BAD_REQUEST,
+                "the release request body must be a JSON object (`{}`)",
+            ));
+        }
+    }
+    let before = sh.view(&name);
+    let (known, released) = {
+        let _serial = sh.config_lock.lock().await;
+        let n = name.clone();
+        let stored = sh
+            .store
+            .call(move |db| db.release(&n))
+            .await
+            .map_err(|e| store_fail(&e))?;
+        let in_memory = sh.released(&name);
+        (
+            stored.is_some() || before.is_some(),
+            stored.unwrap_or(false) || in_memory,
+        )
+    };
+    if known {
+        tracing::info!(domain = %name, released, "domain released");
+        let view = sh.view(&name).or_else(|| {
+            before.map(|mut v| {
+                v.lifecycle = Some(Lifecycle::Stopped);
+                v.state = DomainState::Pending;
+                v.connected = false;
+                v.domid = None;
+                v
+            })
+        });
+        let stdin = view.map_or_else(
+            || format!("{{\"name\":\"{name}\"}}").into_bytes(),
+            |v| serde_json::to_vec(&v).expect("views serialise"),
+        );
+        sh.hooks.notify(HookCall {
+            domain: name.clone(),
+            event: "release",
+            phase: "end",
+            extra: "-".into(),
+            stdin,
+        });
+    }
+    Ok(json(StatusCode::OK, &ReleaseResult { name, released }))
 }
 
 /// Serves the API on `listener` until `stop`, then lets running requests finish

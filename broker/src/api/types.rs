@@ -3,6 +3,8 @@
 //!
 //! [`Client`]: crate::client::Client
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 use xenchan_protocol::ItemStatus;
 use xenchan_protocol::config::{FieldError, GuestConfig};
@@ -78,6 +80,35 @@ impl std::fmt::Display for DomainState {
     }
 }
 
+/// Where the lifecycle endpoints (`prepare`, `release`) left a domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Lifecycle {
+    /// Prepared: the VM is starting or running.
+    Running,
+    /// Released: the VM stopped.
+    Stopped,
+}
+
+impl Lifecycle {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lifecycle::Running => "running",
+            Lifecycle::Stopped => "stopped",
+        }
+    }
+
+    /// Parses the wire name.
+    pub fn from_str_opt(s: &str) -> Option<Lifecycle> {
+        match s {
+            "running" => Some(Lifecycle::Running),
+            "stopped" => Some(Lifecycle::Stopped),
+            _ => None,
+        }
+    }
+}
+
 /// The last result the agent reported for one configuration item.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ItemView {
@@ -96,7 +127,8 @@ pub struct ItemView {
 pub struct DomainView {
     /// The domain (socket file stem).
     pub name: String,
-    /// The VM UUID the operator gave (`PUT ...?uuid=`); the agent's must match it.
+    /// The VM UUID the agent must report: the one recorded with `PUT ...?uuid=` or
+    /// `prepare`, else the one xenstore gives (`discovery = "xenstore"`).
     pub uuid: Option<String>,
     /// The VM UUID the agent reported in its last hello.
     pub reported_uuid: Option<String>,
@@ -122,6 +154,15 @@ pub struct DomainView {
     pub last_result_at: Option<String>,
     /// The desired configuration.
     pub config: Option<GuestConfig>,
+    /// Where the lifecycle endpoints left the domain (`null`: never used for it).
+    #[serde(default)]
+    pub lifecycle: Option<Lifecycle>,
+    /// The channel socket the broker connects to (or listens on), when known.
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+    /// The Xen domain id the session is attached to (`discovery = "xenstore"`).
+    #[serde(default)]
+    pub domid: Option<u32>,
 }
 
 /// `GET /v1/health`.
@@ -172,4 +213,51 @@ pub struct DeleteResult {
     pub removed: bool,
     /// The leases released (`address 192.0.2.10`, `hostname web1`).
     pub released: Vec<String>,
+}
+
+/// The kind of a channel named in a prepare request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChannelKind {
+    /// A Xen PV channel (console backend served by QEMU).
+    #[default]
+    Xen,
+    /// A virtio-serial port (KVM).
+    Virtio,
+}
+
+/// One channel of a domain, as the libvirt hook sees it in the domain's XML.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelSpec {
+    /// The channel name (`org.xenchan.agent.1`); others than the broker's are ignored.
+    pub name: String,
+    /// The unix socket QEMU listens on; `null`: the default `<socket_dir>/<name>.sock`.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// `xen` (default) or `virtio`.
+    #[serde(rename = "type", default)]
+    pub kind: ChannelKind,
+}
+
+/// `POST /v1/domains/{name}/prepare`: what the libvirt hook knows when a VM starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrepareRequest {
+    /// The VM's UUID, if known; recorded for the domain (lowercase).
+    #[serde(default)]
+    pub uuid: Option<String>,
+    /// The VM's channels.
+    #[serde(default)]
+    pub channels: Vec<ChannelSpec>,
+}
+
+/// `POST /v1/domains/{name}/release`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseResult {
+    /// The domain.
+    pub name: String,
+    /// Whether something was released (a running marker or a session); false for an
+    /// unknown or already released domain (still a success).
+    pub released: bool,
 }

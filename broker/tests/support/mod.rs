@@ -356,17 +356,18 @@ async fn serve(stream: UnixStream, state: Arc<PeerState>) {
     state.update(|r| r.open = open);
 }
 
-/// Whether the broker has closed (or half-closed) its end of a connection, now.
+/// Whether the broker has closed its end of a connection, now.
 fn broker_closed(fd: std::os::fd::BorrowedFd<'_>) -> bool {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    // nix does not name POLLRDHUP (Linux-only); the bit comes from libc.
-    let rdhup = PollFlags::from_bits_retain(libc::POLLRDHUP);
-    let mut fds = [PollFd::new(fd, rdhup)];
+    // POLLHUP is reported (unasked) once the other end is closed. POLLRDHUP is not asked
+    // for: nix cannot decode revents holding a bit it does not name (revents() gives
+    // None), which once made every connection look open.
+    let mut fds = [PollFd::new(fd, PollFlags::empty())];
     poll(&mut fds, PollTimeout::ZERO).is_ok_and(|n| {
         n > 0
             && fds[0]
                 .revents()
-                .is_some_and(|r| r.intersects(rdhup | PollFlags::POLLHUP))
+                .is_some_and(|r| r.contains(PollFlags::POLLHUP))
     })
 }
 

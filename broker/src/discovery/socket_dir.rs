@@ -1,15 +1,15 @@
-//! Connect mode: finds `<vm>.sock` files in the socket folder.
+//! `discovery = "socket-dir"`: finds `<vm>.sock` files in the socket folder.
 //!
 //! The inotify watch is set up before the first scan, so a socket created during the
 //! scan is seen by one or the other (and seeing it twice is harmless). A queue overflow,
 //! and a timer as a safety net, trigger a full rescan that reconciles what exists with
 //! what runs. If the folder itself goes away, every session stops and the folder is
-//! watched for again.
+//! watched for again. A prepare (`Shared::rediscover`) also triggers a rescan.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::os::unix::fs::FileTypeExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,19 +18,9 @@ use inotify::{EventMask, Inotify, WatchMask};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::domains::Shared;
+use super::DiscoveryError;
+use crate::domains::{Endpoint, Shared, Source};
 use crate::paths::domain_of_socket_file;
-
-/// Discovery could not start.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot watch the socket folder {path}")]
-pub struct DiscoveryError {
-    /// The folder.
-    pub path: PathBuf,
-    /// Why.
-    #[source]
-    pub source: std::io::Error,
-}
 
 fn watch(dir: &Path) -> std::io::Result<inotify::EventStream<[u8; 4096]>> {
     let inotify = Inotify::init()?;
@@ -63,15 +53,23 @@ fn scan(dir: &Path) -> HashSet<String> {
         .collect()
 }
 
+fn endpoint(shared: &Shared, name: &str) -> Endpoint {
+    Endpoint {
+        source: Source::Dir,
+        path: shared.config.socket_path(name),
+        domid: None,
+    }
+}
+
 fn reconcile(shared: &Arc<Shared>, present: &HashSet<String>) {
-    let running: HashSet<String> = shared.socket_names().into_iter().collect();
+    let running: HashSet<String> = shared.attached_names(Source::Dir).into_iter().collect();
     for gone in running.difference(present) {
-        shared.socket_vanished(gone);
+        shared.vanished(gone, Source::Dir);
     }
     let mut new: Vec<&String> = present.difference(&running).collect();
     new.sort();
     for name in new {
-        shared.socket_appeared(name);
+        shared.attach(name, endpoint(shared, name), false, None);
     }
 }
 
@@ -79,8 +77,8 @@ fn is_socket(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
 }
 
-/// Starts discovery: creates the folder if needed, watches it, scans it, and then
-/// follows its changes until `stop`.
+/// Starts socket-folder discovery: creates the folder if needed, watches it, scans it,
+/// and then follows its changes until `stop`.
 pub fn start(
     shared: Arc<Shared>,
     stop: CancellationToken,
@@ -98,7 +96,7 @@ pub fn start(
 
 async fn follow(
     shared: Arc<Shared>,
-    dir: PathBuf,
+    dir: std::path::PathBuf,
     mut stream: inotify::EventStream<[u8; 4096]>,
     stop: CancellationToken,
 ) {
@@ -110,6 +108,7 @@ async fn follow(
         tokio::select! {
             () = stop.cancelled() => return,
             _ = rescan.tick() => reconcile(&shared, &scan(&dir)),
+            () = shared.rediscover.notified() => reconcile(&shared, &scan(&dir)),
             ev = stream.next() => {
                 let Some(Ok(ev)) = ev else {
                     tracing::error!("inotify stream on {} failed; rescanning", dir.display());
@@ -150,12 +149,12 @@ fn on_entry(shared: &Arc<Shared>, dir: &Path, file: &OsStr, mask: EventMask) {
     };
     if mask.intersects(EventMask::CREATE | EventMask::MOVED_TO) {
         if is_socket(&dir.join(file)) {
-            shared.socket_appeared(name);
+            shared.attach(name, endpoint(shared, name), true, None);
         } else {
             tracing::info!("ignoring {text:?} in the socket folder: not a socket");
         }
     } else if mask.intersects(EventMask::DELETE | EventMask::MOVED_FROM) {
-        shared.socket_vanished(name);
+        shared.vanished(name, Source::Dir);
     }
 }
 
