@@ -146,7 +146,11 @@ pub fn workspace_dir() -> Option<PathBuf> {
 pub fn build(workspace: &Path, profile_dir: &Path, packages: &[&str]) -> Result<(), BinariesError> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(&cargo);
-    cmd.current_dir(workspace).arg("build").arg("--bins");
+    // The cargo that started us has already brought Cargo.lock up to date.
+    cmd.current_dir(workspace)
+        .arg("build")
+        .arg("--locked")
+        .arg("--bins");
     for p in packages {
         cmd.arg("-p").arg(p);
     }

@@ -28,6 +28,8 @@ pub struct DemoOptions {
     pub deadline: Duration,
     /// Wait for Enter before cleaning up (to inspect the running system).
     pub pause: bool,
+    /// The folder is kept at the end.
+    pub keep: bool,
 }
 
 /// How the demo ended.
@@ -86,9 +88,10 @@ pub async fn run(sim: &mut Sim, opts: &DemoOptions) -> DemoEnd {
         println!("{:>7.2}s  == {s}", log_start.elapsed().as_secs_f64());
     });
     let control = dir.join("broker.sock");
-    let progress = tokio::spawn(show_progress(Client::new(&control), started));
+    let (stop_progress, stopped) = tokio::sync::oneshot::channel();
+    let progress = tokio::spawn(show_progress(Client::new(&control), started, stopped));
     let outcome = scenario::run(opts.scenario, sim, &params).await;
-    progress.abort();
+    let _ = stop_progress.send(());
     let _ = progress.await;
     println!();
     let report = match outcome {
@@ -108,12 +111,16 @@ pub async fn run(sim: &mut Sim, opts: &DemoOptions) -> DemoEnd {
         print_checks(r);
     }
     print_paths(sim, &control);
+    let interactive = opts.pause && std::io::stdin().is_terminal();
+    if !opts.keep && !interactive {
+        println!("  (all removed on exit: run with --keep to inspect them afterwards)");
+    }
     println!(
         "\n{} in {:.1} s",
         if ok { "demo passed" } else { "demo FAILED" },
         started.elapsed().as_secs_f64()
     );
-    if opts.pause && std::io::stdin().is_terminal() {
+    if interactive {
         println!("everything is still running: press Enter (or Ctrl-C) to stop and clean up");
         let enter = tokio::task::spawn_blocking(|| {
             let mut s = String::new();
@@ -127,9 +134,14 @@ pub async fn run(sim: &mut Sim, opts: &DemoOptions) -> DemoEnd {
     if ok { DemoEnd::Ok } else { DemoEnd::Failed }
 }
 
-/// Prints each domain's state changes as the API shows them.
-async fn show_progress(client: Client, started: Instant) {
+/// Prints each domain's state changes as the API shows them, until `stop` (then once more).
+async fn show_progress(
+    client: Client,
+    started: Instant,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
     let mut last: BTreeMap<String, (DomainState, bool)> = BTreeMap::new();
+    let mut last_round = false;
     loop {
         if let Ok(list) = client.list().await {
             let mut changes: Vec<String> = Vec::new();
@@ -169,7 +181,13 @@ async fn show_progress(client: Client, started: Instant) {
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        if last_round {
+            return;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = &mut stop => last_round = true,
+        }
     }
 }
 
@@ -177,7 +195,7 @@ fn print_table(sim: &Sim, views: &[DomainView], report: Option<&Report>) {
     let mut rows: Vec<[String; 6]> = vec![[
         "DOMAIN".into(),
         "STATE".into(),
-        "HOSTNAME (guest)".into(),
+        "HOSTNAME (guest files)".into(),
         "ADDRESSES (item status)".into(),
         "KEYS".into(),
         "SOCKET->RESULT".into(),
@@ -187,8 +205,7 @@ fn print_table(sim: &Sim, views: &[DomainView], report: Option<&Report>) {
         let name = d.name();
         let v = views.iter().find(|v| v.name == name);
         let state = v.map_or_else(|| "-".to_string(), |v| v.state.to_string());
-        let host = std::fs::read_to_string(d.root().join("etc/hostname"))
-            .map_or_else(|_| "-".into(), |s| s.trim().to_string());
+        let host = guest_hostname(d.root().path());
         let config = report
             .and_then(|r| r.configs.get(name))
             .or_else(|| v.and_then(|v| v.config.as_ref()));
@@ -248,6 +265,20 @@ fn print_table(sim: &Sim, views: &[DomainView], report: Option<&Report>) {
     }
 }
 
+/// The guest's host name as its files say: the FQDN of the `127.0.1.1` line of
+/// `etc/hosts` when there is one, else `etc/hostname`.
+fn guest_hostname(root: &std::path::Path) -> String {
+    let hosts = std::fs::read_to_string(root.join("etc/hosts")).unwrap_or_default();
+    let fqdn = hosts
+        .lines()
+        .filter_map(|l| l.strip_prefix("127.0.1.1"))
+        .find_map(|rest| rest.split_whitespace().next().map(str::to_string));
+    fqdn.unwrap_or_else(|| {
+        std::fs::read_to_string(root.join("etc/hostname"))
+            .map_or_else(|_| "-".into(), |s| s.trim().to_string())
+    })
+}
+
 fn print_checks(r: &Report) {
     let failed: Vec<_> = r.checks.iter().filter(|c| !c.ok).collect();
     println!(
@@ -256,8 +287,18 @@ fn print_checks(r: &Report) {
         r.checks.len()
     );
     // With many domains, list only the scenario's own checks and any failure.
+    let summarised = r.checks.len() > 40;
+    if summarised
+        && r.checks
+            .iter()
+            .all(|c| c.ok || !c.name.starts_with(scenario::PREFIX))
+    {
+        println!(
+            "  ok   every domain: configured in the API, guest files match, no needless push, nothing applied twice, agent never crashed"
+        );
+    }
     for c in &r.checks {
-        let per_domain = c.name.starts_with(scenario::PREFIX) && r.checks.len() > 40;
+        let per_domain = c.name.starts_with(scenario::PREFIX) && summarised;
         if c.ok && per_domain {
             continue;
         }
@@ -281,13 +322,17 @@ fn print_paths(sim: &Sim, control: &std::path::Path) {
             root.display()
         );
         println!(
+            "  network files     {0}/etc/systemd/network/, {0}/etc/resolv.conf",
+            root.display()
+        );
+        println!(
             "  agent state       {}/var/lib/xenchan-agent/applied.json",
             root.display()
         );
     }
     println!("  guest roots       {}/guests/<domain>/", dir.display());
     println!(
-        "  logs              {}/logs/ (broker.log, <domain>.agent.log, <domain>.hotplug.log)",
+        "  logs              {}/logs/ (broker.log, <domain>.agent.log, <domain>.hotplug.log, <domain>.channel.log)",
         dir.display()
     );
     println!("  broker config     {}/broker.toml", dir.display());

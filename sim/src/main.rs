@@ -49,8 +49,8 @@ enum Command {
     /// API, show progress, then a table per domain and where to look.
     ///
     /// Exits 0 when every domain ends as the scenario expects and every check held, 69
-    /// otherwise, 130 on Ctrl-C. Ctrl-C stops everything and removes the folder (unless
-    /// --keep).
+    /// otherwise (or when a binary is missing), 74 when the folder cannot be used, 130 on
+    /// Ctrl-C. Ctrl-C stops everything and removes the folder (unless --keep).
     Demo {
         /// Number of simulated domains (vm01, vm02, ...).
         #[arg(long, short = 'n', default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=500))]
@@ -155,15 +155,17 @@ async fn main() -> ExitCode {
                 scenario,
                 deadline: Duration::from_secs(timeout.unwrap_or(60 + 2 * domains as u64)),
                 pause: !no_pause,
+                keep,
             };
             let mut sim = match Sim::new(SimOptions { dir, keep, bin_dir }).await {
                 Ok(s) => s,
                 Err(e) => {
+                    let code = exit_for(&e);
                     eprintln!(
                         "error: {:#}",
                         anyhow::Error::new(e).context("cannot start the simulation")
                     );
-                    return ExitCode::from(EX_UNAVAILABLE);
+                    return ExitCode::from(code);
                 }
             };
             let end = tokio::select! {

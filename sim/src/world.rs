@@ -115,6 +115,15 @@ impl Sim {
 
     /// Like [`Sim::new`] with binaries already located.
     pub fn with_binaries(opts: &SimOptions, bins: Binaries) -> Result<Sim, SimError> {
+        if let Some(d) = &opts.dir {
+            let len = d.join("sockets/vm-with-a-16ch.sock").as_os_str().len();
+            if len > MAX_SOCKET_PATH {
+                return Err(SimError::PathTooLong {
+                    path: d.clone(),
+                    len,
+                });
+            }
+        }
         let (dir, temp) = if let Some(d) = &opts.dir {
             std::fs::create_dir_all(d).map_err(|source| SimError::Dir {
                 path: d.clone(),
