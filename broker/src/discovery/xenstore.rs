@@ -264,10 +264,15 @@ fn thread_main(
             Ok((mut client, path)) => {
                 tracing::info!("connected to xenstore at {}", path.display());
                 metrics.xenstore_connected(true);
-                delay = p.reconnect_min;
                 failures = 0;
-                let r = follow_xenstore(&mut client, p, tx, stop, &mut notes);
+                let mut scanned = false;
+                let r = follow_xenstore(&mut client, p, tx, stop, &mut notes, &mut scanned);
                 metrics.xenstore_connected(false);
+                if scanned {
+                    // It worked for a while: come back quickly. A xenstore that fails
+                    // before the first scan keeps the backoff growing.
+                    delay = p.reconnect_min;
+                }
                 match r {
                     Ok(()) => return,
                     Err(e) => tracing::warn!(
@@ -302,12 +307,14 @@ fn thread_main(
 }
 
 /// Watches and rescans until stopped (`Ok`) or the connection fails (`Err`).
+/// `scanned` is set once a full scan was published.
 fn follow_xenstore(
     client: &mut Client,
     p: &Params,
     tx: &watch::Sender<Snapshot>,
     stop: &mpsc::Receiver<()>,
     notes: &mut Notes,
+    scanned: &mut bool,
 ) -> Result<(), XsError> {
     client.watch("@introduceDomain", TOKEN)?;
     client.watch("@releaseDomain", TOKEN)?;
@@ -324,6 +331,7 @@ fn follow_xenstore(
                 true
             }
         });
+        *scanned = true;
         let next_rescan = Instant::now() + p.rescan_every;
         loop {
             if stopped(stop) || tx.is_closed() {
