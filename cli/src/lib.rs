@@ -1,0 +1,584 @@
+//! `xenchan`: the operator CLI over the broker's control API (docs/API.md), the libvirt
+//! hook entry (`xenchan hook`, [`hook`]) and the xl configuration helper
+//! (`xenchan xl-channel`, [`xl`]).
+//!
+//! The command line is [`Cli`] (also used to generate the man pages and shell
+//! completions); the binary calls [`main`].
+
+pub mod domain_xml;
+pub mod hook;
+mod output;
+mod syslog;
+pub mod xl;
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Map, Value, json};
+use xenchan_broker::client::{Client, ClientError};
+use xenchan_protocol::config::GuestConfig;
+
+/// Exit codes (sysexits).
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// Bad command line.
+    pub const USAGE: u8 = 2;
+    /// Bad data (refused by the broker, invalid file).
+    pub const DATA: u8 = 65;
+    /// The broker is unavailable.
+    pub const UNAVAILABLE: u8 = 69;
+    /// I/O error.
+    pub const IO: u8 = 74;
+    /// Configuration error.
+    pub const CONFIG: u8 = 78;
+}
+
+/// Largest file read for --file and --ssh-key-file.
+const MAX_INPUT: u64 = 4 * 1024 * 1024;
+
+/// Operate xenchan: set, inspect and push guest configurations through the broker.
+#[derive(Debug, Parser)]
+#[command(
+    name = "xenchan",
+    version,
+    after_help = "\
+Examples:
+  xenchan domain set web1 --file web1.json
+  xenchan domain set web1 --hostname web1.example.com --mac 00:16:3e:12:34:56 \\
+      --address 192.0.2.10/24 --gateway 192.0.2.1 --dns 192.0.2.53 \\
+      --ssh-key-file ~/.ssh/id_ed25519.pub
+  xenchan domain list
+  xenchan domain get web1 --json | jq .state
+  xenchan domain push web1
+  xenchan domain rm web1
+  xenchan status
+  xenchan registry check org.example.cloud.agent.1
+  xenchan xl-channel web1 --xl-4.17-workaround >> /etc/xen/web1.cfg
+  xenchan hook web1 prepare begin - < web1.xml     (what a libvirt hook runs)
+
+Exit codes:
+  0  ok
+  2  usage error (bad options)
+  65 bad data: the broker refused the request (400 invalid config, 404 unknown domain,
+     409 lease conflict, 422 prepare hook refused), or a local file is not valid
+  69 the broker is unavailable (socket missing, refused, timed out, 5xx)
+  74 I/O error (reading a file, a broken exchange)
+  78 configuration error (unusable socket path, bad registry files)"
+)]
+pub struct Cli {
+    /// The broker's control socket.
+    #[arg(
+        long,
+        global = true,
+        env = "XENCHAN_SOCKET",
+        default_value = "/run/xenchan/broker.sock",
+        value_name = "PATH"
+    )]
+    socket: PathBuf,
+
+    /// Print the API's JSON instead of tables (for scripts).
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// Seconds to wait for the broker's answer.
+    #[arg(long, global = true, default_value_t = 30, value_name = "SECS")]
+    timeout: u64,
+
+    /// Folder of local channel-name registry files (for `xenchan registry`).
+    #[arg(
+        long,
+        global = true,
+        env = "XENCHAN_REGISTRY_DIR",
+        default_value = xenchan_registry::DEFAULT_REGISTRY_DIR,
+        value_name = "DIR",
+        help = xenchan_registry::cli::REGISTRY_DIR_HELP
+    )]
+    registry_dir: PathBuf,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage one domain's desired configuration.
+    #[command(subcommand)]
+    Domain(Box<DomainCommand>),
+    /// Show the broker's health and how many domains are in each state.
+    Status,
+    #[command(about = xenchan_registry::cli::ABOUT, after_help = xenchan_registry::cli::AFTER_HELP)]
+    /// Channel-name registry.
+    #[command(subcommand)]
+    Registry(xenchan_registry::cli::RegistryCommand),
+    /// libvirt hook entry: register or release a domain with the broker as it starts or
+    /// stops (for /etc/libvirt/hooks/libxl and /etc/libvirt/hooks/qemu).
+    #[command(long_about = hook::LONG_ABOUT, after_help = hook::AFTER_HELP)]
+    Hook(hook::HookArgs),
+    /// Print the `channel = [...]` line of an xl domain configuration for xenchan.
+    #[command(name = "xl-channel", long_about = xl::LONG_ABOUT, after_help = xl::AFTER_HELP)]
+    XlChannel(xl::XlChannelArgs),
+}
+
+/// `xenchan domain ...`.
+#[derive(Debug, Subcommand)]
+pub enum DomainCommand {
+    /// Set (create or replace) a domain's desired configuration.
+    #[command(after_help = "\
+The configuration is either a whole document (--file, JSON, the shape of
+docs/CONFIG.md: hostname, network (cloud-init network-config v2), users), or built
+from the options below (one interface, one user). The broker validates it, takes its
+leases (every address, and the hostname unless disabled) and pushes it to the guest.
+
+Examples:
+  xenchan domain set web1 --file web1.json
+  xenchan domain set web1 --file - < web1.json
+  xenchan domain set web1 --hostname web1 --mac 00:16:3e:00:00:01 --address 192.0.2.10/24
+  xenchan domain set web1 --hostname web1 --ssh-key-file key.pub --user cloud --create-user
+  xenchan domain set web1 --file web1.json --uuid 2c1f0a9e-5b7d-4e38-9f43-0e8c7d1b6a20
+
+Exit codes: 0 accepted; 65 refused (invalid: the message names the field; lease
+held by another domain; prepare hook refused); 69 broker unavailable; 74 unreadable file.")]
+    Set(Box<SetArgs>),
+    /// Show one domain: state, desired vs applied generation, items, facts.
+    Get {
+        /// The domain (its socket file stem).
+        name: String,
+    },
+    /// List every domain the broker knows.
+    List,
+    /// Remove a domain's configuration and release its leases (safe to repeat).
+    Rm {
+        /// The domain.
+        name: String,
+    },
+    /// Push the desired configuration again, even if the agent reports it applied.
+    Push {
+        /// The domain.
+        name: String,
+    },
+}
+
+/// `xenchan domain set`.
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    /// The domain (its socket file stem, e.g. web1 for web1.sock).
+    name: String,
+
+    /// The VM's UUID; the agent must report the same one or nothing is pushed.
+    #[arg(long, value_name = "UUID")]
+    uuid: Option<String>,
+
+    /// A whole configuration document (JSON); `-` reads standard input.
+    #[arg(long, short = 'f', value_name = "FILE", conflicts_with_all = [
+        "hostname", "mac", "address", "gateway", "dns", "search", "mtu", "dhcp4",
+        "ssh_key_file", "create_user"
+    ])]
+    file: Option<PathBuf>,
+
+    /// Host name (FQDN allowed).
+    #[arg(long, value_name = "NAME")]
+    hostname: Option<String>,
+
+    /// Interface label in the document.
+    #[arg(long, default_value = "eth0", value_name = "ID")]
+    interface: String,
+
+    /// MAC of the interface (needed for any network option; Xen vifs start 00:16:3e).
+    #[arg(long, value_name = "MAC")]
+    mac: Option<String>,
+
+    /// Static address in CIDR form; repeat for several.
+    #[arg(long, value_name = "CIDR")]
+    address: Vec<String>,
+
+    /// Default gateway (adds a `to: default` route).
+    #[arg(long, value_name = "IP")]
+    gateway: Vec<String>,
+
+    /// DNS server; repeat for several.
+    #[arg(long, value_name = "IP")]
+    dns: Vec<String>,
+
+    /// DNS search domain; repeat for several.
+    #[arg(long, value_name = "DOMAIN")]
+    search: Vec<String>,
+
+    /// Link MTU.
+    #[arg(long, value_name = "BYTES")]
+    mtu: Option<u32>,
+
+    /// Use DHCP for IPv4 on the interface.
+    #[arg(long)]
+    dhcp4: bool,
+
+    /// The user whose authorized_keys receive --ssh-key-file keys.
+    #[arg(long, default_value = "cloud", value_name = "NAME")]
+    user: String,
+
+    /// File of OpenSSH public keys, one per line (# comments allowed); repeatable.
+    #[arg(long, value_name = "FILE")]
+    ssh_key_file: Vec<PathBuf>,
+
+    /// Create the user in the guest if it does not exist.
+    #[arg(long)]
+    create_user: bool,
+}
+
+/// A failure with its exit code.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn new(code: u8, message: impl Into<String>) -> Self {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        let code = match &e {
+            ClientError::Unavailable { .. } | ClientError::Timeout(_) => exit::UNAVAILABLE,
+            ClientError::PathTooLong(_) => exit::CONFIG,
+            ClientError::Api { status, .. } if *status >= 500 || *status == 408 => {
+                exit::UNAVAILABLE
+            }
+            ClientError::Api { .. } => exit::DATA,
+            ClientError::Http(_) | ClientError::Decode { .. } | ClientError::TooLarge => exit::IO,
+        };
+        let mut message = chain(&e);
+        if let ClientError::Api { error, .. } = &e {
+            for fe in &error.errors {
+                let _ = write!(message, "\n  {}: {}", fe.path, fe.message);
+            }
+            if error.errors.is_empty()
+                && let Some(p) = &error.path
+            {
+                let _ = write!(message, "\n  at: {p}");
+            }
+        }
+        if matches!(e, ClientError::Unavailable { .. }) {
+            message.push_str(
+                "\n  is xenchan-broker running? (--socket or XENCHAN_SOCKET choose the socket)",
+            );
+        }
+        Failure::new(code, message)
+    }
+}
+
+fn read_bounded(path: &Path) -> Result<Vec<u8>, Failure> {
+    let io =
+        |e: std::io::Error| Failure::new(exit::IO, format!("cannot read {}: {e}", path.display()));
+    let mut buf = Vec::new();
+    if path == Path::new("-") {
+        std::io::stdin()
+            .take(MAX_INPUT + 1)
+            .read_to_end(&mut buf)
+            .map_err(io)?;
+    } else {
+        std::fs::File::open(path)
+            .map_err(io)?
+            .take(MAX_INPUT + 1)
+            .read_to_end(&mut buf)
+            .map_err(io)?;
+    }
+    if buf.len() as u64 > MAX_INPUT {
+        return Err(Failure::new(
+            exit::DATA,
+            format!("{} is larger than {MAX_INPUT} bytes", path.display()),
+        ));
+    }
+    Ok(buf)
+}
+
+/// Builds a document from the `set` options.
+fn document_from_flags(a: &SetArgs) -> Result<Value, Failure> {
+    let mut doc = Map::new();
+    if let Some(h) = &a.hostname {
+        doc.insert("hostname".into(), json!(h));
+    }
+    let wants_net = !a.address.is_empty()
+        || !a.gateway.is_empty()
+        || !a.dns.is_empty()
+        || !a.search.is_empty()
+        || a.mtu.is_some()
+        || a.dhcp4;
+    if wants_net {
+        let Some(mac) = &a.mac else {
+            return Err(Failure::new(
+                exit::USAGE,
+                "network options need --mac: interfaces are matched by MAC address",
+            ));
+        };
+        let mut eth = Map::new();
+        eth.insert("match".into(), json!({ "macaddress": mac }));
+        if a.dhcp4 {
+            eth.insert("dhcp4".into(), json!(true));
+        }
+        if !a.address.is_empty() {
+            eth.insert("addresses".into(), json!(a.address));
+        }
+        if !a.gateway.is_empty() {
+            let routes: Vec<Value> = a
+                .gateway
+                .iter()
+                .map(|g| json!({ "to": "default", "via": g }))
+                .collect();
+            eth.insert("routes".into(), Value::Array(routes));
+        }
+        if !a.dns.is_empty() || !a.search.is_empty() {
+            let mut ns = Map::new();
+            if !a.dns.is_empty() {
+                ns.insert("addresses".into(), json!(a.dns));
+            }
+            if !a.search.is_empty() {
+                ns.insert("search".into(), json!(a.search));
+            }
+            eth.insert("nameservers".into(), Value::Object(ns));
+        }
+        if let Some(m) = a.mtu {
+            eth.insert("mtu".into(), json!(m));
+        }
+        let mut ethernets = Map::new();
+        ethernets.insert(a.interface.clone(), Value::Object(eth));
+        doc.insert(
+            "network".into(),
+            json!({ "version": 2, "ethernets": ethernets }),
+        );
+    } else if a.mac.is_some() {
+        return Err(Failure::new(
+            exit::USAGE,
+            "--mac needs a network option (--address, --dhcp4, --gateway, --dns, --search or --mtu)",
+        ));
+    }
+    if !a.ssh_key_file.is_empty() || a.create_user {
+        let mut keys = Vec::new();
+        for f in &a.ssh_key_file {
+            let text = read_bounded(f)?;
+            let text = String::from_utf8(text).map_err(|_| {
+                Failure::new(exit::DATA, format!("{} is not UTF-8 text", f.display()))
+            })?;
+            keys.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_string),
+            );
+        }
+        let mut user = Map::new();
+        user.insert("name".into(), json!(a.user));
+        user.insert("ssh_authorized_keys".into(), json!(keys));
+        if a.create_user {
+            user.insert("create".into(), json!(true));
+        }
+        doc.insert("users".into(), json!([Value::Object(user)]));
+    }
+    if doc.is_empty() {
+        return Err(Failure::new(
+            exit::USAGE,
+            "nothing to set: give --file, or at least one of --hostname, --address/--dhcp4 with --mac, --ssh-key-file",
+        ));
+    }
+    Ok(Value::Object(doc))
+}
+
+fn print_json<T: serde::Serialize>(out: &mut dyn Write, v: &T) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(v).expect("API types serialise");
+    writeln!(out, "{text}").map_err(|e| Failure::new(exit::IO, format!("cannot write output: {e}")))
+}
+
+#[allow(clippy::needless_pass_by_value)] // used as map_err(out_err)
+fn out_err(e: std::io::Error) -> Failure {
+    Failure::new(exit::IO, format!("cannot write output: {e}"))
+}
+
+async fn run_domain(client: &Client, json: bool, cmd: DomainCommand) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        DomainCommand::Set(a) => {
+            let body = if let Some(f) = &a.file {
+                read_bounded(f)?
+            } else {
+                serde_json::to_vec(&document_from_flags(&a)?).expect("JSON serialises")
+            };
+            // Validate locally first: the same rules as the broker, and the message names
+            // the field even when the broker is unreachable.
+            if let Err(e) = GuestConfig::from_json(&body) {
+                let mut msg = format!("invalid configuration: {e}");
+                for fe in &e.errors {
+                    let _ = write!(msg, "\n  {}: {}", fe.path, fe.message);
+                }
+                return Err(Failure::new(exit::DATA, msg));
+            }
+            let before = client.get_domain(&a.name).await.ok();
+            let v = client
+                .put_config_json(&a.name, &body, a.uuid.as_deref())
+                .await?;
+            if json {
+                print_json(&mut out, &v)?;
+            } else {
+                let what = match (&before, before.as_ref().and_then(|b| b.desired_generation)) {
+                    (_, Some(g)) if Some(g) == v.desired_generation => "unchanged",
+                    (_, Some(_)) => "updated",
+                    _ => "created",
+                };
+                writeln!(
+                    out,
+                    "{}: configuration {what}, generation {} ({})",
+                    v.name,
+                    v.desired_generation.unwrap_or(0),
+                    v.state
+                )
+                .map_err(out_err)?;
+            }
+        }
+        DomainCommand::Get { name } => {
+            let v = client.get_domain(&name).await?;
+            if json {
+                print_json(&mut out, &v)?;
+            } else {
+                output::domain(&mut out, &v).map_err(out_err)?;
+            }
+        }
+        DomainCommand::List => {
+            let list = client.list().await?;
+            if json {
+                print_json(&mut out, &list)?;
+            } else {
+                output::domain_table(&mut out, &list).map_err(out_err)?;
+            }
+        }
+        DomainCommand::Rm { name } => {
+            let r = client.delete(&name).await?;
+            if json {
+                print_json(&mut out, &r)?;
+            } else if r.removed {
+                let released = if r.released.is_empty() {
+                    "no leases".to_string()
+                } else {
+                    r.released.join(", ")
+                };
+                writeln!(
+                    out,
+                    "{}: configuration removed; released {released}",
+                    r.name
+                )
+                .map_err(out_err)?;
+            } else {
+                writeln!(out, "{}: had no configuration (nothing to do)", r.name)
+                    .map_err(out_err)?;
+            }
+        }
+        DomainCommand::Push { name } => {
+            let v = client.push(&name).await?;
+            if json {
+                print_json(&mut out, &v)?;
+            } else {
+                let when = if v.connected {
+                    "now"
+                } else {
+                    "when the agent connects"
+                };
+                writeln!(
+                    out,
+                    "{}: re-push of generation {} requested ({when})",
+                    v.name,
+                    v.desired_generation.unwrap_or(0)
+                )
+                .map_err(out_err)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn run_status(client: &Client, json: bool) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    let health = client.health().await?;
+    if json {
+        return print_json(&mut out, &health);
+    }
+    let list = client.list().await?;
+    output::status(&mut out, &health, &list).map_err(out_err)
+}
+
+/// The `xenchan` binary: parses the command line, runs the command, prints errors on
+/// stderr and returns the exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Hook(args) => return hook::run(&cli.socket, &args),
+        Command::XlChannel(args) => match xl::channel_line(&args) {
+            Ok(text) => {
+                let mut out = std::io::stdout().lock();
+                match out.write_all(text.as_bytes()) {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(out_err(e)),
+                }
+            }
+            Err(e) => Err(Failure::new(exit::USAGE, e.to_string())),
+        },
+        Command::Registry(cmd) => {
+            let mut out = std::io::stdout().lock();
+            let mut err = std::io::stderr().lock();
+            match xenchan_registry::cli::run(cmd, &cli.registry_dir, &mut out, &mut err) {
+                Ok(code) => return ExitCode::from(code as u8),
+                Err(e) => Err(Failure::new(
+                    e.exit_code() as u8,
+                    xenchan_registry::error_chain(&e),
+                )),
+            }
+        }
+        cmd => {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("xenchan: cannot start the async runtime: {e}");
+                    return ExitCode::from(exit::IO);
+                }
+            };
+            let client =
+                Client::new(&cli.socket).with_timeout(Duration::from_secs(cli.timeout.max(1)));
+            rt.block_on(async {
+                match cmd {
+                    Command::Domain(d) => run_domain(&client, cli.json, *d).await,
+                    Command::Status => run_status(&client, cli.json).await,
+                    Command::Registry(_) | Command::Hook(_) | Command::XlChannel(_) => {
+                        unreachable!("handled above")
+                    }
+                }
+            })
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(f) => {
+            eprintln!("xenchan: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}

@@ -1,0 +1,589 @@
+//! `xenchan hook`, the libvirt hook entry, run as libvirtd runs it (`<domain> <op> <subop>
+//! <extra>`, the domain XML on stdin) against a real broker in this process: Xen PV and
+//! KVM virtio domains are registered at `prepare begin` and released at `release end`;
+//! domains without our channel are left alone; malformed XML, an unreachable or silent
+//! broker and a refusing broker end the way docs/OPERATING.md says.
+
+#[path = "../../broker/tests/support/mod.rs"]
+mod support;
+
+use std::io::Write;
+use std::os::unix::net::{UnixDatagram, UnixListener};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{Dirs, TestBroker, sample_config};
+use xenchan_broker::api::types::Lifecycle;
+use xenchan_broker::client::ClientError;
+
+const U_WEB1: &str = "6f0c1e4e-9a3b-4a53-8d7e-0d9f3f1c2b7a";
+const U_KVM1: &str = "0b8e9c1d-2f3a-4b5c-8d7e-6f5a4b3c2d1e";
+
+/// A fixture with `@SOCKET_DIR@` (the broker's socket folder) and `@ROOT@` (the test's
+/// temporary root) replaced.
+fn fixture(name: &str, socket_dir: &Path) -> Vec<u8> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("@SOCKET_DIR@", socket_dir.to_str().unwrap())
+        .replace("@ROOT@", socket_dir.parent().unwrap().to_str().unwrap())
+        .into_bytes()
+}
+
+/// How the hook is run.
+struct Run<'a> {
+    socket: &'a Path,
+    args: Vec<String>,
+    /// Bytes on stdin (closed afterwards); `None` keeps stdin open until the hook exits.
+    stdin: Option<Vec<u8>>,
+    syslog: Option<&'a Path>,
+}
+
+impl<'a> Run<'a> {
+    fn new(socket: &'a Path, args: &[&str], stdin: Vec<u8>) -> Run<'a> {
+        Run {
+            socket,
+            args: args.iter().map(|s| (*s).to_string()).collect(),
+            stdin: Some(stdin),
+            syslog: None,
+        }
+    }
+}
+
+/// Runs `xenchan hook ...` (off the runtime's threads) and returns its output and how
+/// long it took.
+async fn hook(run: Run<'_>) -> (Output, Duration) {
+    let socket = run.socket.to_path_buf();
+    let syslog = run
+        .syslog
+        .map_or_else(|| "none".to_string(), |p| p.to_str().unwrap().to_string());
+    let mut args = vec!["hook".to_string(), "--syslog".into(), syslog];
+    args.extend(run.args);
+    let stdin = run.stdin;
+    tokio::task::spawn_blocking(move || {
+        let t0 = Instant::now();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_xenchan"))
+            .env("XENCHAN_SOCKET", &socket)
+            .env_remove("XENCHAN_HOOK_STRICT")
+            .env_remove("XENCHAN_CHANNEL")
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut pipe = child.stdin.take().unwrap();
+        let (writer, held) = match stdin {
+            Some(bytes) => (
+                Some(std::thread::spawn(move || {
+                    // The hook may stop reading (too large, deadline): EPIPE then.
+                    let _ = pipe.write_all(&bytes);
+                })),
+                None,
+            ),
+            None => (None, Some(pipe)),
+        };
+        let out = child.wait_with_output().unwrap();
+        let took = t0.elapsed();
+        drop(held);
+        if let Some(w) = writer {
+            w.join().unwrap();
+        }
+        (out, took)
+    })
+    .await
+    .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Exit code, and libvirt's rule: a hook never writes to stdout (it would replace the
+/// domain XML for migrate/restore and for every script of a `.d` folder).
+fn assert_exit(o: &Output, code: i32) {
+    assert_eq!(o.status.code(), Some(code), "{}", text(o));
+    assert!(o.stdout.is_empty(), "the hook wrote to stdout: {}", text(o));
+}
+
+async fn unknown(broker: &TestBroker, name: &str) {
+    match broker.client.get_domain(name).await {
+        Err(ClientError::Api { status: 404, .. }) => {}
+        other => panic!("{name} should be unknown to the broker: {other:?}"),
+    }
+}
+
+/// The lines a datagram "syslog" socket received.
+fn syslog_lines(sock: &UnixDatagram) -> Vec<String> {
+    sock.set_nonblocking(true).unwrap();
+    let mut lines = Vec::new();
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = sock.recv(&mut buf) {
+        lines.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xen_pv_domain_is_registered_at_prepare_and_released_at_release() {
+    let dirs = Dirs::new();
+    let config = dirs.config();
+    let sock = config.control_socket.clone();
+    let broker = TestBroker::start(config).await;
+    let xml = fixture("xen-pv.xml", &dirs.sockets());
+
+    let (o, _) = hook(Run::new(
+        &sock,
+        &["web1", "prepare", "begin", "-"],
+        xml.clone(),
+    ))
+    .await;
+    assert_exit(&o, 0);
+    assert!(o.stderr.is_empty(), "{}", text(&o));
+    let v = broker.client.get_domain("web1").await.unwrap();
+    assert_eq!(v.uuid.as_deref(), Some(U_WEB1));
+    assert_eq!(v.lifecycle, Some(Lifecycle::Running));
+    // <socket_dir>/web1.sock is where the broker looks anyway: nothing special recorded.
+    assert_eq!(v.socket, None);
+
+    // prepare is idempotent (libvirt retries a failed start from the beginning).
+    let (o, _) = hook(Run::new(
+        &sock,
+        &["web1", "prepare", "begin", "-"],
+        xml.clone(),
+    ))
+    .await;
+    assert_exit(&o, 0);
+    // The orchestrator's configuration, which a release must keep.
+    broker
+        .client
+        .put_config("web1", &sample_config("web1", "192.0.2.10/24"), None)
+        .await
+        .unwrap();
+
+    // start/started/stopped change nothing; release end (with libvirt >= 10.5's shutoff
+    // reason as extra) releases.
+    for (op, sub) in [("start", "begin"), ("started", "begin"), ("stopped", "end")] {
+        let (o, _) = hook(Run::new(&sock, &["web1", op, sub, "-"], xml.clone())).await;
+        assert_exit(&o, 0);
+        let v = broker.client.get_domain("web1").await.unwrap();
+        assert_eq!(v.lifecycle, Some(Lifecycle::Running), "after {op} {sub}");
+    }
+    let (o, _) = hook(Run::new(
+        &sock,
+        &["web1", "release", "end", "shutdown"],
+        xml.clone(),
+    ))
+    .await;
+    assert_exit(&o, 0);
+    assert!(o.stderr.is_empty(), "{}", text(&o));
+    let v = broker.client.get_domain("web1").await.unwrap();
+    assert_eq!(v.lifecycle, Some(Lifecycle::Stopped));
+    assert_eq!(v.desired_generation, Some(1), "the configuration stays");
+    // Released twice: still fine.
+    let (o, _) = hook(Run::new(&sock, &["web1", "release", "end", "-"], xml)).await;
+    assert_exit(&o, 0);
+    broker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kvm_virtio_domain_is_registered_and_other_domains_are_left_alone() {
+    let dirs = Dirs::new();
+    let config = dirs.config();
+    let sock = config.control_socket.clone();
+    let broker = TestBroker::start(config).await;
+
+    let xml = fixture("kvm-virtio.xml", &dirs.sockets());
+    let (o, _) = hook(Run::new(&sock, &["kvm1", "prepare", "begin", "-"], xml)).await;
+    assert_exit(&o, 0);
+    let v = broker.client.get_domain("kvm1").await.unwrap();
+    assert_eq!(
+        v.uuid.as_deref(),
+        Some(U_KVM1),
+        "the 32-digit form is canonicalised"
+    );
+    assert_eq!(v.lifecycle, Some(Lifecycle::Running));
+    // The path libvirt chose, outside the socket folder, is where the broker connects.
+    assert_eq!(
+        v.socket,
+        Some(dirs.root.path().join("libvirt/kvm1.org.xenchan.agent.1"))
+    );
+
+    // No channel, or only other channels (the guest agent of QEMU, another vendor's):
+    // no-op, silent, and the broker never hears of the domain, at prepare or release.
+    for (name, file) in [
+        ("plain1", "no-channel.xml"),
+        ("other1", "other-channel.xml"),
+    ] {
+        let xml = fixture(file, &dirs.sockets());
+        for (op, sub) in [("prepare", "begin"), ("release", "end")] {
+            let (o, _) = hook(Run::new(&sock, &[name, op, sub, "-"], xml.clone())).await;
+            assert_exit(&o, 0);
+            assert!(o.stderr.is_empty(), "{}", text(&o));
+        }
+        unknown(&broker, name).await;
+    }
+
+    // A domain is ours by --channel: with the other vendor's name, other1 is ours.
+    let xml = fixture("other-channel.xml", &dirs.sockets());
+    let (o, _) = hook(Run::new(
+        &sock,
+        &[
+            "--channel",
+            "org.example.cloud.agent.1",
+            "other1",
+            "prepare",
+            "begin",
+            "-",
+        ],
+        xml,
+    ))
+    .await;
+    assert_exit(&o, 0);
+    let v = broker.client.get_domain("other1").await.unwrap();
+    assert_eq!(
+        v.uuid.as_deref(),
+        Some("22222222-3333-4444-8555-666666666666")
+    );
+    broker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_xml_warns_and_aborts_only_when_strict() {
+    let dirs = Dirs::new();
+    let config = dirs.config();
+    let sock = config.control_socket.clone();
+    let broker = TestBroker::start(config).await;
+    let log_path = dirs.root.path().join("log");
+    let log = UnixDatagram::bind(&log_path).unwrap();
+
+    let web1 = fixture("xen-pv.xml", &dirs.sockets());
+    let too_large = vec![b' '; 4 * 1024 * 1024 + 1];
+    let cases: [(&str, Vec<u8>, &str); 5] = [
+        (
+            "broken1",
+            fixture("malformed.xml", &dirs.sockets()),
+            "malformed",
+        ),
+        (
+            "bomb1",
+            fixture("entities.xml", &dirs.sockets()),
+            "malformed",
+        ),
+        ("big1", too_large, "larger than 4194304 bytes"),
+        ("empty1", Vec::new(), "no domain XML"),
+        // The XML of another domain than the hook was called for.
+        ("web9", web1, "describes domain `web1`"),
+    ];
+    for (name, xml, why) in cases {
+        let mut run = Run::new(&sock, &[name, "prepare", "begin", "-"], xml.clone());
+        run.syslog = Some(&log_path);
+        let (o, _) = hook(run).await;
+        assert_exit(&o, 0);
+        let err = stderr(&o);
+        assert!(
+            err.contains("cannot read the domain XML") && err.contains(why),
+            "{name}: {err}"
+        );
+        assert!(err.contains("--strict"), "{name}: {err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        unknown(&broker, name).await;
+        let lines = syslog_lines(&log);
+        assert_eq!(lines.len(), 1, "{name}: {lines:?}");
+        assert!(lines[0].starts_with("<28>xenchan-hook["), "{lines:?}");
+        assert!(lines[0].contains(why), "{lines:?}");
+
+        let (o, _) = hook(Run::new(
+            &sock,
+            &["--strict", name, "prepare", "begin", "-"],
+            xml,
+        ))
+        .await;
+        assert_exit(&o, 65);
+        let err = stderr(&o);
+        assert!(
+            err.contains("aborted (--strict)") && err.contains(why),
+            "{err}"
+        );
+        unknown(&broker, name).await;
+    }
+    // The environment of libvirtd can make it strict too.
+    let o = tokio::task::spawn_blocking({
+        let sock = sock.clone();
+        let xml = fixture("malformed.xml", &dirs.sockets());
+        move || {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_xenchan"))
+                .env("XENCHAN_SOCKET", &sock)
+                .env("XENCHAN_HOOK_STRICT", "1")
+                .args([
+                    "hook", "--syslog", "none", "broken1", "prepare", "begin", "-",
+                ])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(&xml).unwrap();
+            child.wait_with_output().unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert_exit(&o, 65);
+
+    // At release an unreadable XML still releases (always safe): exit 0, no warning.
+    let (o, _) = hook(Run::new(
+        &sock,
+        &["broken1", "release", "end", "-"],
+        b"<domain".to_vec(),
+    ))
+    .await;
+    assert_exit(&o, 0);
+    assert!(o.stderr.is_empty(), "{}", text(&o));
+    broker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusing_broker_aborts_the_start_with_its_reason() {
+    let dirs = Dirs::new();
+    let config = dirs.config();
+    let sock = config.control_socket.clone();
+    let broker = TestBroker::start(config).await;
+    let log_path = dirs.root.path().join("log");
+    let log = UnixDatagram::bind(&log_path).unwrap();
+    let xml = fixture("xen-pv.xml", &dirs.sockets());
+
+    // Another registered domain has this UUID: 409, naming it.
+    let clone_xml = String::from_utf8(xml.clone())
+        .unwrap()
+        .replace("<name>web1</name>", "<name>web2</name>")
+        .replace("web1.sock", "web2.sock")
+        .into_bytes();
+    let (o, _) = hook(Run::new(
+        &sock,
+        &["web1", "prepare", "begin", "-"],
+        xml.clone(),
+    ))
+    .await;
+    assert_exit(&o, 0);
+    let mut run = Run::new(&sock, &["web2", "prepare", "begin", "-"], clone_xml);
+    run.syslog = Some(&log_path);
+    let (o, _) = hook(run).await;
+    assert_exit(&o, 65);
+    let err = stderr(&o);
+    assert!(
+        err.starts_with("xenchan hook: the xenchan broker refused domain web2: ")
+            && err.contains("web1"),
+        "{err}"
+    );
+    let lines = syslog_lines(&log);
+    assert!(
+        lines.len() == 1 && lines[0].starts_with("<27>") && lines[0].contains("web1"),
+        "{lines:?}"
+    );
+
+    // A prepare hook of the broker refuses: its stderr reaches libvirt (and the operator).
+    dirs.hook(
+        "10-capacity",
+        "echo 'no room for web3 on this host' >&2\nexit 1",
+    );
+    let web3 = String::from_utf8(xml)
+        .unwrap()
+        .replace("<name>web1</name>", "<name>web3</name>")
+        .replace("web1.sock", "web3.sock")
+        .replace(U_WEB1, "9d9d9d9d-0000-4000-8000-000000000003")
+        .into_bytes();
+    let (o, _) = hook(Run::new(
+        &sock,
+        &["web3", "prepare", "begin", "-"],
+        web3.clone(),
+    ))
+    .await;
+    assert_exit(&o, 65);
+    assert!(
+        stderr(&o).contains("no room for web3 on this host"),
+        "{}",
+        text(&o)
+    );
+    unknown(&broker, "web3").await;
+
+    // A refusal at reconnect (libvirtd restarted) is only a warning: a failing reconnect
+    // hook would make libvirtd kill the running domain.
+    let (o, _) = hook(Run::new(&sock, &["web3", "reconnect", "begin", "-"], web3)).await;
+    assert_exit(&o, 0);
+    assert!(stderr(&o).contains("keeps running"), "{}", text(&o));
+
+    // A name the broker cannot serve, on a domain with our channel: refused here.
+    let bad = br"<domain><name>web 1</name><devices><channel type='unix'>
+        <source mode='bind' path='/run/xenchan/sockets/web1.sock'/>
+        <target type='xen' name='org.xenchan.agent.1'/></channel></devices></domain>";
+    let (o, _) = hook(Run::new(
+        &sock,
+        &["web 1", "prepare", "begin", "-"],
+        bad.to_vec(),
+    ))
+    .await;
+    assert_exit(&o, 65);
+    assert!(stderr(&o).contains("rename it"), "{}", text(&o));
+    broker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_broker_does_not_abort_unless_strict() {
+    let dirs = Dirs::new();
+    let sock = dirs.root.path().join("no-broker.sock");
+    let log_path = dirs.root.path().join("log");
+    let log = UnixDatagram::bind(&log_path).unwrap();
+    let xml = fixture("xen-pv.xml", &dirs.sockets());
+
+    let mut run = Run::new(&sock, &["web1", "prepare", "begin", "-"], xml.clone());
+    run.syslog = Some(&log_path);
+    let (o, took) = hook(run).await;
+    assert_exit(&o, 0);
+    let err = stderr(&o);
+    assert!(
+        err.contains("without being registered")
+            && err.contains("cannot reach the broker")
+            && err.contains("--strict aborts the start instead"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    let lines = syslog_lines(&log);
+    assert!(
+        lines.len() == 1 && lines[0].starts_with("<28>") && lines[0].contains("web1"),
+        "{lines:?}"
+    );
+
+    let (o, _) = hook(Run::new(
+        &sock,
+        &["--strict", "web1", "prepare", "begin", "-"],
+        xml.clone(),
+    ))
+    .await;
+    assert_exit(&o, 69);
+    assert!(stderr(&o).contains("aborted (--strict)"), "{}", text(&o));
+
+    // release and reconnect never fail on an unreachable broker (release only reports
+    // it with --strict; reconnect never).
+    let (o, _) = hook(Run::new(
+        &sock,
+        &["web1", "release", "end", "-"],
+        xml.clone(),
+    ))
+    .await;
+    assert_exit(&o, 0);
+    assert!(
+        stderr(&o).contains("cannot release domain web1"),
+        "{}",
+        text(&o)
+    );
+    for op in ["reconnect", "attach"] {
+        let (o, _) = hook(Run::new(
+            &sock,
+            &["--strict", "web1", op, "begin", "-"],
+            xml.clone(),
+        ))
+        .await;
+        assert_exit(&o, 0);
+    }
+
+    // Operations that need nothing never contact the broker: strict and brokerless, they
+    // still succeed silently, with nothing on stdout (migrate/restore keep the XML).
+    for (op, sub) in [
+        ("start", "begin"),
+        ("started", "begin"),
+        ("stopped", "end"),
+        ("migrate", "begin"),
+        ("restore", "begin"),
+        ("prepare", "end"),
+        ("some-future-op", "-"),
+    ] {
+        let (o, _) = hook(Run::new(
+            &sock,
+            &["--strict", "web1", op, sub, "-"],
+            xml.clone(),
+        ))
+        .await;
+        assert_exit(&o, 0);
+        assert!(o.stderr.is_empty(), "{op} {sub}: {}", text(&o));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_hook_has_a_deadline() {
+    let dirs = Dirs::new();
+    let xml = fixture("xen-pv.xml", &dirs.sockets());
+
+    // A "broker" that accepts and never answers.
+    let silent = dirs.root.path().join("silent.sock");
+    let listener = UnixListener::bind(&silent).unwrap();
+    let (o, took) = hook(Run::new(
+        &silent,
+        &["--deadline", "1", "web1", "prepare", "begin", "-"],
+        xml.clone(),
+    ))
+    .await;
+    assert_exit(&o, 0);
+    assert!(stderr(&o).contains("--deadline"), "{}", text(&o));
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "took {took:?}"
+    );
+    drop(listener);
+
+    // libvirtd (or whoever) never closes stdin: the hook stops at its deadline.
+    let sock: PathBuf = dirs.root.path().join("none.sock");
+    let run = Run {
+        socket: &sock,
+        args: ["--deadline", "1", "web1", "prepare", "begin", "-"]
+            .iter()
+            .map(|s| (*s).to_string())
+            .collect(),
+        stdin: None,
+        syslog: None,
+    };
+    let (o, took) = hook(run).await;
+    assert_exit(&o, 0);
+    assert!(stderr(&o).contains("not closed"), "{}", text(&o));
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+}
+
+#[test]
+fn hook_help_documents_every_libvirt_operation() {
+    let o = Command::new(env!("CARGO_BIN_EXE_xenchan"))
+        .args(["hook", "--help"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let help = String::from_utf8_lossy(&o.stdout);
+    for word in [
+        "prepare begin",
+        "start begin",
+        "started begin",
+        "stopped end",
+        "release end",
+        "migrate begin",
+        "restore begin",
+        "reconnect begin",
+        "/etc/libvirt/hooks/libxl",
+        "/etc/libvirt/hooks/qemu",
+        "--strict",
+        "--deadline <SECS>",
+        "[default: 5]",
+        "Exit codes:",
+    ] {
+        assert!(help.contains(word), "hook --help lacks {word}:\n{help}");
+    }
+}
