@@ -142,6 +142,14 @@ pub enum ScenarioError {
     /// A wait ran out of time.
     #[error(transparent)]
     Timeout(#[from] Timeout),
+    /// An agent exited on its own.
+    #[error("{crashes}; its log ends with:\n{tail}")]
+    AgentCrashed {
+        /// Which, how.
+        crashes: String,
+        /// The first one's log tail.
+        tail: String,
+    },
     /// The API refused something the scenario needs.
     #[error("control API")]
     Api(#[from] ClientError),
@@ -434,8 +442,28 @@ impl<'a> Play<'a> {
             .collect()
     }
 
+    /// Waits until `names` are configured; fails at once if an agent crashes meanwhile
+    /// (nothing would configure its domain).
     async fn converge(&self, names: &[String]) -> Result<Vec<DomainView>, ScenarioError> {
-        Ok(wait::all_converged(&self.client, names, self.p.deadline).await?)
+        let crashed = async {
+            loop {
+                let crashes: Vec<String> =
+                    self.sim.domains().flat_map(checks::agent_crashes).collect();
+                if let Some(first) = crashes.first() {
+                    let name = first.split(':').next().unwrap_or_default().to_string();
+                    let log = self.sim.env().logs_dir.join(format!("{name}.agent.log"));
+                    return ScenarioError::AgentCrashed {
+                        crashes: crashes.join("; "),
+                        tail: crate::broker::tail(&log, 5),
+                    };
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        };
+        tokio::select! {
+            r = wait::all_converged(&self.client, names, self.p.deadline) => Ok(r?),
+            e = crashed => Err(e),
+        }
     }
 
     /// Waits until the tap of `name` saw a message matching `pred`.

@@ -220,6 +220,20 @@ impl Sim {
 
     /// Creates and boots domains, all at once.
     pub async fn add_domains(&mut self, specs: Vec<DomainSpec>) -> Result<(), SimError> {
+        let agents = self.domains.len() + specs.len();
+        if let Some(limit) = inotify_instance_limit()
+            && agents + 8 > limit
+        {
+            tracing::warn!(
+                "{agents} agents each need an inotify instance and this user may have {limit} \
+                 (fs.inotify.max_user_instances): agents past the limit will fail to start; \
+                 raise it with `sysctl fs.inotify.max_user_instances=1024`"
+            );
+            eprintln!(
+                "warning: {agents} agents need {agents} inotify instances; fs.inotify.max_user_instances is {limit} \
+                 (raise it: sysctl fs.inotify.max_user_instances=1024)"
+            );
+        }
         for s in &specs {
             if !valid_name(&s.name) {
                 return Err(SimError::BadName(s.name.clone()));
@@ -323,4 +337,14 @@ impl Sim {
             self.env.dir.clone()
         }
     }
+}
+
+/// `fs.inotify.max_user_instances`: how many inotify instances one user may hold (each
+/// agent watches its channel folders with one).
+pub fn inotify_instance_limit() -> Option<usize> {
+    std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
