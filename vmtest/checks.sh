@@ -78,6 +78,11 @@ api_set() {
   log "xenchan domain set $name: $(head -n1 <<<"$out")"
 }
 
+# brief JSON: the parts of a DomainView that explain a failure, on one line.
+brief() {
+  jq -c '{state, connected, last_error, desired_generation, applied_generation, items, facts: (.facts | if . then {hostname, kernel} else null end)}' <<<"$1" 2>/dev/null || echo "${1:-(no answer from the broker)}"
+}
+
 # items JSON: "item=status" per item, sorted, space-separated.
 items() {
   json_get "$1" '[.items[] | "\(.item)=\(.status)"] | sort | join(" ")'
@@ -102,7 +107,7 @@ domain_attached() {
 expect_items() {
   local got
   got=$(items "$1")
-  [ "$got" = "$2" ] || fail "item results: got '$got', want '$2' (domain: $(json_get "$1" '{state, last_error, items}'))"
+  [ "$got" = "$2" ] || fail "item results: got '$got', want '$2' (domain: $(brief "$1"))"
   log "items: $got"
 }
 

@@ -31,7 +31,11 @@ virtio_qemu_start() {
 virtio_diag() {
   log "diagnostics (virtio)"
   show_tail "$VT_LOGS/broker-virtio.log" 30
-  [ -n "${V_PORT:-}" ] && VSSH_LIMIT=20 vssh "$V_PORT" journalctl -b -u xenchan-agent.service -o short-monotonic --no-pager -n 40 2>&1 | sed 's/^/    guest: /' >&2 || true
+  if [ -n "${V_PORT:-}" ]; then
+    VSSH_LIMIT=20 vssh "$V_PORT" "journalctl -b -u xenchan-agent.service -o short-monotonic --no-pager -n 40;
+      systemctl show -p ActiveState,MainPID,NRestarts xenchan-agent.service | tr '\n' ' '; echo;
+      ps -o pid,stat,time,pcpu,args -C xenchan-agent" 2>&1 | sed 's/^/    guest: /' >&2 || true
+  fi
   [ -n "${SERIAL:-}" ] && show_tail "$SERIAL" 30
 }
 
@@ -106,7 +110,7 @@ EOF
   make_doc "$V_DIR/doc.json" "$V_HOSTNAME" "$V_MAC2" "$V_CIDR"
   api_set "$V_NAME" "$V_DIR/doc.json"
   wait_for "the agent's result is in the broker's API" 90 1 domain_settled "$V_NAME" ||
-    fail "no result for the pushed configuration: $(api_domain "$V_NAME")"
+    fail "no result for the pushed configuration: $(brief "$(api_domain "$V_NAME")")"
   local j
   j=$(api_domain "$V_NAME")
   virtio_expected_network "$j"
@@ -179,11 +183,11 @@ virtio_reboot() {
   r=$(api_metric xenchan_results_total)
   vssh "$V_PORT" systemctl reboot || true
   vssh_close "$V_PORT"
-  wait_for "the guest is back with a new boot id" 120 3 new_boot "$V_PORT" "$old" || fail "the guest did not come back"
+  wait_for "the guest is back with a new boot id" 150 3 new_boot "$V_PORT" "$old" || fail "the guest did not come back"
   wait_for "the rebooted agent has a session" 60 1 agent_sessions_at_least "$V_PORT" 1 ||
     fail "the agent got no session after the reboot"
   wait_for "the broker shows the domain attached" 30 1 domain_attached "$V_NAME" ||
-    fail "the broker does not show the domain attached: $(api_domain "$V_NAME")"
+    fail "the broker does not show the domain attached: $(brief "$(api_domain "$V_NAME")")"
   sleep 3 # a push would follow the hello at once
   [ "$(api_metric xenchan_pushes_total)" = "$p" ] || fail "the broker pushed again after the reboot"
   [ "$(api_metric xenchan_results_total)" = "$r" ] || fail "a result came after the reboot (something was applied)"
@@ -230,7 +234,7 @@ virtio_hotplug() {
   wait_for "the agent has a new session on the re-added port" 60 1 agent_sessions_at_least "$V_PORT" $((s0 + 1)) ||
     fail "the agent got no session on the re-added port"
   wait_for "the broker shows the domain attached" 30 1 domain_attached "$V_NAME" ||
-    fail "the broker does not show the domain attached: $(api_domain "$V_NAME")"
+    fail "the broker does not show the domain attached: $(brief "$(api_domain "$V_NAME")")"
   sleep 2
   [ "$(api_metric xenchan_pushes_total)" = "$p" ] || fail "the broker pushed again after the port came back"
   [ "$(agent_prop "$V_PORT" MainPID)" = "$V_AGENT_PID" ] && [ "$(agent_prop "$V_PORT" NRestarts)" = 0 ] ||

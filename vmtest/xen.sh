@@ -57,12 +57,16 @@ xen_boot() {
 # domid NAME
 xen_domid() { d0 xl domid "$X_NAME" 2>/dev/null || true; }
 
-# `xl create` with the placeholder channel: the agent in the domU gets its channel from
+# `xl create` with the channel line from `xenchan xl-channel --xl-4.17-workaround`
+# (placeholder first): the agent in the domU gets its channel from
 # udev + xen-console-setup, and the document pushed by the broker is applied.
 xen_create() {
   make_doc "$VT_WORK/domu-doc.json" "$X_HOSTNAME"
   api_set "$X_NAME" "$VT_WORK/domu-doc.json" "$X_UUID"
   local out
+  out=$(d0 "xenchan xl-channel $X_NAME --xl-4.17-workaround | tee -a /etc/xen/vmtest-domu.cfg") ||
+    fail "xenchan xl-channel failed: $out"
+  log "xl config: $out"
   out=$(VSSH_LIMIT=90 d0 xl create /etc/xen/vmtest-domu.cfg 2>&1) || fail "xl create failed: $out"
   X_DOMID=$(xen_domid)
   log "xl create: domid $X_DOMID"
@@ -74,7 +78,7 @@ xen_create() {
   grep -q ": $CHANNEL\$" <<<"$consoles" || fail "xl did not give the domU the channel $CHANNEL (placeholder work-around for xl 4.17?)"
 
   wait_for "the domU agent's result is in the broker's API" 270 3 domain_settled "$X_NAME" ||
-    fail "no result from the domU: $(api_domain "$X_NAME")"
+    fail "no result from the domU: $(brief "$(api_domain "$X_NAME")")"
   local j
   j=$(api_domain "$X_NAME")
   expect_items "$j" "hostname=applied user:cloud=applied"
@@ -97,11 +101,11 @@ xen_reboot() {
   p=$(api_metric xenchan_pushes_total)
   r=$(api_metric xenchan_results_total)
   c=$(api_metric xenchan_connections_total)
-  d0 xl reboot "$X_NAME" >/dev/null || fail "xl reboot failed"
+  d0 xl reboot "$X_NAME" >/dev/null 2>&1 || fail "xl reboot failed"
   wait_for "the broker sees the session end" 90 2 domain_detached "$X_NAME" || fail "the broker did not notice the reboot"
   wait_for "the broker reconnected" 240 3 metric_above xenchan_connections_total "$c" || fail "the broker did not reconnect"
   wait_for "the rebooted domU's agent is attached" 240 3 domain_attached "$X_NAME" ||
-    fail "the domain is not attached after the reboot: $(api_domain "$X_NAME")"
+    fail "the domain is not attached after the reboot: $(brief "$(api_domain "$X_NAME")")"
   local domid
   domid=$(xen_domid)
   [ -n "$domid" ] && [ "$domid" != "$X_DOMID" ] || fail "domid did not change ($X_DOMID -> $domid)"
@@ -123,7 +127,7 @@ sock_gone() { d0 test ! -e "$X_SOCK"; }
 xen_destroy() {
   local j
   sleep 3 # the domU's journal reaches its disk (SyncIntervalSec=2s in the image)
-  d0 xl destroy "$X_NAME" >/dev/null || fail "xl destroy failed"
+  d0 xl destroy "$X_NAME" >/dev/null 2>&1 || fail "xl destroy failed"
   wait_for "the channel socket is gone" 30 1 sock_gone || fail "$X_SOCK stayed after xl destroy"
   wait_for "the broker ended the session" 30 1 domain_detached "$X_NAME" || fail "the broker still shows a session"
   j=$(api_domain "$X_NAME")
