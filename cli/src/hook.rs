@@ -50,22 +50,26 @@ every other domain is left alone, at once. The hook never writes to standard out
 4 MiB of XML and finishes within --deadline.
 
 What each libvirt call does (the same for the libxl and the qemu hook):
-  prepare begin    register the domain: UUID and channels (POST .../prepare). The broker
-                   checks the UUID is not another domain's, confirms leases and runs its
-                   own prepare hooks. If it refuses, this exits 65 with the reason on
-                   stderr and libvirt aborts the start.
-  start begin      nothing (the broker finds the channel socket when QEMU makes it)
-  started begin    nothing
-  stopped end      nothing (the broker sees the socket close)
-  release end      release the domain (POST .../release): its session stops, the desired
-                   configuration stays. Never fails the operation.
-  migrate begin    nothing, and no output (the XML is kept as it is); the `prepare` that
-                   follows on the destination registers the domain there, the source's
-                   `release` releases it there
-  restore begin    nothing, and no output; the `prepare` that follows registers it
-  reconnect begin  register again (libvirtd restarted with running domains), but never
-  attach begin     fail: a failing reconnect hook makes libvirtd kill the domain
-  anything else    nothing
+
+`prepare begin`: register the domain, its UUID and channels (POST \
+/v1/domains/{name}/prepare). The broker checks that no other domain has this UUID, \
+confirms the domain's leases and runs its own prepare hooks. If it refuses, this exits \
+65 with the reason on stderr and libvirt aborts the start.
+
+`start begin`, `started begin`, `stopped end`: nothing. The broker finds the channel \
+socket when QEMU makes it, and sees it close.
+
+`release end`: release the domain (POST /v1/domains/{name}/release): its session stops, \
+its desired configuration stays. Never fails the operation.
+
+`migrate begin`, `restore begin`: nothing, and no output (the XML stays as it is). The \
+`prepare begin` that follows registers the domain (on the destination host for a \
+migration; the source host's `release end` releases it there).
+
+`reconnect begin`, `attach begin` (libvirtd restarted with running domains): register \
+again, but never fail: a failing reconnect hook makes libvirtd kill the domain.
+
+Anything else: nothing.
 
 When the broker cannot be reached at `prepare` (no socket, refused, no answer within the \
 deadline, 5xx, a broker without these endpoints) or the XML cannot be read, the start is \
