@@ -8,9 +8,12 @@ CARGO ?= cargo
 setup:
 	@scripts/setup.sh
 
-## The simulated end-to-end demo.
+## The simulated end-to-end demo: a real broker, real agents and the real udev helper
+## against simulated Xen domains (xenchan-sim plays QEMU, udev and xenstore).
+## Options: make demo DEMO_ARGS="--domains 10 --scenario reboot --keep"
+DEMO_ARGS ?=
 demo: setup
-	$(CARGO) run --locked -q -p xenchan-protocol --example transcript
+	$(CARGO) run --locked -q -p xenchan-sim -- demo $(DEMO_ARGS)
 
 ## Every test of the workspace (unit, property, integration, end-to-end).
 test: setup
