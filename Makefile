@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo test check fuzz transcript setup
+.PHONY: demo test check fuzz transcript setup deb deb-test
 
 setup:
 	@scripts/setup.sh
@@ -37,3 +37,12 @@ fuzz:
 	  mkdir -p corpus/$$t && cp -n seeds/$$t/* corpus/$$t/ && \
 	  RUSTC_BOOTSTRAP=1 cargo fuzz run -O $$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
 	done
+
+## Debian packages xenchan-broker (dom0) and xenchan-agent (guests) into target/debian/.
+deb: setup
+	command -v cargo-deb >/dev/null || $(CARGO) install cargo-deb --locked
+	$(CARGO) xtask deb
+
+## lintian, then install, start and purge the packages in a fresh Debian 12 chroot (root).
+deb-test: deb
+	packaging/test-install.sh
