@@ -1,0 +1,86 @@
+//! `xenchan-bench-agent`: the real agent library run exactly as `xenchan-agent` runs it
+//! (same command line, same options, current-thread runtime, sd_notify), with one
+//! addition the binary does not expose: `NetworkOptions::netns` from the
+//! `XENCHAN_BENCH_NETNS` environment variable (a path such as `/run/netns/NAME`), so the
+//! live network part acts in a test namespace while files go under a temporary root.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use xenchan_agent::cli::AgentArgs;
+use xenchan_agent::logging;
+use xenchan_agent::{AgentOptions, NetworkOptions, Timing};
+
+fn main() -> ExitCode {
+    let cli = match AgentArgs::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(2);
+        }
+    };
+    if cli.command.is_some() {
+        eprintln!("xenchan-bench-agent: subcommands are the real xenchan-agent's");
+        return ExitCode::from(2);
+    }
+    logging::init(cli.log_format, "info");
+    let netns = std::env::var_os("XENCHAN_BENCH_NETNS")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    let opts = AgentOptions {
+        channel: cli.channel,
+        channel_dir: cli.channel_dir,
+        virtio_dir: cli.virtio_dir,
+        device: cli.device,
+        root: cli.root,
+        state_dir: cli.state_dir,
+        live_hostname: !cli.no_live_hostname,
+        registry_dir: Some(cli.registry_dir),
+        sd_notify: true,
+        network: NetworkOptions {
+            renderer: cli.network_renderer,
+            live: cli.network_live,
+            netns,
+        },
+        timing: Timing {
+            keepalive: Duration::from_secs(cli.keepalive_secs),
+            beacon_max: Duration::from_secs(cli.beacon_max_secs),
+            ..Timing::default()
+        },
+        ..AgentOptions::default()
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("xenchan-bench-agent: cannot start the async runtime: {e}");
+            return ExitCode::from(69);
+        }
+    };
+    match runtime.block_on(xenchan_agent::run(opts, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = e.exit_code();
+            eprintln!("xenchan-bench-agent: {:#}", anyhow::Error::from(e));
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,148 @@
+//! The agent's footprint: start to ready (spawn until its sd_notify `READY=1`, sent once
+//! it watches for its device), idle RSS once waiting, and the stripped binary's size;
+//! qemu-guest-agent's idle RSS beside it when installed.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::bins::Bins;
+use crate::child::Child;
+use crate::notify::NotifySocket;
+use crate::procfs;
+use crate::report::ms;
+
+/// How long after READY the idle RSS is read (lazy start-up work settles).
+pub const IDLE_AFTER: Duration = Duration::from_millis(300);
+
+/// What was measured.
+#[derive(Debug)]
+pub struct Samples {
+    /// Spawn to READY=1, ms.
+    pub start_to_ready: Vec<f64>,
+    /// VmRSS while waiting for the device, KiB.
+    pub idle_rss_kib: Vec<f64>,
+    /// The release binary's size as built, bytes.
+    pub binary_bytes: u64,
+    /// After `strip`, bytes.
+    pub stripped_bytes: Option<u64>,
+    /// qemu-ga's VmRSS while idle on a tty, KiB; `Err` says why not measured.
+    pub qga_rss_kib: Result<Vec<f64>, String>,
+}
+
+/// Starts the real agent `runs` times in a guest root under `base` whose channel never
+/// appears.
+pub fn run(bins: &Bins, base: &Path, runs: usize) -> anyhow::Result<Samples> {
+    let tmp = tempfile::Builder::new().prefix("xcf").tempdir_in(base)?;
+    let dir = tmp.path();
+    let root = xenchan_sim::guest::GuestRoot::create(
+        dir.join("g"),
+        &xenchan_sim::guest::GuestIdentity {
+            uuid: xenchan_sim::guest::random_uuid(),
+            mac: "00:16:3e:f0:00:01".into(),
+            cloud_uid: nix::unistd::getuid().as_raw(),
+            cloud_gid: nix::unistd::getgid().as_raw(),
+        },
+    )?;
+    let notify = NotifySocket::bind(&dir.join("notify"))?;
+    let mut out = Samples {
+        start_to_ready: Vec::new(),
+        idle_rss_kib: Vec::new(),
+        binary_bytes: 0,
+        stripped_bytes: None,
+        qga_rss_kib: Err("not measured".into()),
+    };
+    for i in 0..runs {
+        let mut cmd = Command::new(&bins.agent);
+        cmd.arg("--channel-dir")
+            .arg(root.channel_dir())
+            .arg("--virtio-dir")
+            .arg(root.join("dev/virtio-ports"))
+            .arg("--root")
+            .arg(root.path())
+            .arg("--state-dir")
+            .arg(root.state_dir())
+            .arg("--no-live-hostname")
+            .arg("--registry-dir")
+            .arg(dir.join("registry.d"))
+            .env("NOTIFY_SOCKET", notify.path())
+            .env("RUST_LOG", crate::agent_log())
+            .stdin(std::process::Stdio::null());
+        notify.drain();
+        let t = Instant::now();
+        let mut agent = Child::spawn("the agent", &mut cmd, &dir.join(format!("agent{i}.log")))?;
+        let ready = match notify.wait_ready(Duration::from_secs(10)) {
+            Ok(at) => at,
+            Err(e) => {
+                agent.check_running()?;
+                return Err(e).context("the agent did not signal READY=1");
+            }
+        };
+        out.start_to_ready.push(ms(ready.duration_since(t)));
+        std::thread::sleep(IDLE_AFTER);
+        agent.check_running()?;
+        out.idle_rss_kib
+            .push(procfs::memory(agent.pid())?.rss_kib as f64);
+        agent.terminate(Duration::from_secs(3));
+    }
+    out.binary_bytes = std::fs::metadata(&bins.agent)?.len();
+    let copy = dir.join("xenchan-agent.stripped");
+    std::fs::copy(&bins.agent, &copy)?;
+    out.stripped_bytes = Command::new("strip")
+        .arg(&copy)
+        .status()
+        .ok()
+        .filter(std::process::ExitStatus::success)
+        .and_then(|_| std::fs::metadata(&copy).ok())
+        .map(|m| m.len());
+    out.qga_rss_kib = qga_idle(dir, runs.min(3));
+    Ok(out)
+}
+
+/// qemu-ga on a pty slave (no namespaces needed: idle, it changes nothing), VmRSS after
+/// it opened its channel.
+fn qga_idle(dir: &Path, runs: usize) -> Result<Vec<f64>, String> {
+    let Some(bin) = crate::qga::binary() else {
+        return Err("qemu-guest-agent is not installed".into());
+    };
+    let mut v = Vec::new();
+    for i in 0..runs {
+        let r = (|| -> anyhow::Result<f64> {
+            let (master, slave) = open_pty()?;
+            let state = dir.join(format!("qga-state{i}"));
+            std::fs::create_dir_all(&state)?;
+            let mut cmd = Command::new(&bin);
+            cmd.args(["-m", "isa-serial", "-p"])
+                .arg(&slave)
+                .arg("-t")
+                .arg(&state)
+                .arg("-f")
+                .arg(dir.join(format!("qga{i}.pid")))
+                .stdin(std::process::Stdio::null());
+            let mut child = Child::spawn("qemu-ga", &mut cmd, &dir.join(format!("qga{i}.log")))?;
+            // It opens its channel right after start; give it the same settling time.
+            std::thread::sleep(IDLE_AFTER * 2);
+            child.check_running()?;
+            let rss = procfs::memory(child.pid())?.rss_kib as f64;
+            child.terminate(Duration::from_secs(3));
+            drop(master);
+            Ok(rss)
+        })();
+        match r {
+            Ok(x) => v.push(x),
+            Err(e) => return Err(format!("qemu-ga did not run: {e:#}")),
+        }
+    }
+    Ok(v)
+}
+
+fn open_pty() -> anyhow::Result<(nix::pty::PtyMaster, std::path::PathBuf)> {
+    use nix::fcntl::OFlag;
+    let m = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)?;
+    nix::pty::grantpt(&m)?;
+    nix::pty::unlockpt(&m)?;
+    let p = nix::pty::ptsname_r(&m)?;
+    Ok((m, p.into()))
+}

@@ -1,0 +1,529 @@
+//! End-to-end latency over the simulator's pty channel (`xenchan_sim::bridge`: QEMU's
+//! socket, the 1 KiB host-to-guest window, a real tty): connect, handshake, push of a
+//! hostname, one address applied over netlink in a network namespace, three ssh keys
+//! (every file fsynced by the agent), result. Three guests behind three identical
+//! bridges, measured in turns within one loop so that the machine's noise hits them
+//! alike:
+//!
+//! - the real agent (`xenchan-bench-agent`: the agent library as the binary runs it,
+//!   with the library's netns option), files under a temporary guest root;
+//! - qemu-guest-agent (when installed), doing the same job the only way it can
+//!   (`guest-ssh-add-authorized-keys`, `guest-exec` of `hostname` and `ip`), in its own
+//!   network, UTS and mount namespaces (its user's passwd entry bind-mounted in);
+//! - a null guest that answers at once: the floor set by the bridge and the protocol.
+
+use std::fmt::Write as _;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::runtime::Handle;
+use xenchan_protocol::GuestConfig;
+use xenchan_sim::bridge::{Backend, BackendConfig, ChannelState};
+use xenchan_sim::guest::{GuestIdentity, GuestRoot};
+use xenchan_sim::pty::Pty;
+
+use crate::bins::Bins;
+use crate::child::Child;
+use crate::configs::{self, IFACE, USER};
+use crate::netns::{self, NetNs};
+use crate::notify::NotifySocket;
+use crate::qga;
+use crate::report::ms;
+use crate::wire;
+
+/// The MAC of the xenchan guest's NIC.
+pub const MAC_AGENT: &str = "00:16:3e:b0:00:01";
+/// The MAC of the qemu-guest-agent guest's NIC.
+pub const MAC_QGA: &str = "00:16:3e:b0:00:02";
+/// Iterations before measuring (first apply, caches, qemu-ga's first address).
+pub const WARMUP: usize = 2;
+/// Deadline of one iteration.
+pub const ITERATION_TIMEOUT: Duration = Duration::from_secs(20);
+/// uid/gid of the qemu-ga test user.
+pub const QGA_UID: u32 = 4242;
+
+/// What one run measured (milliseconds per iteration).
+#[derive(Debug)]
+pub struct Samples {
+    /// xenchan: connect to result.
+    pub xenchan: Vec<f64>,
+    /// xenchan: connect to the agent's hello.
+    pub handshake: Vec<f64>,
+    /// qemu-ga: connect to the last command's answer; `Err` says why it was skipped.
+    pub qga: Result<Vec<f64>, String>,
+    /// qga / xenchan per iteration.
+    pub ratio: Vec<f64>,
+    /// The null guest.
+    pub floor: Vec<f64>,
+    /// Whether the network item went over netlink in a namespace.
+    pub live_network: bool,
+}
+
+/// A channel backend (socket + pty) running on `rt`.
+struct Channel {
+    backend: Option<Backend>,
+    socket: PathBuf,
+    slave: PathBuf,
+}
+
+impl Channel {
+    fn open(rt: &Handle, socket: PathBuf) -> anyhow::Result<Channel> {
+        let _guard = rt.enter();
+        let pty = Pty::open().context("opening a pty")?;
+        let slave = pty.slave_path().to_path_buf();
+        let state = Arc::new(Mutex::new(ChannelState::default()));
+        let backend = Backend::spawn(pty, BackendConfig::new(&socket), state)
+            .with_context(|| format!("channel socket {}", socket.display()))?;
+        Ok(Channel {
+            backend: Some(backend),
+            socket,
+            slave,
+        })
+    }
+
+    fn stop(&mut self, rt: &Handle) {
+        if let Some(b) = self.backend.take() {
+            rt.block_on(b.stop());
+        }
+    }
+}
+
+/// The xenchan side: guest root, channel, namespace, agent process.
+struct AgentGuest {
+    root: GuestRoot,
+    chan: Channel,
+    ns: Option<NetNs>,
+    agent: Child,
+}
+
+fn start_agent_guest(
+    rt: &Handle,
+    bins: &Bins,
+    dir: &Path,
+    notify: &NotifySocket,
+) -> anyhow::Result<AgentGuest> {
+    let root = GuestRoot::create(
+        dir.join("g"),
+        &GuestIdentity {
+            uuid: xenchan_sim::guest::random_uuid(),
+            mac: MAC_AGENT.into(),
+            cloud_uid: nix::unistd::getuid().as_raw(),
+            cloud_gid: nix::unistd::getgid().as_raw(),
+        },
+    )
+    .context("guest root")?;
+    let chan = Channel::open(rt, dir.join("a.sock"))?;
+    root.new_boot(&chan.slave).context("guest /dev")?;
+    let ns = match netns::unavailable() {
+        None => Some(NetNs::create(
+            &format!("xcb{}a", std::process::id()),
+            IFACE,
+            MAC_AGENT,
+        )?),
+        Some(_) => None,
+    };
+    let mut cmd = Command::new(&bins.bench_agent);
+    cmd.arg("--device")
+        .arg(root.hvc())
+        .arg("--root")
+        .arg(root.path())
+        .arg("--state-dir")
+        .arg(root.state_dir())
+        .arg("--no-live-hostname")
+        .args(["--network-renderer", "networkd"])
+        .args(["--network-live", "always"])
+        .arg("--registry-dir")
+        .arg(dir.join("registry.d"))
+        .env("NOTIFY_SOCKET", notify.path())
+        .env("RUST_LOG", crate::agent_log())
+        .stdin(std::process::Stdio::null());
+    if let Some(ns) = &ns {
+        cmd.env("XENCHAN_BENCH_NETNS", ns.path());
+    }
+    notify.drain();
+    let mut agent = Child::spawn("the agent", &mut cmd, &dir.join("agent.log"))?;
+    if let Err(e) = notify.wait_ready(Duration::from_secs(10)) {
+        agent.check_running()?;
+        return Err(e).context("the agent did not signal READY=1");
+    }
+    Ok(AgentGuest {
+        root,
+        chan,
+        ns,
+        agent,
+    })
+}
+
+/// The qemu-ga side.
+struct QgaGuest {
+    chan: Channel,
+    ns: NetNs,
+    home: PathBuf,
+    qga: Child,
+}
+
+fn start_qga_guest(rt: &Handle, dir: &Path) -> Result<QgaGuest, String> {
+    let Some(bin) = qga::binary() else {
+        return Err("qemu-guest-agent is not installed (apt-get install qemu-guest-agent)".into());
+    };
+    if let Some(why) = netns::unavailable() {
+        return Err(format!(
+            "qemu-guest-agent needs namespaces here (it would change this machine's hostname and addresses): {why}"
+        ));
+    }
+    start_qga_inner(rt, dir, &bin)
+        .map_err(|e| format!("qemu-guest-agent could not be set up: {e:#}"))
+}
+
+fn start_qga_inner(rt: &Handle, dir: &Path, bin: &Path) -> anyhow::Result<QgaGuest> {
+    let q = dir.join("q");
+    let home = q.join("home").join(USER);
+    std::fs::create_dir_all(&home)?;
+    let owner = Some(nix::unistd::Uid::from_raw(QGA_UID));
+    nix::unistd::chown(&home, owner, Some(nix::unistd::Gid::from_raw(QGA_UID)))?;
+    // Its user must be in the passwd file it reads: a copy of this machine's with the
+    // test user added, bind-mounted over /etc/passwd in qemu-ga's own mount namespace.
+    let mut passwd = String::new();
+    let ours = format!("{USER}:");
+    for l in std::fs::read_to_string("/etc/passwd")?.lines() {
+        if !l.starts_with(&ours) {
+            passwd.push_str(l);
+            passwd.push('\n');
+        }
+    }
+    let _ = writeln!(
+        passwd,
+        "{USER}:x:{QGA_UID}:{QGA_UID}:bench:{}:/bin/sh",
+        home.display()
+    );
+    let passwd_path = q.join("passwd");
+    std::fs::write(&passwd_path, passwd)?;
+    std::fs::create_dir_all(q.join("state"))?;
+    let ns = NetNs::create(&format!("xcb{}q", std::process::id()), IFACE, MAC_QGA)?;
+    let chan = Channel::open(rt, dir.join("q.sock"))?;
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns.name()])
+        .args([
+            "unshare",
+            "--uts",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+        ])
+        .args([
+            "/bin/sh",
+            "-c",
+            r#"mount --bind "$0" /etc/passwd && exec "$1" -m isa-serial -p "$2" -t "$3" -f "$4""#,
+        ])
+        .arg(&passwd_path)
+        .arg(bin)
+        .arg(&chan.slave)
+        .arg(q.join("state"))
+        .arg(q.join("qga.pid"))
+        .stdin(std::process::Stdio::null());
+    let mut child = Child::spawn("qemu-ga", &mut cmd, &dir.join("qga.log"))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        child.check_running()?;
+        let ok = qga::Qga::connect(&chan.socket)
+            .map_err(anyhow::Error::from)
+            .and_then(|mut c| c.sync(Instant::now() + Duration::from_millis(300)));
+        if ok.is_ok() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("qemu-ga did not answer guest-sync-delimited within 10 s");
+        }
+    }
+    Ok(QgaGuest {
+        chan,
+        ns,
+        home,
+        qga: child,
+    })
+}
+
+/// The null guest: a thread answering on the raw pty slave.
+struct NullGuest {
+    chan: Channel,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn start_null_guest(rt: &Handle, dir: &Path) -> anyhow::Result<NullGuest> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let chan = Channel::open(rt, dir.join("n.sock"))?;
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(&chan.slave)?;
+    let mut t = nix::sys::termios::tcgetattr(tty.as_fd())?;
+    nix::sys::termios::cfmakeraw(&mut t);
+    nix::sys::termios::tcsetattr(tty.as_fd(), nix::sys::termios::SetArg::TCSANOW, &t)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = Arc::clone(&stop);
+    let thread = std::thread::spawn(move || wire::null_guest(tty, &s2));
+    Ok(NullGuest {
+        chan,
+        stop,
+        thread: Some(thread),
+    })
+}
+
+/// Runs `iterations` measured rounds (after [`WARMUP`]) in a fresh folder under `base`.
+pub fn run(rt: &Handle, bins: &Bins, base: &Path, iterations: usize) -> anyhow::Result<Samples> {
+    let tmp = tempfile::Builder::new()
+        .prefix("xcb")
+        .tempdir_in(base)
+        .with_context(|| format!("temporary folder in {}", base.display()))?;
+    let r = run_in(rt, bins, tmp.path(), iterations);
+    crate::keep_if(tmp, r.is_err());
+    r
+}
+
+fn run_in(rt: &Handle, bins: &Bins, dir: &Path, iterations: usize) -> anyhow::Result<Samples> {
+    let notify = NotifySocket::bind(&dir.join("notify"))?;
+    let mut agent_guest = start_agent_guest(rt, bins, dir, &notify)?;
+    let mut qga_guest = start_qga_guest(rt, dir);
+    let mut null = start_null_guest(rt, dir)?;
+    let configs = [
+        configs::latency_config(0, MAC_AGENT),
+        configs::latency_config(1, MAC_AGENT),
+    ];
+    let keys = [configs::latency_keys(0), configs::latency_keys(1)];
+    let mut out = Samples {
+        xenchan: Vec::new(),
+        handshake: Vec::new(),
+        qga: Err("not measured".into()),
+        ratio: Vec::new(),
+        floor: Vec::new(),
+        live_network: agent_guest.ns.is_some(),
+    };
+    let mut qga_samples = Vec::new();
+    let mut qga_error: Option<String> = None;
+    for i in 0..WARMUP + iterations {
+        let variant = i as u64 % 2;
+        let generation = i as u64 + 1;
+        let measured = i >= WARMUP;
+        // xenchan
+        let (result, times) = wire::push_once(
+            &agent_guest.chan.socket,
+            &configs[variant as usize],
+            generation,
+            ITERATION_TIMEOUT,
+        )
+        .map_err(|e| {
+            let alive = agent_guest.agent.check_running().err();
+            anyhow::anyhow!(
+                "xenchan push {i}: {e}{}",
+                alive.map(|x| format!(" ({x:#})")).unwrap_or_default()
+            )
+        })?;
+        if !result.all_ok() {
+            bail!(
+                "xenchan push {i} did not apply every item: {:?}",
+                result.items
+            );
+        }
+        let x = ms(times.total);
+        if measured {
+            out.xenchan.push(x);
+            out.handshake.push(ms(times.handshake));
+        }
+        // qemu-ga
+        if let Ok(g) = &mut qga_guest
+            && qga_error.is_none()
+        {
+            let hostname = configs::latency_hostname(variant);
+            let add = configs::latency_address(variant);
+            let del = configs::latency_address(variant + 1);
+            let job = qga::Job {
+                user: USER,
+                keys: &keys[variant as usize],
+                hostname: &hostname,
+                iface: IFACE,
+                add: &add,
+                del: &del,
+            };
+            let t = Instant::now();
+            match qga::push_once(&g.chan.socket, &job, ITERATION_TIMEOUT) {
+                Ok((h, ipc)) => {
+                    let took = ms(t.elapsed());
+                    if measured {
+                        if h != 0 || ipc != 0 {
+                            qga_error = Some(format!(
+                                "qemu-ga: hostname exited {h}, ip exited {ipc} (see {})",
+                                dir.join("qga.log").display()
+                            ));
+                        } else {
+                            qga_samples.push(took);
+                            out.ratio.push(took / x);
+                        }
+                    }
+                }
+                Err(e) => qga_error = Some(format!("qemu-ga push {i} failed: {e:#}")),
+            }
+        }
+        // null guest
+        let (_, times) = wire::push_once(
+            &null.chan.socket,
+            &configs[variant as usize],
+            generation,
+            ITERATION_TIMEOUT,
+        )
+        .map_err(|e| anyhow::anyhow!("null guest push {i}: {e}"))?;
+        if measured {
+            out.floor.push(ms(times.total));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let last = (WARMUP + iterations - 1) as u64 % 2;
+    verify_agent_guest(&agent_guest, last)?;
+    out.qga = match (qga_guest.as_ref(), qga_error) {
+        (Err(why), _) => Err(why.clone()),
+        (Ok(_), Some(e)) => Err(e),
+        (Ok(g), None) => {
+            verify_qga_guest(g, last, &keys[last as usize])?;
+            Ok(qga_samples)
+        }
+    };
+    // Orderly teardown: processes first, then channels, then namespaces (drops).
+    agent_guest.agent.terminate(Duration::from_secs(3));
+    agent_guest.chan.stop(rt);
+    if let Ok(g) = &mut qga_guest {
+        g.qga.terminate(Duration::from_secs(3));
+        g.chan.stop(rt);
+    }
+    null.stop.store(true, Ordering::Relaxed);
+    null.chan.stop(rt);
+    if let Some(t) = null.thread.take() {
+        let _ = t.join();
+    }
+    Ok(out)
+}
+
+/// The guest really holds the last variant: hostname file, keys, address in the namespace.
+fn verify_agent_guest(a: &AgentGuest, v: u64) -> anyhow::Result<()> {
+    let want_host = configs::latency_hostname(v);
+    let short = want_host.split('.').next().unwrap_or_default();
+    let got = std::fs::read_to_string(a.root.join("etc/hostname"))?;
+    anyhow::ensure!(
+        got.trim() == short,
+        "guest etc/hostname is {got:?}, not {short}"
+    );
+    let keys = std::fs::read_to_string(a.root.join("home/cloud/.ssh/authorized_keys"))?;
+    for k in configs::latency_keys(v) {
+        let blob = k.split_whitespace().nth(1).unwrap_or_default();
+        anyhow::ensure!(
+            keys.contains(blob),
+            "a pushed key is missing from authorized_keys"
+        );
+    }
+    if let Some(ns) = &a.ns {
+        let addrs = ns.addresses(IFACE)?;
+        anyhow::ensure!(
+            addrs.contains(&configs::latency_address(v)),
+            "namespace {} has {addrs:?}, not {}",
+            ns.name(),
+            configs::latency_address(v)
+        );
+    }
+    Ok(())
+}
+
+fn verify_qga_guest(g: &QgaGuest, v: u64, keys: &[String]) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(g.home.join(".ssh/authorized_keys"))
+        .context("qemu-ga's authorized_keys")?;
+    for k in keys {
+        anyhow::ensure!(text.contains(k.as_str()), "qemu-ga did not write a key");
+    }
+    let addrs = g.ns.addresses(IFACE)?;
+    anyhow::ensure!(
+        addrs.contains(&configs::latency_address(v)),
+        "qemu-ga namespace has {addrs:?}"
+    );
+    Ok(())
+}
+
+/// The documents pushed, for the report's notes.
+pub fn describe() -> String {
+    let c: GuestConfig = configs::latency_config(0, MAC_AGENT);
+    format!(
+        "{} bytes of JSON: {} (ssh keys ed25519)",
+        c.canonical_json().len(),
+        c.items().join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// The floor's guest answers a real push through the simulator's bridge.
+    #[test]
+    fn null_guest_answers_through_the_bridge() {
+        let rt = runtime();
+        let dir = tempfile::tempdir().unwrap();
+        let mut n = start_null_guest(rt.handle(), dir.path()).unwrap();
+        let cfg = configs::latency_config(0, MAC_AGENT);
+        for generation in 1..=3 {
+            let (r, t) =
+                wire::push_once(&n.chan.socket, &cfg, generation, Duration::from_secs(10)).unwrap();
+            assert_eq!(r.generation, generation);
+            assert_eq!(r.items.len(), 3);
+            assert!(t.handshake <= t.total);
+        }
+        n.stop.store(true, Ordering::Relaxed);
+        n.chan.stop(rt.handle());
+        n.thread.take().unwrap().join().unwrap();
+    }
+
+    /// qemu-guest-agent does the job in its namespaces: keys written, address set.
+    #[test]
+    fn qemu_guest_agent_does_the_same_job() {
+        let rt = runtime();
+        let dir = tempfile::tempdir().unwrap();
+        let mut g = match start_qga_guest(rt.handle(), dir.path()) {
+            Ok(g) => g,
+            Err(why) => {
+                eprintln!("SKIP: {why}");
+                return;
+            }
+        };
+        let keys = configs::latency_keys(0);
+        let (host, add, del) = (
+            configs::latency_hostname(0),
+            configs::latency_address(0),
+            configs::latency_address(1),
+        );
+        let job = qga::Job {
+            user: USER,
+            keys: &keys,
+            hostname: &host,
+            iface: IFACE,
+            add: &add,
+            del: &del,
+        };
+        let (h, _first_del_fails) =
+            qga::push_once(&g.chan.socket, &job, Duration::from_secs(20)).unwrap();
+        assert_eq!(h, 0);
+        verify_qga_guest(&g, 0, &keys).unwrap();
+        g.qga.terminate(Duration::from_secs(3));
+        g.chan.stop(rt.handle());
+    }
+}

@@ -1,0 +1,285 @@
+//! Broker scale: the real broker (release binary, a child process so its RSS and CPU are
+//! its own) against N domains, each a unix socket served by the guest swarm in another
+//! process. Phases:
+//!
+//! 1. the broker alone (no socket): baseline RSS and CPU;
+//! 2. the swarm creates the N sockets: the broker finds them (inotify), connects, says
+//!    hello and records each agent's answer; timed from the swarm's start until every
+//!    domain is `idle` (handshook, nothing to push). RSS then gives memory per idle
+//!    session: (RSS with N idle sessions - baseline) / N;
+//! 3. a configuration per domain through the API (PUT, 16 at a time): timed from the
+//!    first PUT until the broker has recorded N results (`xenchan_results_total`).
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::runtime::Handle;
+use xenchan_broker::client::Client;
+use xenchan_sim::broker::Broker;
+
+use crate::bins::Bins;
+use crate::child::Child;
+use crate::procfs;
+use crate::swarm::domain_name;
+
+/// Concurrent PUT requests (the API serves 64 connections at once by default).
+pub const PUT_CONCURRENCY: usize = 16;
+
+/// Domains per swarm process: each holds a listener and a connection per domain, and
+/// RLIMIT_NOFILE cannot always be raised past 20,000 (no CAP_SYS_RESOURCE in containers).
+pub const SHARD: usize = 4000;
+
+/// Socket name prefix.
+pub const PREFIX: &str = "d";
+
+/// One run at one N.
+#[derive(Debug, Clone, Default)]
+pub struct Point {
+    /// Domains.
+    pub n: usize,
+    /// Swarm start until every domain is handshook and idle, seconds.
+    pub discover_s: f64,
+    /// First PUT until N results recorded, seconds.
+    pub configure_s: f64,
+    /// First PUT until the last PUT was answered, seconds.
+    pub put_s: f64,
+    /// Broker VmRSS with no session, KiB.
+    pub rss_base_kib: u64,
+    /// Broker VmRSS with N idle sessions, KiB.
+    pub rss_idle_kib: u64,
+    /// Broker VmRSS after configuring, KiB.
+    pub rss_after_kib: u64,
+    /// Broker VmHWM at the end, KiB.
+    pub hwm_kib: u64,
+    /// Broker CPU seconds spent discovering and handshaking.
+    pub cpu_discover_s: f64,
+    /// Broker CPU seconds spent configuring (PUTs, pushes, results).
+    pub cpu_configure_s: f64,
+}
+
+impl Point {
+    /// KiB of broker memory per idle session.
+    pub fn per_session_kib(&self) -> f64 {
+        (self.rss_idle_kib as f64 - self.rss_base_kib as f64) / self.n as f64
+    }
+    /// Pushes (recorded results) per second.
+    pub fn pushes_per_s(&self) -> f64 {
+        self.n as f64 / self.configure_s
+    }
+}
+
+fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+async fn wait_metric(
+    client: &Client,
+    name: &str,
+    want: u64,
+    timeout: Duration,
+    every: Duration,
+    alive: &mut dyn FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Instant> {
+    let start = Instant::now();
+    let mut last = None;
+    loop {
+        if let Ok(text) = client.metrics().await {
+            let now = Instant::now();
+            last = metric(&text, name);
+            if last.is_some_and(|v| v >= want) {
+                return Ok(now);
+            }
+        }
+        alive()?;
+        if start.elapsed() > timeout {
+            bail!(
+                "{name} reached {last:?}, not {want}, within {} s",
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Measures one N in a fresh folder under `base` (keep it short: socket paths).
+pub fn run(rt: &Handle, bins: &Bins, base: &Path, n: usize) -> anyhow::Result<Point> {
+    // The broker (our child, same limits) holds a connection per domain.
+    let want = n as u64 + 512;
+    let limit = procfs::raise_nofile(want);
+    if limit < want {
+        bail!(
+            "RLIMIT_NOFILE is {limit}; the broker needs about {want} descriptors for {n} domains"
+        );
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("xcs")
+        .tempdir_in(base)
+        .with_context(|| format!("temporary folder in {}", base.display()))?;
+    let dir = tmp.path().to_path_buf();
+    let sockets = dir.join("s");
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&sockets)?;
+    std::fs::create_dir_all(&logs)?;
+    let r = rt.block_on(run_async(bins, &dir, &sockets, &logs, n));
+    crate::keep_if(tmp, r.is_err());
+    r
+}
+
+async fn run_async(
+    bins: &Bins,
+    dir: &Path,
+    sockets: &Path,
+    logs: &Path,
+    n: usize,
+) -> anyhow::Result<Point> {
+    let mut config = xenchan_sim::broker::config_for(dir, sockets);
+    config.limits.max_domains = config.limits.max_domains.max(n + 16);
+    let mut broker = Broker::start(&bins.broker, dir, logs, config)
+        .await
+        .context("starting the broker")?;
+    let pid = broker.pid().context("broker pid")?;
+    let client = broker.client().with_timeout(Duration::from_secs(120));
+    let r = measure(bins, &client, pid, sockets, logs, n).await;
+    broker.stop().await;
+    r.with_context(|| format!("broker log: {}", broker.log().display()))
+}
+
+async fn measure(
+    bins: &Bins,
+    client: &Client,
+    pid: u32,
+    sockets: &Path,
+    logs: &Path,
+    n: usize,
+) -> anyhow::Result<Point> {
+    let mut p = Point {
+        n,
+        ..Point::default()
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    p.rss_base_kib = procfs::memory(pid)?.rss_kib;
+    let cpu0 = procfs::cpu_seconds(pid)?;
+
+    // Phase 2: the sockets appear.
+    let t_swarm = Instant::now();
+    let mut swarms = Vec::new();
+    let mut first = 1;
+    while first <= n {
+        let count = SHARD.min(n + 1 - first);
+        let log = logs.join(format!("swarm{first}.log"));
+        let mut cmd = Command::new(&bins.swarm);
+        cmd.arg("--dir")
+            .arg(sockets)
+            .arg("--first")
+            .arg(first.to_string())
+            .arg("--count")
+            .arg(count.to_string())
+            .args(["--prefix", PREFIX])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(std::fs::File::create(&log)?));
+        let child = cmd.spawn().context("starting the swarm")?;
+        swarms.push(Child::adopt("a guest swarm", child, &log));
+        first += count;
+    }
+    for swarm in &mut swarms {
+        let stdout = swarm.inner().stdout.take().context("swarm stdout")?;
+        let line = tokio::task::spawn_blocking(move || {
+            let mut l = String::new();
+            BufReader::new(stdout).read_line(&mut l).map(|_| l)
+        })
+        .await??;
+        if !line.starts_with("ready") {
+            swarm.check_running()?;
+            bail!("the swarm said {line:?}");
+        }
+    }
+    let budget = Duration::from_secs(60 + n as u64 / 20);
+    let mut alive = || swarms.iter_mut().try_for_each(Child::check_running);
+    let t_idle = wait_metric(
+        client,
+        "xenchan_sessions{state=\"idle\"}",
+        n as u64,
+        budget,
+        Duration::from_millis(50),
+        &mut alive,
+    )
+    .await?;
+    p.discover_s = t_idle.duration_since(t_swarm).as_secs_f64();
+    let cpu1 = procfs::cpu_seconds(pid)?;
+    p.cpu_discover_s = cpu1 - cpu0;
+    // Idle: let the last handshakes' allocations settle.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    p.rss_idle_kib = procfs::memory(pid)?.rss_kib;
+    let cpu2 = procfs::cpu_seconds(pid)?;
+
+    // Phase 3: a configuration per domain.
+    let key = xenchan_sim::configs::FALLBACK_KEY.trim().to_string();
+    let docs: Arc<Vec<Vec<u8>>> = Arc::new(
+        (1..=n)
+            .map(|i| {
+                crate::configs::scale_config(i, &domain_name(PREFIX, i), &key).canonical_json()
+            })
+            .collect(),
+    );
+    let next = Arc::new(AtomicUsize::new(0));
+    let t_put = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..PUT_CONCURRENCY.min(n) {
+        let (client, docs, next) = (client.clone(), Arc::clone(&docs), Arc::clone(&next));
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= docs.len() {
+                    return anyhow::Ok(());
+                }
+                let name = domain_name(PREFIX, i + 1);
+                client
+                    .put_config_json(&name, &docs[i], None)
+                    .await
+                    .with_context(|| format!("PUT {name}"))?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    p.put_s = t_put.elapsed().as_secs_f64();
+    let t_done = wait_metric(
+        client,
+        "xenchan_results_total",
+        n as u64,
+        budget,
+        Duration::from_millis(20),
+        &mut alive,
+    )
+    .await?;
+    p.configure_s = t_done.duration_since(t_put).as_secs_f64();
+    p.cpu_configure_s = procfs::cpu_seconds(pid)? - cpu2;
+    let m = procfs::memory(pid)?;
+    p.rss_after_kib = m.rss_kib;
+    p.hwm_kib = m.hwm_kib;
+    drop(swarms);
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_are_read_by_exact_name() {
+        let t = "# HELP x\nxenchan_sessions{state=\"idle\"} 12\nxenchan_results_total 7\nxenchan_results_total_x 9\n";
+        assert_eq!(metric(t, "xenchan_results_total"), Some(7));
+        assert_eq!(metric(t, "xenchan_sessions{state=\"idle\"}"), Some(12));
+        assert_eq!(metric(t, "xenchan_pushes_total"), None);
+    }
+}
