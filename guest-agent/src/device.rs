@@ -17,10 +17,13 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::termios::{self, FlushArg, SetArg};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
 
 /// Identity of an opened device, to tell whether a link still points at it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +52,14 @@ pub(crate) struct Channel {
     tty: bool,
     id: DeviceId,
     path: PathBuf,
+    /// While a virtio port has no host, when to try a pending write again.
+    no_host_retry: Option<Pin<Box<Sleep>>>,
 }
+
+/// How often a pending write is tried while a virtio port has no host. The port gives no
+/// readiness event a writer could wait for when the host connects (see `poll_write`); a
+/// quarter second is a negligible cost and a small delay next to the broker's handshake.
+const NO_HOST_WRITE_RETRY: Duration = Duration::from_millis(250);
 
 impl Channel {
     /// Opens `path` (a link to the device is followed) non-blocking. A tty is made raw
@@ -88,6 +98,7 @@ impl Channel {
             tty,
             id,
             path: path.to_path_buf(),
+            no_host_retry: None,
         })
     }
 
@@ -119,14 +130,47 @@ fn make_raw(file: &File) -> io::Result<()> {
     Ok(())
 }
 
+// Tokio keeps a descriptor's "closed" readiness (EPOLLHUP) for good once it has seen it:
+// it is final for sockets and pipes. A virtio-serial port reports POLLHUP while no host is
+// connected and stops when one connects, so after the first boot without a broker every
+// readiness check would say "ready" for ever and each read or write that would block
+// would be retried at once: the agent spun at 100% CPU and, the read side eating tokio's
+// cooperative budget, never got its answer written (found by the real-guest tier). The
+// fix: a read that would block while "closed" proves the host is back (with no host a
+// read gives EOF), so the descriptor is registered afresh; a write that would block while
+// "closed" asks the port whether a host is there (poll(2) at once) and either registers
+// afresh or tries again later.
+impl Channel {
+    /// Registers the device with the reactor again (through a duplicate descriptor of the
+    /// same open file, so the device is not closed), which forgets a stale hang-up.
+    fn reregister(&mut self) -> io::Result<()> {
+        let dup = self.fd.get_ref().try_clone()?;
+        // SAFETY: as in `open`: the duplicate is owned by the new AsyncFd and stays open
+        // and the same while registered.
+        self.fd = unsafe { AsyncFd::register(dup) }.map_err(|e| e.into_parts().1)?;
+        Ok(())
+    }
+
+    /// Whether the device reports a hang-up now (a virtio port: no host connected).
+    fn hung_up(&self) -> io::Result<bool> {
+        let mut fds = [PollFd::new(self.fd.get_ref().as_fd(), PollFlags::POLLOUT)];
+        poll(&mut fds, PollTimeout::ZERO).map_err(io::Error::from)?;
+        Ok(fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLHUP)))
+    }
+}
+
 impl AsyncRead for Channel {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
         loop {
-            let mut guard = ready!(self.fd.poll_read_ready(cx))?;
+            let mut guard = ready!(this.fd.poll_read_ready(cx))?;
+            let stale_hangup = guard.ready().is_read_closed();
             let unfilled = buf.initialize_unfilled();
             match guard.try_io(|inner| inner.get_ref().read(unfilled)) {
                 Ok(Ok(n)) => {
@@ -134,7 +178,11 @@ impl AsyncRead for Channel {
                     return Poll::Ready(Ok(()));
                 }
                 Ok(Err(e)) => return Poll::Ready(Err(e)),
-                Err(_would_block) => {}
+                Err(_would_block) => {
+                    if stale_hangup {
+                        this.reregister()?;
+                    }
+                }
             }
         }
     }
@@ -146,11 +194,25 @@ impl AsyncWrite for Channel {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
         loop {
-            let mut guard = ready!(self.fd.poll_write_ready(cx))?;
+            if let Some(retry) = this.no_host_retry.as_mut() {
+                ready!(retry.as_mut().poll(cx));
+                this.no_host_retry = None;
+            }
+            let mut guard = ready!(this.fd.poll_write_ready(cx))?;
+            let closed = guard.ready().is_write_closed();
             match guard.try_io(|inner| inner.get_ref().write(data)) {
                 Ok(result) => return Poll::Ready(result),
-                Err(_would_block) => {}
+                Err(_would_block) if !closed => {}
+                Err(_would_block) => {
+                    if this.hung_up()? {
+                        this.no_host_retry =
+                            Some(Box::pin(tokio::time::sleep(NO_HOST_WRITE_RETRY)));
+                    } else {
+                        this.reregister()?;
+                    }
+                }
             }
         }
     }
