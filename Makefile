@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo test check fuzz transcript setup deb deb-test
+.PHONY: demo test test-vm check fuzz transcript setup deb deb-test bench
 
 setup:
 	@scripts/setup.sh
@@ -46,3 +46,11 @@ deb: setup
 ## lintian, then install, start and purge the packages in a fresh Debian 12 chroot (root).
 deb-test: deb
 	packaging/test-install.sh
+
+## The real-guest tier (root, QEMU TCG, no KVM needed): a Debian guest over virtio-serial
+## and a real Xen 4.17 dom0 with a PV domU, the packages of `make deb` installed in them
+## (docs/VMTEST.md). Images are cached in /var/cache/xenchan-vmtest. Options:
+## make test-vm VMTEST_ARGS=virtio (or xen); XENCHAN_VMTEST_* variables (vmtest/run.sh --help).
+VMTEST_ARGS ?=
+test-vm: deb
+	vmtest/run.sh $(VMTEST_ARGS)

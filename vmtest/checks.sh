@@ -130,6 +130,12 @@ agent_holds() {
   vssh "$1" "pid=\$(systemctl show -p MainPID --value xenchan-agent.service); [ \"\$pid\" != 0 ] && ls -l /proc/\$pid/fd | grep -qE ' -> $2( \(deleted\))?\$'"
 }
 
+# agent_cpu_ms PORT: CPU time (user + system) the agent's process has used, in ms.
+agent_cpu_ms() {
+  vssh "$1" "pid=\$(systemctl show -p MainPID --value xenchan-agent.service);
+    awk -v hz=\$(getconf CLK_TCK) '{ print int((\$14 + \$15) * 1000 / hz) }' /proc/\$pid/stat"
+}
+
 # guest_dev PORT LINK: the device a link resolves to (empty if none).
 guest_dev() {
   vssh "$1" "readlink -e '$2' || true"

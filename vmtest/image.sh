@@ -94,20 +94,89 @@ ensure_images() {
   du -sh "$IMAGES" | sed 's/^/cache size: /' >&2
 }
 
-# install_agent ROOT: the agent as a package would install it (udev-rules/README.md,
-# guest-agent/systemd). XENCHAN_VMTEST_AGENT replaces the agent binary (to check that
-# the tier catches a broken agent; docs/VMTEST.md).
+# How xenchan gets into the images (INSTALL, chosen by choose_install):
+#   deb  the Debian packages `make deb` built (<target>/debian/xenchan-{agent,broker}_*.deb),
+#        installed with dpkg in a chroot: their maintainer scripts enable the units and
+#        make the broker's group, as on a user's machine;
+#   bin  the fresh binaries, units and udev rules copied where the packages put them
+#        (udev-rules/README.md, guest-agent/systemd, broker/systemd), units enabled.
+# XENCHAN_VMTEST_INSTALL=deb|bin forces one; by default deb when both packages are there
+# and newer than the binaries (so they hold this build), else bin.
+choose_install() {
+  AGENT_DEB=$(ls -1t "$TARGET"/debian/xenchan-agent_*.deb 2>/dev/null | head -n1 || true)
+  BROKER_DEB=$(ls -1t "$TARGET"/debian/xenchan-broker_*.deb 2>/dev/null | head -n1 || true)
+  local fresh=0
+  if [ -n "$AGENT_DEB" ] && [ -n "$BROKER_DEB" ] &&
+    ! [ "$BIN/xenchan-agent" -nt "$AGENT_DEB" ] && ! [ "$BIN/xenchan-broker" -nt "$BROKER_DEB" ]; then
+    fresh=1
+  fi
+  INSTALL=${XENCHAN_VMTEST_INSTALL:-auto}
+  case $INSTALL in
+    auto) if ((fresh)); then INSTALL=deb; else INSTALL=bin; fi ;;
+    deb) [ -n "$AGENT_DEB" ] && [ -n "$BROKER_DEB" ] || fail "XENCHAN_VMTEST_INSTALL=deb but no packages in $TARGET/debian (make deb)" ;;
+    bin) ;;
+    *) fail "XENCHAN_VMTEST_INSTALL must be deb or bin, not '$INSTALL'" ;;
+  esac
+  if [ "$INSTALL" = deb ]; then
+    ((fresh)) || log "WARNING: the packages are older than the binaries in $BIN"
+    log "installing the packages $(basename "$AGENT_DEB") and $(basename "$BROKER_DEB")"
+  else
+    log "installing the binaries from $BIN (no packages newer than them in $TARGET/debian)"
+  fi
+}
+
+# dpkg_install ROOT DEB: install a package into a root filesystem (nothing starts: a
+# policy-rc.d refuses, and the maintainer scripts see no running systemd or udev).
+dpkg_install() {
+  local d=$1 deb=$2 out
+  cp "$deb" "$d/tmp/"
+  printf '#!/bin/sh\nexit 101\n' >"$d/usr/sbin/policy-rc.d"
+  chmod 0755 "$d/usr/sbin/policy-rc.d"
+  mount_chroot "$d"
+  out=$(bounded chroot "$d" dpkg -i "/tmp/$(basename "$deb")" 2>&1) || {
+    umount_chroot
+    fail "dpkg -i $(basename "$deb") failed: $out"
+  }
+  umount_chroot
+  rm -f "$d/usr/sbin/policy-rc.d" "$d/tmp/$(basename "$deb")"
+}
+
+# install_agent ROOT: the agent, its unit (enabled) and udev rules. XENCHAN_VMTEST_AGENT
+# then replaces the agent binary (to check that the tier catches a broken agent;
+# docs/VMTEST.md).
 install_agent() {
-  local d=$1 agent=${XENCHAN_VMTEST_AGENT:-$BIN/xenchan-agent}
-  install -D -m 0755 "$agent" "$d/usr/bin/xenchan-agent"
-  install -D -m 0755 "$BIN/xen-console-setup" "$d/usr/libexec/xenchan/xen-console-setup"
-  install -D -m 0644 "$SRC/guest-agent/systemd/xenchan-agent.service" "$d/usr/lib/systemd/system/xenchan-agent.service"
-  local r
-  for r in "$SRC"/udev-rules/*.rules; do
-    install -D -m 0644 "$r" "$d/usr/lib/udev/rules.d/$(basename "$r")"
-  done
-  mkdir -p "$d/etc/systemd/system/multi-user.target.wants"
-  ln -sf /usr/lib/systemd/system/xenchan-agent.service "$d/etc/systemd/system/multi-user.target.wants/xenchan-agent.service"
+  local d=$1
+  if [ "$INSTALL" = deb ]; then
+    dpkg_install "$d" "$AGENT_DEB"
+  else
+    install -D -m 0755 "$BIN/xenchan-agent" "$d/usr/bin/xenchan-agent"
+    install -D -m 0755 "$BIN/xen-console-setup" "$d/usr/libexec/xenchan/xen-console-setup"
+    install -D -m 0644 "$SRC/guest-agent/systemd/xenchan-agent.service" "$d/usr/lib/systemd/system/xenchan-agent.service"
+    local r
+    for r in "$SRC"/udev-rules/*.rules; do
+      install -D -m 0644 "$r" "$d/usr/lib/udev/rules.d/$(basename "$r")"
+    done
+    mkdir -p "$d/etc/systemd/system/multi-user.target.wants"
+    ln -sf /usr/lib/systemd/system/xenchan-agent.service "$d/etc/systemd/system/multi-user.target.wants/xenchan-agent.service"
+  fi
+  if [ -n "${XENCHAN_VMTEST_AGENT:-}" ]; then
+    install -m 0755 "$XENCHAN_VMTEST_AGENT" "$d/usr/bin/xenchan-agent"
+  fi
+}
+
+# install_broker ROOT: the broker (its unit enabled) and the CLI.
+install_broker() {
+  local d=$1
+  if [ "$INSTALL" = deb ]; then
+    dpkg_install "$d" "$BROKER_DEB"
+  else
+    install -D -m 0755 "$BIN/xenchan-broker" "$d/usr/bin/xenchan-broker"
+    install -D -m 0755 "$BIN/xenchan" "$d/usr/bin/xenchan"
+    install -D -m 0644 "$SRC/broker/systemd/xenchan-broker.service" "$d/usr/lib/systemd/system/xenchan-broker.service"
+    mkdir -p "$d/etc/systemd/system/multi-user.target.wants"
+    ln -sf /usr/lib/systemd/system/xenchan-broker.service "$d/etc/systemd/system/multi-user.target.wants/xenchan-broker.service"
+    chroot "$d" groupadd --system xenchan
+  fi
 }
 
 # harness_key ROOT: root logins with this run's harness key.
@@ -126,19 +195,15 @@ make_guest_image() {
   rm -rf "$d"
 }
 
-# make_dom0_image: $VT_WORK/dom0.img = cached dom0 rootfs + the broker as its systemd
-# unit runs it (enabled), the CLI, the broker config, the domU's xl config, the harness
-# key.
+# make_dom0_image: $VT_WORK/dom0.img = cached dom0 rootfs + the broker (its systemd unit
+# enabled) and CLI, the broker config, the domU's xl config, the harness key.
 make_dom0_image() {
   local d=$VT_WORK/dom0-root
   unpack "$IMAGES/dom0-rootfs.tar.zst" "$d"
   harness_key "$d"
-  install -D -m 0755 "$BIN/xenchan-broker" "$d/usr/bin/xenchan-broker"
-  install -D -m 0755 "$BIN/xenchan" "$d/usr/bin/xenchan"
-  install -D -m 0644 "$SRC/broker/systemd/xenchan-broker.service" "$d/etc/systemd/system/xenchan-broker.service"
-  ln -sf /etc/systemd/system/xenchan-broker.service "$d/etc/systemd/system/multi-user.target.wants/xenchan-broker.service"
-  chroot "$d" groupadd --system xenchan
+  install_broker "$d"
   cp -a "$VT_DIR/files/dom0/." "$d/"
+  mkdir -p "$d/var/log/xen/console" # xenconsoled --log-dir (rootfs.sh) does not make it
   chown -R root:root "$d/etc/xenchan" "$d/etc/xen"
   mkfs.ext4 -q -F -L root -d "$d" "$VT_WORK/dom0.img" 3G
   rm -rf "$d"

@@ -212,3 +212,24 @@ show_tail() {
 json_get() {
   jq -r "$2" <<<"$1" 2>/dev/null || true
 }
+
+# mount_chroot DIR: /proc, /sys and /dev for a chroot, undone by umount_chroot (also from
+# the EXIT trap). /dev is a recursive bind made a slave, so nothing mounted or unmounted
+# under it in the chroot propagates back to the host's /dev (on hosts where / is shared).
+CHROOT_MOUNTS=()
+mount_chroot() {
+  local d=$1 m
+  for m in proc sys dev; do
+    mkdir -p "$d/$m"
+  done
+  mount -t proc proc "$d/proc" && CHROOT_MOUNTS+=("$d/proc")
+  mount -t sysfs sys "$d/sys" && CHROOT_MOUNTS+=("$d/sys")
+  mount --rbind /dev "$d/dev" && mount --make-rslave "$d/dev" && CHROOT_MOUNTS+=("$d/dev")
+}
+umount_chroot() {
+  local i
+  for ((i = ${#CHROOT_MOUNTS[@]} - 1; i >= 0; i--)); do
+    umount -R -l "${CHROOT_MOUNTS[i]}" 2>/dev/null || true
+  done
+  CHROOT_MOUNTS=()
+}

@@ -13,26 +13,6 @@ GUEST_PACKAGES=systemd,systemd-sysv,udev,dbus,iproute2,openssh-server,kmod,procp
 DOM0_PACKAGES="xen-utils-4.17 xenstore-utils qemu-system-xen curl"
 HYPERVISOR_PACKAGE=xen-hypervisor-4.17-amd64
 
-# chroot mounts, undone by umount_chroot (also from the EXIT trap).
-CHROOT_MOUNTS=()
-mount_chroot() {
-  local d=$1 m
-  for m in proc sys dev dev/pts; do
-    mkdir -p "$d/$m"
-  done
-  mount -t proc proc "$d/proc" && CHROOT_MOUNTS+=("$d/proc")
-  mount -t sysfs sys "$d/sys" && CHROOT_MOUNTS+=("$d/sys")
-  mount --bind /dev "$d/dev" && CHROOT_MOUNTS+=("$d/dev")
-  mount -t devpts devpts "$d/dev/pts" && CHROOT_MOUNTS+=("$d/dev/pts")
-}
-umount_chroot() {
-  local i
-  for ((i = ${#CHROOT_MOUNTS[@]} - 1; i >= 0; i--)); do
-    umount -l "${CHROOT_MOUNTS[i]}" 2>/dev/null || true
-  done
-  CHROOT_MOUNTS=()
-}
-
 # pack DIR FILE: DIR as a zstd tarball, atomically.
 pack() {
   tar -C "$1" --numeric-owner --xattrs --xattrs-include='*' -cf - . | zstd -q -3 -T0 -o "$2.tmp"
