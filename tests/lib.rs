@@ -5,6 +5,11 @@
 //! test, so [`binaries`] runs `cargo build --bins -p xenchan-broker -p xenchan-agent -p
 //! xenchan-sim` once per test process (same profile and target folder), which is a no-op
 //! when they are fresh. Set `XENCHAN_BIN_DIR` to use prebuilt binaries instead.
+//!
+//! [`relay`] is a channel backend with a gate on the host-to-guest direction, for tests
+//! that need a slow channel's ordering without timing.
+
+pub mod relay;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;

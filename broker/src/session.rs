@@ -332,6 +332,9 @@ enum Block {
     Refused(DomainState),
 }
 
+// One short-lived value per turn of the session loop: boxing the frame would cost an
+// allocation per message for nothing.
+#[allow(clippy::large_enum_variant)]
 enum Event {
     Stop,
     Frame(Option<Result<Envelope, xenchan_protocol::codec::CodecError>>),
@@ -353,6 +356,8 @@ struct Session<'a> {
     hello_sent: Instant,
     handshook: bool,
     agent_uuid: Option<String>,
+    /// The instance of the agent process that answered last ([`Hello::instance`]).
+    agent_instance: Option<String>,
     agent_applied: Option<Applied>,
     block: Option<Block>,
     identity_flagged: bool,
@@ -387,6 +392,7 @@ impl<'a> Session<'a> {
             hello_sent: Instant::now(),
             handshook: false,
             agent_uuid: None,
+            agent_instance: None,
             agent_applied: None,
             block: None,
             identity_flagged: false,
@@ -580,7 +586,7 @@ impl<'a> Session<'a> {
             domain: Some(self.name.to_string()),
             uuid,
             software: format!("xenchan-broker {}", env!("CARGO_PKG_VERSION")),
-            applied: None,
+            ..Hello::default()
         };
         let timeout = self.timeouts().hello();
         self.hello_sent = Instant::now();
@@ -650,7 +656,7 @@ impl<'a> Session<'a> {
     ) -> Result<(), End> {
         self.phase = Phase::Ready;
         self.handshook = true;
-        self.in_flight = None;
+        self.on_agent_instance(&h);
         self.next_ping = Instant::now() + self.timeouts().keepalive();
         let reported = h.uuid.as_deref().map(|u| u.trim().to_ascii_lowercase());
         self.agent_uuid.clone_from(&reported);
@@ -705,6 +711,46 @@ impl<'a> Session<'a> {
             self.shared.clear_error(self.name).await;
         }
         self.evaluate(write, desired).await
+    }
+
+    /// Decides whether a push in flight survives this hello of the agent.
+    ///
+    /// On a slow channel the agent answers every hello the broker sent (one per beacon it
+    /// saw) long after it was sent, each answer saying "nothing applied yet" although
+    /// the push is already on its way: those answers must not cause a second push. An
+    /// agent that restarted, though, lost the push it was sent: it must get it again.
+    /// The agent's instance (random per process start) tells the two apart. An agent
+    /// that does not send one is treated as possibly restarted, as before the field.
+    fn on_agent_instance(&mut self, h: &Hello) {
+        let instance = h.instance().map(str::to_string);
+        let same_run = instance.is_some() && instance == self.agent_instance;
+        if !same_run && self.agent_instance.is_some() {
+            tracing::info!(
+                domain = self.name,
+                before = self.agent_instance.as_deref().unwrap_or(""),
+                now = instance.as_deref().unwrap_or("?"),
+                "the agent restarted"
+            );
+        }
+        self.agent_instance = instance;
+        let Some(f) = &self.in_flight else {
+            return;
+        };
+        // A hello reporting the push applied means its result was lost on the way (a
+        // damaged frame is dropped): nothing is in flight any more.
+        let reported = h
+            .applied
+            .as_ref()
+            .is_some_and(|a| a.generation == f.generation && a.digest.as_str() == f.digest);
+        if same_run && !reported {
+            tracing::debug!(
+                domain = self.name,
+                generation = f.generation,
+                "the agent answered a hello again; its push is still on the way"
+            );
+        } else {
+            self.in_flight = None;
+        }
     }
 
     /// Whether the agent's UUID matches the domain's (true when either is unknown).

@@ -67,8 +67,12 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
     };
     let timing = opts.timing;
     let device = opts.device.clone();
+    // Random per process start: the broker tells a repeated answer of this process from
+    // one of a restarted agent (which lost any push in flight) by it.
+    let instance = xenchan_protocol::message::Hello::new_instance(rand::random());
     info!(
         channel = %opts.channel,
+        instance = %instance,
         folders = %discovery::describe_dirs(&dirs),
         device = ?device,
         root = %opts.root.display(),
@@ -83,6 +87,7 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
         store,
         applied,
         appliers: Arc::new(apply::default_appliers()),
+        instance,
     };
     let mut shutdown = std::pin::pin!(shutdown);
     let mut retry = timing.reopen_min;

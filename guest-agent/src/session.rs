@@ -38,6 +38,9 @@ pub(crate) struct AgentCore {
     pub store: StateStore,
     pub applied: Option<AppliedState>,
     pub appliers: Arc<Vec<Box<dyn Applier>>>,
+    /// This run of the agent ([`Hello::instance`]): chosen at random once per process, so
+    /// the broker can tell a repeated answer from an agent that restarted.
+    pub instance: String,
 }
 
 /// Why [`serve`] returned.
@@ -241,6 +244,7 @@ impl Session<'_> {
             uuid: self.uuid.clone(),
             software: facts::software(),
             applied: self.core.applied.as_ref().map(AppliedState::applied),
+            instance: Some(self.core.instance.clone()),
         }
     }
 
@@ -545,6 +549,7 @@ mod tests {
             opts: Arc::new(opts),
             applied: None,
             appliers: Arc::new(apply::default_appliers()),
+            instance: Hello::new_instance(rand::random()),
         }
     }
 

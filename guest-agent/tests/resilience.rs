@@ -370,3 +370,64 @@ async fn facts_describe_the_guest() {
     );
     agent.stop().await.unwrap();
 }
+
+/// Every answer of one run of the agent carries the same instance, a repeated hello
+/// included (the broker keeps its push in flight for it); a restarted agent has another.
+#[tokio::test]
+async fn answers_carry_one_instance_per_agent_run() {
+    let guest = Guest::new();
+    let (mut broker, agent, nonce) = session(&guest).await;
+    let first = broker
+        .seen
+        .iter()
+        .find_map(|m| match &m.body {
+            Body::Hello(h) if m.from == Role::Agent && m.session.as_ref() == Some(&nonce) => {
+                Some(h.clone())
+            }
+            _ => None,
+        })
+        .expect("the agent's answer");
+    let instance = first.instance().expect("a usable instance").to_string();
+    assert_eq!(instance.len(), 16, "{instance}");
+    assert!(
+        instance.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{instance}"
+    );
+    // The broker says hello again in the same session (it saw a beacon).
+    broker
+        .send(&Envelope::new(
+            Role::Broker,
+            Some(nonce.clone()),
+            Body::Hello(broker.hello_body()),
+        ))
+        .await;
+    let again = broker
+        .wait_for("a second answer", |m| {
+            matches!(m.body, Body::Hello(_)) && m.session.as_ref() == Some(&nonce)
+        })
+        .await;
+    let Body::Hello(again) = again.body else {
+        unreachable!()
+    };
+    assert_eq!(again.instance.as_deref(), Some(instance.as_str()));
+    let beacon_instance = |b: &Body| match b {
+        Body::Hello(h) => h.instance.clone(),
+        _ => None,
+    };
+    assert!(
+        broker
+            .seen
+            .iter()
+            .filter(|m| is_beacon(m))
+            .all(|m| beacon_instance(&m.body).as_deref() == Some(instance.as_str())),
+        "beacons carry the instance too"
+    );
+    agent.stop().await.unwrap();
+
+    // A new run of the agent.
+    let agent = start(guest.opts());
+    let (_, answer) = broker.handshake().await;
+    let second = answer.instance().expect("a usable instance");
+    assert_ne!(second, instance, "a restarted agent has a new instance");
+    agent.stop().await.unwrap();
+}

@@ -18,6 +18,8 @@ use xenchan_protocol::{FrameCodec, Nonce, SUPPORTED_VERSIONS, Verdict};
 
 const CHANNEL: &str = "org.xenchan.agent.1";
 const UUID: &str = "6f0c1e4e-9a3b-4a53-8d7e-0d9f3f1c2b7a";
+/// The agent process's instance (random at its start; fixed here for a stable transcript).
+const INSTANCE: u64 = 0x5e1f_a9c0_33d2_7b14;
 
 /// One side's receive path: the codec plus the session rules.
 struct Side {
@@ -102,6 +104,7 @@ fn agent_hello(session: Option<Nonce>, applied: Option<Applied>) -> Envelope {
             uuid: Some(UUID.into()),
             software: "xenchan-agent 0.1.0".into(),
             applied,
+            instance: Some(Hello::new_instance(INSTANCE)),
             ..Hello::default()
         }),
     )
@@ -117,7 +120,7 @@ fn broker_hello(session: &Nonce) -> Envelope {
             domain: Some("web1".into()),
             uuid: Some(UUID.into()),
             software: "xenchan-broker 0.1.0".into(),
-            applied: None,
+            ..Hello::default()
         }),
     )
 }

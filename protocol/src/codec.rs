@@ -595,6 +595,64 @@ mod tests {
     }
 
     #[test]
+    fn hellos_with_and_without_an_agent_instance_decode() {
+        // Written by an agent that predates `instance` (the transcript's first beacon).
+        let old = br#"{"xenchan":1,"from":"agent","type":"hello","versions":[1],"channel":"org.xenchan.agent.1","uuid":"6f0c1e4e-9a3b-4a53-8d7e-0d9f3f1c2b7a","software":"xenchan-agent 0.1.0","crc":"b0fb787f"}
+"#;
+        let mut c = FrameCodec::default();
+        let got = decode_all(&mut c, old);
+        let [msg] = &got[..] else {
+            panic!("{got:?} {:?}", c.stats())
+        };
+        let Body::Hello(h) = &msg.body else {
+            panic!("{msg:?}")
+        };
+        assert_eq!((h.instance.as_deref(), h.instance()), (None, None));
+        let with = Envelope::new(
+            Role::Agent,
+            None,
+            Body::Hello(Hello {
+                instance: Some(Hello::new_instance(0x5e1f_a9c0_33d2_7b14)),
+                ..h.clone()
+            }),
+        );
+        let l = line(&with);
+        let text = std::str::from_utf8(&l).unwrap();
+        assert!(
+            text.contains(r#","instance":"5e1fa9c033d27b14","crc":"#),
+            "{text}"
+        );
+        let got = decode_all(&mut c, &l);
+        assert_eq!(got, vec![with]);
+        let Body::Hello(h) = &got[0].body else {
+            unreachable!()
+        };
+        assert_eq!(h.instance(), Some("5e1fa9c033d27b14"));
+    }
+
+    #[test]
+    fn an_unusable_instance_is_decoded_but_not_used() {
+        for bad in [String::new(), "a b".into(), "é".into(), "x".repeat(65)] {
+            let h = Hello {
+                instance: Some(bad.clone()),
+                ..Hello::default()
+            };
+            let msg = Envelope::new(Role::Agent, None, Body::Hello(h));
+            let got = decode_all(&mut FrameCodec::default(), &line(&msg));
+            assert_eq!(got, vec![msg], "{bad:?}");
+            let Body::Hello(h) = &got[0].body else {
+                unreachable!()
+            };
+            assert_eq!(h.instance(), None, "{bad:?}");
+        }
+        let longest = Hello {
+            instance: Some("A-_9".repeat(16)),
+            ..Hello::default()
+        };
+        assert_eq!(longest.instance().map(str::len), Some(64));
+    }
+
+    #[test]
     fn rescanning_is_incremental() {
         // A partial line is not searched again from the start on every call.
         let mut c = FrameCodec::default();

@@ -148,6 +148,36 @@ pub struct Hello {
     /// The configuration the agent has applied (agent only; absent if none yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied: Option<Applied>,
+    /// Which run of the agent process answers (agent only): random, chosen once when the
+    /// process starts, the same in all its hellos. Two answers with the same instance
+    /// come from a process that still has every message it was sent, so a push still on
+    /// its way to it is not lost; a different instance means the agent restarted and lost
+    /// whatever was in flight. Absent from agents that predate it (then a broker treats
+    /// every answer as possibly coming from a restarted agent). See [`Hello::instance`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+}
+
+/// The longest agent instance a receiver takes into account ([`Hello::instance`]).
+pub const MAX_INSTANCE_LEN: usize = 64;
+
+impl Hello {
+    /// The agent's instance if it is usable: 1 to [`MAX_INSTANCE_LEN`] ASCII letters,
+    /// digits, `-` or `_`. Anything else counts as absent (the decoder never refuses a
+    /// hello for it: the field is advisory).
+    pub fn instance(&self) -> Option<&str> {
+        self.instance.as_deref().filter(|i| {
+            (1..=MAX_INSTANCE_LEN).contains(&i.len())
+                && i.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+    }
+
+    /// A fresh agent instance: 16 lowercase hex digits (64 bits) from `bits`, which the
+    /// caller draws at random when the process starts.
+    pub fn new_instance(bits: u64) -> String {
+        format!("{bits:016x}")
+    }
 }
 
 /// A generation and the digest of its document.

@@ -80,6 +80,15 @@ pub struct PeerOptions {
     pub applied: Option<Applied>,
     /// Send a stale beacon (no session) right after a connection is accepted.
     pub beacon_first: bool,
+    /// The agent instance in its hellos (`None`: an agent that predates the field).
+    pub instance: Option<String>,
+    /// Instances of the successive answers in one connection (the last one repeats),
+    /// overriding `instance`: a change plays an agent that restarted between answers.
+    pub answer_instances: Vec<String>,
+    /// Plays a slow channel: beacon (every 200 ms) and leave the broker's hellos unread
+    /// until this many have arrived, then answer each of them, in order, as an agent
+    /// reading them late does. 0 or 1: answer each hello at once.
+    pub answer_after_hellos: usize,
 }
 
 impl Default for PeerOptions {
@@ -92,6 +101,9 @@ impl Default for PeerOptions {
             fail_items: Vec::new(),
             applied: None,
             beacon_first: false,
+            instance: None,
+            answer_instances: Vec::new(),
+            answer_after_hellos: 0,
         }
     }
 }
@@ -394,37 +406,48 @@ async fn agent(
     let mut frames = FramedRead::new(read, FrameCodec::default());
     let mut out = FramedWrite::new(write, FrameCodec::default());
     let mut rules = SessionRules::new(Role::Agent);
+    let mut answers = 0usize;
     if opts.beacon_first {
         let beacon = Envelope::new(Role::Agent, None, Body::Hello(hello(opts, None)));
         if out.send(&beacon).await.is_err() {
             return;
         }
     }
+    if opts.answer_after_hellos > 1 {
+        let mut held = Vec::new();
+        let mut beacons = tokio::time::interval(Duration::from_millis(200));
+        while held.len() < opts.answer_after_hellos {
+            tokio::select! {
+                f = frames.next() => match f {
+                    Some(Ok(env)) => {
+                        if env.from == Role::Broker && matches!(env.body, Body::Hello(_)) {
+                            held.push(env);
+                        }
+                    }
+                    _ => return,
+                },
+                _ = beacons.tick() => {
+                    let beacon = Envelope::new(Role::Agent, None, Body::Hello(hello(opts, None)));
+                    if out.send(&beacon).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        for env in held {
+            if matches!(rules.classify(&env), Verdict::NewSession | Verdict::Accept)
+                && !answer_hello(env, &mut rules, &mut out, state, opts, &mut answers).await
+            {
+                return;
+            }
+        }
+    }
     while let Some(Ok(env)) = frames.next().await {
         let verdict = rules.classify(&env);
         match (verdict, env.body) {
-            (Verdict::NewSession | Verdict::Accept, Body::Hello(h)) => {
-                let nonce = env.session.clone().expect("a broker hello has a nonce");
-                rules.set_session(nonce.clone());
-                state.update(|r| r.hellos.push(h));
-                let applied = state.record.lock().unwrap().applied.clone();
-                let answer = Envelope::new(
-                    Role::Agent,
-                    Some(nonce.clone()),
-                    Body::Hello(hello(opts, applied)),
-                );
-                let facts = Envelope::new(
-                    Role::Agent,
-                    Some(nonce),
-                    Body::Facts(GuestFacts {
-                        agent: "test-peer 0".into(),
-                        os: "Test OS 1".into(),
-                        kernel: "6.1.0-test".into(),
-                        hostname: "localhost".into(),
-                        interfaces: Vec::new(),
-                    }),
-                );
-                if out.send(&answer).await.is_err() || out.send(&facts).await.is_err() {
+            (Verdict::NewSession | Verdict::Accept, body @ Body::Hello(_)) => {
+                let env = Envelope { body, ..env };
+                if !answer_hello(env, &mut rules, &mut out, state, opts, &mut answers).await {
                     return;
                 }
             }
@@ -484,6 +507,46 @@ async fn agent(
     }
 }
 
+/// Adopts the session of a broker hello and answers it (hello, then facts). False when
+/// the connection is gone.
+async fn answer_hello(
+    env: Envelope,
+    rules: &mut SessionRules,
+    out: &mut FramedWrite<tokio::net::unix::OwnedWriteHalf, FrameCodec>,
+    state: &PeerState,
+    opts: &PeerOptions,
+    answers: &mut usize,
+) -> bool {
+    let Body::Hello(h) = env.body else {
+        return true;
+    };
+    let nonce = env.session.clone().expect("a broker hello has a nonce");
+    rules.set_session(nonce.clone());
+    state.update(|r| r.hellos.push(h));
+    let applied = state.record.lock().unwrap().applied.clone();
+    let mut answer = hello(opts, applied);
+    if let Some(i) = opts
+        .answer_instances
+        .get((*answers).min(opts.answer_instances.len().saturating_sub(1)))
+    {
+        answer.instance = Some(i.clone());
+    }
+    *answers += 1;
+    let answer = Envelope::new(Role::Agent, Some(nonce.clone()), Body::Hello(answer));
+    let facts = Envelope::new(
+        Role::Agent,
+        Some(nonce),
+        Body::Facts(GuestFacts {
+            agent: "test-peer 0".into(),
+            os: "Test OS 1".into(),
+            kernel: "6.1.0-test".into(),
+            hostname: "localhost".into(),
+            interfaces: Vec::new(),
+        }),
+    );
+    out.send(&answer).await.is_ok() && out.send(&facts).await.is_ok()
+}
+
 fn hello(opts: &PeerOptions, applied: Option<Applied>) -> Hello {
     Hello {
         versions: opts.versions.clone(),
@@ -492,6 +555,7 @@ fn hello(opts: &PeerOptions, applied: Option<Applied>) -> Hello {
         uuid: opts.uuid.clone(),
         software: "test-peer 0".into(),
         applied,
+        instance: opts.instance.clone(),
     }
 }
 

@@ -171,7 +171,7 @@ impl Broker {
             domain: Some("web1".into()),
             uuid: self.uuid.clone(),
             software: "test-broker".into(),
-            applied: None,
+            ..Hello::default()
         }
     }
 

@@ -32,12 +32,14 @@ pub fn body() -> impl Strategy<Value = Body> {
         (
             any::<String>(),
             proptest::option::of(proptest::collection::vec(1u32..5, 0..4)),
-            proptest::option::of((any::<u64>(), digest()))
+            proptest::option::of((any::<u64>(), digest())),
+            proptest::option::of(any::<String>())
         )
-            .prop_map(|(channel, versions, applied)| Body::Hello(Hello {
+            .prop_map(|(channel, versions, applied, instance)| Body::Hello(Hello {
                 versions,
                 channel,
                 applied: applied.map(|(generation, digest)| Applied { generation, digest }),
+                instance,
                 ..Hello::default()
             })),
         any::<u64>().prop_map(|id| Body::Ping { id }),
