@@ -98,8 +98,12 @@ pub struct Timeouts {
     pub connect: u64,
     /// From our hello to the agent's answer (also bounds writing our hello).
     pub hello: u64,
-    /// From a config push to its result (also bounds writing the push).
+    /// From the moment the backend has taken a push's last byte to its result.
     pub result: u64,
+    /// Writing a push: from its first byte until the backend (QEMU) has taken the last
+    /// one, which the guest's pace sets (its console ring is 1 KiB). A guest that has not
+    /// taken the whole frame by then is given up on; the session reconnects.
+    pub write: u64,
     /// Interval between pings; three unanswered ones mark the guest unresponsive.
     pub keepalive: u64,
     /// One hook run; the hook is killed past it.
@@ -122,6 +126,7 @@ impl Default for Timeouts {
             connect: 2000,
             hello: 10_000,
             result: 30_000,
+            write: 60_000,
             keepalive: 15_000,
             hook: 10_000,
             reconnect_min: 200,
@@ -150,6 +155,10 @@ impl Timeouts {
     /// `result` as a duration.
     pub fn result(&self) -> Duration {
         ms(self.result)
+    }
+    /// `write` as a duration.
+    pub fn write(&self) -> Duration {
+        ms(self.write)
     }
     /// `keepalive` as a duration.
     pub fn keepalive(&self) -> Duration {
@@ -348,6 +357,7 @@ impl Config {
             ("timeouts.connect", t.connect),
             ("timeouts.hello", t.hello),
             ("timeouts.result", t.result),
+            ("timeouts.write", t.write),
             ("timeouts.keepalive", t.keepalive),
             ("timeouts.hook", t.hook),
             ("timeouts.reconnect_min", t.reconnect_min),
@@ -470,6 +480,7 @@ discovery = "socket-dir"
 [timeouts]
 connect = 1
 hello = 2
+write = 3
 reconnect_min = 5
 reconnect_max = 5
 [limits]
@@ -481,6 +492,8 @@ hostname = false
         .unwrap();
         assert_eq!(c.mode, Mode::Listen);
         assert_eq!(c.timeouts.hello(), Duration::from_millis(2));
+        assert_eq!(c.timeouts.write(), Duration::from_millis(3));
+        assert_eq!(c.timeouts.result, 30_000);
         assert!(!c.leases.hostname);
         assert_eq!(c.limits.max_frame, 4096);
     }

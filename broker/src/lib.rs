@@ -18,6 +18,7 @@ mod domains;
 pub mod hooks;
 mod lock;
 pub mod metrics;
+mod outq;
 pub mod paths;
 mod session;
 pub mod store;

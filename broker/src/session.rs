@@ -2,7 +2,10 @@
 //!
 //! Every step has a deadline (connect, hello, result, each write); reads go through
 //! [`FrameCodec`], which bounds the buffer whatever the guest sends; writes wait for the
-//! socket (the host-to-guest ring is 1 KiB) under a deadline. A session never waits on
+//! socket (the host-to-guest ring is 1 KiB) under a deadline. A push's write lasts until
+//! the backend has taken its last byte (`timeouts.write`), and only then does its
+//! result deadline start (`timeouts.result`): a slow guest's ring is not held against
+//! how fast it applies. A session never waits on
 //! another domain: the only shared things are the store thread (each session has at most
 //! one write queued, and awaits it) and a short in-memory lock.
 //!
@@ -10,6 +13,7 @@
 //! task reconnects with exponential backoff and jitter for as long as the socket exists,
 //! as it must across `xl reboot`.
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +40,7 @@ use crate::api::types::{DomainState, ItemView};
 use crate::clock::now_rfc3339;
 use crate::domains::{Desired, Shared};
 use crate::metrics::ErrorKind;
+use crate::outq;
 use crate::paths::{MAX_SOCKET_PATH, check_socket_path};
 
 /// Missed pongs after which a guest is unresponsive.
@@ -129,7 +134,7 @@ async fn connect_loop(
             Ok(Ok(stream)) => {
                 shared.metrics.connection();
                 tracing::debug!(domain = %name, "connected");
-                let end = Session::new(shared, name)
+                let end = Session::new(shared, name, &stop)
                     .run(stream, &mut desired, &stop, None)
                     .await;
                 shared.update(name, |s| s.connected(false));
@@ -208,7 +213,7 @@ async fn listen_loop(
         match accepted {
             Ok((stream, _)) => {
                 shared.metrics.connection();
-                let end = Session::new(shared, name)
+                let end = Session::new(shared, name, &stop)
                     .run(stream, &mut desired, &stop, Some(&listener))
                     .await;
                 shared.update(name, |s| s.connected(false));
@@ -314,6 +319,17 @@ struct InFlight {
     deadline: Instant,
 }
 
+/// Why a write did not finish.
+#[derive(Debug)]
+enum WriteError {
+    /// The session was asked to stop meanwhile.
+    Stopped,
+    /// The socket failed (EPIPE when the backend went away...).
+    Failed(std::io::Error),
+    /// The deadline passed: the guest is not reading (fast enough).
+    TimedOut,
+}
+
 /// Where the handshake is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -348,6 +364,8 @@ enum Event {
 struct Session<'a> {
     shared: &'a Shared,
     name: &'a str,
+    /// Stops the session (socket removed, domain deleted, shutdown), also mid-write.
+    stop: CancellationToken,
     nonce: Nonce,
     rules: xenchan_protocol::session::SessionRules,
     encoder: FrameCodec,
@@ -376,7 +394,7 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    fn new(shared: &'a Shared, name: &'a str) -> Session<'a> {
+    fn new(shared: &'a Shared, name: &'a str, stop: &CancellationToken) -> Session<'a> {
         let mut rules = xenchan_protocol::session::SessionRules::new(Role::Broker);
         let nonce = Nonce::from_bytes(rand::random());
         rules.set_session(nonce.clone());
@@ -384,6 +402,7 @@ impl<'a> Session<'a> {
         Session {
             shared,
             name,
+            stop: stop.clone(),
             nonce,
             rules,
             encoder: FrameCodec::new(shared.config.limits.max_frame),
@@ -524,7 +543,7 @@ impl<'a> Session<'a> {
         d
     }
 
-    /// Writes one message under `deadline`, waiting for the socket to drain.
+    /// Writes one message under `deadline`, waiting for the socket to take it.
     async fn send(
         &mut self,
         write: &mut OwnedWriteHalf,
@@ -532,11 +551,22 @@ impl<'a> Session<'a> {
         deadline: Duration,
     ) -> Result<(), End> {
         let env = Envelope::new(Role::Broker, Some(self.nonce.clone()), body);
-        let line = match self.encoder.encode_line(&env) {
-            Ok(l) => l,
+        let Some(line) = self.encode(&env).await else {
+            return Ok(());
+        };
+        match self.write_line(write, &line, deadline, false).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.write_failed(e, env.kind(), line.len(), deadline)),
+        }
+    }
+
+    /// The frame of `env`, or `None` (and the error recorded) when it is larger than the
+    /// frame limit. Only a config can be this large; the API refuses those, so this is a
+    /// frame limit lowered after the config was stored.
+    async fn encode(&self, env: &Envelope) -> Option<Vec<u8>> {
+        match self.encoder.encode_line(env) {
+            Ok(l) => Some(l),
             Err(e) => {
-                // Only a config can be this large; the API refuses those, so this is a
-                // frame limit lowered after the config was stored.
                 self.shared
                     .record_error(
                         self.name,
@@ -544,24 +574,104 @@ impl<'a> Session<'a> {
                         format!("cannot send {}: {e}", env.kind()),
                     )
                     .await;
-                return Ok(());
-            }
-        };
-        match tokio::time::timeout(deadline, write.write_all(&line)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => {
-                self.shared.metrics.error(ErrorKind::Write);
-                Err(self.over(&format!("write failed: {e}")))
-            }
-            Err(_) => {
-                self.shared.metrics.error(ErrorKind::Write);
-                Err(self.over(&format!(
-                    "writing {} did not finish within {} ms (the guest is not reading)",
-                    env.kind(),
-                    deadline.as_millis()
-                )))
+                None
             }
         }
+    }
+
+    /// Writes `line` within `deadline`; with `taken`, the deadline also covers the peer
+    /// (QEMU) reading all of it ([`outq::drained`]), which is as fast as the guest
+    /// drains its console ring. Stopping the session ends the wait at once.
+    async fn write_line(
+        &self,
+        write: &mut OwnedWriteHalf,
+        line: &[u8],
+        deadline: Duration,
+        taken: bool,
+    ) -> Result<(), WriteError> {
+        let writing = async {
+            write.write_all(line).await?;
+            if taken {
+                let stream: &UnixStream = write.as_ref();
+                outq::drained(stream.as_fd()).await;
+            }
+            Ok::<(), std::io::Error>(())
+        };
+        tokio::select! {
+            () = self.stop.cancelled() => Err(WriteError::Stopped),
+            r = tokio::time::timeout(deadline, writing) => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(WriteError::Failed(e)),
+                Err(_) => Err(WriteError::TimedOut),
+            },
+        }
+    }
+
+    /// How a failed write of a `kind` message of `bytes` ends the session.
+    fn write_failed(&self, e: WriteError, kind: &str, bytes: usize, deadline: Duration) -> End {
+        match e {
+            WriteError::Stopped => End::Stopped,
+            WriteError::Failed(e) => {
+                self.shared.metrics.error(ErrorKind::Write);
+                self.over(&format!("write failed: {e}"))
+            }
+            WriteError::TimedOut => {
+                self.shared.metrics.error(ErrorKind::Write);
+                self.over(&format!(
+                    "the guest did not take the whole {kind} ({bytes} bytes) within {} ms: it is not reading",
+                    deadline.as_millis()
+                ))
+            }
+        }
+    }
+
+    /// Pushes a configuration. The result deadline starts once the backend has taken
+    /// the whole frame: on a slow guest most of the time goes to the 1 KiB console ring,
+    /// and a result deadline that counted it would give up on guests that apply quickly.
+    /// Writing is bounded on its own (`timeouts.write`), so a guest that never reads
+    /// cannot hold the session.
+    async fn push(&mut self, write: &mut OwnedWriteHalf, push: ConfigPush) -> Result<(), End> {
+        let (generation, digest) = (push.generation, push.digest.to_string());
+        let env = Envelope::new(Role::Broker, Some(self.nonce.clone()), Body::Config(push));
+        let Some(line) = self.encode(&env).await else {
+            // It fits in no session: wait for another config (or a forced push).
+            self.refused = Some((generation, digest));
+            self.set_state(DomainState::Error);
+            return Ok(());
+        };
+        let started = Instant::now();
+        let limit = self.timeouts().write();
+        if let Err(e) = self.write_line(write, &line, limit, true).await {
+            return Err(match e {
+                WriteError::TimedOut => {
+                    // Worth the operator's attention (`last_error`), unlike an EPIPE.
+                    let why = format!(
+                        "the guest did not take the whole config of generation {generation} ({} bytes) within {} ms (timeouts.write): it is not reading",
+                        line.len(),
+                        limit.as_millis()
+                    );
+                    self.set_state(DomainState::Error);
+                    self.shared
+                        .record_error(self.name, ErrorKind::Write, why.clone())
+                        .await;
+                    self.over(&why)
+                }
+                e => self.write_failed(e, "config", line.len(), limit),
+            });
+        }
+        tracing::debug!(
+            domain = self.name,
+            generation,
+            bytes = line.len(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "the backend took the whole push; waiting for its result"
+        );
+        self.in_flight = Some(InFlight {
+            generation,
+            digest,
+            deadline: Instant::now() + self.timeouts().result(),
+        });
+        Ok(())
     }
 
     /// Best effort, never waits: the peer may be gone or not reading.
@@ -846,12 +956,6 @@ impl<'a> Session<'a> {
             digest: cfg.digest.clone(),
             config: cfg.config.clone(),
         };
-        let timeout = self.timeouts().result();
-        self.in_flight = Some(InFlight {
-            generation: cfg.generation,
-            digest,
-            deadline: Instant::now() + timeout,
-        });
         self.set_state(DomainState::Pushing);
         self.shared.metrics.push();
         tracing::info!(
@@ -859,7 +963,7 @@ impl<'a> Session<'a> {
             generation = cfg.generation,
             "pushing configuration"
         );
-        self.send(write, Body::Config(push), timeout).await
+        self.push(write, push).await
     }
 
     /// Sets configured or failed for `generation` from the last result.

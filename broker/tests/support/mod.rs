@@ -89,6 +89,12 @@ pub struct PeerOptions {
     /// until this many have arrived, then answer each of them, in order, as an agent
     /// reading them late does. 0 or 1: answer each hello at once.
     pub answer_after_hellos: usize,
+    /// Plays a slow guest: read at most this many bytes per interval from the socket
+    /// (what QEMU does when the guest drains its 1 KiB console ring slowly).
+    pub read_rate: Option<(usize, Duration)>,
+    /// Plays a guest that stops reading: after answering its first hello, nothing more
+    /// is read (the connection stays open).
+    pub deaf_after_hello: bool,
 }
 
 impl Default for PeerOptions {
@@ -104,6 +110,8 @@ impl Default for PeerOptions {
             instance: None,
             answer_instances: Vec::new(),
             answer_after_hellos: 0,
+            read_rate: None,
+            deaf_after_hello: false,
         }
     }
 }
@@ -335,7 +343,14 @@ async fn serve(stream: UnixStream, state: Arc<PeerState>) {
     match opts.behaviour.clone() {
         Behaviour::Agent => {
             tokio::select! {
-                () = agent(read, write, &state, &opts) => {}
+                () = async {
+                    match opts.read_rate {
+                        Some((chunk, every)) => {
+                            agent(Throttled::new(read, chunk, every), write, &state, &opts).await;
+                        }
+                        None => agent(read, write, &state, &opts).await,
+                    }
+                } => {}
                 () = &mut kicked => {}
             }
         }
@@ -397,8 +412,8 @@ async fn wait_for_close(mut probe: UnixStream) {
     }
 }
 
-async fn agent(
-    read: tokio::net::unix::OwnedReadHalf,
+async fn agent<R: tokio::io::AsyncRead + Unpin>(
+    read: R,
     write: tokio::net::unix::OwnedWriteHalf,
     state: &PeerState,
     opts: &PeerOptions,
@@ -449,6 +464,10 @@ async fn agent(
                 let env = Envelope { body, ..env };
                 if !answer_hello(env, &mut rules, &mut out, state, opts, &mut answers).await {
                     return;
+                }
+                if opts.deaf_after_hello {
+                    // Keeps the connection, reads nothing more.
+                    std::future::pending::<()>().await;
                 }
             }
             (Verdict::Accept, Body::Config(push)) => {
@@ -503,6 +522,53 @@ async fn agent(
             (Verdict::Accept, Body::Bye { .. }) => state.update(|r| r.byes += 1),
             (Verdict::Accept, Body::Error(e)) => state.update(|r| r.errors.push(e)),
             _ => {}
+        }
+    }
+}
+
+/// A reader that gives at most `chunk` bytes per `every`.
+struct Throttled<R> {
+    inner: R,
+    chunk: usize,
+    every: Duration,
+    pause: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<R> Throttled<R> {
+    fn new(inner: R, chunk: usize, every: Duration) -> Self {
+        Throttled {
+            inner,
+            chunk: chunk.max(1),
+            every,
+            pause: None,
+        }
+    }
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Throttled<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::future::Future;
+        use std::task::Poll;
+        if let Some(p) = self.pause.as_mut() {
+            if p.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.pause = None;
+        }
+        let mut tmp = vec![0u8; self.chunk.min(buf.remaining())];
+        let mut small = tokio::io::ReadBuf::new(&mut tmp);
+        match std::pin::Pin::new(&mut self.inner).poll_read(cx, &mut small) {
+            Poll::Ready(Ok(())) => {
+                buf.put_slice(small.filled());
+                let every = self.every;
+                self.pause = Some(Box::pin(tokio::time::sleep(every)));
+                Poll::Ready(Ok(()))
+            }
+            other => other,
         }
     }
 }
