@@ -17,19 +17,43 @@ use crate::report::ms;
 /// How long after READY the idle RSS is read (lazy start-up work settles).
 pub const IDLE_AFTER: Duration = Duration::from_millis(300);
 
+/// Idle memory of one program over several starts, KiB per start.
+#[derive(Debug, Default)]
+pub struct Idle {
+    /// VmRSS.
+    pub rss: Vec<f64>,
+    /// Its anonymous part (heap, stacks, relocated data).
+    pub anon: Vec<f64>,
+    /// Its file-backed part (pages of the binary and the shared libraries).
+    pub file: Vec<f64>,
+    /// PSS (shared pages divided among the processes mapping them).
+    pub pss: Vec<f64>,
+}
+
+impl Idle {
+    fn sample(&mut self, pid: u32) -> anyhow::Result<()> {
+        let m = procfs::memory(pid)?;
+        self.rss.push(m.rss_kib as f64);
+        self.anon.push(m.anon_kib as f64);
+        self.file.push(m.file_kib as f64);
+        self.pss.push(procfs::pss_kib(pid)? as f64);
+        Ok(())
+    }
+}
+
 /// What was measured.
 #[derive(Debug)]
 pub struct Samples {
     /// Spawn to READY=1, ms.
     pub start_to_ready: Vec<f64>,
-    /// VmRSS while waiting for the device, KiB.
-    pub idle_rss_kib: Vec<f64>,
+    /// Memory while waiting for the device.
+    pub idle: Idle,
     /// The release binary's size as built, bytes.
     pub binary_bytes: u64,
     /// After `strip`, bytes.
     pub stripped_bytes: Option<u64>,
-    /// qemu-ga's VmRSS while idle on a tty, KiB; `Err` says why not measured.
-    pub qga_rss_kib: Result<Vec<f64>, String>,
+    /// qemu-ga's memory while idle on a tty; `Err` says why not measured.
+    pub qga: Result<Idle, String>,
 }
 
 /// Starts the real agent `runs` times in a guest root under `base` whose channel never
@@ -49,10 +73,10 @@ pub fn run(bins: &Bins, base: &Path, runs: usize) -> anyhow::Result<Samples> {
     let notify = NotifySocket::bind(&dir.join("notify"))?;
     let mut out = Samples {
         start_to_ready: Vec::new(),
-        idle_rss_kib: Vec::new(),
+        idle: Idle::default(),
         binary_bytes: 0,
         stripped_bytes: None,
-        qga_rss_kib: Err("not measured".into()),
+        qga: Err("not measured".into()),
     };
     for i in 0..runs {
         let mut cmd = Command::new(&bins.agent);
@@ -83,8 +107,7 @@ pub fn run(bins: &Bins, base: &Path, runs: usize) -> anyhow::Result<Samples> {
         out.start_to_ready.push(ms(ready.duration_since(t)));
         std::thread::sleep(IDLE_AFTER);
         agent.check_running()?;
-        out.idle_rss_kib
-            .push(procfs::memory(agent.pid())?.rss_kib as f64);
+        out.idle.sample(agent.pid())?;
         agent.terminate(Duration::from_secs(3));
     }
     out.binary_bytes = std::fs::metadata(&bins.agent)?.len();
@@ -97,20 +120,22 @@ pub fn run(bins: &Bins, base: &Path, runs: usize) -> anyhow::Result<Samples> {
         .filter(std::process::ExitStatus::success)
         .and_then(|_| std::fs::metadata(&copy).ok())
         .map(|m| m.len());
-    out.qga_rss_kib = qga_idle(dir, runs.min(3));
+    out.qga = qga_idle(dir, runs.min(3));
     Ok(out)
 }
 
-/// qemu-ga on a pty slave (no namespaces needed: idle, it changes nothing), VmRSS after
-/// it opened its channel.
-fn qga_idle(dir: &Path, runs: usize) -> Result<Vec<f64>, String> {
+/// qemu-ga on a pty slave (no namespaces needed: idle, it changes nothing), its memory
+/// after it opened its channel.
+fn qga_idle(dir: &Path, runs: usize) -> Result<Idle, String> {
     let Some(bin) = crate::qga::binary() else {
-        return Err("qemu-guest-agent is not installed".into());
+        return Err(
+            "qemu-guest-agent is not installed (Debian: apt-get install qemu-guest-agent)".into(),
+        );
     };
-    let mut v = Vec::new();
+    let mut v = Idle::default();
     for i in 0..runs {
-        let r = (|| -> anyhow::Result<f64> {
-            let (master, slave) = open_pty()?;
+        let r = (|| -> anyhow::Result<()> {
+            let (master, slave) = crate::wire::open_pty()?;
             let state = dir.join(format!("qga-state{i}"));
             std::fs::create_dir_all(&state)?;
             let mut cmd = Command::new(&bin);
@@ -125,24 +150,14 @@ fn qga_idle(dir: &Path, runs: usize) -> Result<Vec<f64>, String> {
             // It opens its channel right after start; give it the same settling time.
             std::thread::sleep(IDLE_AFTER * 2);
             child.check_running()?;
-            let rss = procfs::memory(child.pid())?.rss_kib as f64;
+            v.sample(child.pid())?;
             child.terminate(Duration::from_secs(3));
             drop(master);
-            Ok(rss)
+            Ok(())
         })();
-        match r {
-            Ok(x) => v.push(x),
-            Err(e) => return Err(format!("qemu-ga did not run: {e:#}")),
+        if let Err(e) = r {
+            return Err(format!("qemu-ga did not run: {e:#}"));
         }
     }
     Ok(v)
-}
-
-fn open_pty() -> anyhow::Result<(nix::pty::PtyMaster, std::path::PathBuf)> {
-    use nix::fcntl::OFlag;
-    let m = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)?;
-    nix::pty::grantpt(&m)?;
-    nix::pty::unlockpt(&m)?;
-    let p = nix::pty::ptsname_r(&m)?;
-    Ok((m, p.into()))
 }

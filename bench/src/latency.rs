@@ -10,7 +10,9 @@
 //! - qemu-guest-agent (when installed), doing the same job the only way it can
 //!   (`guest-ssh-add-authorized-keys`, `guest-exec` of `hostname` and `ip`), in its own
 //!   network, UTS and mount namespaces (its user's passwd entry bind-mounted in);
-//! - a null guest that answers at once: the floor set by the bridge and the protocol.
+//! - a null guest that answers at once: the floor set by the bridge and the protocol;
+//! - and, as a diagnostic, a second real agent on a bare pty whose master the measuring
+//!   side writes itself (no bridge, no 1 KiB window pacing): the agent's own time.
 
 use std::fmt::Write as _;
 use std::os::fd::AsFd;
@@ -58,8 +60,14 @@ pub struct Samples {
     pub qga: Result<Vec<f64>, String>,
     /// qga / xenchan per iteration.
     pub ratio: Vec<f64>,
-    /// The null guest.
+    /// The null guest: connect to result.
     pub floor: Vec<f64>,
+    /// The null guest: connect to its hello.
+    pub floor_handshake: Vec<f64>,
+    /// xenchan on a bare pty (no bridge): hello to result.
+    pub bare: Vec<f64>,
+    /// xenchan on a bare pty: hello to the agent's hello.
+    pub bare_handshake: Vec<f64>,
     /// Whether the network item went over netlink in a namespace.
     pub live_network: bool,
 }
@@ -93,22 +101,57 @@ impl Channel {
     }
 }
 
+/// How the broker's side reaches an agent's tty.
+enum Link {
+    /// Through the simulator's channel backend (QEMU's socket and 1 KiB window).
+    Bridge(Channel),
+    /// Straight on the pty master: the tty with nothing between (a diagnostic, to tell
+    /// the agent's own time from the bridge's pacing).
+    Pty(std::fs::File),
+}
+
 /// The xenchan side: guest root, channel, namespace, agent process.
 struct AgentGuest {
     root: GuestRoot,
-    chan: Channel,
+    link: Link,
     ns: Option<NetNs>,
     agent: Child,
 }
 
+impl AgentGuest {
+    /// One session: connect (bridge) or start on the tty (pty), hello, push, result.
+    fn push(
+        &self,
+        config: &GuestConfig,
+        generation: u64,
+    ) -> std::io::Result<(xenchan_protocol::message::ApplyResult, wire::SessionTimes)> {
+        match &self.link {
+            Link::Bridge(chan) => {
+                wire::push_once(&chan.socket, config, generation, ITERATION_TIMEOUT)
+            }
+            Link::Pty(master) => wire::push_on(
+                master.try_clone()?,
+                Instant::now(),
+                config,
+                generation,
+                ITERATION_TIMEOUT,
+            ),
+        }
+    }
+}
+
+/// Starts an agent in `dir/<sub>` on a bridge channel (`bare` false) or on a pty whose
+/// master this process holds (`bare` true).
 fn start_agent_guest(
     rt: &Handle,
     bins: &Bins,
     dir: &Path,
     notify: &NotifySocket,
+    sub: &str,
+    bare: bool,
 ) -> anyhow::Result<AgentGuest> {
     let root = GuestRoot::create(
-        dir.join("g"),
+        dir.join(sub),
         &GuestIdentity {
             uuid: xenchan_sim::guest::random_uuid(),
             mac: MAC_AGENT.into(),
@@ -117,11 +160,18 @@ fn start_agent_guest(
         },
     )
     .context("guest root")?;
-    let chan = Channel::open(rt, dir.join("a.sock"))?;
-    root.new_boot(&chan.slave).context("guest /dev")?;
+    let link = if bare {
+        let (master, slave) = wire::open_pty()?;
+        root.new_boot(&slave).context("guest /dev")?;
+        Link::Pty(master)
+    } else {
+        let chan = Channel::open(rt, dir.join(format!("{sub}.sock")))?;
+        root.new_boot(&chan.slave).context("guest /dev")?;
+        Link::Bridge(chan)
+    };
     let ns = match netns::unavailable() {
         None => Some(NetNs::create(
-            &format!("xcb{}a", std::process::id()),
+            &format!("xcb{}{sub}", std::process::id()),
             IFACE,
             MAC_AGENT,
         )?),
@@ -146,14 +196,18 @@ fn start_agent_guest(
         cmd.env("XENCHAN_BENCH_NETNS", ns.path());
     }
     notify.drain();
-    let mut agent = Child::spawn("the agent", &mut cmd, &dir.join("agent.log"))?;
+    let mut agent = Child::spawn(
+        &format!("the agent ({sub})"),
+        &mut cmd,
+        &dir.join(format!("agent-{sub}.log")),
+    )?;
     if let Err(e) = notify.wait_ready(Duration::from_secs(10)) {
         agent.check_running()?;
         return Err(e).context("the agent did not signal READY=1");
     }
     Ok(AgentGuest {
         root,
-        chan,
+        link,
         ns,
         agent,
     })
@@ -290,7 +344,8 @@ pub fn run(rt: &Handle, bins: &Bins, base: &Path, iterations: usize) -> anyhow::
 
 fn run_in(rt: &Handle, bins: &Bins, dir: &Path, iterations: usize) -> anyhow::Result<Samples> {
     let notify = NotifySocket::bind(&dir.join("notify"))?;
-    let mut agent_guest = start_agent_guest(rt, bins, dir, &notify)?;
+    let mut agent_guest = start_agent_guest(rt, bins, dir, &notify, "a", false)?;
+    let mut bare_guest = start_agent_guest(rt, bins, dir, &notify, "p", true)?;
     let mut qga_guest = start_qga_guest(rt, dir);
     let mut null = start_null_guest(rt, dir)?;
     let configs = [
@@ -304,6 +359,9 @@ fn run_in(rt: &Handle, bins: &Bins, dir: &Path, iterations: usize) -> anyhow::Re
         qga: Err("not measured".into()),
         ratio: Vec::new(),
         floor: Vec::new(),
+        floor_handshake: Vec::new(),
+        bare: Vec::new(),
+        bare_handshake: Vec::new(),
         live_network: agent_guest.ns.is_some(),
     };
     let mut qga_samples = Vec::new();
@@ -312,30 +370,18 @@ fn run_in(rt: &Handle, bins: &Bins, dir: &Path, iterations: usize) -> anyhow::Re
         let variant = i as u64 % 2;
         let generation = i as u64 + 1;
         let measured = i >= WARMUP;
-        // xenchan
-        let (result, times) = wire::push_once(
-            &agent_guest.chan.socket,
-            &configs[variant as usize],
-            generation,
-            ITERATION_TIMEOUT,
-        )
-        .map_err(|e| {
-            let alive = agent_guest.agent.check_running().err();
-            anyhow::anyhow!(
-                "xenchan push {i}: {e}{}",
-                alive.map(|x| format!(" ({x:#})")).unwrap_or_default()
-            )
-        })?;
-        if !result.all_ok() {
-            bail!(
-                "xenchan push {i} did not apply every item: {:?}",
-                result.items
-            );
-        }
+        // xenchan, through the bridge
+        let times = agent_push(&mut agent_guest, &configs[variant as usize], generation, i)?;
         let x = ms(times.total);
         if measured {
             out.xenchan.push(x);
             out.handshake.push(ms(times.handshake));
+        }
+        // xenchan, on the bare pty
+        let times = agent_push(&mut bare_guest, &configs[variant as usize], generation, i)?;
+        if measured {
+            out.bare.push(ms(times.total));
+            out.bare_handshake.push(ms(times.handshake));
         }
         // qemu-ga
         if let Ok(g) = &mut qga_guest
@@ -381,11 +427,13 @@ fn run_in(rt: &Handle, bins: &Bins, dir: &Path, iterations: usize) -> anyhow::Re
         .map_err(|e| anyhow::anyhow!("null guest push {i}: {e}"))?;
         if measured {
             out.floor.push(ms(times.total));
+            out.floor_handshake.push(ms(times.handshake));
         }
         std::thread::sleep(Duration::from_millis(5));
     }
     let last = (WARMUP + iterations - 1) as u64 % 2;
     verify_agent_guest(&agent_guest, last)?;
+    verify_agent_guest(&bare_guest, last)?;
     out.qga = match (qga_guest.as_ref(), qga_error) {
         (Err(why), _) => Err(why.clone()),
         (Ok(_), Some(e)) => Err(e),
@@ -396,7 +444,10 @@ fn run_in(rt: &Handle, bins: &Bins, dir: &Path, iterations: usize) -> anyhow::Re
     };
     // Orderly teardown: processes first, then channels, then namespaces (drops).
     agent_guest.agent.terminate(Duration::from_secs(3));
-    agent_guest.chan.stop(rt);
+    if let Link::Bridge(chan) = &mut agent_guest.link {
+        chan.stop(rt);
+    }
+    bare_guest.agent.terminate(Duration::from_secs(3));
     if let Ok(g) = &mut qga_guest {
         g.qga.terminate(Duration::from_secs(3));
         g.chan.stop(rt);
@@ -407,6 +458,29 @@ fn run_in(rt: &Handle, bins: &Bins, dir: &Path, iterations: usize) -> anyhow::Re
         let _ = t.join();
     }
     Ok(out)
+}
+
+/// One measured push to an agent guest, checked: every item applied.
+fn agent_push(
+    g: &mut AgentGuest,
+    config: &GuestConfig,
+    generation: u64,
+    i: usize,
+) -> anyhow::Result<wire::SessionTimes> {
+    let (result, times) = g.push(config, generation).map_err(|e| {
+        let alive = g.agent.check_running().err();
+        anyhow::anyhow!(
+            "xenchan push {i}: {e}{}",
+            alive.map(|x| format!(" ({x:#})")).unwrap_or_default()
+        )
+    })?;
+    if !result.all_ok() {
+        bail!(
+            "xenchan push {i} did not apply every item: {:?}",
+            result.items
+        );
+    }
+    Ok(times)
 }
 
 /// The guest really holds the last variant: hostname file, keys, address in the namespace.
@@ -452,12 +526,31 @@ fn verify_qga_guest(g: &QgaGuest, v: u64, keys: &[String]) -> anyhow::Result<()>
     Ok(())
 }
 
+/// The size of the config frame pushed (the whole line as sent), in bytes.
+pub fn push_frame_bytes() -> usize {
+    let c: GuestConfig = configs::latency_config(0, MAC_AGENT);
+    let env = xenchan_protocol::Envelope::new(
+        xenchan_protocol::Role::Broker,
+        Some(xenchan_protocol::Nonce::from_bytes([0; 16])),
+        xenchan_protocol::message::Body::Config(xenchan_protocol::message::ConfigPush {
+            generation: 1,
+            digest: c.digest(),
+            config: c,
+        }),
+    );
+    xenchan_protocol::FrameCodec::new(xenchan_protocol::MAX_FRAME_DEFAULT)
+        .encode_line(&env)
+        .map_or(0, |l| l.len())
+}
+
 /// The documents pushed, for the report's notes.
 pub fn describe() -> String {
     let c: GuestConfig = configs::latency_config(0, MAC_AGENT);
+    let frame = push_frame_bytes();
     format!(
-        "{} bytes of JSON: {} (ssh keys ed25519)",
+        "{} bytes of JSON in a {frame}-byte frame ({} pieces through the 1 KiB window): {} (ssh keys ed25519)",
         c.canonical_json().len(),
+        frame.div_ceil(xenchan_sim::bridge::RING_WINDOW),
         c.items().join(", ")
     )
 }

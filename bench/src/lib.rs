@@ -1,6 +1,7 @@
 //! xenchan's benchmarks: the figures users care about, measured on the real binaries and
-//! printed as one table (and JSON) by `cargo run --release -p xenchan-bench`. See
-//! docs/PERFORMANCE.md for what each figure means and the latest table.
+//! printed as one table (and JSON) by `cargo bench -p xenchan-bench` (or `cargo run
+//! --release -p xenchan-bench`). See docs/PERFORMANCE.md for what each figure means and
+//! the latest table.
 //!
 //! - [`scale`]: the broker against 100 / 1,000 / 10,000 domains ([`swarm`] plays them);
 //! - [`latency`]: one push end to end over the simulator's pty channel, against
@@ -12,6 +13,7 @@
 
 pub mod bins;
 pub mod child;
+pub mod cli;
 pub mod codec;
 pub mod configs;
 pub mod footprint;

@@ -10,24 +10,40 @@ pub struct Memory {
     pub rss_kib: u64,
     /// Peak resident set size (VmHWM).
     pub hwm_kib: u64,
+    /// The anonymous part of VmRSS (heap, stacks, relocated data: `RssAnon`).
+    pub anon_kib: u64,
+    /// The file-backed part of VmRSS (the binary's and the libraries' pages: `RssFile`),
+    /// shared with every process mapping the same files.
+    pub file_kib: u64,
 }
 
-/// Reads VmRSS and VmHWM of `pid`.
+/// Reads VmRSS, VmHWM, RssAnon and RssFile of `pid`.
 pub fn memory(pid: u32) -> io::Result<Memory> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     parse_status(&text).ok_or_else(|| io::Error::other(format!("no VmRSS in /proc/{pid}/status")))
 }
 
+/// Proportional set size of `pid` in KiB (`Pss` of `/proc/<pid>/smaps_rollup`): each
+/// shared page divided by the number of processes mapping it.
+pub fn pss_kib(pid: u32) -> io::Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    kib_field(&text, "Pss:")
+        .ok_or_else(|| io::Error::other(format!("no Pss in /proc/{pid}/smaps_rollup")))
+}
+
+fn kib_field(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse::<u64>().ok())
+}
+
 fn parse_status(text: &str) -> Option<Memory> {
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.parse::<u64>().ok())
-    };
     Some(Memory {
-        rss_kib: field("VmRSS:")?,
-        hwm_kib: field("VmHWM:")?,
+        rss_kib: kib_field(text, "VmRSS:")?,
+        hwm_kib: kib_field(text, "VmHWM:")?,
+        anon_kib: kib_field(text, "RssAnon:").unwrap_or(0),
+        file_kib: kib_field(text, "RssFile:").unwrap_or(0),
     })
 }
 
@@ -37,6 +53,24 @@ pub fn cpu_seconds(pid: u32) -> io::Result<f64> {
     let ticks = parse_stat_ticks(&text)
         .ok_or_else(|| io::Error::other(format!("unreadable /proc/{pid}/stat")))?;
     Ok(ticks as f64 / clock_ticks())
+}
+
+/// User + system CPU seconds used so far by the threads of `pid` named `name` (their
+/// `comm`); `None` when it has no such thread.
+pub fn thread_cpu_seconds(pid: u32, name: &str) -> Option<f64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut found = false;
+    let mut ticks = 0u64;
+    for t in tasks.flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+        ticks += parse_stat_ticks(&stat)?;
+        found = true;
+    }
+    found.then(|| ticks as f64 / clock_ticks())
 }
 
 /// utime + stime from a `/proc/<pid>/stat` line. The command name (field 2) may hold
@@ -85,12 +119,14 @@ mod tests {
 
     #[test]
     fn status_fields() {
-        let t = "Name:\tx\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\n";
+        let t = "Name:\tx\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\nRssAnon:\t 24 kB\nRssFile:\t 1000 kB\n";
         assert_eq!(
             parse_status(t),
             Some(Memory {
                 rss_kib: 1024,
-                hwm_kib: 2048
+                hwm_kib: 2048,
+                anon_kib: 24,
+                file_kib: 1000,
             })
         );
         assert_eq!(parse_status("Name: x\n"), None);
@@ -104,9 +140,32 @@ mod tests {
     }
 
     #[test]
+    fn threads_are_found_by_name() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::Builder::new()
+            .name("xcb-probe".into())
+            .spawn(move || {
+                // The new thread names itself before it runs this.
+                started_tx.send(()).unwrap();
+                let _ = rx.recv();
+            })
+            .unwrap();
+        started.recv().unwrap();
+        let me = std::process::id();
+        assert!(thread_cpu_seconds(me, "xcb-probe").is_some_and(|s| s >= 0.0));
+        assert_eq!(thread_cpu_seconds(me, "no-such-thread"), None);
+        tx.send(()).unwrap();
+        t.join().unwrap();
+    }
+
+    #[test]
     fn own_process_is_readable() {
         let me = std::process::id();
-        assert!(memory(me).unwrap().rss_kib > 0);
+        let m = memory(me).unwrap();
+        assert!(m.rss_kib > 0);
+        assert!(m.anon_kib + m.file_kib > 0 && m.anon_kib + m.file_kib <= m.rss_kib);
+        assert!(pss_kib(me).unwrap() > 0);
         assert!(cpu_seconds(me).unwrap() >= 0.0);
     }
 }

@@ -108,24 +108,54 @@ impl Report {
         let m = &self.machine;
         let _ = writeln!(
             o,
-            "Machine: {} ({} cores), {} MiB RAM, {}, kernel {}; load average {} at start, {} at end; \
-             temporary folders on {} (fsync of 4 KiB: median {} ms).",
+            "Machine: {} ({} cores), {} MiB RAM, {}, kernel {}; temporary folders on {} \
+             (fsync of 4 KiB: median {} ms).\n",
             m.cpu,
             m.cores,
             m.mem_mib,
             m.os,
             m.kernel,
-            m.load_start,
-            m.load_end,
             m.tmp_fs,
             m.fsync_ms.map_or_else(|| "?".into(), fmt_num),
         );
+        let during = m.load_during.map_or_else(
+            || "not sampled".into(),
+            |l| {
+                format!(
+                    "median {} (min {}, max {}, {} samples)",
+                    fmt_num(l.median),
+                    fmt_num(l.min),
+                    fmt_num(l.max),
+                    l.n
+                )
+            },
+        );
+        let others = if m.others_seen.is_empty() {
+            "none".to_string()
+        } else {
+            group_by_name(&m.others_seen)
+        };
         let _ = writeln!(
             o,
-            "Run: {} mode, {} s, {}.\n",
+            "Load: 1-minute load average during the run {during}; load averages (1, 5, 15 min) \
+             {} at start, {} at end; other heavy programs seen during the run: {others}.\n",
+            m.load_start, m.load_end,
+        );
+        let tree = match (&m.commit, m.uncommitted.len()) {
+            (None, _) => "commit unknown".to_string(),
+            (Some(c), 0) => format!("commit {c}"),
+            (Some(c), n) => format!(
+                "commit {c} with {n} uncommitted file(s) in the measured crates ({})",
+                m.uncommitted.join(", ")
+            ),
+        };
+        let _ = writeln!(
+            o,
+            "Run: {} mode, {} s, started {}, {tree}{}.\n",
             if m.quick { "quick" } else { "full" },
             m.duration_s.round(),
-            m.started
+            m.started,
+            if m.root { "" } else { ", not root" },
         );
         let _ = writeln!(
             o,
@@ -181,6 +211,28 @@ impl Report {
     }
 }
 
+/// `rustc (12), rustc (14), cargo (9)` as `rustc (2 processes), cargo (pid 9)`.
+fn group_by_name(procs: &[String]) -> String {
+    let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
+    for p in procs {
+        let (name, pid) = p
+            .rsplit_once(" (")
+            .map_or((p.as_str(), ""), |(n, pid)| (n, pid.trim_end_matches(')')));
+        match groups.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, pids)) => pids.push(pid),
+            None => groups.push((name, vec![pid])),
+        }
+    }
+    groups
+        .iter()
+        .map(|(name, pids)| match pids.as_slice() {
+            [one] => format!("{name} (pid {one})"),
+            many => format!("{name} ({} processes)", many.len()),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Numbers with as many decimals as their size deserves.
 pub fn fmt_num(v: f64) -> String {
     let a = v.abs();
@@ -231,8 +283,16 @@ pub struct Machine {
     pub duration_s: f64,
     /// The workspace's git commit, if known.
     pub commit: Option<String>,
+    /// Files of the crates measured that differ from `commit` (the binaries were built
+    /// from the working tree, so these changes are in the figures).
+    pub uncommitted: Vec<String>,
     /// Whether we ran as root (namespaces, qemu-guest-agent).
     pub root: bool,
+    /// The 1-minute load average sampled every few seconds during the run.
+    pub load_during: Option<Summary>,
+    /// Other heavy programs seen running during the run (QEMU virtual machines, compilers),
+    /// as `name (pid)`: their load is in the figures.
+    pub others_seen: Vec<String>,
 }
 
 /// The three load averages.
@@ -281,9 +341,119 @@ impl Machine {
             started: xenchan_sim_now(),
             duration_s: 0.0,
             commit: git_commit(),
+            uncommitted: git_uncommitted(),
             root: nix::unistd::geteuid().is_root(),
+            load_during: None,
+            others_seen: Vec::new(),
         }
     }
+
+    /// Records what a [`LoadSampler`] saw.
+    pub fn take_load(&mut self, sampler: LoadSampler) {
+        let (loads, others) = sampler.finish();
+        self.load_during = Summary::of(&loads);
+        self.others_seen = others;
+    }
+}
+
+/// Programs whose load would distort the figures when they run next to the bench
+/// (matched on the start of `/proc/<pid>/comm`).
+pub const HEAVY: &[&str] = &["qemu-system", "rustc", "cc1", "cargo", "ld"];
+
+/// Samples the 1-minute load average and looks for [`HEAVY`] programs every
+/// [`LoadSampler::EVERY`] on a thread, until [`LoadSampler::finish`].
+#[derive(Debug)]
+pub struct LoadSampler {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<(Vec<f64>, Vec<String>)>,
+}
+
+impl LoadSampler {
+    /// Interval between samples.
+    pub const EVERY: Duration = Duration::from_secs(2);
+
+    /// Starts sampling (one sample at once).
+    pub fn start() -> LoadSampler {
+        let (stop, rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let mut loads = Vec::new();
+            let mut others: Vec<String> = Vec::new();
+            loop {
+                if let Some(l) = load1() {
+                    loads.push(l);
+                }
+                for o in heavy_processes() {
+                    if !others.contains(&o) {
+                        others.push(o);
+                    }
+                }
+                if !matches!(
+                    rx.recv_timeout(Self::EVERY),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                ) {
+                    return (loads, others);
+                }
+            }
+        });
+        LoadSampler { stop, thread }
+    }
+
+    /// Stops sampling: the 1-minute load averages seen and the heavy programs seen.
+    pub fn finish(self) -> (Vec<f64>, Vec<String>) {
+        let _ = self.stop.send(());
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+/// The 1-minute load average.
+pub fn load1() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Running [`HEAVY`] programs that are not ours (not this process, its children or its
+/// ancestors, such as the `cargo run` that started it), as `name (pid)`.
+pub fn heavy_processes() -> Vec<String> {
+    let me = std::process::id();
+    let mut ancestors = Vec::new();
+    let mut p = parent_of(me);
+    while let Some(pid) = p.filter(|p| *p > 1 && !ancestors.contains(p)) {
+        ancestors.push(pid);
+        p = parent_of(pid);
+    }
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me || ancestors.contains(&pid) {
+            continue;
+        }
+        let Ok(comm) = std::fs::read_to_string(e.path().join("comm")) else {
+            continue;
+        };
+        let comm = comm.trim();
+        let heavy = HEAVY
+            .iter()
+            .any(|h| comm == *h || (h.len() > 3 && comm.starts_with(h)));
+        if heavy && parent_of(pid) != Some(me) {
+            out.push(format!("{comm} ({pid})"));
+        }
+    }
+    out
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn xenchan_sim_now() -> String {
@@ -297,6 +467,39 @@ fn xenchan_sim_now() -> String {
     match out {
         Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
         _ => format!("unix {secs}"),
+    }
+}
+
+/// The crates whose code the measured binaries are built from.
+const MEASURED_CRATES: &[&str] = &[
+    "Cargo.lock",
+    "bench",
+    "broker",
+    "guest-agent",
+    "netconf",
+    "protocol",
+    "registry",
+    "sim",
+    "xenstore",
+];
+
+fn git_uncommitted() -> Vec<String> {
+    let Some(ws) = Path::new(env!("CARGO_MANIFEST_DIR")).parent() else {
+        return Vec::new();
+    };
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(ws)
+        .args(["status", "--porcelain", "--untracked-files=no", "--"])
+        .args(MEASURED_CRATES)
+        .output();
+    match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| l.get(3..))
+            .map(str::to_string)
+            .collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -356,6 +559,19 @@ mod tests {
         assert_eq!(fmt_num(1.234), "1.23");
         assert_eq!(fmt_num(12.34), "12.3");
         assert_eq!(fmt_num(1234.5), "1234");
+    }
+
+    #[test]
+    fn heavy_programs_are_grouped_by_name() {
+        let seen = [
+            "rustc (12)".to_string(),
+            "qemu-system-x86 (7)".to_string(),
+            "rustc (14)".to_string(),
+        ];
+        assert_eq!(
+            group_by_name(&seen),
+            "rustc (2 processes), qemu-system-x86 (pid 7)"
+        );
     }
 
     #[test]

@@ -60,7 +60,13 @@ pub struct Point {
     pub cpu_discover_s: f64,
     /// Broker CPU seconds spent configuring (PUTs, pushes, results).
     pub cpu_configure_s: f64,
+    /// Of which the store thread's (SQLite and its fsyncs), if the broker names it
+    /// [`STORE_THREAD`].
+    pub cpu_store_configure_s: Option<f64>,
 }
+
+/// The name of the broker's store thread.
+pub const STORE_THREAD: &str = "xenchan-store";
 
 impl Point {
     /// KiB of broker memory per idle session.
@@ -202,6 +208,7 @@ async fn measure(
             bail!("the swarm said {line:?}");
         }
     }
+    eprintln!("   {n} sockets listening (broker pid {pid}); waiting for every session to be idle");
     let budget = Duration::from_secs(60 + n as u64 / 20);
     let mut alive = || swarms.iter_mut().try_for_each(Child::check_running);
     let t_idle = wait_metric(
@@ -220,6 +227,7 @@ async fn measure(
     tokio::time::sleep(Duration::from_secs(1)).await;
     p.rss_idle_kib = procfs::memory(pid)?.rss_kib;
     let cpu2 = procfs::cpu_seconds(pid)?;
+    let store2 = procfs::thread_cpu_seconds(pid, STORE_THREAD);
 
     // Phase 3: a configuration per domain.
     let key = xenchan_sim::configs::FALLBACK_KEY.trim().to_string();
@@ -231,6 +239,10 @@ async fn measure(
             .collect(),
     );
     let next = Arc::new(AtomicUsize::new(0));
+    eprintln!(
+        "   every session idle after {:.2} s; configuring {n} domains",
+        p.discover_s
+    );
     let t_put = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..PUT_CONCURRENCY.min(n) {
@@ -263,7 +275,11 @@ async fn measure(
     )
     .await?;
     p.configure_s = t_done.duration_since(t_put).as_secs_f64();
+    eprintln!("   {n} results recorded after {:.2} s", p.configure_s);
     p.cpu_configure_s = procfs::cpu_seconds(pid)? - cpu2;
+    p.cpu_store_configure_s = procfs::thread_cpu_seconds(pid, STORE_THREAD)
+        .zip(store2)
+        .map(|(b, a)| b - a);
     let m = procfs::memory(pid)?;
     p.rss_after_kib = m.rss_kib;
     p.hwm_kib = m.hwm_kib;

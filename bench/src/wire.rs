@@ -107,8 +107,21 @@ pub fn push_once(
     timeout: Duration,
 ) -> io::Result<(ApplyResult, SessionTimes)> {
     let start = Instant::now();
+    let stream = UnixStream::connect(socket)?;
+    push_on(stream, start, config, generation, timeout)
+}
+
+/// [`push_once`] over a stream that is already there (a pty master: the guest's tty with
+/// nothing between); times are counted from `start`.
+pub fn push_on<S: Read + Write + AsFd>(
+    io: S,
+    start: Instant,
+    config: &GuestConfig,
+    generation: u64,
+    timeout: Duration,
+) -> io::Result<(ApplyResult, SessionTimes)> {
     let deadline = start + timeout;
-    let mut s = FrameStream::new(UnixStream::connect(socket)?);
+    let mut s = FrameStream::new(io);
     let nonce = Nonce::from_bytes(rand::random());
     let mut rules = SessionRules::new(Role::Broker);
     rules.set_session(nonce.clone());
@@ -116,9 +129,8 @@ pub fn push_once(
         versions: Some(SUPPORTED_VERSIONS.to_vec()),
         channel: DEFAULT_CHANNEL.to_string(),
         domain: Some("bench".into()),
-        uuid: None,
         software: "xenchan-bench".into(),
-        applied: None,
+        ..Hello::default()
     };
     let hello = Envelope::new(Role::Broker, Some(nonce.clone()), Body::Hello(hello));
     s.send(&hello)?;
@@ -212,4 +224,15 @@ pub fn null_guest<S: Read + Write + AsFd>(io: S, stop: &std::sync::atomic::Atomi
             _ => {}
         }
     }
+}
+
+/// A new pty: its master (this process keeps it) and the slave's path (the guest's tty).
+pub fn open_pty() -> io::Result<(std::fs::File, std::path::PathBuf)> {
+    use nix::fcntl::OFlag;
+    let m = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)?;
+    nix::pty::grantpt(&m)?;
+    nix::pty::unlockpt(&m)?;
+    let slave = nix::pty::ptsname_r(&m)?;
+    let master = std::fs::File::from(m.as_fd().try_clone_to_owned()?);
+    Ok((master, slave.into()))
 }

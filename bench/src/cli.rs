@@ -1,0 +1,701 @@
+//! The command line of `xenchan-bench` (also what `cargo bench -p xenchan-bench` runs):
+//! measures what users care about and prints it as one table (Markdown) on stdout, with
+//! the JSON written to `--json FILE`. Progress goes to stderr.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use crate::bins::Bins;
+use crate::report::{self, LoadSampler, Machine, Report, Target, loadavg};
+use crate::stats::Summary;
+use crate::{codec, footprint, hotplug, latency, procfs, scale};
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+
+const ABOUT: &str = "Measures xenchan: broker scale, end-to-end latency against qemu-guest-agent, \
+hotplug to configured, the agent's footprint and the decoder's throughput.";
+
+const LONG_ABOUT: &str =
+    "Measures xenchan on this machine with the real binaries (release builds) \
+and prints every figure as one Markdown table on stdout (median, min - max, samples, the \
+issue's target and whether it was met); progress goes to stderr. docs/PERFORMANCE.md \
+explains each figure and shows the latest table.
+
+Sections (all by default, in this order):
+  codec      FrameCodec throughput, MB/s of valid frames, noise, and a flood without newlines
+  footprint  the agent's start to READY=1, idle RSS, stripped binary size; qemu-ga's idle RSS
+  latency    connect + handshake + push (hostname, one address over netlink in a network
+             namespace, three ssh keys, all fsynced) + result over the simulator's pty bridge,
+             against qemu-guest-agent through the same bridge and a null guest (the floor);
+             plus a second agent on a bare pty (no bridge) to tell the agent's own time
+  hotplug    from the /dev/xen-channel link appearing to the result recorded by the broker
+  scale      the broker against N socket-served guests (another process): handshakes, RSS per
+             idle session, time from the first PUT to N results recorded, CPU (and the share
+             of the broker's store thread)
+
+Latency and hotplug run twice: with their temporary folders in --tmp (a disk, where fsync \
+costs what the disk makes it cost) and in --tmpfs (fsync is free: the software's own cost).
+
+The machine line of the table says what else loaded the machine: the 1-minute load \
+average sampled every 2 s during the run and the heavy programs seen (QEMU, compilers). \
+Run it on a quiet machine: on 2 shared cores a QEMU TCG guest next door doubles figures.
+
+Needs root for the network namespaces (latency's netlink part and qemu-guest-agent are \
+skipped with a printed reason otherwise). qemu-guest-agent is compared when installed \
+(Debian: apt-get install qemu-guest-agent) and reported as skipped when it is not.
+
+Binaries are taken from the folder of this executable; when started by cargo they are \
+built first (`cargo build --release --bins -p xenchan-broker -p xenchan-agent -p \
+xenchan-bench`), since cargo only builds the binary it runs.";
+
+const AFTER: &str = "Examples:
+  cargo bench -p xenchan-bench
+  cargo run --release -p xenchan-bench
+      Everything (about 5 minutes once built); N = 100, 1,000, 10,000.
+  cargo bench -p xenchan-bench -- --quick --json bench.json
+      The smaller set CI runs (about 2 minutes once built); N = 100, 1,000.
+  cargo run --release -p xenchan-bench -- --only latency --iterations 200
+  cargo run --release -p xenchan-bench -- --only scale --scale-n 10000
+
+Exit status: 0 every section ran (targets missed or not), 2 bad command line, 69 a \
+section failed (its figures are shown as skipped, the reason on stderr and in the notes), \
+74 the JSON file could not be written.";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Section {
+    Codec,
+    Footprint,
+    Latency,
+    Hotplug,
+    Scale,
+}
+
+/// The command line.
+#[derive(Debug, Parser)]
+#[command(name = "xenchan-bench", version, about = ABOUT, long_about = LONG_ABOUT, after_help = AFTER)]
+struct Args {
+    /// Smaller sample counts and N = 100, 1,000 only (a CI smoke run).
+    #[arg(long)]
+    quick: bool,
+
+    /// Also write every figure, the machine and the notes as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+
+    /// Run only these sections (repeat or comma-separate) [default: all].
+    #[arg(long, value_name = "SECTION", value_delimiter = ',')]
+    only: Vec<Section>,
+
+    /// Domain counts for the scale section [default: 100,1000,10000; quick: 100,1000].
+    #[arg(long, value_name = "N", value_delimiter = ',')]
+    scale_n: Vec<usize>,
+
+    /// Measured end-to-end iterations per guest and folder [default: 100; quick: 30].
+    #[arg(long, value_name = "N")]
+    iterations: Option<usize>,
+
+    /// Hotplugs per folder [default: 15; quick: 5].
+    #[arg(long, value_name = "N")]
+    hotplugs: Option<usize>,
+
+    /// Folder for temporary files on a disk. Keep it short: unix socket paths hold 107
+    /// bytes.
+    #[arg(long, value_name = "DIR", default_value = "/tmp")]
+    tmp: PathBuf,
+
+    /// A tmpfs folder for the fsync-free runs of latency and hotplug; `none` skips them.
+    #[arg(long, value_name = "DIR", default_value = "/dev/shm")]
+    tmpfs: PathBuf,
+
+    /// Take the binaries from DIR instead of this executable's folder (nothing is built).
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
+
+    /// Passed by `cargo bench` to every bench target; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// The whole program: parses the command line, runs the sections, prints the table.
+/// Shared by the `xenchan-bench` binary and the `cargo bench` target.
+pub fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    // 10,000 domains: a socket each, plus the store, inotify and the API.
+    procfs::raise_nofile(65_536);
+    let started = Instant::now();
+    let bins = match Bins::locate(args.bin_dir.as_deref()) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("xenchan-bench: {e:#}");
+            return ExitCode::from(69);
+        }
+    };
+    let mut report = Report {
+        machine: Machine::probe(&args.tmp, args.quick),
+        ..Report::default()
+    };
+    let load = LoadSampler::start();
+    if let Some(others) = Some(report::heavy_processes()).filter(|o| !o.is_empty()) {
+        eprintln!(
+            "xenchan-bench: other heavy programs are running ({}): the figures will carry their load",
+            others.join(", ")
+        );
+    }
+    if !bins.is_release() {
+        report.note(format!(
+            "binaries in {} are not a release build: figures are not representative",
+            bins.dir.display()
+        ));
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("xenchan-bench: cannot start the async runtime: {e}");
+            return ExitCode::from(69);
+        }
+    };
+    let want = |s: Section| args.only.is_empty() || args.only.contains(&s);
+    let mut failed = false;
+    let mut section = |name: &str, r: anyhow::Result<()>, report: &mut Report| {
+        if let Err(e) = r {
+            failed = true;
+            eprintln!("xenchan-bench: {name} failed: {e:#}");
+            report.note(format!("{name} failed: {e:#}"));
+        }
+    };
+    let folders = folders(&args);
+    if want(Section::Codec) {
+        eprintln!("== codec");
+        let r = codec_section(&args, &mut report);
+        section("codec", r, &mut report);
+    }
+    if want(Section::Footprint) {
+        eprintln!("== footprint");
+        let r = footprint_section(&args, &bins, &mut report);
+        section("footprint", r, &mut report);
+    }
+    if want(Section::Latency) {
+        for (label, dir) in &folders {
+            eprintln!("== latency ({label})");
+            let r = latency_section(&args, &bins, rt.handle(), dir, label, &mut report);
+            section(&format!("latency ({label})"), r, &mut report);
+        }
+    }
+    if want(Section::Hotplug) {
+        for (label, dir) in &folders {
+            eprintln!("== hotplug ({label})");
+            let r = hotplug_section(&args, &bins, rt.handle(), dir, label, &mut report);
+            section(&format!("hotplug ({label})"), r, &mut report);
+        }
+    }
+    if want(Section::Scale) {
+        eprintln!("== scale");
+        let r = scale_section(&args, &bins, rt.handle(), &mut report);
+        section("scale", r, &mut report);
+    }
+    report.machine.load_end = loadavg();
+    report.machine.take_load(load);
+    report.machine.duration_s = started.elapsed().as_secs_f64();
+    println!("{}", report.table());
+    if let Some(path) = &args.json {
+        if let Err(e) = report.write_json(path) {
+            eprintln!("xenchan-bench: cannot write {}: {e}", path.display());
+            return ExitCode::from(74);
+        }
+        eprintln!("xenchan-bench: JSON written to {}", path.display());
+    }
+    if failed {
+        ExitCode::from(69)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// The folders latency and hotplug run in, with a label naming their file system.
+fn folders(args: &Args) -> Vec<(String, PathBuf)> {
+    let mut v = vec![(fs_label(&args.tmp), args.tmp.clone())];
+    if args.tmpfs != Path::new("none") && args.tmpfs.is_dir() {
+        v.push((fs_label(&args.tmpfs), args.tmpfs.clone()));
+    }
+    v
+}
+
+fn fs_label(p: &Path) -> String {
+    let t = crate::report::fs_type(p);
+    let kind = t.split_whitespace().next().unwrap_or("?").to_string();
+    format!("{kind} {}", p.display())
+}
+
+fn mib(kib: f64) -> f64 {
+    kib / 1024.0
+}
+
+fn median_str(s: Option<Summary>) -> String {
+    s.map_or_else(|| "?".into(), |s| report::fmt_num(s.median))
+}
+
+fn codec_section(args: &Args, report: &mut Report) -> anyhow::Result<()> {
+    let (size, runs) = if args.quick {
+        (16 << 20, 5)
+    } else {
+        (64 << 20, 9)
+    };
+    let [valid, noise, flood] = codec::measure(size, runs)?;
+    let s = "codec";
+    let how = format!("{} MiB per run, 16 KiB reads", size >> 20);
+    report.add(
+        s,
+        "valid frames (session mix)",
+        "MB/s",
+        Some(valid),
+        None,
+        how.clone(),
+    );
+    report.add(
+        s,
+        "noise (console text, AT, bad frames, binary)",
+        "MB/s",
+        Some(noise),
+        None,
+        how.clone(),
+    );
+    report.add(s, "flood without newlines", "MB/s", Some(flood), None, how);
+    Ok(())
+}
+
+fn footprint_section(args: &Args, bins: &Bins, report: &mut Report) -> anyhow::Result<()> {
+    let runs = if args.quick { 5 } else { 10 };
+    let f = footprint::run(bins, &args.tmp, runs)?;
+    let s = "agent footprint";
+    let ready = Summary::of(&f.start_to_ready);
+    report.add(
+        s,
+        "start to READY=1 (watching for its device)",
+        "ms",
+        ready,
+        Some(Target::below("< 20 ms", 20.0, ready.as_ref())),
+        "",
+    );
+    let mib_of = |v: &[f64]| Summary::of(&v.iter().map(|k| mib(*k)).collect::<Vec<f64>>());
+    let rss = mib_of(&f.idle.rss);
+    report.add(
+        s,
+        "idle RSS (waiting for its device)",
+        "MiB",
+        rss,
+        Some(Target::below("< 3 MiB", 3.0, rss.as_ref())),
+        "VmRSS",
+    );
+    report.add(
+        s,
+        "idle RSS: anonymous (heap, stacks, relocations)",
+        "MiB",
+        mib_of(&f.idle.anon),
+        None,
+        "RssAnon",
+    );
+    report.add(
+        s,
+        "idle RSS: file-backed (binary and library pages)",
+        "MiB",
+        mib_of(&f.idle.file),
+        None,
+        "RssFile, shared with other processes mapping the same files",
+    );
+    report.add(
+        s,
+        "idle PSS",
+        "MiB",
+        mib_of(&f.idle.pss),
+        None,
+        "shared pages divided among their users",
+    );
+    match &f.qga {
+        Ok(q) => {
+            report.add(
+                s,
+                "qemu-guest-agent idle RSS (for comparison)",
+                "MiB",
+                mib_of(&q.rss),
+                None,
+                format!(
+                    "anonymous {} MiB, file-backed {} MiB, PSS {} MiB (medians)",
+                    median_str(mib_of(&q.anon)),
+                    median_str(mib_of(&q.file)),
+                    median_str(mib_of(&q.pss)),
+                ),
+            );
+        }
+        Err(why) => {
+            report.add(
+                s,
+                "qemu-guest-agent idle RSS (for comparison)",
+                "MiB",
+                None,
+                None,
+                why.clone(),
+            );
+            report.note(format!("qemu-guest-agent idle RSS not measured: {why}"));
+        }
+    }
+    let size = f.stripped_bytes.unwrap_or(f.binary_bytes) as f64 / 1_048_576.0;
+    let size = Summary::single(size);
+    report.add(
+        s,
+        "release binary, stripped",
+        "MiB",
+        Some(size),
+        Some(Target::below("< 6 MiB", 6.0, Some(&size))),
+        format!("{} bytes as built", f.binary_bytes),
+    );
+    Ok(())
+}
+
+fn latency_section(
+    args: &Args,
+    bins: &Bins,
+    rt: &tokio::runtime::Handle,
+    dir: &Path,
+    label: &str,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let iterations = args.iterations.unwrap_or(if args.quick { 30 } else { 100 });
+    let lat = latency::run(rt, bins, dir, iterations)?;
+    let sec = format!("end-to-end ({label})");
+    if !lat.live_network {
+        report.note(format!(
+            "{sec}: the network item was written as files only (no namespace: {})",
+            crate::netns::unavailable().unwrap_or_default()
+        ));
+    }
+    let xen = Summary::of(&lat.xenchan);
+    report.add(
+        &sec,
+        "xenchan: connect to result",
+        "ms",
+        xen,
+        Some(Target::below("< 2 ms", 2.0, xen.as_ref())),
+        latency::describe(),
+    );
+    report.add(
+        &sec,
+        "xenchan: connect to the agent's hello",
+        "ms",
+        Summary::of(&lat.handshake),
+        None,
+        "",
+    );
+    match &lat.qga {
+        Ok(q) => {
+            report.add(
+                &sec,
+                "qemu-guest-agent: same job",
+                "ms",
+                Summary::of(q),
+                None,
+                "sync, ssh-add, exec hostname, exec ip",
+            );
+            let r = Summary::of(&lat.ratio);
+            report.add(
+                &sec,
+                "qemu-guest-agent / xenchan (per iteration)",
+                "x",
+                r,
+                Some(Target::at_least(">= 3x", 3.0, r.as_ref())),
+                "",
+            );
+        }
+        Err(why) => {
+            report.add(
+                &sec,
+                "qemu-guest-agent: same job",
+                "ms",
+                None,
+                None,
+                why.clone(),
+            );
+            report.add(
+                &sec,
+                "qemu-guest-agent / xenchan (per iteration)",
+                "x",
+                None,
+                Some(Target {
+                    text: ">= 3x".into(),
+                    met: None,
+                }),
+                why.clone(),
+            );
+            report.note(format!("{sec}: qemu-guest-agent comparison skipped: {why}"));
+        }
+    }
+    report.add(
+        &sec,
+        "diagnostic: xenchan on a bare pty (no bridge), hello to result",
+        "ms",
+        Summary::of(&lat.bare),
+        None,
+        "a second agent; the broker's side writes the pty master itself",
+    );
+    report.add(
+        &sec,
+        "diagnostic: xenchan on a bare pty, hello to the agent's hello",
+        "ms",
+        Summary::of(&lat.bare_handshake),
+        None,
+        "",
+    );
+    let floor = Summary::of(&lat.floor);
+    report.add(
+        &sec,
+        "floor: null guest over the same bridge",
+        "ms",
+        floor,
+        None,
+        "answers at once, applies nothing",
+    );
+    report.add(
+        &sec,
+        "floor: connect to the null guest's hello",
+        "ms",
+        Summary::of(&lat.floor_handshake),
+        None,
+        "",
+    );
+    if let (Some(x), Some(f)) = (xen, floor) {
+        report.add(
+            &sec,
+            "xenchan above the floor (difference of medians)",
+            "ms",
+            Some(Summary::single(x.median - f.median)),
+            None,
+            "the agent's own work: apply, fsync, netlink, state",
+        );
+    }
+    Ok(())
+}
+
+fn hotplug_section(
+    args: &Args,
+    bins: &Bins,
+    rt: &tokio::runtime::Handle,
+    dir: &Path,
+    label: &str,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let n = args.hotplugs.unwrap_or(if args.quick { 5 } else { 15 });
+    let h = hotplug::run(rt, bins, dir, n)?;
+    let s = format!("hotplug ({label})");
+    let l = Summary::of(&h.link_to_recorded);
+    report.add(
+        &s,
+        "link appears to result recorded (broker API)",
+        "ms",
+        l,
+        Some(Target::below("< 10 ms", 10.0, l.as_ref())),
+        "",
+    );
+    report.add(
+        &s,
+        "xen-console-setup run (spawn to exit)",
+        "ms",
+        Summary::of(&h.helper),
+        None,
+        "",
+    );
+    Ok(())
+}
+
+fn scale_section(
+    args: &Args,
+    bins: &Bins,
+    rt: &tokio::runtime::Handle,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let ns: Vec<usize> = if args.scale_n.is_empty() {
+        if args.quick {
+            vec![100, 1000]
+        } else {
+            vec![100, 1000, 10_000]
+        }
+    } else {
+        args.scale_n.clone()
+    };
+    let max_n = ns.iter().copied().max().unwrap_or(0);
+    let mut points: Vec<(usize, Vec<scale::Point>)> = Vec::new();
+    for &n in &ns {
+        // Small N are cheap and noisy: repeat them.
+        let reps = if n <= 1000 { 3 } else { 1 };
+        let mut v = Vec::new();
+        for r in 0..reps {
+            eprintln!("   N = {n} ({}/{reps})", r + 1);
+            v.push(scale::run(rt, bins, &args.tmp, n).with_context(|| format!("N = {n}"))?);
+        }
+        let sum =
+            |f: &dyn Fn(&scale::Point) -> f64| Summary::of(&v.iter().map(f).collect::<Vec<f64>>());
+        let s = format!("broker scale N={n}");
+        let last = n == max_n;
+        let conf = sum(&|p| p.configure_s);
+        report.add(
+            &s,
+            "first PUT to every result recorded",
+            "s",
+            conf,
+            (n >= 10_000).then(|| Target::below("< 3 s", 3.0, conf.as_ref())),
+            format!("{} PUTs at a time", scale::PUT_CONCURRENCY),
+        );
+        report.add(
+            &s,
+            "pushes per second (results recorded / s)",
+            "1/s",
+            sum(&|p| p.pushes_per_s()),
+            None,
+            "",
+        );
+        report.add(
+            &s,
+            "PUTs answered per second",
+            "1/s",
+            sum(&|p| p.n as f64 / p.put_s),
+            None,
+            "",
+        );
+        report.add(
+            &s,
+            "sockets appear to every session handshook",
+            "s",
+            sum(&|p| p.discover_s),
+            None,
+            "",
+        );
+        let per = sum(&|p| p.per_session_kib());
+        report.add(
+            &s,
+            "RSS per idle session",
+            "KiB",
+            per,
+            last.then(|| Target::below("< 16 KiB", 16.0, per.as_ref())),
+            "(RSS with N idle sessions - RSS with none) / N",
+        );
+        report.add(
+            &s,
+            "RSS, no session",
+            "MiB",
+            sum(&|p| mib(p.rss_base_kib as f64)),
+            None,
+            "",
+        );
+        report.add(
+            &s,
+            "RSS, N idle sessions",
+            "MiB",
+            sum(&|p| mib(p.rss_idle_kib as f64)),
+            None,
+            "",
+        );
+        report.add(
+            &s,
+            "RSS after configuring",
+            "MiB",
+            sum(&|p| mib(p.rss_after_kib as f64)),
+            None,
+            "",
+        );
+        report.add(
+            &s,
+            "peak RSS (VmHWM)",
+            "MiB",
+            sum(&|p| mib(p.hwm_kib as f64)),
+            None,
+            "",
+        );
+        report.add(
+            &s,
+            "CPU, handshakes",
+            "s",
+            sum(&|p| p.cpu_discover_s),
+            None,
+            "",
+        );
+        report.add(
+            &s,
+            "CPU, configuring",
+            "s",
+            sum(&|p| p.cpu_configure_s),
+            None,
+            "user + system",
+        );
+        let store: Vec<f64> = v.iter().filter_map(|p| p.cpu_store_configure_s).collect();
+        report.add(
+            &s,
+            "CPU, configuring: the store thread's share",
+            "s",
+            Summary::of(&store),
+            None,
+            "SQLite statements, WAL writes, fsync (thread xenchan-store)",
+        );
+        report.add(
+            &s,
+            "CPU per domain (handshake + configure)",
+            "ms",
+            sum(&|p| (p.cpu_discover_s + p.cpu_configure_s) * 1000.0 / p.n as f64),
+            None,
+            "",
+        );
+        points.push((n, v));
+    }
+    // Growth: per-domain cost at the largest N over the same at the next smaller N.
+    if points.len() >= 2 {
+        let median = |v: &[scale::Point], f: &dyn Fn(&scale::Point) -> f64| {
+            Summary::of(&v.iter().map(f).collect::<Vec<f64>>()).map_or(f64::NAN, |s| s.median)
+        };
+        let (n1, v1) = &points[points.len() - 2];
+        let (n2, v2) = &points[points.len() - 1];
+        let per_domain = |v: &[scale::Point]| median(v, &|p| p.configure_s / p.n as f64);
+        let g = per_domain(v2) / per_domain(v1);
+        let gs = (!g.is_nan()).then(|| Summary::single(g));
+        report.add(
+            "broker scale growth",
+            format!("configure time per domain, N={n2} over N={n1}"),
+            "x",
+            gs,
+            Some(Target::below("linear (< 1.5x)", 1.5, gs.as_ref())),
+            "1.0 is exactly linear",
+        );
+        let mem = |v: &[scale::Point]| median(v, &scale::Point::per_session_kib);
+        let gm = mem(v2) / mem(v1);
+        let gms = (!gm.is_nan()).then(|| Summary::single(gm));
+        report.add(
+            "broker scale growth",
+            format!("memory per idle session, N={n2} over N={n1}"),
+            "x",
+            gms,
+            Some(Target::below("linear (< 1.5x)", 1.5, gms.as_ref())),
+            "",
+        );
+        let cpu = |v: &[scale::Point]| {
+            median(v, &|p| (p.cpu_discover_s + p.cpu_configure_s) / p.n as f64)
+        };
+        let gc = cpu(v2) / cpu(v1);
+        let gcs = (!gc.is_nan()).then(|| Summary::single(gc));
+        report.add(
+            "broker scale growth",
+            format!("CPU per domain, N={n2} over N={n1}"),
+            "x",
+            gcs,
+            Some(Target::below("linear (< 1.5x)", 1.5, gcs.as_ref())),
+            "",
+        );
+    }
+    Ok(())
+}
