@@ -384,7 +384,7 @@ struct Session<'a> {
     /// the desired config changes or a push is forced.
     refused: Option<(u64, String)>,
     force_seen: u64,
-    /// The outcome of the last result: (generation, digest, all items ok).
+    /// The outcome of the last result: (generation, digest, no item failed).
     last_result: Option<(u64, String, bool)>,
     last_facts: Option<GuestFacts>,
     ping_id: u64,
@@ -453,16 +453,11 @@ impl<'a> Session<'a> {
             v
         };
         if let Some(first) = items.first() {
+            // As for a result just received: `unsupported` is not a failure.
             let ok = items
                 .iter()
                 .filter(|i| i.generation == first.generation)
-                .all(|i| {
-                    matches!(
-                        i.status,
-                        xenchan_protocol::ItemStatus::Applied
-                            | xenchan_protocol::ItemStatus::Unchanged
-                    )
-                });
+                .all(|i| !i.status.is_failure());
             self.last_result = Some((first.generation, String::new(), ok));
         }
         if let Err(end) = self.send_hello(&mut write).await {
@@ -966,7 +961,8 @@ impl<'a> Session<'a> {
         self.push(write, push).await
     }
 
-    /// Sets configured or failed for `generation` from the last result.
+    /// Sets configured or failed for `generation` from the last result (failed only
+    /// when an item failed; `unsupported` ones do not count).
     fn refresh_state_for(&self, generation: u64) {
         let ok = match &self.last_result {
             Some((g, _, ok)) if *g == generation => *ok,
@@ -1030,7 +1026,9 @@ impl<'a> Session<'a> {
             }
         };
         self.shared.metrics.result(r.items.iter().map(|i| i.status));
-        let ok = r.all_ok();
+        // `configured` unless an item failed: an item the guest cannot apply is
+        // reported `unsupported` in the items, and pushing again would not change it.
+        let ok = r.none_failed();
         let items: Vec<ItemView> = r
             .items
             .iter()

@@ -212,11 +212,19 @@ pub struct ApplyResult {
 }
 
 impl ApplyResult {
-    /// True when no item failed.
+    /// True when every item was applied or already in place (none failed, none
+    /// unsupported).
     pub fn all_ok(&self) -> bool {
         self.items
             .iter()
             .all(|i| matches!(i.status, ItemStatus::Applied | ItemStatus::Unchanged))
+    }
+
+    /// True when no item failed. An `unsupported` item is not a failure: the guest has
+    /// no way to apply it (no network manager, say), and trying again would not change
+    /// that; the guest is as configured as it can be.
+    pub fn none_failed(&self) -> bool {
+        self.items.iter().all(|i| !i.status.is_failure())
     }
 }
 
@@ -267,6 +275,11 @@ pub enum ItemStatus {
 }
 
 impl ItemStatus {
+    /// Whether this status is a failure (`failed`; not `unsupported`).
+    pub fn is_failure(self) -> bool {
+        self == ItemStatus::Failed
+    }
+
     /// The wire name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -340,4 +353,34 @@ pub enum ErrorCode {
     BadConfig,
     /// A message the receiver did not expect at this point.
     Unexpected,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(statuses: &[ItemStatus]) -> ApplyResult {
+        ApplyResult {
+            generation: 1,
+            digest: Digest::try_from(format!("sha256:{}", "0".repeat(64))).unwrap(),
+            items: statuses
+                .iter()
+                .enumerate()
+                .map(|(i, s)| ItemResult::new(format!("user:u{i}"), *s))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn unsupported_is_neither_ok_nor_a_failure() {
+        use ItemStatus::{Applied, Failed, Unchanged, Unsupported};
+        let r = result(&[Applied, Unchanged, Unsupported]);
+        assert!(r.none_failed());
+        assert!(!r.all_ok());
+        let r = result(&[Applied, Unsupported, Failed]);
+        assert!(!r.none_failed());
+        let r = result(&[Applied, Unchanged]);
+        assert!(r.none_failed() && r.all_ok());
+        assert!(result(&[]).none_failed());
+    }
 }

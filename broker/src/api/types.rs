@@ -23,9 +23,11 @@ pub enum DomainState {
     Handshaking,
     /// A configuration was pushed; waiting for its result.
     Pushing,
-    /// The agent applied the desired configuration, every item ok.
+    /// The agent applied the desired configuration: every item applied, unchanged or
+    /// unsupported (an item the guest has no way to apply; see the items).
     Configured,
-    /// The agent answered the desired configuration with at least one failed item.
+    /// The agent answered the desired configuration with at least one failed item
+    /// (`unsupported` items do not count).
     Failed,
     /// The agent stopped answering (no hello within the deadline, or three missed
     /// pongs).

@@ -76,6 +76,8 @@ pub struct PeerOptions {
     pub versions: Option<Vec<u32>>,
     /// Items it reports as failed.
     pub fail_items: Vec<String>,
+    /// Items it reports as unsupported (reason: "no network manager found").
+    pub unsupported_items: Vec<String>,
     /// What it has applied before the first connection (its state file).
     pub applied: Option<Applied>,
     /// Send a stale beacon (no session) right after a connection is accepted.
@@ -105,6 +107,7 @@ impl Default for PeerOptions {
             channel: xenchan_protocol::DEFAULT_CHANNEL.to_string(),
             versions: Some(vec![1]),
             fail_items: Vec::new(),
+            unsupported_items: Vec::new(),
             applied: None,
             beacon_first: false,
             instance: None,
@@ -481,6 +484,12 @@ async fn agent<R: tokio::io::AsyncRead + Unpin>(
                         .map(|i| {
                             if opts.fail_items.contains(&i) {
                                 ItemResult::failed(i, "refused by the test peer")
+                            } else if opts.unsupported_items.contains(&i) {
+                                ItemResult {
+                                    item: i,
+                                    status: ItemStatus::Unsupported,
+                                    reason: Some("no network manager found".into()),
+                                }
                             } else {
                                 ItemResult::new(i, ItemStatus::Applied)
                             }
