@@ -43,7 +43,8 @@ pub const AGENT_EXAMPLES: &str = "Examples:
       List Xen console devices, hvc ttys and the channel links pointing at them.
 
 Exit status: 0 after SIGTERM/SIGINT, 2 bad command line, 78 bad configuration \
-(e.g. --root is not a folder), 74 state folder unusable, 69 inotify unavailable.";
+(e.g. --root is not a folder), 74 state folder unusable. Without inotify (the user's \
+fs.inotify.max_user_instances is reached) the agent warns and polls its folders every second.";
 
 /// The `xenchan-agent` command line (the help text comes from the constants above).
 #[derive(Debug, Parser)]
@@ -66,7 +67,8 @@ pub struct AgentArgs {
     pub channel: String,
 
     /// Folder where xen-console-setup makes one link per named Xen PV channel
-    /// (`<dir>/<name> -> ../hvcN`). Watched with inotify; it need not exist yet.
+    /// (`<dir>/<name> -> ../hvcN`). Watched with inotify (polled every
+    /// second when the user has no inotify instance left); it need not exist yet.
     #[arg(long, value_name = "DIR", default_value = crate::DEFAULT_CHANNEL_DIR)]
     pub channel_dir: PathBuf,
 

@@ -36,9 +36,6 @@ pub enum AgentError {
         #[source]
         source: io::Error,
     },
-    /// inotify is not available (needed to wait for the channel link).
-    #[error("cannot watch the channel folders")]
-    Watch(#[source] io::Error),
 }
 
 impl AgentError {
@@ -47,7 +44,6 @@ impl AgentError {
         match self {
             AgentError::Config(_) => exit::CONFIG,
             AgentError::StateDir { .. } => exit::IOERR,
-            AgentError::Watch(_) => exit::UNAVAILABLE,
         }
     }
 }

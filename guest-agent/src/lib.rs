@@ -43,8 +43,8 @@ use state::StateStore;
 
 /// Runs the agent until `shutdown` completes (then a `bye` is sent if a session is open,
 /// and `Ok(())` is returned). It only returns an error for set-up problems (bad options,
-/// unusable state folder, no inotify); a missing, vanishing or failing device is waited
-/// for and retried forever.
+/// unusable state folder); a missing, vanishing or failing device is waited for and
+/// retried forever, and without inotify the channel folders are polled.
 pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
     check_options(&opts)?;
     let store = StateStore::open(&opts.state_dir).map_err(|source| AgentError::StateDir {
@@ -60,10 +60,12 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
     let dirs = discovery::watch_dirs(&opts.channel_dir, &opts.virtio_dir);
     let mut watcher = match opts.device {
         Some(_) => None,
-        None => Some(
-            Watcher::new(dirs.clone(), &opts.channel, opts.timing.rescan)
-                .map_err(AgentError::Watch)?,
-        ),
+        None => Some(Watcher::new(
+            dirs.clone(),
+            &opts.channel,
+            opts.timing.rescan,
+            opts.timing.poll,
+        )),
     };
     let timing = opts.timing;
     let device = opts.device.clone();
@@ -74,6 +76,11 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
         channel = %opts.channel,
         instance = %instance,
         folders = %discovery::describe_dirs(&dirs),
+        discovery = match &watcher {
+            Some(w) if w.polling() => "polling",
+            Some(_) => "inotify",
+            None => "--device",
+        },
         device = ?device,
         root = %opts.root.display(),
         applied_generation = applied.as_ref().map(|a| a.generation),
@@ -173,9 +180,12 @@ fn check_options(opts: &AgentOptions) -> Result<(), AgentError> {
             opts.root.display()
         )));
     }
-    if opts.timing.keepalive.is_zero() || opts.timing.beacon_min.is_zero() {
+    if opts.timing.keepalive.is_zero()
+        || opts.timing.beacon_min.is_zero()
+        || opts.timing.poll.is_zero()
+    {
         return Err(AgentError::Config(
-            "keepalive and beacon intervals must be above zero".into(),
+            "keepalive, beacon and poll intervals must be above zero".into(),
         ));
     }
     Ok(())

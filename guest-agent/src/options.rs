@@ -81,6 +81,9 @@ pub struct Timing {
     /// Re-check the channel folders this often even without inotify events (covers an
     /// event queue overflow, or a folder whose parent does not exist yet).
     pub rescan: Duration,
+    /// Look at the channel folders this often when no inotify instance can be had
+    /// (`fs.inotify.max_user_instances` reached).
+    pub poll: Duration,
     /// How long a `bye` may take to leave on shutdown.
     pub bye_timeout: Duration,
     /// Deadline for applying one pushed configuration (file system calls cannot be
@@ -101,6 +104,7 @@ impl Default for Timing {
             eof_min: Duration::from_millis(100),
             eof_max: Duration::from_secs(2),
             rescan: Duration::from_secs(30),
+            poll: Duration::from_secs(1),
             bye_timeout: Duration::from_secs(1),
             apply_timeout: Duration::from_secs(60),
             facts_timeout: Duration::from_secs(10),
@@ -120,6 +124,7 @@ impl Timing {
             eof_min: Duration::from_millis(20),
             eof_max: Duration::from_millis(200),
             rescan: Duration::from_secs(5),
+            poll: Duration::from_millis(50),
             bye_timeout: Duration::from_millis(500),
             apply_timeout: Duration::from_secs(10),
             facts_timeout: Duration::from_secs(5),
