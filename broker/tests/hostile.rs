@@ -138,7 +138,18 @@ async fn hostile_guests_neither_slow_a_good_one_nor_grow_the_broker() {
     assert!(silent.record().configs.is_empty());
     assert!(flood.record().configs.is_empty());
 
-    let m = client.metrics().await.unwrap();
+    // A session publishes its decoder's counters after each event it handles: the huge
+    // guest's session sees none until its hello deadline, so wait for them.
+    let m = wait_until("the decoder metrics", DEADLINE, || {
+        let c = client.clone();
+        async move {
+            let m = c.metrics().await.ok()?;
+            (metric(&m, "xenchan_frames_skipped_total{reason=\"oversize\"}") >= 1
+                && metric(&m, "xenchan_errors_total{kind=\"hello_timeout\"}") >= 1)
+                .then_some(m)
+        }
+    })
+    .await;
     assert!(
         metric(&m, "xenchan_frames_skipped_total{reason=\"oversize\"}") >= 1,
         "{m}"
