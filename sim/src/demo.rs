@@ -259,8 +259,8 @@ fn print_table(sim: &Sim, views: &[DomainView], report: Option<&Report>) {
     }
     if unsupported_note {
         println!(
-            "\nnote: this agent answers network items `unsupported`, which the broker counts as `failed`;\n\
-             the simulator accepts a domain whose only non-ok items are unsupported."
+            "\nnote: this agent answers network items `unsupported` (it cannot apply them in this guest root);\n\
+             the broker keeps such a domain `configured`: only a failed item makes it `failed`."
         );
     }
 }

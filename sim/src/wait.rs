@@ -96,9 +96,9 @@ pub async fn until_domain(
 }
 
 /// A domain has what it should: the desired generation applied, connected, and no item
-/// failed. The broker's state is `configured`, or `failed` only because some items are
-/// `unsupported` by this agent (the broker counts those as not ok; network items are
-/// unsupported until the agent implements them).
+/// failed: the broker's state is `configured` (items the agent reports `unsupported`
+/// leave it `configured`). `failed` with no failed item is accepted too, for brokers
+/// older than that rule.
 pub fn converged(v: &DomainView) -> bool {
     let settled = match v.state {
         DomainState::Configured => true,
