@@ -52,9 +52,9 @@ xenchan-bench`), since cargo only builds the binary it runs.";
 const AFTER: &str = "Examples:
   cargo bench -p xenchan-bench
   cargo run --release -p xenchan-bench
-      Everything (about 5 minutes once built); N = 100, 1,000, 10,000.
+      Everything (about 2 minutes once built); N = 100, 1,000, 10,000.
   cargo bench -p xenchan-bench -- --quick --json bench.json
-      The smaller set CI runs (about 2 minutes once built); N = 100, 1,000.
+      The smaller set CI runs (under a minute once built); N = 100, 1,000.
   cargo run --release -p xenchan-bench -- --only latency --iterations 200
   cargo run --release -p xenchan-bench -- --only scale --scale-n 10000
 

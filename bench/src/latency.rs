@@ -547,10 +547,11 @@ pub fn push_frame_bytes() -> usize {
 pub fn describe() -> String {
     let c: GuestConfig = configs::latency_config(0, MAC_AGENT);
     let frame = push_frame_bytes();
+    let pieces = frame.div_ceil(xenchan_sim::bridge::RING_WINDOW);
     format!(
-        "{} bytes of JSON in a {frame}-byte frame ({} pieces through the 1 KiB window): {} (ssh keys ed25519)",
+        "{} bytes of JSON in a {frame}-byte frame ({pieces} piece{} through the 1 KiB window): {} (ssh keys ed25519)",
         c.canonical_json().len(),
-        frame.div_ceil(xenchan_sim::bridge::RING_WINDOW),
+        if pieces == 1 { "" } else { "s" },
         c.items().join(", ")
     )
 }
