@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo test test-vm check fuzz transcript setup deb deb-test bench
+.PHONY: demo test test-vm check fuzz transcript setup deb deb-test bench bench-quick
 
 setup:
 	@scripts/setup.sh
@@ -54,3 +54,11 @@ deb-test: deb
 VMTEST_ARGS ?=
 test-vm: deb
 	vmtest/run.sh $(VMTEST_ARGS)
+
+## Benchmarks (docs/PERFORMANCE.md): every figure as a table, JSON in target/. Run as root
+## (network namespaces) on a quiet machine; apt-get install qemu-guest-agent for the
+## comparison. bench-quick is the smaller set (N = 100, 1,000).
+bench: setup
+	$(CARGO) bench --locked -p xenchan-bench -- --json target/bench.json
+bench-quick: setup
+	$(CARGO) bench --locked -p xenchan-bench -- --quick --json target/bench-quick.json
