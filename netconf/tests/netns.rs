@@ -336,6 +336,37 @@ fn a_new_config_removes_only_what_we_added() {
     );
 }
 
+/// Our address is the subnet's primary: a new one in the same subnet must survive the
+/// old one's removal (the kernel deletes a primary's secondaries with it), and the route
+/// through the subnet that the removal drops must come back.
+#[test]
+fn a_new_address_in_the_same_subnet_replaces_the_old_one() {
+    let Some(lab) = lab() else { return };
+    let config = |addr: &str| {
+        format!(
+            r#"{{"network":{{"version":2,"ethernets":{{"eth0":{{
+            "match":{{"macaddress":"00:16:3e:5a:00:01"}},
+            "addresses":["{addr}"],
+            "routes":[{{"to":"default","via":"192.0.2.1","metric":60}}]}}}}}}}}"#
+        )
+    };
+    let (r1, s1) = apply(&lab.opts(), &doc(&config("192.0.2.10/24")), None);
+    assert_all(&r1, ItemStatus::Applied);
+    let (r2, _) = apply(&lab.opts(), &doc(&config("192.0.2.11/24")), Some(&s1));
+    assert_all(&r2, ItemStatus::Applied);
+    let addrs = lab.addrs();
+    assert!(addrs.contains("192.0.2.11/24"), "new address kept: {addrs}");
+    assert!(
+        !addrs.contains("192.0.2.10/"),
+        "old address removed: {addrs}"
+    );
+    let routes = lab.routes();
+    assert!(
+        routes.contains("default via 192.0.2.1 proto static metric 60"),
+        "route through the subnet restored: {routes}"
+    );
+}
+
 #[test]
 fn a_forced_failure_rolls_back_to_the_previous_addresses() {
     let Some(lab) = lab() else { return };
@@ -345,8 +376,9 @@ fn a_forced_failure_rolls_back_to_the_previous_addresses() {
     let (r1, s1) = apply(&lab.opts(), &doc(first), None);
     assert_all(&r1, ItemStatus::Applied);
 
-    // Steps: mtu 1400 -> 1300, address .20, address .21, remove address .10 (ours,
-    // no longer wanted), route. The 4th (index 3) is made to fail.
+    // Steps: mtu 1400 -> 1300, remove address .10 (ours, no longer wanted; old
+    // addresses go first), address .20, address .21, route. The 4th (index 3) is made
+    // to fail.
     let second = r#"{"network":{"version":2,"ethernets":{"eth0":{
         "match":{"macaddress":"00:16:3e:5a:00:01"},
         "addresses":["192.0.2.20/24","192.0.2.21/24"],
@@ -360,8 +392,8 @@ fn a_forced_failure_rolls_back_to_the_previous_addresses() {
     let why = r2[0].reason.as_deref().unwrap();
     assert_eq!(
         why,
-        "live apply failed: remove address 192.0.2.10/24: injected failure (test hook); \
-         rolled back addresses [192.0.2.21/24, 192.0.2.20/24] and mtu"
+        "live apply failed: address 192.0.2.21/24: injected failure (test hook); \
+         rolled back addresses [192.0.2.20/24, 192.0.2.10/24] and mtu"
     );
     let addrs = lab.addrs();
     assert!(addrs.contains("192.0.2.10/24"), "{addrs}");

@@ -191,17 +191,20 @@ pub(crate) fn apply_iface(
             steps.push(Step::DelRoute(*k));
         }
     }
+    // Old addresses go before new ones: deleting the primary address of a subnet also
+    // deletes its secondaries (net.ipv4.conf.*.promote_secondaries is off by default), so
+    // a new address in the same subnet added first would vanish with the old one.
+    for a in prev_addrs.iter().filter(|a| !want_addrs.contains(a)) {
+        if let Some(k) = addrs.iter().find(|k| k.net == *a) {
+            steps.push(Step::DelAddr(*k));
+        }
+    }
     for a in &want_addrs {
         if !addrs.iter().any(|k| k.net == *a) {
             steps.push(Step::AddAddr(Addr {
                 net: *a,
                 scope: addr_scope(a),
             }));
-        }
-    }
-    for a in prev_addrs.iter().filter(|a| !want_addrs.contains(a)) {
-        if let Some(k) = addrs.iter().find(|k| k.net == *a) {
-            steps.push(Step::DelAddr(*k));
         }
     }
     for r in &want_routes {
@@ -226,6 +229,38 @@ pub(crate) fn apply_iface(
             return Err(format!("{}: {}; {undone}", step.describe(), describe(&e)));
         }
         journal.done.push(step.clone());
+    }
+
+    // Deleting an address also drops the routes through it, wanted ones included: put
+    // them back, and check that every wanted address is really there before saying so.
+    if steps.iter().any(|s| matches!(s, Step::DelAddr(_))) {
+        let now = nl.routes(index).map_err(|e| read("routes", e))?;
+        let repairs: Vec<Step> = want_routes
+            .iter()
+            .filter(|r| !now.iter().any(|k| same_route(k, r)))
+            .map(|r| Step::AddRoute(to_route(r)))
+            .collect();
+        for step in repairs {
+            if let Err(e) = step.run(nl, index) {
+                let undone = rollback(nl, journal);
+                return Err(format!("{}: {}; {undone}", step.describe(), describe(&e)));
+            }
+            journal.done.push(step.clone());
+            steps.push(step);
+        }
+    }
+    if !steps.is_empty() {
+        let now = nl.addresses(index).map_err(|e| read("addresses", e))?;
+        if let Some(a) = want_addrs
+            .iter()
+            .find(|a| !now.iter().any(|k| k.net == **a))
+        {
+            let undone = rollback(nl, journal);
+            return Err(format!(
+                "address {a} is missing from {} after applying; {undone}",
+                link.name
+            ));
+        }
     }
 
     let added_addrs: Vec<IpNet> = steps
