@@ -58,7 +58,10 @@ test-vm: deb
 ## Benchmarks (docs/PERFORMANCE.md): every figure as a table, JSON in target/. Run as root
 ## (network namespaces) on a quiet machine; apt-get install qemu-guest-agent for the
 ## comparison. bench-quick is the smaller set (N = 100, 1,000).
+## (cargo runs a bench from its package folder: the JSON path is made absolute.)
 bench: setup
-	$(CARGO) bench --locked -p xenchan-bench -- --json target/bench.json
+	mkdir -p target
+	$(CARGO) bench --locked -p xenchan-bench -- --json $(CURDIR)/target/bench.json
 bench-quick: setup
-	$(CARGO) bench --locked -p xenchan-bench -- --quick --json target/bench-quick.json
+	mkdir -p target
+	$(CARGO) bench --locked -p xenchan-bench -- --quick --json $(CURDIR)/target/bench-quick.json
