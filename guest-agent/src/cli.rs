@@ -240,3 +240,34 @@ pub struct ConsoleSetupArgs {
     #[arg(long, value_name = "MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=60000))]
     pub timeout_ms: u64,
 }
+
+impl AgentArgs {
+    /// The daemon's options as this command line sets them (everything it does not set
+    /// keeps [`AgentOptions::default`]). The binaries that run the agent start from
+    /// this, so they cannot drift apart.
+    #[must_use]
+    pub fn options(self) -> crate::AgentOptions {
+        crate::AgentOptions {
+            channel: self.channel,
+            channel_dir: self.channel_dir,
+            virtio_dir: self.virtio_dir,
+            device: self.device,
+            root: self.root,
+            state_dir: self.state_dir,
+            live_hostname: !self.no_live_hostname,
+            registry_dir: Some(self.registry_dir),
+            sd_notify: true,
+            network: crate::NetworkOptions {
+                renderer: self.network_renderer,
+                live: self.network_live,
+                netns: None,
+            },
+            timing: crate::Timing {
+                keepalive: std::time::Duration::from_secs(self.keepalive_secs),
+                beacon_max: std::time::Duration::from_secs(self.beacon_max_secs),
+                ..crate::Timing::default()
+            },
+            ..crate::AgentOptions::default()
+        }
+    }
+}

@@ -6,12 +6,10 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::Parser;
 use xenchan_agent::cli::AgentArgs;
 use xenchan_agent::logging;
-use xenchan_agent::{AgentOptions, NetworkOptions, Timing};
 
 fn main() -> ExitCode {
     let cli = match AgentArgs::try_parse() {
@@ -29,28 +27,8 @@ fn main() -> ExitCode {
     let netns = std::env::var_os("XENCHAN_BENCH_NETNS")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from);
-    let opts = AgentOptions {
-        channel: cli.channel,
-        channel_dir: cli.channel_dir,
-        virtio_dir: cli.virtio_dir,
-        device: cli.device,
-        root: cli.root,
-        state_dir: cli.state_dir,
-        live_hostname: !cli.no_live_hostname,
-        registry_dir: Some(cli.registry_dir),
-        sd_notify: true,
-        network: NetworkOptions {
-            renderer: cli.network_renderer,
-            live: cli.network_live,
-            netns,
-        },
-        timing: Timing {
-            keepalive: Duration::from_secs(cli.keepalive_secs),
-            beacon_max: Duration::from_secs(cli.beacon_max_secs),
-            ..Timing::default()
-        },
-        ..AgentOptions::default()
-    };
+    let mut opts = cli.options();
+    opts.network.netns = netns;
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

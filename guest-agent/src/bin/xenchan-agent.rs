@@ -1,12 +1,11 @@
 //! `xenchan-agent`: the xenchan guest agent. A thin wrapper over [`xenchan_agent::run`].
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
 use xenchan_agent::cli::{AgentArgs, AgentCommand};
+use xenchan_agent::exit;
 use xenchan_agent::logging;
-use xenchan_agent::{AgentOptions, NetworkOptions, Timing, exit};
 
 fn main() -> ExitCode {
     let cli = match AgentArgs::try_parse() {
@@ -26,28 +25,7 @@ fn main() -> ExitCode {
         };
     }
     logging::init(cli.log_format, "info");
-    let opts = AgentOptions {
-        channel: cli.channel,
-        channel_dir: cli.channel_dir,
-        virtio_dir: cli.virtio_dir,
-        device: cli.device,
-        root: cli.root,
-        state_dir: cli.state_dir,
-        live_hostname: !cli.no_live_hostname,
-        registry_dir: Some(cli.registry_dir),
-        sd_notify: true,
-        network: NetworkOptions {
-            renderer: cli.network_renderer,
-            live: cli.network_live,
-            netns: None,
-        },
-        timing: Timing {
-            keepalive: Duration::from_secs(cli.keepalive_secs),
-            beacon_max: Duration::from_secs(cli.beacon_max_secs),
-            ..Timing::default()
-        },
-        ..AgentOptions::default()
-    };
+    let opts = cli.options();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
