@@ -1,0 +1,20 @@
+//! xenchan-basics: the few things every xenchan binary and daemon needs the same way.
+//!
+//! - [`exit::Exit`]: the one exit-code enum (sysexits(3)) every binary maps its errors to;
+//! - [`error::chain`]: an error and its causes on one line, for logs and stderr;
+//! - [`signal::shutdown`] (feature `signal`): the SIGTERM/SIGINT future daemons stop on;
+//! - [`backoff::Backoff`]: capped exponential backoff with jitter, for every reconnect loop;
+//! - [`atomic::write_atomic`]: temp file, fsync, rename, fsync the folder.
+//!
+//! Kept small on purpose: no async runtime unless asked for, no logging set-up.
+
+pub mod atomic;
+pub mod backoff;
+pub mod error;
+pub mod exit;
+#[cfg(feature = "signal")]
+pub mod signal;
+
+pub use backoff::Backoff;
+pub use error::chain;
+pub use exit::Exit;
