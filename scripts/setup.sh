@@ -11,6 +11,7 @@ packages=(
   iproute2                 # ip: network namespace tests
   iputils-ping             # ping across veth pairs in the live-apply tests
   procps                   # ps/pkill used by test clean-up
+  libglib2.0-0 libyaml-0-2 libreadline8  # libraries of the managers' parsers (net-tools.sh)
 )
 
 missing=()
@@ -29,6 +30,9 @@ if ((${#missing[@]})); then
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# The network managers' own parsers for the netconf tests, unpacked, not installed.
+"$(dirname "$0")/net-tools.sh"
 
 command -v cargo >/dev/null || { echo "setup: cargo not found: install Rust (https://rustup.rs)" >&2; exit 69; }
 if command -v rustup >/dev/null; then

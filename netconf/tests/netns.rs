@@ -547,3 +547,160 @@ fn the_agent_units_capabilities_allow_the_network_steps() {
         lab.routes()
     );
 }
+
+/// Two subnets, a route through the second, gateway4/gateway6 (cloud-init v2).
+fn two_subnets_doc() -> xenchan_protocol::GuestConfig {
+    doc(&format!(
+        r#"{{"network":{{"version":2,"ethernets":{{"eth0":{{
+        "match":{{"macaddress":"{GUEST_MAC}"}},
+        "addresses":["192.0.2.10/24","198.51.100.10/24","2001:db8::10/64"],
+        "gateway4":"192.0.2.1","gateway6":"2001:db8::1",
+        "routes":[{{"to":"203.0.113.0/24","via":"198.51.100.1"}}]}}}}}}}}"#
+    ))
+}
+
+impl Lab {
+    /// Files only, for `renderer`, with the interface found over rtnetlink in the guest
+    /// namespace.
+    fn files_opts(&self, renderer: RendererChoice) -> NetOptions {
+        NetOptions {
+            renderer,
+            live: LiveMode::Never,
+            ..self.opts()
+        }
+    }
+
+    fn wait_for(&self, what: &str, f: impl Fn(&Lab) -> bool) -> Result<(), String> {
+        for _ in 0..100 {
+            if f(self) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(format!(
+            "{what} did not show up in 10 s:\n{}\n{}",
+            self.addrs(),
+            self.routes()
+        ))
+    }
+}
+
+fn shows_two_subnets(lab: &Lab) -> bool {
+    let (a, r) = (lab.addrs(), lab.routes());
+    a.contains("192.0.2.10/24")
+        && a.contains("198.51.100.10/24")
+        && a.contains("2001:db8::10/64")
+        && r.contains("default via 192.0.2.1")
+        && r.contains("203.0.113.0/24 via 198.51.100.1")
+        && r.contains("default via 2001:db8::1")
+}
+
+/// Our `.network` file, read and applied by the real systemd-networkd of this machine in
+/// the guest namespace (its own mount namespace: our folder over /etc/systemd/network, a
+/// fresh /run/systemd, and /sys read-only, which networkd takes as "no udev", as in a
+/// container). It must log no complaint about our file and configure what we asked.
+#[test]
+fn systemd_networkd_applies_our_file_in_a_namespace() {
+    let Some(lab) = lab() else { return };
+    let networkd = std::path::Path::new("/lib/systemd/systemd-networkd");
+    if !networkd.exists() || Command::new("unshare").arg("--version").output().is_err() {
+        eprintln!("SKIP: systemd-networkd or unshare (util-linux) is not installed");
+        return;
+    }
+    let (r, _) = apply(
+        &lab.files_opts(RendererChoice::Networkd),
+        &two_subnets_doc(),
+        None,
+    );
+    assert_all(&r, ItemStatus::Applied);
+    let conf = lab.root.path().join("etc/systemd/network");
+    let script = format!(
+        "set -e; mount --make-rprivate /; mount -o remount,bind,ro /sys; \
+         mount -t tmpfs tmpfs /run/systemd; mkdir -p /run/systemd/netif; \
+         chown systemd-network: /run/systemd/netif 2>/dev/null || true; \
+         mount --bind '{}' /etc/systemd/network; exec {}",
+        conf.display(),
+        networkd.display()
+    );
+    let log = lab.root.path().join("networkd.log");
+    let mut child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.guest.name,
+            "unshare",
+            "-m",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .env("SYSTEMD_LOG_TARGET", "console")
+        .env("SYSTEMD_LOG_LEVEL", "info")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(lab.root.path().join("networkd.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let seen = lab.wait_for("networkd's configuration", shows_two_subnets);
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap()
+        + &std::fs::read_to_string(lab.root.path().join("networkd.err")).unwrap();
+    seen.unwrap_or_else(|e| panic!("{e}\nnetworkd said:\n{text}"));
+    assert!(
+        !text.contains("10-xenchan-eth0.network:"),
+        "networkd complained about our file:\n{text}"
+    );
+    assert!(
+        lab.routes().contains("proto static"),
+        "routes not networkd's: {}",
+        lab.routes()
+    );
+}
+
+/// Our ifupdown file, brought up by the real `ifup` (unpacked by `scripts/net-tools.sh`)
+/// in the guest namespace: a route through the second subnet comes up, and no later
+/// stanza is lost (ifup once stopped at "Nexthop has invalid gateway").
+#[test]
+fn ifup_brings_our_stanzas_up_in_a_namespace() {
+    let Some(lab) = lab() else { return };
+    let tools = match common::tools::Tools::find() {
+        Ok(t) => t,
+        Err(why) => {
+            eprintln!("SKIP: {why}");
+            return;
+        }
+    };
+    let root = lab.root.path();
+    std::fs::create_dir_all(root.join("etc/network")).unwrap();
+    std::fs::write(
+        root.join("etc/network/interfaces"),
+        "source /etc/network/interfaces.d/*\n",
+    )
+    .unwrap();
+    let (r, _) = apply(
+        &lab.files_opts(RendererChoice::Ifupdown),
+        &two_subnets_doc(),
+        None,
+    );
+    assert_all(&r, ItemStatus::Applied);
+    let file = root.join("etc/network/interfaces.d/xenchan-eth0");
+    let state = tempfile::tempdir().unwrap();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.guest.name])
+        .arg(tools.bin("sbin/ifup"))
+        .args(["--no-scripts", "-i"])
+        .arg(&file)
+        .arg("--state-dir")
+        .arg(state.path())
+        .arg(&lab.dev)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ifup failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&file).unwrap()
+    );
+    lab.wait_for("ifup's configuration", shows_two_subnets)
+        .unwrap();
+}

@@ -459,3 +459,114 @@ fn ifupdown_refuses_names_a_shell_would_interpret() {
     );
     assert!(!g.exists("etc/network/interfaces.d/xenchan-eth0"));
 }
+
+/// Every renderer's output for every document, read by the manager's own parser
+/// (unpacked by `scripts/net-tools.sh`): NetworkManager's keyfile reader must take each
+/// profile and keep every setting we wrote (it drops what it does not accept, such as an
+/// IPv6 server under `[ipv4]`), netplan must generate its backend's files, ifupdown must
+/// plan its commands. systemd-networkd runs for real in `tests/netns.rs`.
+#[test]
+fn every_renderer_output_passes_the_managers_own_parser() {
+    let tools = match common::tools::Tools::find() {
+        Ok(t) => t,
+        Err(why) => {
+            eprintln!("SKIP: {why}");
+            return;
+        }
+    };
+    let mut docs = cases();
+    // One family configured, servers of both: what NetworkManager refused before.
+    docs.push((
+        "v4_with_v6_dns",
+        format!(
+            r#"{{"network":{{"version":2,"ethernets":{{"eth0":{{
+            "match":{{"macaddress":"{MAC0}"}},"addresses":["192.0.2.10/24"],
+            "nameservers":{{"addresses":["192.0.2.53","2001:db8::53"],"search":["example.com"]}}}},
+            "eth1":{{"match":{{"macaddress":"{MAC1}"}},"addresses":["2001:db8:1::10/64"],
+            "nameservers":{{"addresses":["192.0.2.53","2001:db8::53"],"search":["example.net"]}}}}}}}}}}"#
+        ),
+    ));
+    let mut checked = 0;
+    for (renderer, rname) in RENDERERS {
+        for (case, json) in &docs {
+            let g = Guest::new();
+            prepare(&g, *renderer);
+            let (results, _) = apply(&opts(&g, *renderer), &doc(json), None);
+            for r in results.iter().filter(|r| r.item.starts_with("network:")) {
+                assert_eq!(
+                    r.status,
+                    ItemStatus::Applied,
+                    "{rname}/{case} {}: {:?}",
+                    r.item,
+                    r.reason
+                );
+            }
+            for (path, _, content) in common::tree(&g.root()) {
+                let full = g.path(&path);
+                let text = String::from_utf8(content).unwrap();
+                if path.ends_with(".nmconnection") {
+                    let back = tools
+                        .nmcli_check(&full)
+                        .unwrap_or_else(|e| panic!("{rname}/{case}: {e}\n{text}"));
+                    let theirs = common::tools::keyfile_entries(&back);
+                    let lost: Vec<String> = common::tools::keyfile_entries(&text)
+                        .into_iter()
+                        // The default: nmcli does not print it.
+                        .filter(|e| e != "[connection]autoconnect=true" && !theirs.contains(e))
+                        .collect();
+                    assert!(
+                        lost.is_empty(),
+                        "{rname}/{case}: NetworkManager dropped {lost:?}\n{text}\n---\n{back}"
+                    );
+                    checked += 1;
+                } else if path.starts_with("etc/network/interfaces.d/") {
+                    let name = text.lines().find_map(|l| l.strip_prefix("auto ")).unwrap();
+                    tools
+                        .ifup_no_act(&full, name)
+                        .unwrap_or_else(|e| panic!("{rname}/{case}: {e}\n{text}"));
+                    checked += 1;
+                }
+            }
+            if *renderer == RendererChoice::Netplan {
+                tools.netplan_generate(&g.root()).unwrap_or_else(|e| {
+                    panic!(
+                        "{rname}/{case}: {e}\n{}",
+                        g.read("etc/netplan/90-xenchan.yaml")
+                    )
+                });
+                assert!(
+                    g.exists("run/systemd/network/10-netplan-xenchan-eth0.network"),
+                    "{rname}/{case}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 3 * docs.len(), "only {checked} files checked");
+}
+
+/// The same document gives the same link settings through networkd directly and through
+/// netplan's own networkd output: DHCP's MTU is honoured by both.
+#[test]
+fn networkd_dhcp_follows_netplans_own_networkd_output() {
+    let tools = match common::tools::Tools::find() {
+        Ok(t) => t,
+        Err(why) => {
+            eprintln!("SKIP: {why}");
+            return;
+        }
+    };
+    let json = &cases().into_iter().find(|(c, _)| *c == "dhcp").unwrap().1;
+    let nd = Guest::new();
+    apply(&opts(&nd, RendererChoice::Networkd), &doc(json), None);
+    let ours = nd.read("etc/systemd/network/10-xenchan-eth0.network");
+    let np = Guest::new();
+    apply(&opts(&np, RendererChoice::Netplan), &doc(json), None);
+    tools.netplan_generate(&np.root()).unwrap();
+    let theirs = np.read("run/systemd/network/10-netplan-xenchan-eth0.network");
+    assert!(
+        theirs.contains("UseMTU=true"),
+        "netplan's output changed:\n{theirs}"
+    );
+    assert!(ours.contains("[DHCPv4]\nUseMTU=true"), "{ours}");
+}

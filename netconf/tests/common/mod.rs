@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use xenchan_netconf::{ItemResult, ItemStatus};
 use xenchan_protocol::GuestConfig;
 
+pub mod tools;
+
 pub const MAC0: &str = "00:16:3e:00:00:01";
 pub const MAC1: &str = "00:16:3e:00:00:02";
 
