@@ -6,37 +6,14 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use xenchan_protocol::config::RendererHint;
+
 use crate::files;
+use crate::manager;
 use crate::render::Renderer;
 
-fn exists(root: &Path, rel: &str) -> bool {
-    fs::symlink_metadata(root.join(rel)).is_ok()
-}
-
-fn any_exists(root: &Path, rels: &[&str]) -> bool {
-    rels.iter().any(|r| exists(root, r))
-}
-
-const NETPLAN_BINS: &[&str] = &["usr/sbin/netplan", "usr/bin/netplan", "sbin/netplan"];
-const NM_BINS: &[&str] = &["usr/sbin/NetworkManager", "sbin/NetworkManager"];
-const NM_ENABLED: &[&str] = &[
-    "etc/systemd/system/multi-user.target.wants/NetworkManager.service",
-    "etc/systemd/system/dbus-org.freedesktop.NetworkManager.service",
-    "etc/runlevels/default/NetworkManager",
-    "etc/runlevels/default/networkmanager",
-];
-const NETWORKD_BINS: &[&str] = &[
-    "usr/lib/systemd/systemd-networkd",
-    "lib/systemd/systemd-networkd",
-];
-const NETWORKD_ENABLED: &[&str] = &[
-    "etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
-    "etc/systemd/system/dbus-org.freedesktop.network1.service",
-    "etc/systemd/system/sockets.target.wants/systemd-networkd.socket",
-];
-const IFUP_BINS: &[&str] = &["sbin/ifup", "usr/sbin/ifup"];
-
-/// The manager that owns networking in the guest root, in this order:
+/// The manager that owns networking in the guest root: the first of
+/// [`crate::manager::MANAGERS`] in use there, in this order:
 ///
 /// 1. **netplan**: `<root>/etc/netplan` is a folder and a `netplan` binary exists. Netplan
 ///    generates the networkd or NetworkManager configuration at boot; files written
@@ -48,23 +25,25 @@ const IFUP_BINS: &[&str] = &["sbin/ifup", "usr/sbin/ifup"];
 ///    the file often lingers on systems that moved to another manager.
 /// 5. otherwise **none**: live apply and `/etc/resolv.conf`.
 pub fn detect_renderer(root: &Path) -> Renderer {
-    if root.join("etc/netplan").is_dir() && any_exists(root, NETPLAN_BINS) {
-        return Renderer::Netplan;
+    manager::detect(root)
+}
+
+/// The manager for a document whose `network.renderer` (cloud-init v2) is `hint`: the
+/// hinted manager when the guest uses it (installed and enabled, or running) and netplan
+/// does not own the network (netplan picks its backend itself, and we do not change its
+/// choice); the detected manager otherwise. A hint never installs or enables anything.
+pub fn choose_renderer(root: &Path, hint: Option<RendererHint>) -> Renderer {
+    let detected = detect_renderer(root);
+    let Some(hint) = hint else { return detected };
+    let wanted = match hint {
+        RendererHint::Networkd => Renderer::Networkd,
+        RendererHint::NetworkManager => Renderer::NetworkManager,
+    };
+    if detected != Renderer::Netplan && manager::of(wanted).in_use(root) {
+        wanted
+    } else {
+        detected
     }
-    if any_exists(root, NM_BINS)
-        && (any_exists(root, NM_ENABLED) || manager_running(root, Renderer::NetworkManager))
-    {
-        return Renderer::NetworkManager;
-    }
-    if any_exists(root, NETWORKD_BINS)
-        && (any_exists(root, NETWORKD_ENABLED) || manager_running(root, Renderer::Networkd))
-    {
-        return Renderer::Networkd;
-    }
-    if exists(root, "etc/network/interfaces") && any_exists(root, IFUP_BINS) {
-        return Renderer::Ifupdown;
-    }
-    Renderer::None
 }
 
 /// Whether the manager shows signs of running in this boot (its runtime files under
@@ -72,16 +51,7 @@ pub fn detect_renderer(root: &Path) -> Renderer {
 /// networkd `run/systemd/netif/state`, NetworkManager `run/NetworkManager/`, ifupdown
 /// `run/network/ifstate`, netplan: either backend.
 pub fn manager_running(root: &Path, renderer: Renderer) -> bool {
-    match renderer {
-        Renderer::Networkd => exists(root, "run/systemd/netif/state"),
-        Renderer::NetworkManager => root.join("run/NetworkManager").is_dir(),
-        Renderer::Netplan => {
-            manager_running(root, Renderer::Networkd)
-                || manager_running(root, Renderer::NetworkManager)
-        }
-        Renderer::Ifupdown => exists(root, "run/network/ifstate"),
-        Renderer::None => false,
-    }
+    manager::of(renderer).running(root)
 }
 
 /// Who owns `<root>/etc/resolv.conf`.
@@ -185,6 +155,38 @@ mod tests {
         assert_eq!(detect_renderer(r), Renderer::Netplan);
         assert!(manager_running(r, Renderer::Netplan));
         assert!(!manager_running(r, Renderer::Ifupdown));
+    }
+
+    #[test]
+    fn a_renderer_hint_wins_only_when_its_manager_is_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        let nm = Some(RendererHint::NetworkManager);
+        let nd = Some(RendererHint::Networkd);
+        assert_eq!(choose_renderer(r, nm), Renderer::None, "not installed");
+        touch(r, "usr/lib/systemd/systemd-networkd");
+        touch(
+            r,
+            "etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
+        );
+        assert_eq!(
+            choose_renderer(r, nm),
+            Renderer::Networkd,
+            "NM absent: detected"
+        );
+        touch(r, "usr/sbin/NetworkManager");
+        touch(
+            r,
+            "etc/systemd/system/multi-user.target.wants/NetworkManager.service",
+        );
+        // Both enabled: detection says NetworkManager, the hint can pick networkd.
+        assert_eq!(choose_renderer(r, None), Renderer::NetworkManager);
+        assert_eq!(choose_renderer(r, nd), Renderer::Networkd);
+        assert_eq!(choose_renderer(r, nm), Renderer::NetworkManager);
+        // netplan owns the backends: the hint does not go around it.
+        fs::create_dir_all(r.join("etc/netplan")).unwrap();
+        touch(r, "usr/sbin/netplan");
+        assert_eq!(choose_renderer(r, nd), Renderer::Netplan);
     }
 
     #[test]

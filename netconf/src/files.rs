@@ -1,14 +1,13 @@
 //! Files we own: written atomically and only when their content changes, recognised by
 //! [`MARKER`], removed only when they carry it.
 
-use std::error::Error as StdError;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use thiserror::Error;
+use xenchan_basics::atomic;
 
 /// The text of the header comment in every file we write (after `# `).
 pub const MARKER: &str = "Managed by xenchan-agent; do not edit (changes are overwritten)";
@@ -34,6 +33,8 @@ pub(crate) enum FileError {
     NotRegular(PathBuf),
     #[error("{} is larger than {MAX_FILE} bytes: left alone", .0.display())]
     TooLarge(PathBuf),
+    #[error(transparent)]
+    Atomic(#[from] atomic::AtomicWriteError),
     #[error("cannot {what} {}", path.display())]
     Io {
         what: &'static str,
@@ -49,18 +50,6 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> F
         path: path.to_path_buf(),
         source,
     }
-}
-
-/// An error and its causes on one line, for item reasons.
-pub(crate) fn chain(e: &dyn StdError) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Whether the header of `content` carries our marker.
@@ -120,58 +109,12 @@ pub(crate) fn write_ours(path: &Path, content: &[u8], mode: u32) -> Result<Outco
             return Ok(Outcome::Written);
         }
     }
-    write_atomic(path, content, mode)?;
+    atomic::write_atomic(path, content, mode)?;
     Ok(Outcome::Written)
 }
 
-static TMP_COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// Temporary file in the same folder, fsync, rename over, fsync the folder.
-pub(crate) fn write_atomic(path: &Path, content: &[u8], mode: u32) -> Result<(), FileError> {
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    if !dir.is_dir() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(dir)
-            .map_err(io_err("create the folder", dir))?;
-    }
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(
-        ".{name}.xenchan-tmp-{}-{}",
-        std::process::id(),
-        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)
-            .map_err(io_err("create", &tmp))?;
-        f.write_all(content).map_err(io_err("write", &tmp))?;
-        // The umask may have cleared bits the mode asks for.
-        f.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(io_err("set the mode of", &tmp))?;
-        f.sync_all().map_err(io_err("sync", &tmp))?;
-        drop(f);
-        fs::rename(&tmp, path).map_err(io_err("rename into place", path))?;
-        sync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
 fn sync_dir(dir: &Path) -> Result<(), FileError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("sync the folder", dir))
+    atomic::sync_dir(dir).map_err(FileError::from)
 }
 
 /// Removes `path` if it carries our marker. `Ok(false)`: there was nothing to remove.

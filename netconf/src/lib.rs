@@ -21,13 +21,16 @@ mod detect;
 mod files;
 mod links;
 mod live;
+mod manager;
 mod options;
 mod plan;
 mod render;
 mod state;
 
 pub use apply::apply;
-pub use detect::{ResolvConf, detect_renderer, manager_running, resolv_conf_status};
+pub use detect::{
+    ResolvConf, choose_renderer, detect_renderer, manager_running, resolv_conf_status,
+};
 pub use files::MARKER;
 pub use links::{Link, LinkError, links_from_sysfs};
 pub use options::{LiveMode, NetOptions, RendererChoice};

@@ -61,6 +61,12 @@ pub struct NetOptions {
     /// `ifdown`/`ifup`). Only when the root is `/`, no `netns` is given and the manager
     /// is running; a failing command fails the item (the files stay written).
     pub reload: bool,
+    /// Where the managers' own parsers are looked up (a folder laid out like a root:
+    /// `usr/bin/nmcli`, `usr/libexec/netplan/generate`, `sbin/ifup`) to check each render
+    /// before it is written; a render the manager refuses fails its item with the
+    /// manager's message and nothing is written. `None`: the guest root itself when it is
+    /// `/`; an image root is not checked (its binaries may not run here).
+    pub tools: Option<PathBuf>,
     /// Test hook: make the live apply of every interface fail just before its step number
     /// `n` (0-based, counting only steps that change something), so that rollback is
     /// exercised deterministically.
@@ -77,6 +83,7 @@ impl Default for NetOptions {
             sysfs: PathBuf::from("/sys"),
             netns: None,
             reload: true,
+            tools: None,
             fail_after_step: None,
         }
     }

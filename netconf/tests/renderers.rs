@@ -491,7 +491,12 @@ fn every_renderer_output_passes_the_managers_own_parser() {
         for (case, json) in &docs {
             let g = Guest::new();
             prepare(&g, *renderer);
-            let (results, _) = apply(&opts(&g, *renderer), &doc(json), None);
+            // The same parsers check each render at apply time too (`tools`).
+            let o = NetOptions {
+                tools: Some(tools.root().to_path_buf()),
+                ..opts(&g, *renderer)
+            };
+            let (results, _) = apply(&o, &doc(json), None);
             for r in results.iter().filter(|r| r.item.starts_with("network:")) {
                 assert_eq!(
                     r.status,
@@ -569,4 +574,50 @@ fn networkd_dhcp_follows_netplans_own_networkd_output() {
         "netplan's output changed:\n{theirs}"
     );
     assert!(ours.contains("[DHCPv4]\nUseMTU=true"), "{ours}");
+}
+
+/// A render the manager's own parser refuses is a failed item naming the manager's
+/// message, and nothing is written: netplan declares two default routes of one family on
+/// two interfaces (same table and metric) an error.
+#[test]
+fn a_render_the_manager_refuses_fails_its_items_and_writes_nothing() {
+    let tools = match common::tools::Tools::find() {
+        Ok(t) => t,
+        Err(why) => {
+            eprintln!("SKIP: {why}");
+            return;
+        }
+    };
+    let json = format!(
+        r#"{{"network":{{"version":2,"ethernets":{{
+        "eth0":{{"match":{{"macaddress":"{MAC0}"}},"addresses":["192.0.2.10/24"],"gateway4":"192.0.2.1"}},
+        "eth1":{{"match":{{"macaddress":"{MAC1}"}},"addresses":["198.51.100.10/24"],"gateway4":"198.51.100.1"}}}}}}}}"#
+    );
+    let g = Guest::new();
+    let checked = NetOptions {
+        tools: Some(tools.root().to_path_buf()),
+        ..opts(&g, RendererChoice::Netplan)
+    };
+    let (results, state) = apply(&checked, &doc(&json), None);
+    for r in &results {
+        assert_eq!(r.status, ItemStatus::Failed, "{}", r.item);
+        let why = r.reason.as_deref().unwrap();
+        assert!(
+            why.starts_with("netplan refuses the configuration")
+                && why.contains("Conflicting default route"),
+            "{why}"
+        );
+    }
+    assert!(!g.exists("etc/netplan/90-xenchan.yaml"));
+    assert!(state.files.is_empty());
+    // Without the parser (an image root, not `/`), the same document is written.
+    let (results, _) = apply(&opts(&g, RendererChoice::Netplan), &doc(&json), None);
+    assert_all(&results, ItemStatus::Applied);
+    // NetworkManager takes the same document.
+    let g = Guest::new();
+    let nm = NetOptions {
+        tools: Some(tools.root().to_path_buf()),
+        ..opts(&g, RendererChoice::NetworkManager)
+    };
+    assert_all(&apply(&nm, &doc(&json), None).0, ItemStatus::Applied);
 }

@@ -1,10 +1,6 @@
-//! Each manager's native configuration for the planned interfaces. Every function here is
-//! pure: text in, text out; [`crate::apply`] does the writing.
+//! What every manager's render shares: the [`Renderer`] names, [`RenderedFile`], our file
+//! names, and `/etc/resolv.conf`. Each manager's own format is in [`crate::manager`].
 
-mod ifupdown;
-mod netplan;
-mod networkd;
-mod nm;
 mod resolv;
 
 use std::fmt;
@@ -12,11 +8,6 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::plan::IfacePlan;
-
-pub(crate) use ifupdown::safe_name as ifupdown_safe_name;
-pub(crate) use netplan::{netplan_file, netplan_section};
-pub(crate) use nm::dns_left_out as nm_dns_left_out;
 pub(crate) use resolv::resolv_conf;
 
 /// A network manager we write configuration for.
@@ -57,17 +48,6 @@ pub struct RenderedFile {
     pub content: String,
     /// Permission bits.
     pub mode: u32,
-}
-
-/// The file of one interface for the per-interface renderers; `None` for netplan (one
-/// shared file, see [`netplan_file`]) and for no renderer.
-pub(crate) fn interface_file(renderer: Renderer, plan: &IfacePlan) -> Option<RenderedFile> {
-    match renderer {
-        Renderer::Networkd => Some(networkd::render(plan)),
-        Renderer::NetworkManager => Some(nm::render(plan)),
-        Renderer::Ifupdown => Some(ifupdown::render(plan)),
-        Renderer::Netplan | Renderer::None => None,
-    }
 }
 
 /// The path of the per-interface file of `id` (for telling ours from others').

@@ -46,6 +46,11 @@ impl Tools {
         multiarch.unwrap_or_else(|| self.root.join("usr/lib"))
     }
 
+    /// The folder, laid out like a root (for `NetOptions::tools`).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// The path of a tool (for running it under `ip netns exec`).
     pub fn bin(&self, bin: &str) -> PathBuf {
         self.root.join(bin)

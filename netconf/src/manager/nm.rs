@@ -3,13 +3,89 @@
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
+use super::networkd::words;
+use super::{Manager, Rendered, Tools, any_exists};
+use crate::activate::{Changed, Cmd};
+use crate::detect::ResolvConf;
 use crate::files;
 use crate::plan::IfacePlan;
-use crate::render::RenderedFile;
+use crate::render::{RenderedFile, Renderer};
+
+const BINS: &[&str] = &["usr/sbin/NetworkManager", "sbin/NetworkManager"];
+const ENABLED: &[&str] = &[
+    "etc/systemd/system/multi-user.target.wants/NetworkManager.service",
+    "etc/systemd/system/dbus-org.freedesktop.NetworkManager.service",
+    "etc/runlevels/default/NetworkManager",
+    "etc/runlevels/default/networkmanager",
+];
+const NMCLI: &[&str] = &["usr/bin/nmcli", "bin/nmcli"];
+
+/// NetworkManager: keyfiles, checked by `nmcli --offline` (NetworkManager 1.40 and
+/// later) before they are written.
+pub(crate) struct NetworkManager;
+
+impl Manager for NetworkManager {
+    fn renderer(&self) -> Renderer {
+        Renderer::NetworkManager
+    }
+
+    fn in_use(&self, root: &Path) -> bool {
+        any_exists(root, BINS) && (any_exists(root, ENABLED) || self.running(root))
+    }
+
+    fn running(&self, root: &Path) -> bool {
+        root.join("run/NetworkManager").is_dir()
+    }
+
+    fn render(&self, plan: &IfacePlan) -> Rendered {
+        Rendered::File(render(plan))
+    }
+
+    /// `nmcli --offline connection modify` reads a keyfile on stdin and checks it the way
+    /// NetworkManager does when it loads the profile (it refuses, for example, `dns` in an
+    /// `[ipv4] method=disabled` section). An nmcli without `--offline` cannot tell.
+    fn validate(
+        &self,
+        tools: &Tools,
+        file: &RenderedFile,
+        _plan: Option<&IfacePlan>,
+    ) -> Result<(), String> {
+        let Some(nmcli) = tools.find(NMCLI) else {
+            return Ok(());
+        };
+        let args = ["--offline", "connection", "modify"].map(std::ffi::OsStr::new);
+        match tools.run(&nmcli, &args, Some(file.content.as_bytes())) {
+            Ok(_) => Ok(()),
+            Err(e) if e.contains("'--offline' is unknown") => Ok(()),
+            Err(e) => Err(format!("NetworkManager refuses the profile: {e}")),
+        }
+    }
+
+    fn activate(&self, changed: &[Changed]) -> Vec<Cmd> {
+        let mut out = vec![(None, words(&["nmcli", "connection", "reload"]))];
+        for c in changed {
+            let id = format!("xenchan-{}", c.id);
+            out.push((
+                Some(c.id.clone()),
+                words(&["nmcli", "connection", "up", "id", &id]),
+            ));
+        }
+        out
+    }
+
+    /// NetworkManager writes resolv.conf itself (directly or through systemd-resolved).
+    fn carries_dns(&self, _resolv: &ResolvConf) -> bool {
+        true
+    }
+
+    fn dns_left_out(&self, plan: &IfacePlan) -> Option<String> {
+        dns_left_out(plan)
+    }
+}
 use crate::state::LiveRoute;
 
 /// Above the default (0) so that our profile wins over NetworkManager's automatic

@@ -3,13 +3,122 @@
 //! the MAC when the file is written.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 
+use super::networkd::words;
+use super::{Manager, Rendered, Tools, any_exists, validate};
+use crate::activate::{Changed, Cmd};
 use crate::files;
 use crate::plan::IfacePlan;
-use crate::render::RenderedFile;
+use crate::render::{RenderedFile, Renderer};
+
+const IFUP: &[&str] = &["sbin/ifup", "usr/sbin/ifup"];
+
+/// ifupdown: one stanza file per interface in `/etc/network/interfaces.d/`, checked by
+/// `ifup --no-act` before it is written.
+pub(crate) struct Ifupdown;
+
+impl Manager for Ifupdown {
+    fn renderer(&self) -> Renderer {
+        Renderer::Ifupdown
+    }
+
+    /// `etc/network/interfaces` and `ifup` exist.
+    fn in_use(&self, root: &Path) -> bool {
+        any_exists(root, &["etc/network/interfaces"]) && any_exists(root, IFUP)
+    }
+
+    fn running(&self, root: &Path) -> bool {
+        any_exists(root, &["run/network/ifstate"])
+    }
+
+    /// `/etc/network/interfaces` must read `interfaces.d` (we do not edit a file that is
+    /// not ours), and the kernel name must be safe in the shell lines ifup runs.
+    fn preflight(&self, root: &Path, plan: &IfacePlan) -> Result<(), String> {
+        not_sourcing(root).map_or(Ok(()), Err)?;
+        if safe_name(&plan.name) {
+            Ok(())
+        } else {
+            Err(format!(
+                "interface name {:?} cannot be written into an ifupdown file safely \
+                 (letters, digits, `_`, `-`, `.`, `@` only)",
+                plan.name
+            ))
+        }
+    }
+
+    fn render(&self, plan: &IfacePlan) -> Rendered {
+        Rendered::File(render(plan))
+    }
+
+    /// `ifup --no-act` over the file alone, with a scratch state folder: ifupdown parses
+    /// it and plans the commands (it refuses a stanza missing what its method needs).
+    fn validate(
+        &self,
+        tools: &Tools,
+        file: &RenderedFile,
+        plan: Option<&IfacePlan>,
+    ) -> Result<(), String> {
+        let (Some(ifup), Some(plan)) = (tools.find(IFUP), plan) else {
+            return Ok(());
+        };
+        let scratch = validate::scratch()?;
+        let path = scratch.path().join("interfaces");
+        std::fs::write(&path, &file.content)
+            .map_err(|e| format!("cannot copy the ifupdown file to check it: {e}"))?;
+        let state = scratch.path().join("state");
+        let args = [
+            "--no-act".as_ref(),
+            "--no-scripts".as_ref(),
+            "-i".as_ref(),
+            path.as_os_str(),
+            "--state-dir".as_ref(),
+            state.as_os_str(),
+            plan.name.as_ref(),
+        ];
+        let _ = std::fs::create_dir(&state);
+        tools
+            .run(&ifup, &args, None)
+            .map(drop)
+            .map_err(|e| format!("ifupdown refuses the stanzas: {e}"))
+    }
+
+    fn activate(&self, changed: &[Changed]) -> Vec<Cmd> {
+        let mut out = Vec::new();
+        for c in changed {
+            out.push((Some(c.id.clone()), words(&["ifdown", "--force", &c.name])));
+            out.push((Some(c.id.clone()), words(&["ifup", &c.name])));
+        }
+        out
+    }
+}
+
+/// Why ifupdown would not read our files, if it would not: `/etc/network/interfaces` must
+/// `source` (or `source-directory`) `/etc/network/interfaces.d`.
+fn not_sourcing(root: &Path) -> Option<String> {
+    let p = root.join("etc/network/interfaces");
+    let text = match files::read_regular(&p) {
+        Ok(Some((b, _))) => String::from_utf8_lossy(&b).into_owned(),
+        Ok(None) => String::new(),
+        Err(e) => return Some(xenchan_basics::chain(&e)),
+    };
+    let sources = text.lines().any(|l| {
+        let l = l.trim_start();
+        (l.starts_with("source ") || l.starts_with("source-directory "))
+            && l.contains("/etc/network/interfaces.d")
+    });
+    if sources {
+        None
+    } else {
+        Some(
+            "/etc/network/interfaces does not read /etc/network/interfaces.d \
+             (add `source /etc/network/interfaces.d/*`); nothing written"
+                .to_string(),
+        )
+    }
+}
 use crate::state::LiveRoute;
 
 /// `etc/network/interfaces.d/xenchan-<id>`, mode 0644. No dot in the name:

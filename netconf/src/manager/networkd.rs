@@ -2,11 +2,60 @@
 //! (systemd.network(5)).
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use super::{Manager, Rendered, any_exists};
+use crate::activate::{Changed, Cmd};
 use crate::files;
 use crate::plan::IfacePlan;
-use crate::render::RenderedFile;
+use crate::render::{RenderedFile, Renderer};
+
+const BINS: &[&str] = &[
+    "usr/lib/systemd/systemd-networkd",
+    "lib/systemd/systemd-networkd",
+];
+const ENABLED: &[&str] = &[
+    "etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
+    "etc/systemd/system/dbus-org.freedesktop.network1.service",
+    "etc/systemd/system/sockets.target.wants/systemd-networkd.socket",
+];
+
+/// systemd-networkd. It has no offline parser (`networkctl` needs the daemon); the tests
+/// run the real daemon in a network namespace instead.
+pub(crate) struct Networkd;
+
+impl Manager for Networkd {
+    fn renderer(&self) -> Renderer {
+        Renderer::Networkd
+    }
+
+    fn in_use(&self, root: &Path) -> bool {
+        any_exists(root, BINS) && (any_exists(root, ENABLED) || self.running(root))
+    }
+
+    fn running(&self, root: &Path) -> bool {
+        any_exists(root, &["run/systemd/netif/state"])
+    }
+
+    fn render(&self, plan: &IfacePlan) -> Rendered {
+        Rendered::File(render(plan))
+    }
+
+    fn activate(&self, changed: &[Changed]) -> Vec<Cmd> {
+        let mut out = vec![(None, words(&["networkctl", "reload"]))];
+        for c in changed {
+            out.push((
+                Some(c.id.clone()),
+                words(&["networkctl", "reconfigure", &c.name]),
+            ));
+        }
+        out
+    }
+}
+
+pub(crate) fn words(v: &[&str]) -> Vec<String> {
+    v.iter().map(ToString::to_string).collect()
+}
 
 /// `etc/systemd/network/10-xenchan-<id>.network`, mode 0644. The `10-` prefix sorts it
 /// before distribution and cloud-init files (`50-cloud-init.network`,
