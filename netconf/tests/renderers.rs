@@ -621,3 +621,55 @@ fn a_render_the_manager_refuses_fails_its_items_and_writes_nothing() {
     };
     assert_all(&apply(&nm, &doc(&json), None).0, ItemStatus::Applied);
 }
+
+/// cloud-init v2's top-level `renderer`: followed when the guest uses that manager too,
+/// ignored (the detected one) when it does not; a forced renderer wins over it.
+#[test]
+fn the_documents_renderer_is_a_hint() {
+    let json = |r: &str| {
+        format!(
+            r#"{{"network":{{"version":2,"renderer":"{r}","ethernets":{{"eth0":{{
+            "match":{{"macaddress":"{MAC0}"}},"addresses":["192.0.2.10/24"],"gateway4":"192.0.2.1"}}}}}}}}"#
+        )
+    };
+    let g = Guest::new();
+    g.write("usr/sbin/NetworkManager", "");
+    g.write(
+        "etc/systemd/system/multi-user.target.wants/NetworkManager.service",
+        "",
+    );
+    // networkd is not installed: the hint cannot be followed.
+    let (r, state) = apply(
+        &opts(&g, RendererChoice::Auto),
+        &doc(&json("networkd")),
+        None,
+    );
+    assert_all(&r, ItemStatus::Applied);
+    assert_eq!(state.renderer, xenchan_netconf::Renderer::NetworkManager);
+    // Both enabled: the hint picks networkd, and the gateway is its default route.
+    g.write("usr/lib/systemd/systemd-networkd", "");
+    g.write(
+        "etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
+        "",
+    );
+    let (r, state) = apply(
+        &opts(&g, RendererChoice::Auto),
+        &doc(&json("networkd")),
+        Some(&state),
+    );
+    assert_all(&r, ItemStatus::Applied);
+    assert_eq!(state.renderer, xenchan_netconf::Renderer::Networkd);
+    let f = g.read("etc/systemd/network/10-xenchan-eth0.network");
+    assert!(
+        f.contains("[Route]\nDestination=0.0.0.0/0\nGateway=192.0.2.1\n"),
+        "{f}"
+    );
+    assert!(!g.exists("etc/NetworkManager/system-connections/xenchan-eth0.nmconnection"));
+    // The operator's choice wins.
+    let (_, state) = apply(
+        &opts(&g, RendererChoice::Ifupdown),
+        &doc(&json("networkd")),
+        Some(&state),
+    );
+    assert_eq!(state.renderer, xenchan_netconf::Renderer::Ifupdown);
+}
