@@ -32,7 +32,8 @@ if ((${#missing[@]})); then
 fi
 
 # The network managers' own parsers for the netconf tests, unpacked, not installed.
-"$(dirname "$0")/net-tools.sh"
+# Without them those tests skip (saying so); nothing else depends on them.
+"$(dirname "$0")/net-tools.sh" || echo "setup: scripts/net-tools.sh failed: the netconf parser tests will skip" >&2
 
 command -v cargo >/dev/null || { echo "setup: cargo not found: install Rust (https://rustup.rs)" >&2; exit 69; }
 if command -v rustup >/dev/null; then

@@ -113,10 +113,13 @@ pub struct AgentArgs {
     #[arg(long, value_name = "DIR", default_value = "/etc/xenchan/registry.d")]
     pub registry_dir: PathBuf,
 
-    /// Which network manager's files to write: `auto` (detect it in the guest root, in
-    /// this order: netplan, NetworkManager, systemd-networkd, ifupdown, else none),
-    /// `networkd`, `network-manager`, `netplan`, `ifupdown`, or `none` (live apply and
-    /// /etc/resolv.conf only). See docs/NETWORK.md.
+    /// Which network manager's files to write: `auto` (the document's cloud-init
+    /// `network.renderer` when the guest uses that manager, else detected in the guest
+    /// root, in this order: netplan, NetworkManager, systemd-networkd, ifupdown, else
+    /// none), `networkd`, `network-manager`, `netplan`, `ifupdown`, or `none` (live apply
+    /// and /etc/resolv.conf only). When --root is `/`, each file is first checked by the
+    /// manager's own parser (nmcli --offline, netplan generate, ifup --no-act) and a
+    /// refusal fails the item. See docs/NETWORK.md.
     #[arg(long, value_name = "RENDERER", default_value = "auto", value_parser = network_renderer)]
     pub network_renderer: RendererChoice,
 
