@@ -603,6 +603,23 @@ fn apply_dns(
         );
     }
     let changed = text != prev.dns || prev.renderer != renderer || prev.resolv_conf.is_some();
+    let left_out: Vec<String> = if renderer == Renderer::NetworkManager {
+        all.iter().filter_map(render::nm_dns_left_out).collect()
+    } else {
+        Vec::new()
+    };
+    if !left_out.is_empty() {
+        // The rest is in the keyfiles; what NetworkManager cannot take is said, not hidden.
+        return (
+            Some(ItemResult {
+                item: item.to_string(),
+                status: ItemStatus::Unsupported,
+                reason: Some(left_out.join("; ")),
+            }),
+            resolv_state,
+            text,
+        );
+    }
     (
         Some(ItemResult::new(
             item,

@@ -51,7 +51,8 @@ impl IfacePlan {
                 IpNet::V6(_) => p.addrs6.push(a.0),
             }
         }
-        for r in &eth.routes {
+        // gateway4/gateway6 (cloud-init v2) are default routes: one list for everyone.
+        for r in &eth.all_routes() {
             let to = match r.to {
                 RouteTarget::Net(n) => n,
                 RouteTarget::Default => default_net(r.via),
@@ -82,16 +83,6 @@ impl IfacePlan {
     /// Every route, IPv4 first.
     pub(crate) fn routes(&self) -> impl Iterator<Item = &LiveRoute> {
         self.routes4.iter().chain(&self.routes6)
-    }
-
-    /// IPv4 DNS servers.
-    pub(crate) fn dns4(&self) -> impl Iterator<Item = &IpAddr> {
-        self.dns.iter().filter(|a| a.is_ipv4())
-    }
-
-    /// IPv6 DNS servers.
-    pub(crate) fn dns6(&self) -> impl Iterator<Item = &IpAddr> {
-        self.dns.iter().filter(|a| a.is_ipv6())
     }
 
     pub(crate) fn has_dns(&self) -> bool {

@@ -167,3 +167,41 @@ fn no_manager_and_no_live_apply_fails_the_interface_instead_of_claiming_unchange
         "{eth0:?}"
     );
 }
+
+#[test]
+fn networkmanager_keeps_each_server_in_a_configured_family_and_says_what_it_left_out() {
+    let g = Guest::new();
+    let (r, _) = apply(
+        &opts(&g, RendererChoice::NetworkManager),
+        &cfg(r#""192.0.2.53","2001:db8::53""#),
+        None,
+    );
+    assert_eq!(r[0].status, ItemStatus::Applied, "{:?}", r[0].reason);
+    let (status, reason) = dns_status(&r);
+    assert_eq!(status, ItemStatus::Unsupported);
+    let reason = reason.unwrap();
+    assert!(
+        reason.contains("`eth0`")
+            && reason.contains("2001:db8::53")
+            && !reason.contains("192.0.2.53"),
+        "{reason}"
+    );
+    let keyfile = g.read("etc/NetworkManager/system-connections/xenchan-eth0.nmconnection");
+    let v6 = keyfile.split("[ipv6]").nth(1).unwrap();
+    assert!(
+        v6.contains("method=link-local") && !v6.contains("dns"),
+        "{keyfile}"
+    );
+    assert!(
+        keyfile.contains("dns=192.0.2.53;\ndns-search=example.com;"),
+        "{keyfile}"
+    );
+
+    // Servers of the configured family only: the item is plainly applied.
+    let (r, _) = apply(
+        &opts(&g, RendererChoice::NetworkManager),
+        &cfg(r#""192.0.2.53""#),
+        None,
+    );
+    assert_eq!(dns_status(&r), (ItemStatus::Applied, None));
+}

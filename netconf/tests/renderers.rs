@@ -67,6 +67,18 @@ fn cases() -> Vec<(&'static str, String)> {
             ),
         ),
         (
+            // cloud-init v2: renderer hint, gateway4/gateway6; a route through a second
+            // subnet (ifupdown must add it once that subnet's address exists).
+            "gateways",
+            format!(
+                r#"{{"network":{{"version":2,"renderer":"networkd","ethernets":{{"eth0":{{
+                "match":{{"macaddress":"{MAC0}"}},
+                "addresses":["192.0.2.10/24","198.51.100.10/24","2001:db8::10/64"],
+                "gateway4":"192.0.2.1","gateway6":"2001:db8::1",
+                "routes":[{{"to":"203.0.113.0/24","via":"198.51.100.1"}}]}}}}}}}}"#
+            ),
+        ),
+        (
             "dhcp",
             format!(
                 r#"{{"network":{{"version":2,"ethernets":{{

@@ -16,6 +16,7 @@ use crate::plan::IfacePlan;
 
 pub(crate) use ifupdown::safe_name as ifupdown_safe_name;
 pub(crate) use netplan::{netplan_file, netplan_section};
+pub(crate) use nm::dns_left_out as nm_dns_left_out;
 pub(crate) use resolv::resolv_conf;
 
 /// A network manager we write configuration for.

@@ -42,6 +42,12 @@ pub(crate) fn render(p: &IfacePlan) -> RenderedFile {
     if !p.search.is_empty() {
         let _ = writeln!(s, "Domains={}", p.search.join(" "));
     }
+    if p.dhcp4 {
+        // The DHCP server's MTU option, as netplan's own networkd output does: the same
+        // document must give the same MTU whichever renderer the guest uses.
+        s.push_str("\n[DHCPv4]\n");
+        s.push_str("UseMTU=true\n");
+    }
     for r in p.routes() {
         s.push_str("\n[Route]\n");
         let _ = writeln!(s, "Destination={}", r.to);

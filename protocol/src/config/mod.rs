@@ -32,7 +32,7 @@ pub mod schema;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -91,9 +91,33 @@ pub struct GuestConfig {
 pub struct Network {
     /// Must be 2.
     pub version: u8,
+    /// cloud-init / netplan `renderer`: which manager the author prefers. A hint: the
+    /// guest uses it when that manager is enabled there, its detected manager otherwise
+    /// (docs/NETWORK.md, "cloud-init v2 compatibility").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renderer: Option<RendererHint>,
     /// Ethernet interfaces by label.
     #[serde(default)]
     pub ethernets: BTreeMap<InterfaceId, Ethernet>,
+}
+
+/// The values of netplan's `renderer` key that a guest can act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RendererHint {
+    /// systemd-networkd.
+    #[serde(rename = "networkd")]
+    Networkd,
+    /// NetworkManager.
+    NetworkManager,
+}
+
+impl fmt::Display for RendererHint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RendererHint::Networkd => "networkd",
+            RendererHint::NetworkManager => "NetworkManager",
+        })
+    }
 }
 
 /// One ethernet interface, chosen by MAC.
@@ -115,12 +139,36 @@ pub struct Ethernet {
     /// Routes, including default routes (`to: default`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Route>,
+    /// cloud-init v2 (deprecated in netplan) IPv4 default gateway: the same as a route
+    /// `{to: default, via: <gateway4>}`, see [`Ethernet::all_routes`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway4: Option<Ipv4Addr>,
+    /// cloud-init v2 IPv6 default gateway, like `gateway4`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<Ipv6Addr>,
     /// DNS servers and search domains.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nameservers: Option<Nameservers>,
     /// Link MTU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
+}
+
+impl Ethernet {
+    /// `routes` followed by the default routes `gateway4` and `gateway6` stand for, which
+    /// is what every renderer and the live applier configure. Validation refuses a
+    /// gateway next to an explicit default route of its family, so nothing is lost or
+    /// doubled.
+    pub fn all_routes(&self) -> Vec<Route> {
+        let mut all = self.routes.clone();
+        let gateways = [self.gateway4.map(IpAddr::V4), self.gateway6.map(IpAddr::V6)];
+        all.extend(gateways.into_iter().flatten().map(|via| Route {
+            to: RouteTarget::Default,
+            via,
+            metric: None,
+        }));
+        all
+    }
 }
 
 /// How an interface is recognised: by MAC only, never by name.
@@ -330,7 +378,15 @@ impl GuestConfig {
     /// # Errors
     /// Only when `self` was built by hand and breaks a rule ([`GuestConfig::validate`]).
     pub fn for_peer(&self, caps: &Capabilities, peer: &str) -> Result<ForPeer, ConfigError> {
-        let value = serde_json::to_value(self).expect("a GuestConfig always serialises");
+        let lowered;
+        let mut doc = self;
+        // A peer of network v1 has no `gateway4`/`gateway6`, but a default route means the
+        // same: translate rather than drop them.
+        if caps.version("network").is_some_and(|v| v < 2) {
+            lowered = self.with_gateways_as_routes();
+            doc = &lowered;
+        }
+        let value = serde_json::to_value(doc).expect("a GuestConfig always serialises");
         let filtered = schema::filter(&value, caps, schema::TABLE, peer);
         // Dropping fields from a valid document leaves a valid one: every field a version
         // adds is optional, and the rules that span fields only get fewer inputs.
@@ -341,6 +397,21 @@ impl GuestConfig {
             digest,
             unsupported: filtered.dropped,
         })
+    }
+
+    /// The same document with every `gateway4`/`gateway6` turned into the default route it
+    /// stands for ([`Ethernet::all_routes`]).
+    #[must_use]
+    pub fn with_gateways_as_routes(&self) -> GuestConfig {
+        let mut c = self.clone();
+        if let Some(net) = &mut c.network {
+            for eth in net.ethernets.values_mut() {
+                eth.routes = eth.all_routes();
+                eth.gateway4 = None;
+                eth.gateway6 = None;
+            }
+        }
+        c
     }
 
     /// The canonical form: compact JSON, fields in a fixed order, interfaces sorted by
@@ -531,6 +602,7 @@ fn validate_network(net: &Network, errs: &mut Errors) {
                 );
             }
         }
+        validate_gateways(eth, &base, errs);
         if let Some(ns) = &eth.nameservers {
             check_len(
                 errs,
@@ -563,6 +635,34 @@ fn validate_network(net: &Network, errs: &mut Errors) {
                 errs.push(
                     format!("{base}.mtu"),
                     format!("MTU {mtu} is out of range {min}-{}{why}", limits::MTU_MAX),
+                );
+            }
+        }
+    }
+}
+
+/// `gateway4`/`gateway6` are default routes; next to an explicit default route of the
+/// same family one of the two would be lost, so both paths are named.
+fn validate_gateways(eth: &Ethernet, base: &str, errs: &mut Errors) {
+    let gateways = [
+        ("gateway4", eth.gateway4.map(IpAddr::V4)),
+        ("gateway6", eth.gateway6.map(IpAddr::V6)),
+    ];
+    for (key, gw) in gateways {
+        let Some(gw) = gw else { continue };
+        for (i, r) in eth.routes.iter().enumerate() {
+            let default_of_family = match r.to {
+                RouteTarget::Default => fields::same_family(r.via, gw),
+                RouteTarget::Net(n) => n.prefix_len() == 0 && fields::same_family(n.addr(), gw),
+            };
+            if default_of_family {
+                errs.push(
+                    format!("{base}.{key}"),
+                    format!(
+                        "gateway {gw} conflicts with the default route at {base}.routes[{i}] \
+                         (via {}): keep one of them",
+                        r.via
+                    ),
                 );
             }
         }

@@ -77,33 +77,55 @@ const HOSTNAME: Kind = Kind {
     versions: &[Node::Leaf],
 };
 
+/// The fields of one `ethernets.<id>` entry in network v1.
+macro_rules! ethernet_v1_fields {
+    ($($extra:expr),*) => {
+        &[
+            field("match", Node::Object(&[field("macaddress", Node::Leaf)])),
+            field("dhcp4", Node::Leaf),
+            field("dhcp6", Node::Leaf),
+            field("addresses", Node::Leaf),
+            field(
+                "routes",
+                Node::List(&Node::Object(&[
+                    field("to", Node::Leaf),
+                    field("via", Node::Leaf),
+                    field("metric", Node::Leaf),
+                ])),
+            ),
+            field(
+                "nameservers",
+                Node::Object(&[field("addresses", Node::Leaf), field("search", Node::Leaf)]),
+            ),
+            field("mtu", Node::Leaf),
+            $($extra),*
+        ]
+    };
+}
+
 const NETWORK: Kind = Kind {
     name: "network",
-    versions: &[Node::Object(&[
-        field("version", Node::Leaf),
-        field(
-            "ethernets",
-            Node::Map(&Node::Object(&[
-                field("match", Node::Object(&[field("macaddress", Node::Leaf)])),
-                field("dhcp4", Node::Leaf),
-                field("dhcp6", Node::Leaf),
-                field("addresses", Node::Leaf),
-                field(
-                    "routes",
-                    Node::List(&Node::Object(&[
-                        field("to", Node::Leaf),
-                        field("via", Node::Leaf),
-                        field("metric", Node::Leaf),
-                    ])),
-                ),
-                field(
-                    "nameservers",
-                    Node::Object(&[field("addresses", Node::Leaf), field("search", Node::Leaf)]),
-                ),
-                field("mtu", Node::Leaf),
-            ])),
-        ),
-    ])],
+    versions: &[
+        // v1: the first release.
+        Node::Object(&[
+            field("version", Node::Leaf),
+            field("ethernets", Node::Map(&Node::Object(ethernet_v1_fields!()))),
+        ]),
+        // v2: cloud-init v2 compatibility: `renderer` (a hint) and `gateway4`/`gateway6`.
+        // A v1 peer gets the gateways as default routes (`GuestConfig::for_peer`), so only
+        // the hint is lost on it.
+        Node::Object(&[
+            field("version", Node::Leaf),
+            field("renderer", Node::Leaf),
+            field(
+                "ethernets",
+                Node::Map(&Node::Object(ethernet_v1_fields!(
+                    field("gateway4", Node::Leaf),
+                    field("gateway6", Node::Leaf)
+                ))),
+            ),
+        ]),
+    ],
 };
 
 const USERS: Kind = Kind {

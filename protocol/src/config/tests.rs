@@ -364,3 +364,123 @@ fn filtering_for_a_v1_peer_keeps_the_v1_digest() {
             .contains("agent xenchan-agent 0.0.9 has no `users` item")
     );
 }
+
+#[test]
+fn cloud_init_v2_renderer_and_gateways() {
+    let doc = serde_json::json!({
+        "network": {
+            "version": 2,
+            "renderer": "NetworkManager",
+            "ethernets": {
+                "eth0": {
+                    "match": {"macaddress": "00:16:3e:12:34:56"},
+                    "addresses": ["192.0.2.10/24", "2001:db8::10/64"],
+                    "gateway4": "192.0.2.1",
+                    "gateway6": "2001:db8::1",
+                    "routes": [{"to": "198.51.100.0/24", "via": "192.0.2.254"}]
+                }
+            }
+        }
+    });
+    let cfg = parse(&doc).unwrap();
+    let net = cfg.network.as_ref().unwrap();
+    assert_eq!(net.renderer, Some(RendererHint::NetworkManager));
+    let eth = &net.ethernets.values().next().unwrap();
+    let routes: Vec<String> = eth
+        .all_routes()
+        .iter()
+        .map(|r| format!("{}>{}", String::from(r.to), r.via))
+        .collect();
+    assert_eq!(
+        routes,
+        [
+            "198.51.100.0/24>192.0.2.254",
+            "default>192.0.2.1",
+            "default>2001:db8::1"
+        ]
+    );
+    // Lossless: the canonical form keeps the keys as written.
+    let canon = String::from_utf8(cfg.canonical_json()).unwrap();
+    assert!(
+        canon.contains(r#""renderer":"NetworkManager""#)
+            && canon.contains(r#""gateway4":"192.0.2.1""#),
+        "{canon}"
+    );
+    assert_eq!(GuestConfig::from_json(canon.as_bytes()).unwrap(), cfg);
+
+    let mut nd = doc.clone();
+    nd["network"]["renderer"] = "networkd".into();
+    assert_eq!(
+        parse(&nd).unwrap().network.unwrap().renderer,
+        Some(RendererHint::Networkd)
+    );
+    let mut bad = doc.clone();
+    bad["network"]["renderer"] = "sriov".into();
+    assert_eq!(err_at(&bad).0, "network.renderer");
+    let mut bad = doc.clone();
+    bad["network"]["ethernets"]["eth0"]["gateway4"] = "2001:db8::1".into();
+    assert_eq!(err_at(&bad).0, "network.ethernets.eth0.gateway4");
+}
+
+#[test]
+fn a_gateway_next_to_a_default_route_names_both() {
+    let doc = serde_json::json!({
+        "network": {"version": 2, "ethernets": {"eth0": {
+            "match": {"macaddress": "00:16:3e:12:34:56"},
+            "addresses": ["192.0.2.10/24", "2001:db8::10/64"],
+            "gateway4": "192.0.2.1",
+            "gateway6": "2001:db8::1",
+            "routes": [
+                {"to": "default", "via": "192.0.2.254"},
+                {"to": "::/0", "via": "2001:db8::fe"}
+            ]
+        }}}
+    });
+    let e = parse(&doc).unwrap_err();
+    let got: Vec<(&str, &str)> = e
+        .errors
+        .iter()
+        .map(|f| (f.path.as_str(), f.message.as_str()))
+        .collect();
+    assert_eq!(got.len(), 2, "{e}");
+    assert_eq!(got[0].0, "network.ethernets.eth0.gateway4");
+    assert!(got[0].1.contains("network.ethernets.eth0.routes[0]"), "{e}");
+    assert_eq!(got[1].0, "network.ethernets.eth0.gateway6");
+    assert!(got[1].1.contains("network.ethernets.eth0.routes[1]"), "{e}");
+}
+
+#[test]
+fn a_v1_peer_gets_gateways_as_default_routes_and_loses_only_the_renderer_hint() {
+    let doc = serde_json::json!({
+        "network": {"version": 2, "renderer": "networkd", "ethernets": {"eth0": {
+            "match": {"macaddress": "00:16:3e:12:34:56"},
+            "addresses": ["192.0.2.10/24"],
+            "gateway4": "192.0.2.1"
+        }}}
+    });
+    let cfg = parse(&doc).unwrap();
+    let p = cfg
+        .for_peer(&Capabilities::v1(), "agent xenchan-agent 0.1.0")
+        .unwrap();
+    let eth = &p
+        .config
+        .network
+        .as_ref()
+        .unwrap()
+        .ethernets
+        .values()
+        .next()
+        .unwrap();
+    assert_eq!(eth.gateway4, None);
+    assert_eq!(eth.routes.len(), 1);
+    assert_eq!(eth.routes[0].to, RouteTarget::Default);
+    assert_eq!(eth.routes[0].via.to_string(), "192.0.2.1");
+    let paths: Vec<&str> = p.unsupported.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["network.renderer"]);
+    // A current peer gets the document as written.
+    let p = cfg
+        .for_peer(&Capabilities::ours(), "agent xenchan-agent 0.2.0")
+        .unwrap();
+    assert_eq!(p.config, cfg);
+    assert!(p.unsupported.is_empty());
+}
