@@ -28,14 +28,18 @@
 //! that span fields and reports every violation, each with its path.
 
 mod fields;
+pub mod schema;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use thiserror::Error;
+
+pub use schema::{Capabilities, Filtered};
 
 pub use fields::{
     Cidr, DomainName, Hostname, InterfaceId, MAX_SSH_KEY_LEN, MIN_RSA_BITS, MacAddr, RouteTarget,
@@ -305,15 +309,32 @@ impl fmt::Display for Digest {
 }
 
 impl GuestConfig {
-    /// Parses and validates a JSON document.
+    /// Parses and validates a JSON document strictly (the control API's parse): every
+    /// field this build does not know is reported, all in one answer, then bad values
+    /// with their path, then the rules that span fields.
     pub fn from_json(bytes: &[u8]) -> Result<GuestConfig, ConfigError> {
-        // serde accepts a JSON array for a struct (fields by position); a document is an
-        // object, always.
-        if bytes.trim_ascii_start().first() != Some(&b'{') {
+        let value = parse_value(bytes)?;
+        let filtered = schema::filter(
+            &value,
+            &Capabilities::ours(),
+            schema::TABLE,
+            concat!("xenchan ", env!("CARGO_PKG_VERSION")),
+        );
+        if !filtered.dropped.is_empty() {
+            return Err(ConfigError {
+                errors: filtered.dropped,
+            });
+        }
+        Self::from_value(value)
+    }
+
+    /// Parses and validates a document already read as JSON, without the table check
+    /// (unknown fields are still refused, the first one only).
+    pub fn from_value(value: Value) -> Result<GuestConfig, ConfigError> {
+        if !value.is_object() {
             return Err(ConfigError::one(".", "the document must be a JSON object"));
         }
-        let de = &mut serde_json::Deserializer::from_slice(bytes);
-        let cfg: GuestConfig = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
+        let cfg: GuestConfig = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
             let path = if path.is_empty() || path == "?" {
@@ -323,10 +344,74 @@ impl GuestConfig {
             };
             ConfigError::one(path, json_error_message(&inner))
         })?;
-        de.end()
-            .map_err(|e| ConfigError::one(".", json_error_message(&e)))?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Decodes a document the way an agent does (tolerant): fields and items this build
+    /// does not know are dropped and named in [`Tolerant::unsupported`], the rest is
+    /// parsed strictly. Fails only when what is left has a bad value or breaks a rule.
+    pub fn decode_tolerant(doc: &Value, peer: &str) -> Result<Tolerant, ConfigError> {
+        Self::decode_tolerant_with(doc, &Capabilities::ours(), schema::TABLE, peer)
+    }
+
+    /// [`GuestConfig::decode_tolerant`] against a given table and capabilities (tests add
+    /// kinds of their own).
+    pub fn decode_tolerant_with(
+        doc: &Value,
+        caps: &Capabilities,
+        table: &[schema::Kind],
+        peer: &str,
+    ) -> Result<Tolerant, ConfigError> {
+        let filtered = schema::filter(doc, caps, table, peer);
+        let config = Self::from_value(filtered.document)?;
+        Ok(Tolerant {
+            config,
+            unsupported: filtered.dropped,
+        })
+    }
+
+    /// What a peer with `caps` gets of this document (the broker's side): the filtered
+    /// document, its digest (the one the agent checks and reports as applied) and one
+    /// `unsupported` entry per item or field left out, with the reason.
+    ///
+    /// # Errors
+    /// Only when `self` was built by hand and breaks a rule ([`GuestConfig::validate`]).
+    pub fn for_peer(&self, caps: &Capabilities, peer: &str) -> Result<ForPeer, ConfigError> {
+        let lowered;
+        let mut doc = self;
+        // A peer of network v1 has no `gateway4`/`gateway6`, but a default route means the
+        // same: translate rather than drop them.
+        if caps.version("network").is_some_and(|v| v < 2) {
+            lowered = self.with_gateways_as_routes();
+            doc = &lowered;
+        }
+        let value = serde_json::to_value(doc).expect("a GuestConfig always serialises");
+        let filtered = schema::filter(&value, caps, schema::TABLE, peer);
+        // Dropping fields from a valid document leaves a valid one: every field a version
+        // adds is optional, and the rules that span fields only get fewer inputs.
+        let config = Self::from_value(filtered.document)?;
+        let digest = config.digest();
+        Ok(ForPeer {
+            config,
+            digest,
+            unsupported: filtered.dropped,
+        })
+    }
+
+    /// The same document with every `gateway4`/`gateway6` turned into the default route it
+    /// stands for ([`Ethernet::all_routes`]).
+    #[must_use]
+    pub fn with_gateways_as_routes(&self) -> GuestConfig {
+        let mut c = self.clone();
+        if let Some(net) = &mut c.network {
+            for eth in net.ethernets.values_mut() {
+                eth.routes = eth.all_routes();
+                eth.gateway4 = None;
+                eth.gateway6 = None;
+            }
+        }
+        c
     }
 
     /// The canonical form: compact JSON, fields in a fixed order, interfaces sorted by
@@ -368,6 +453,50 @@ impl GuestConfig {
         items.extend(self.users.iter().map(|u| format!("user:{}", u.name)));
         items
     }
+}
+
+/// A document decoded tolerantly ([`GuestConfig::decode_tolerant`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tolerant {
+    /// What this build understood of the document.
+    pub config: GuestConfig,
+    /// Every item or field left out, with its path and why.
+    pub unsupported: Vec<FieldError>,
+}
+
+/// A document as filtered for one peer ([`GuestConfig::for_peer`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForPeer {
+    /// The document to send.
+    pub config: GuestConfig,
+    /// Its digest: what the peer checks, and reports as applied.
+    pub digest: Digest,
+    /// Every item or field left out, with its path and why.
+    pub unsupported: Vec<FieldError>,
+}
+
+impl ForPeer {
+    /// The left-out parts as `unsupported` item results, as the broker records them.
+    pub fn unsupported_items(&self) -> Vec<crate::message::ItemResult> {
+        self.unsupported
+            .iter()
+            .map(|e| crate::message::ItemResult {
+                item: e.path.clone(),
+                status: crate::message::ItemStatus::Unsupported,
+                reason: Some(e.message.clone()),
+            })
+            .collect()
+    }
+}
+
+/// Reads a document as JSON: an object, with syntax errors named.
+fn parse_value(bytes: &[u8]) -> Result<Value, ConfigError> {
+    // serde accepts a JSON array for a struct (fields by position); a document is an
+    // object, always.
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ConfigError::one(".", "the document must be a JSON object"));
+    }
+    serde_json::from_slice(bytes).map_err(|e| ConfigError::one(".", json_error_message(&e)))
 }
 
 fn json_error_message(e: &serde_json::Error) -> String {

@@ -305,6 +305,67 @@ fn digest_text_is_validated() {
 }
 
 #[test]
+fn the_strict_parse_reports_every_unknown_field_in_one_answer() {
+    let mut v = full();
+    v["network"]["ethernets"]["eth0"]["gateway5"] = "x".into();
+    v["users"][1]["sudo"] = "ALL".into();
+    v["ntp"] = serde_json::json!({"servers": ["pool.ntp.org"]});
+    let e = parse(&v).unwrap_err();
+    let paths: Vec<&str> = e.errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["network.ethernets.eth0.gateway5", "ntp", "users[1].sudo"]
+    );
+}
+
+#[test]
+fn tolerant_decode_keeps_what_it_knows_and_names_the_rest() {
+    let mut v = full();
+    v["users"][1]["sudo"] = "ALL".into();
+    v["ntp"] = serde_json::json!({"servers": ["pool.ntp.org"]});
+    let t = GuestConfig::decode_tolerant(&v, "this agent").unwrap();
+    assert_eq!(t.config, parse(&full()).unwrap());
+    let paths: Vec<&str> = t.unsupported.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["ntp", "users[1].sudo"]);
+
+    // What is left is still parsed strictly: a bad value is an error at its path.
+    v["network"]["ethernets"]["eth0"]["match"]["macaddress"] = "01:00:5e:00:00:01".into();
+    let e = GuestConfig::decode_tolerant(&v, "this agent").unwrap_err();
+    assert_eq!(e.first_path(), "network.ethernets.eth0.match.macaddress");
+}
+
+#[test]
+fn filtering_for_a_v1_peer_keeps_the_v1_digest() {
+    let cfg = parse(&full()).unwrap();
+    let p = cfg
+        .for_peer(&Capabilities::v1(), "agent xenchan-agent 0.1.0")
+        .unwrap();
+    assert_eq!(p.config, cfg);
+    assert_eq!(p.digest, cfg.digest());
+    assert!(p.unsupported_items().is_empty());
+    // A peer without the users item gets the rest, a digest of the rest, and the reason.
+    let p = cfg
+        .for_peer(
+            &Capabilities::v1().with("users", 0),
+            "agent xenchan-agent 0.0.9",
+        )
+        .unwrap();
+    assert!(p.config.users.is_empty());
+    assert_eq!(p.digest, p.config.digest());
+    let items = p.unsupported_items();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].item, "users");
+    assert_eq!(items[0].status, crate::ItemStatus::Unsupported);
+    assert!(
+        items[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("agent xenchan-agent 0.0.9 has no `users` item")
+    );
+}
+
+#[test]
 fn cloud_init_v2_renderer_and_gateways() {
     let doc = serde_json::json!({
         "network": {
@@ -386,4 +447,40 @@ fn a_gateway_next_to_a_default_route_names_both() {
     assert!(got[0].1.contains("network.ethernets.eth0.routes[0]"), "{e}");
     assert_eq!(got[1].0, "network.ethernets.eth0.gateway6");
     assert!(got[1].1.contains("network.ethernets.eth0.routes[1]"), "{e}");
+}
+
+#[test]
+fn a_v1_peer_gets_gateways_as_default_routes_and_loses_only_the_renderer_hint() {
+    let doc = serde_json::json!({
+        "network": {"version": 2, "renderer": "networkd", "ethernets": {"eth0": {
+            "match": {"macaddress": "00:16:3e:12:34:56"},
+            "addresses": ["192.0.2.10/24"],
+            "gateway4": "192.0.2.1"
+        }}}
+    });
+    let cfg = parse(&doc).unwrap();
+    let p = cfg
+        .for_peer(&Capabilities::v1(), "agent xenchan-agent 0.1.0")
+        .unwrap();
+    let eth = &p
+        .config
+        .network
+        .as_ref()
+        .unwrap()
+        .ethernets
+        .values()
+        .next()
+        .unwrap();
+    assert_eq!(eth.gateway4, None);
+    assert_eq!(eth.routes.len(), 1);
+    assert_eq!(eth.routes[0].to, RouteTarget::Default);
+    assert_eq!(eth.routes[0].via.to_string(), "192.0.2.1");
+    let paths: Vec<&str> = p.unsupported.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["network.renderer"]);
+    // A current peer gets the document as written.
+    let p = cfg
+        .for_peer(&Capabilities::ours(), "agent xenchan-agent 0.2.0")
+        .unwrap();
+    assert_eq!(p.config, cfg);
+    assert!(p.unsupported.is_empty());
 }
