@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
-use xenchan_broker::api::types::ApiError;
-use xenchan_broker::client::{Client, ClientError};
+use xenchan_api::client::{Client, ClientError};
+use xenchan_api::types::ApiError;
 
 use crate::domain_xml::{self, DomainXml, MAX_XML};
 use crate::syslog::{self, Severity};
@@ -344,7 +344,7 @@ fn prepare(
         return Ok(());
     }
     // The broker would refuse the name the same way (400); saying so here is clearer.
-    xenchan_broker::paths::check_domain_name(domain).map_err(|e| {
+    xenchan_api::paths::check_domain_name(domain).map_err(|e| {
         Problem::Refused(format!(
             "{e}; xenchan cannot serve this domain: rename it or remove its {channel} channel"
         ))
@@ -367,7 +367,7 @@ fn release(
     {
         return Ok(());
     }
-    if xenchan_broker::paths::check_domain_name(domain).is_err() {
+    if xenchan_api::paths::check_domain_name(domain).is_err() {
         return Ok(());
     }
     call(

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Map, Value, json};
-use xenchan_broker::client::{Client, ClientError};
+use xenchan_api::client::{Client, ClientError};
 use xenchan_protocol::config::GuestConfig;
 
 /// Exit codes (sysexits).

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use xenchan_broker::api::types::{DomainState, DomainView};
-use xenchan_broker::client::Client;
+use xenchan_api::client::Client;
+use xenchan_api::types::{DomainState, DomainView};
 use xenchan_protocol::ItemStatus;
 
 use crate::checks;

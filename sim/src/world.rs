@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
-use xenchan_broker::client::Client;
-use xenchan_broker::config::Config;
+use xenchan_api::client::Client;
+use xenchan_api::config::Config;
 
 use crate::binaries::{Binaries, BinariesError};
 use crate::bridge::MAX_SOCKET_PATH;
