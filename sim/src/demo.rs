@@ -45,16 +45,7 @@ pub enum DemoEnd {
 
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn interrupted() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = async {
-            match term.as_mut() {
-                Some(t) => { t.recv().await; }
-                None => std::future::pending::<()>().await,
-            }
-        } => {}
-    }
+    xenchan_basics::signal::shutdown().await;
 }
 
 /// Runs the demo in `sim` (fresh: no broker, no domains). Prints to stdout.
