@@ -1,4 +1,4 @@
-//! xenchan-broker: the dom0 side of xenchan (DESIGN.md sections 1 and 5).
+//! xenchan-broker: the dom0 side of xenchan (docs/ARCHITECTURE.md).
 //!
 //! It finds each domain's channel socket (`<socket_dir>/<vm>.sock`, or the console
 //! backends in xenstore), keeps one session per domain with the guest's agent, pushes the desired configuration that operators put

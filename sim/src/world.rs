@@ -94,7 +94,7 @@ pub struct Sim {
     started: std::time::Instant,
 }
 
-/// Checks a domain name like the broker does (CONTRACTS.md "Domain names").
+/// Checks a domain name like the broker does (`xenchan_api::DomainName`).
 pub fn valid_name(name: &str) -> bool {
     (1..=MAX_NAME).contains(&name.len())
         && !name.starts_with('.')
