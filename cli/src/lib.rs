@@ -120,9 +120,10 @@ pub enum DomainCommand {
     /// Set (create or replace) a domain's desired configuration.
     #[command(after_help = "\
 The configuration is either a whole document (--file, JSON, the shape of
-docs/PROTOCOL.md "The configuration document": hostname, network (cloud-init network-config v2), users), or built
-from the options below (one interface, one user). The broker validates it, takes its
-leases (every address, and the hostname unless disabled) and pushes it to the guest.
+docs/PROTOCOL.md, section `The configuration document`: hostname, network
+(cloud-init network-config v2), users), or built from the options below (one
+interface, one user). The broker validates it, takes its leases (every address, and
+the hostname unless disabled) and pushes it to the guest.
 
 Examples:
   xenchan domain set web1 --file web1.json
