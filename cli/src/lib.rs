@@ -335,11 +335,14 @@ fn document_from_flags(a: &SetArgs) -> Result<GuestConfig, Failure> {
                     metric: None,
                 })
                 .collect(),
+            gateway4: None,
+            gateway6: None,
             nameservers,
             mtu: a.mtu,
         };
         doc.network = Some(Network {
             version: 2,
+            renderer: None,
             ethernets: [(a.interface.clone(), eth)].into(),
         });
     } else if a.mac.is_some() {
