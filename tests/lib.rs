@@ -92,14 +92,5 @@ pub fn post_mortem(sim: &mut Sim) -> PathBuf {
     sim.keep()
 }
 
-/// An error with its causes, `a: b: c`.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+/// An error with its causes, `a: b: c` (the shared printer).
+pub use xenchan_basics::chain;

@@ -5,7 +5,7 @@
 # (image.sh), so the next run rebuilds them.
 
 SUITE=bookworm
-# What the guest needs (REAL-GUESTS.md): systemd + udev for the agent's unit and rules,
+# What the guest needs (docs/VMTEST.md): systemd + udev for the agent's unit and rules,
 # sshd for the checks, xenstore-utils for looking at xenstore from a domU by hand.
 GUEST_PACKAGES=systemd,systemd-sysv,udev,dbus,iproute2,openssh-server,kmod,procps,linux-image-amd64,initramfs-tools,zstd,xenstore-utils
 # What dom0 adds: the xl toolstack, oxenstored and xenconsoled (xen-utils), the QEMU that

@@ -151,8 +151,8 @@ main() {
     choose_install
   }
 
-  # Deadlines are about 3x the times measured on a 2-core TCG machine (REAL-GUESTS.md and
-  # docs/VMTEST.md); boots have their own per-attempt deadline and one retry.
+  # Deadlines are about 3x the times measured on a 2-core TCG machine (docs/VMTEST.md,
+  # "Measured"); boots have their own per-attempt deadline and one retry.
   stage setup 300 stage_setup
   stage build 1800 stage_build
   stage images 900 ensure_images

@@ -1,4 +1,4 @@
-//! The exit codes of every xenchan binary (DESIGN.md section 5): 0 ok, 2 usage (clap's own),
+//! The exit codes of every xenchan binary (the "Exit codes" of each binary's `--help` and docs/OPERATING.md): 0 ok, 2 usage (clap's own),
 //! sysexits(3) for the rest, 130 when interrupted.
 
 /// Why a binary exits. Each error type of a binary maps itself to one of these with

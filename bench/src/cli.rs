@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
 use std::time::Instant;
+use xenchan_basics::Exit;
 
 use crate::bins::Bins;
 use crate::report::{self, LoadSampler, Machine, Report, Target, loadavg};
@@ -124,7 +126,12 @@ pub fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+            return if e.use_stderr() {
+                Exit::Usage
+            } else {
+                Exit::Ok
+            }
+            .into();
         }
     };
     // 10,000 domains: a socket each, plus the store, inotify and the API.
@@ -134,7 +141,7 @@ pub fn main() -> ExitCode {
         Ok(b) => b,
         Err(e) => {
             eprintln!("xenchan-bench: {e:#}");
-            return ExitCode::from(69);
+            return Exit::Unavailable.into();
         }
     };
     let mut report = Report {
@@ -162,7 +169,7 @@ pub fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("xenchan-bench: cannot start the async runtime: {e}");
-            return ExitCode::from(69);
+            return Exit::Unavailable.into();
         }
     };
     let want = |s: Section| args.only.is_empty() || args.only.contains(&s);
@@ -211,12 +218,12 @@ pub fn main() -> ExitCode {
     if let Some(path) = &args.json {
         if let Err(e) = report.write_json(path) {
             eprintln!("xenchan-bench: cannot write {}: {e}", path.display());
-            return ExitCode::from(74);
+            return Exit::IoErr.into();
         }
         eprintln!("xenchan-bench: JSON written to {}", path.display());
     }
     if failed {
-        ExitCode::from(69)
+        Exit::Unavailable.into()
     } else {
         ExitCode::SUCCESS
     }

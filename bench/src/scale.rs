@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use tokio::runtime::Handle;
-use xenchan_broker::client::Client;
+use xenchan_api::client::Client;
 use xenchan_sim::broker::Broker;
 
 use crate::bins::Bins;

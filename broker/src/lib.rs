@@ -1,4 +1,4 @@
-//! xenchan-broker: the dom0 side of xenchan (DESIGN.md sections 1 and 5).
+//! xenchan-broker: the dom0 side of xenchan (docs/ARCHITECTURE.md).
 //!
 //! It finds each domain's channel socket (`<socket_dir>/<vm>.sock`, or the console
 //! backends in xenstore), keeps one session per domain with the guest's agent, pushes the desired configuration that operators put
@@ -10,7 +10,8 @@
 
 pub mod api;
 pub mod cli;
-pub mod client;
+/// The control API client (moved to the API crate; the path stays for the broker's code).
+pub use xenchan_api::client;
 mod clock;
 pub mod config;
 mod discovery;
@@ -19,7 +20,8 @@ pub mod hooks;
 mod lock;
 pub mod metrics;
 mod outq;
-pub mod paths;
+/// Name and path checks (moved to the API crate).
+pub use xenchan_api::paths;
 mod session;
 pub mod store;
 

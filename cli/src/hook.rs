@@ -27,12 +27,12 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
-use xenchan_broker::api::types::ApiError;
-use xenchan_broker::client::{Client, ClientError};
+use xenchan_api::client::{Client, ClientError};
+use xenchan_api::types::ApiError;
 
 use crate::domain_xml::{self, DomainXml, MAX_XML};
 use crate::syslog::{self, Severity};
-use crate::{chain, exit};
+use xenchan_basics::{Exit, chain};
 
 /// `--help` text.
 pub const LONG_ABOUT: &str = "\
@@ -204,7 +204,7 @@ pub fn run(socket: &Path, args: &HookArgs) -> ExitCode {
     // pipe; bounded in size and time.
     let input = read_input(MAX_XML, end);
     if action == Action::Nothing {
-        return ExitCode::from(exit::OK);
+        return Exit::Ok.into();
     }
     let domain = &args.domain;
     let xml = input.and_then(|bytes| {
@@ -220,31 +220,31 @@ pub fn run(socket: &Path, args: &HookArgs) -> ExitCode {
     });
     let shown = domain.escape_debug();
     match action {
-        Action::Nothing => ExitCode::from(exit::OK),
+        Action::Nothing => Exit::Ok.into(),
         Action::Prepare | Action::Reattach => {
             let tolerant = action == Action::Reattach;
             match prepare(socket, &args.channel, domain, xml, end) {
-                Ok(()) => ExitCode::from(exit::OK),
+                Ok(()) => Exit::Ok.into(),
                 Err(Problem::Refused(why)) if !tolerant => {
                     reporter.say(
                         Severity::Error,
                         &format!("the xenchan broker refused domain {shown}: {why}"),
                     );
-                    ExitCode::from(exit::DATA)
+                    Exit::DataErr.into()
                 }
                 Err(Problem::Refused(why)) => {
                     reporter.say(
                         Severity::Warning,
                         &format!("the xenchan broker refused to re-register running domain {shown} (it keeps running): {why}"),
                     );
-                    ExitCode::from(exit::OK)
+                    Exit::Ok.into()
                 }
                 Err(Problem::Unavailable(why)) if args.strict && !tolerant => {
                     reporter.say(
                         Severity::Error,
                         &format!("start of domain {shown} aborted (--strict): {why}"),
                     );
-                    ExitCode::from(exit::UNAVAILABLE)
+                    Exit::Unavailable.into()
                 }
                 Err(Problem::BadInput(why)) if args.strict && !tolerant => {
                     reporter.say(
@@ -253,7 +253,7 @@ pub fn run(socket: &Path, args: &HookArgs) -> ExitCode {
                             "start of domain {shown} aborted (--strict): cannot read its domain XML: {why}"
                         ),
                     );
-                    ExitCode::from(exit::DATA)
+                    Exit::DataErr.into()
                 }
                 Err(Problem::Unavailable(why)) => {
                     reporter.say(
@@ -264,7 +264,7 @@ pub fn run(socket: &Path, args: &HookArgs) -> ExitCode {
                             if tolerant { "" } else { "; --strict aborts the start instead" }
                         ),
                     );
-                    ExitCode::from(exit::OK)
+                    Exit::Ok.into()
                 }
                 Err(Problem::BadInput(why)) => {
                     reporter.say(
@@ -274,23 +274,23 @@ pub fn run(socket: &Path, args: &HookArgs) -> ExitCode {
                             if tolerant { "" } else { " (the start goes on; --strict aborts it instead)" }
                         ),
                     );
-                    ExitCode::from(exit::OK)
+                    Exit::Ok.into()
                 }
             }
         }
         Action::Release => match release(socket, &args.channel, domain, &xml, end) {
-            Ok(()) => ExitCode::from(exit::OK),
+            Ok(()) => Exit::Ok.into(),
             Err(p) => {
                 let (why, code) = match p {
-                    Problem::Refused(w) | Problem::BadInput(w) => (w, exit::DATA),
-                    Problem::Unavailable(w) => (w, exit::UNAVAILABLE),
+                    Problem::Refused(w) | Problem::BadInput(w) => (w, Exit::DataErr),
+                    Problem::Unavailable(w) => (w, Exit::Unavailable),
                 };
                 reporter.say(
                     Severity::Warning,
                     &format!("cannot release domain {shown} at the xenchan broker: {why}"),
                 );
                 // A release cannot be undone by failing; only --strict reports it.
-                ExitCode::from(if args.strict { code } else { exit::OK })
+                if args.strict { code } else { Exit::Ok }.into()
             }
         },
     }
@@ -344,7 +344,7 @@ fn prepare(
         return Ok(());
     }
     // The broker would refuse the name the same way (400); saying so here is clearer.
-    xenchan_broker::paths::check_domain_name(domain).map_err(|e| {
+    xenchan_api::paths::check_domain_name(domain).map_err(|e| {
         Problem::Refused(format!(
             "{e}; xenchan cannot serve this domain: rename it or remove its {channel} channel"
         ))
@@ -367,7 +367,7 @@ fn release(
     {
         return Ok(());
     }
-    if xenchan_broker::paths::check_domain_name(domain).is_err() {
+    if xenchan_api::paths::check_domain_name(domain).is_err() {
         return Ok(());
     }
     call(

@@ -13,30 +13,19 @@ pub mod xl;
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use serde_json::{Map, Value, json};
-use xenchan_broker::client::{Client, ClientError};
-use xenchan_protocol::config::GuestConfig;
-
-/// Exit codes (sysexits).
-pub mod exit {
-    /// Success.
-    pub const OK: u8 = 0;
-    /// Bad command line.
-    pub const USAGE: u8 = 2;
-    /// Bad data (refused by the broker, invalid file).
-    pub const DATA: u8 = 65;
-    /// The broker is unavailable.
-    pub const UNAVAILABLE: u8 = 69;
-    /// I/O error.
-    pub const IO: u8 = 74;
-    /// Configuration error.
-    pub const CONFIG: u8 = 78;
-}
+use xenchan_api::client::{Client, ClientError};
+use xenchan_api::{DomainName, VmUuid};
+use xenchan_basics::{Exit, chain};
+use xenchan_protocol::config::{
+    Cidr, ConfigError, DomainName as SearchDomain, Ethernet, GuestConfig, Hostname, InterfaceId,
+    MacAddr, Match, Nameservers, Network, Route, RouteTarget, SshKey, User, UserName,
+};
 
 /// Largest file read for --file and --ssh-key-file.
 const MAX_INPUT: u64 = 4 * 1024 * 1024;
@@ -131,9 +120,10 @@ pub enum DomainCommand {
     /// Set (create or replace) a domain's desired configuration.
     #[command(after_help = "\
 The configuration is either a whole document (--file, JSON, the shape of
-docs/CONFIG.md: hostname, network (cloud-init network-config v2), users), or built
-from the options below (one interface, one user). The broker validates it, takes its
-leases (every address, and the hostname unless disabled) and pushes it to the guest.
+docs/PROTOCOL.md, section `The configuration document`: hostname, network
+(cloud-init network-config v2), users), or built from the options below (one
+interface, one user). The broker validates it, takes its leases (every address, and
+the hostname unless disabled) and pushes it to the guest.
 
 Examples:
   xenchan domain set web1 --file web1.json
@@ -164,15 +154,16 @@ held by another domain; prepare hook refused); 69 broker unavailable; 74 unreada
     },
 }
 
-/// `xenchan domain set`.
+/// `xenchan domain set`. Every option parses into the protocol crate's typed field, so a
+/// bad value is refused with the option's name before anything is sent.
 #[derive(Debug, Args)]
 pub struct SetArgs {
     /// The domain (its socket file stem, e.g. web1 for web1.sock).
-    name: String,
+    name: DomainName,
 
     /// The VM's UUID; the agent must report the same one or nothing is pushed.
     #[arg(long, value_name = "UUID")]
-    uuid: Option<String>,
+    uuid: Option<VmUuid>,
 
     /// A whole configuration document (JSON); `-` reads standard input.
     #[arg(long, short = 'f', value_name = "FILE", conflicts_with_all = [
@@ -183,31 +174,31 @@ pub struct SetArgs {
 
     /// Host name (FQDN allowed).
     #[arg(long, value_name = "NAME")]
-    hostname: Option<String>,
+    hostname: Option<Hostname>,
 
     /// Interface label in the document.
     #[arg(long, default_value = "eth0", value_name = "ID")]
-    interface: String,
+    interface: InterfaceId,
 
     /// MAC of the interface (needed for any network option; Xen vifs start 00:16:3e).
     #[arg(long, value_name = "MAC")]
-    mac: Option<String>,
+    mac: Option<MacAddr>,
 
     /// Static address in CIDR form; repeat for several.
     #[arg(long, value_name = "CIDR")]
-    address: Vec<String>,
+    address: Vec<Cidr>,
 
     /// Default gateway (adds a `to: default` route).
     #[arg(long, value_name = "IP")]
-    gateway: Vec<String>,
+    gateway: Vec<IpAddr>,
 
     /// DNS server; repeat for several.
     #[arg(long, value_name = "IP")]
-    dns: Vec<String>,
+    dns: Vec<IpAddr>,
 
     /// DNS search domain; repeat for several.
     #[arg(long, value_name = "DOMAIN")]
-    search: Vec<String>,
+    search: Vec<SearchDomain>,
 
     /// Link MTU.
     #[arg(long, value_name = "BYTES")]
@@ -219,7 +210,7 @@ pub struct SetArgs {
 
     /// The user whose authorized_keys receive --ssh-key-file keys.
     #[arg(long, default_value = "cloud", value_name = "NAME")]
-    user: String,
+    user: UserName,
 
     /// File of OpenSSH public keys, one per line (# comments allowed); repeatable.
     #[arg(long, value_name = "FILE")]
@@ -232,12 +223,12 @@ pub struct SetArgs {
 
 /// A failure with its exit code.
 struct Failure {
-    code: u8,
+    code: Exit,
     message: String,
 }
 
 impl Failure {
-    fn new(code: u8, message: impl Into<String>) -> Self {
+    fn new(code: Exit, message: impl Into<String>) -> Self {
         Failure {
             code,
             message: message.into(),
@@ -245,27 +236,18 @@ impl Failure {
     }
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
-}
-
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
         let code = match &e {
-            ClientError::Unavailable { .. } | ClientError::Timeout(_) => exit::UNAVAILABLE,
-            ClientError::PathTooLong(_) => exit::CONFIG,
+            ClientError::Unavailable { .. } | ClientError::Timeout(_) => Exit::Unavailable,
+            ClientError::PathTooLong(_) => Exit::Config,
             ClientError::Api { status, .. } if *status >= 500 || *status == 408 => {
-                exit::UNAVAILABLE
+                Exit::Unavailable
             }
-            ClientError::Api { .. } => exit::DATA,
-            ClientError::Http(_) | ClientError::Decode { .. } | ClientError::TooLarge => exit::IO,
+            ClientError::Api { .. } => Exit::DataErr,
+            ClientError::Http(_) | ClientError::Decode { .. } | ClientError::TooLarge => {
+                Exit::IoErr
+            }
         };
         let mut message = chain(&e);
         if let ClientError::Api { error, .. } = &e {
@@ -288,8 +270,9 @@ impl From<ClientError> for Failure {
 }
 
 fn read_bounded(path: &Path) -> Result<Vec<u8>, Failure> {
-    let io =
-        |e: std::io::Error| Failure::new(exit::IO, format!("cannot read {}: {e}", path.display()));
+    let io = |e: std::io::Error| {
+        Failure::new(Exit::IoErr, format!("cannot read {}: {e}", path.display()))
+    };
     let mut buf = Vec::new();
     if path == Path::new("-") {
         std::io::stdin()
@@ -305,19 +288,20 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, Failure> {
     }
     if buf.len() as u64 > MAX_INPUT {
         return Err(Failure::new(
-            exit::DATA,
+            Exit::DataErr,
             format!("{} is larger than {MAX_INPUT} bytes", path.display()),
         ));
     }
     Ok(buf)
 }
 
-/// Builds a document from the `set` options.
-fn document_from_flags(a: &SetArgs) -> Result<Value, Failure> {
-    let mut doc = Map::new();
-    if let Some(h) = &a.hostname {
-        doc.insert("hostname".into(), json!(h));
-    }
+/// Builds a document from the `set` options (the values are typed already; this adds
+/// the rules between options and the ssh keys read from files).
+fn document_from_flags(a: &SetArgs) -> Result<GuestConfig, Failure> {
+    let mut doc = GuestConfig {
+        hostname: a.hostname.clone(),
+        ..GuestConfig::default()
+    };
     let wants_net = !a.address.is_empty()
         || !a.gateway.is_empty()
         || !a.dns.is_empty()
@@ -327,113 +311,135 @@ fn document_from_flags(a: &SetArgs) -> Result<Value, Failure> {
     if wants_net {
         let Some(mac) = &a.mac else {
             return Err(Failure::new(
-                exit::USAGE,
+                Exit::Usage,
                 "network options need --mac: interfaces are matched by MAC address",
             ));
         };
-        let mut eth = Map::new();
-        eth.insert("match".into(), json!({ "macaddress": mac }));
-        if a.dhcp4 {
-            eth.insert("dhcp4".into(), json!(true));
-        }
-        if !a.address.is_empty() {
-            eth.insert("addresses".into(), json!(a.address));
-        }
-        if !a.gateway.is_empty() {
-            let routes: Vec<Value> = a
+        let nameservers = (!a.dns.is_empty() || !a.search.is_empty()).then(|| Nameservers {
+            addresses: a.dns.clone(),
+            search: a.search.clone(),
+        });
+        let eth = Ethernet {
+            matches: Match {
+                macaddress: mac.clone(),
+            },
+            dhcp4: a.dhcp4,
+            dhcp6: false,
+            addresses: a.address.clone(),
+            routes: a
                 .gateway
                 .iter()
-                .map(|g| json!({ "to": "default", "via": g }))
-                .collect();
-            eth.insert("routes".into(), Value::Array(routes));
-        }
-        if !a.dns.is_empty() || !a.search.is_empty() {
-            let mut ns = Map::new();
-            if !a.dns.is_empty() {
-                ns.insert("addresses".into(), json!(a.dns));
-            }
-            if !a.search.is_empty() {
-                ns.insert("search".into(), json!(a.search));
-            }
-            eth.insert("nameservers".into(), Value::Object(ns));
-        }
-        if let Some(m) = a.mtu {
-            eth.insert("mtu".into(), json!(m));
-        }
-        let mut ethernets = Map::new();
-        ethernets.insert(a.interface.clone(), Value::Object(eth));
-        doc.insert(
-            "network".into(),
-            json!({ "version": 2, "ethernets": ethernets }),
-        );
+                .map(|via| Route {
+                    to: RouteTarget::Default,
+                    via: *via,
+                    metric: None,
+                })
+                .collect(),
+            gateway4: None,
+            gateway6: None,
+            nameservers,
+            mtu: a.mtu,
+        };
+        doc.network = Some(Network {
+            version: 2,
+            renderer: None,
+            ethernets: [(a.interface.clone(), eth)].into(),
+        });
     } else if a.mac.is_some() {
         return Err(Failure::new(
-            exit::USAGE,
+            Exit::Usage,
             "--mac needs a network option (--address, --dhcp4, --gateway, --dns, --search or --mtu)",
         ));
     }
     if !a.ssh_key_file.is_empty() || a.create_user {
         let mut keys = Vec::new();
         for f in &a.ssh_key_file {
-            let text = read_bounded(f)?;
-            let text = String::from_utf8(text).map_err(|_| {
-                Failure::new(exit::DATA, format!("{} is not UTF-8 text", f.display()))
-            })?;
-            keys.extend(
-                text.lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(str::to_string),
-            );
+            keys.extend(ssh_keys(f, &read_bounded(f)?)?);
         }
-        let mut user = Map::new();
-        user.insert("name".into(), json!(a.user));
-        user.insert("ssh_authorized_keys".into(), json!(keys));
-        if a.create_user {
-            user.insert("create".into(), json!(true));
-        }
-        doc.insert("users".into(), json!([Value::Object(user)]));
+        doc.users.push(User {
+            name: a.user.clone(),
+            ssh_authorized_keys: keys,
+            create: a.create_user,
+        });
     }
-    if doc.is_empty() {
+    if doc == GuestConfig::default() {
         return Err(Failure::new(
-            exit::USAGE,
+            Exit::Usage,
             "nothing to set: give --file, or at least one of --hostname, --address/--dhcp4 with --mac, --ssh-key-file",
         ));
     }
-    Ok(Value::Object(doc))
+    // The rules between fields (MTU against IPv6, duplicate addresses...), with the
+    // field's path, before anything is sent.
+    doc.validate().map_err(invalid_document)?;
+    Ok(doc)
+}
+
+/// The keys of an authorized_keys-style file: one per line, blank lines and `#` comments
+/// skipped; a bad line is named by file and line number.
+fn ssh_keys(file: &Path, text: &[u8]) -> Result<Vec<SshKey>, Failure> {
+    let text = std::str::from_utf8(text).map_err(|_| {
+        Failure::new(
+            Exit::DataErr,
+            format!("{} is not UTF-8 text", file.display()),
+        )
+    })?;
+    let mut keys = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let key = line.parse::<SshKey>().map_err(|reason| {
+            Failure::new(
+                Exit::DataErr,
+                format!(
+                    "{}:{}: not an ssh public key: {reason}",
+                    file.display(),
+                    n + 1
+                ),
+            )
+        })?;
+        keys.push(key);
+    }
+    Ok(keys)
+}
+
+/// A refused document, every field with its path.
+#[allow(clippy::needless_pass_by_value)] // used as map_err(invalid_document)
+fn invalid_document(e: ConfigError) -> Failure {
+    let mut msg = format!("invalid configuration: {e}");
+    for fe in &e.errors {
+        let _ = write!(msg, "\n  {}: {}", fe.path, fe.message);
+    }
+    Failure::new(Exit::DataErr, msg)
 }
 
 fn print_json<T: serde::Serialize>(out: &mut dyn Write, v: &T) -> Result<(), Failure> {
     let text = serde_json::to_string_pretty(v).expect("API types serialise");
-    writeln!(out, "{text}").map_err(|e| Failure::new(exit::IO, format!("cannot write output: {e}")))
+    writeln!(out, "{text}")
+        .map_err(|e| Failure::new(Exit::IoErr, format!("cannot write output: {e}")))
 }
 
 #[allow(clippy::needless_pass_by_value)] // used as map_err(out_err)
 fn out_err(e: std::io::Error) -> Failure {
-    Failure::new(exit::IO, format!("cannot write output: {e}"))
+    Failure::new(Exit::IoErr, format!("cannot write output: {e}"))
 }
 
 async fn run_domain(client: &Client, json: bool, cmd: DomainCommand) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
     match cmd {
         DomainCommand::Set(a) => {
-            let body = if let Some(f) = &a.file {
-                read_bounded(f)?
+            // Parsed and validated here first (the same rules as the broker): the message
+            // names the field even when the broker is unreachable.
+            let config = if let Some(f) = &a.file {
+                GuestConfig::from_json(&read_bounded(f)?).map_err(invalid_document)?
             } else {
-                serde_json::to_vec(&document_from_flags(&a)?).expect("JSON serialises")
+                document_from_flags(&a)?
             };
-            // Validate locally first: the same rules as the broker, and the message names
-            // the field even when the broker is unreachable.
-            if let Err(e) = GuestConfig::from_json(&body) {
-                let mut msg = format!("invalid configuration: {e}");
-                for fe in &e.errors {
-                    let _ = write!(msg, "\n  {}: {}", fe.path, fe.message);
-                }
-                return Err(Failure::new(exit::DATA, msg));
-            }
-            let before = client.get_domain(&a.name).await.ok();
+            let name = a.name.as_str();
+            let before = client.get_domain(name).await.ok();
             let v = client
-                .put_config_json(&a.name, &body, a.uuid.as_deref())
+                .put_config(name, &config, a.uuid.as_ref().map(VmUuid::as_str))
                 .await?;
             if json {
                 print_json(&mut out, &v)?;
@@ -537,17 +543,17 @@ pub fn main() -> ExitCode {
                     Err(e) => Err(out_err(e)),
                 }
             }
-            Err(e) => Err(Failure::new(exit::USAGE, e.to_string())),
+            Err(e) => Err(Failure::new(Exit::Usage, e.to_string())),
         },
         Command::Registry(cmd) => {
             let mut out = std::io::stdout().lock();
             let mut err = std::io::stderr().lock();
             match xenchan_registry::cli::run(cmd, &cli.registry_dir, &mut out, &mut err) {
                 Ok(code) => return ExitCode::from(code as u8),
-                Err(e) => Err(Failure::new(
-                    e.exit_code() as u8,
-                    xenchan_registry::error_chain(&e),
-                )),
+                Err(e) => {
+                    eprintln!("xenchan: {}", chain(&e));
+                    return ExitCode::from(e.exit_code() as u8);
+                }
             }
         }
         cmd => {
@@ -558,7 +564,7 @@ pub fn main() -> ExitCode {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("xenchan: cannot start the async runtime: {e}");
-                    return ExitCode::from(exit::IO);
+                    return Exit::IoErr.into();
                 }
             };
             let client =
@@ -575,10 +581,10 @@ pub fn main() -> ExitCode {
         }
     };
     match result {
-        Ok(()) => ExitCode::from(exit::OK),
+        Ok(()) => Exit::Ok.into(),
         Err(f) => {
             eprintln!("xenchan: {}", f.message);
-            ExitCode::from(f.code)
+            f.code.into()
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::io::{self, Write};
 
-use xenchan_broker::api::types::{DomainState, DomainView, Health};
+use xenchan_api::types::{DomainState, DomainView, Health};
 
 /// Writes rows as left-aligned columns separated by two spaces.
 fn table(out: &mut dyn Write, rows: &[Vec<String>]) -> io::Result<()> {

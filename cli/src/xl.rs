@@ -98,7 +98,7 @@ fn xl_unsafe(c: char) -> bool {
 
 /// The line (with a trailing newline; with the workaround, a comment line before it).
 pub fn channel_line(args: &XlChannelArgs) -> Result<String, XlError> {
-    xenchan_broker::paths::check_domain_name(&args.vm).map_err(|reason| XlError::VmName {
+    xenchan_api::paths::check_domain_name(&args.vm).map_err(|reason| XlError::VmName {
         name: args.vm.escape_debug().to_string(),
         reason,
     })?;
@@ -127,7 +127,7 @@ pub fn channel_line(args: &XlChannelArgs) -> Result<String, XlError> {
         return Err(dir_err(format!("{c:?} would break the xl syntax")));
     }
     let path = args.socket_dir.join(format!("{}.sock", args.vm));
-    xenchan_broker::paths::check_socket_path(&path).map_err(XlError::TooLong)?;
+    xenchan_api::paths::check_socket_path(&path).map_err(XlError::TooLong)?;
     let ours = format!(
         "\"connection=socket, name={}, path={}\"",
         args.channel,

@@ -168,6 +168,48 @@ async fn exit_codes() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let o = xenchan(&sock, &["domain", "frobnicate"]).await;
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    // Options parse into the typed document's fields: a bad value names its option.
+    for (opt, value) in [
+        ("--mac", "00:16:3e:zz:00:01"),
+        ("--address", "192.0.2.300/24"),
+        ("--hostname", "bad_host"),
+        ("--uuid", "not-a-uuid"),
+    ] {
+        let o = xenchan(&sock, &["domain", "set", "x", opt, value]).await;
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(opt),
+            "{}",
+            text(&o)
+        );
+    }
+    let o = xenchan(&sock, &["domain", "set", "../x", "--hostname", "x"]).await;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("must not start with `.`"),
+        "{}",
+        text(&o)
+    );
+    // 65: a bad line of a key file, named by file and line, before anything is sent.
+    let keys = dirs.root.path().join("bad.pub");
+    std::fs::write(&keys, "# keys\nssh-ed25519 notbase64\n").unwrap();
+    let o = xenchan(
+        &sock,
+        &[
+            "domain",
+            "set",
+            "x",
+            "--ssh-key-file",
+            keys.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(65), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("bad.pub:2"),
+        "{}",
+        text(&o)
+    );
     // 74: unreadable file.
     let o = xenchan(
         &sock,

@@ -14,8 +14,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use support::{Dirs, TestBroker, sample_config};
-use xenchan_broker::api::types::Lifecycle;
-use xenchan_broker::client::ClientError;
+use xenchan_api::client::ClientError;
+use xenchan_api::types::Lifecycle;
 
 const U_WEB1: &str = "6f0c1e4e-9a3b-4a53-8d7e-0d9f3f1c2b7a";
 const U_KVM1: &str = "0b8e9c1d-2f3a-4b5c-8d7e-6f5a4b3c2d1e";

@@ -45,14 +45,5 @@ pub const XENCHAN_CHANNEL: &str = "org.xenchan.agent.1";
 /// The default folder of local registry entries.
 pub const DEFAULT_REGISTRY_DIR: &str = "/etc/xenchan/registry.d";
 
-/// An error and its causes joined by `: `, for one-line messages.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+/// An error and its causes joined by `: `, for one-line messages (the shared printer).
+pub use xenchan_basics::chain as error_chain;

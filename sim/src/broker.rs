@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
-use xenchan_broker::client::Client;
-use xenchan_broker::config::Config;
+use xenchan_api::client::Client;
+use xenchan_api::config::Config;
 
 use crate::process::Proc;
 

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use xenchan_broker::api::types::{DomainState, DomainView};
-use xenchan_broker::client::Client;
+use xenchan_api::client::Client;
+use xenchan_api::types::{DomainState, DomainView};
 use xenchan_protocol::ItemStatus;
 
 use crate::checks;
@@ -45,16 +45,7 @@ pub enum DemoEnd {
 
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn interrupted() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = async {
-            match term.as_mut() {
-                Some(t) => { t.recv().await; }
-                None => std::future::pending::<()>().await,
-            }
-        } => {}
-    }
+    xenchan_basics::signal::shutdown().await;
 }
 
 /// Runs the demo in `sim` (fresh: no broker, no domains). Prints to stdout.

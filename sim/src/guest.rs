@@ -1,4 +1,4 @@
-//! A simulated guest's filesystem root (CONTRACTS.md "Simulated guest root layout").
+//! A simulated guest's filesystem root (docs/SIMULATOR.md, "xenstore, hotplug, guest root").
 //!
 //! The root outlives reboots like a disk does; `dev/` is made fresh at each boot like a
 //! devtmpfs, with `dev/hvc1` pointing at the boot's pty slave.

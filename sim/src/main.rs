@@ -8,17 +8,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use xenchan_basics::Exit;
 use xenchan_sim::demo::{self, DemoEnd, DemoOptions};
 use xenchan_sim::domain::DomainSpec;
 use xenchan_sim::scenario::{self, Scenario};
 use xenchan_sim::world::{Sim, SimError, SimOptions};
-
-/// sysexits: a service (binary, broker) is unavailable, or the demo did not end well.
-const EX_UNAVAILABLE: u8 = 69;
-/// sysexits: an I/O error (folders, sockets).
-const EX_IOERR: u8 = 74;
-/// Interrupted by Ctrl-C or SIGTERM (128 + SIGINT, the shell's convention).
-const EX_INTERRUPTED: u8 = 130;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -109,10 +103,10 @@ fn parse_scenario(s: &str) -> Result<Scenario, String> {
     })
 }
 
-fn exit_for(e: &SimError) -> u8 {
+fn exit_for(e: &SimError) -> Exit {
     match e {
-        SimError::Dir { .. } | SimError::PathTooLong { .. } => EX_IOERR,
-        _ => EX_UNAVAILABLE,
+        SimError::Dir { .. } | SimError::PathTooLong { .. } => Exit::IoErr,
+        _ => Exit::Unavailable,
     }
 }
 
@@ -148,7 +142,7 @@ async fn main() -> ExitCode {
                     "error: scenario {scenario} needs --domains {} or more",
                     scenario.min_domains()
                 );
-                return ExitCode::from(2);
+                return Exit::Usage.into();
             }
             let opts = DemoOptions {
                 domains,
@@ -165,7 +159,7 @@ async fn main() -> ExitCode {
                         "error: {:#}",
                         anyhow::Error::new(e).context("cannot start the simulation")
                     );
-                    return ExitCode::from(code);
+                    return code.into();
                 }
             };
             let end = tokio::select! {
@@ -182,8 +176,8 @@ async fn main() -> ExitCode {
             }
             match end {
                 DemoEnd::Ok => ExitCode::SUCCESS,
-                DemoEnd::Failed => ExitCode::from(EX_UNAVAILABLE),
-                DemoEnd::Interrupted => ExitCode::from(EX_INTERRUPTED),
+                DemoEnd::Failed => Exit::Unavailable.into(),
+                DemoEnd::Interrupted => Exit::Interrupted.into(),
             }
         }
         Command::Run {
@@ -195,7 +189,7 @@ async fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err((code, e)) => {
                 eprintln!("error: {e:#}");
-                ExitCode::from(code)
+                code.into()
             }
         },
     }
@@ -206,7 +200,7 @@ async fn run_domains(
     dir: Option<PathBuf>,
     prefix: &str,
     bin_dir: Option<PathBuf>,
-) -> Result<(), (u8, anyhow::Error)> {
+) -> Result<(), (Exit, anyhow::Error)> {
     let mut sim = Sim::new(SimOptions {
         dir,
         keep: false,
@@ -232,7 +226,7 @@ async fn run_domains(
         .context("cannot start the domains");
     if let Err(e) = started {
         sim.shutdown().await;
-        return Err((EX_UNAVAILABLE, e));
+        return Err((Exit::Unavailable, e));
     }
     let env = sim.env();
     println!(

@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
-use xenchan_broker::api::types::{DomainState, DomainView};
-use xenchan_broker::client::{Client, ClientError};
-use xenchan_broker::config::Config;
+use xenchan_api::client::{Client, ClientError};
+use xenchan_api::config::Config;
+use xenchan_api::types::{DomainState, DomainView};
 use xenchan_protocol::message::{Body, ErrorCode};
 use xenchan_protocol::{GuestConfig, Role};
 

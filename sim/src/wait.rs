@@ -2,8 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use xenchan_broker::api::types::{DomainState, DomainView};
-use xenchan_broker::client::Client;
+use xenchan_api::client::Client;
+use xenchan_api::types::{DomainState, DomainView};
 use xenchan_protocol::ItemStatus;
 
 /// How often the API is polled.

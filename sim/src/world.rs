@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
-use xenchan_broker::client::Client;
-use xenchan_broker::config::Config;
+use xenchan_api::client::Client;
+use xenchan_api::config::Config;
 
 use crate::binaries::{Binaries, BinariesError};
 use crate::bridge::MAX_SOCKET_PATH;
@@ -94,7 +94,7 @@ pub struct Sim {
     started: std::time::Instant,
 }
 
-/// Checks a domain name like the broker does (CONTRACTS.md "Domain names").
+/// Checks a domain name like the broker does (`xenchan_api::DomainName`).
 pub fn valid_name(name: &str) -> bool {
     (1..=MAX_NAME).contains(&name.len())
         && !name.starts_with('.')

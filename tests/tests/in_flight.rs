@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use xenchan_broker::api::types::{DomainState, DomainView};
-use xenchan_broker::client::Client;
-use xenchan_broker::config::{Config, Mode};
+use xenchan_api::client::Client;
+use xenchan_api::config::{Config, Mode};
+use xenchan_api::types::{DomainState, DomainView};
 use xenchan_e2e::binaries;
 use xenchan_e2e::relay::{Gate, Relay, State};
 use xenchan_protocol::GuestConfig;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use xenchan_broker::api::types::DomainState;
+use xenchan_api::types::DomainState;
 use xenchan_e2e::{params, play};
 use xenchan_sim::checks;
 use xenchan_sim::scenario::{Scenario, TARGET};

@@ -10,18 +10,19 @@ use std::process::ExitCode;
 use clap::Parser;
 use xenchan_agent::cli::AgentArgs;
 use xenchan_agent::logging;
+use xenchan_basics::Exit;
 
 fn main() -> ExitCode {
     let cli = match AgentArgs::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(2);
+            return Exit::Usage.into();
         }
     };
     if cli.command.is_some() {
         eprintln!("xenchan-bench-agent: subcommands are the real xenchan-agent's");
-        return ExitCode::from(2);
+        return Exit::Usage.into();
     }
     logging::init(cli.log_format, "info");
     let netns = std::env::var_os("XENCHAN_BENCH_NETNS")
@@ -36,29 +37,15 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("xenchan-bench-agent: cannot start the async runtime: {e}");
-            return ExitCode::from(69);
+            return Exit::Unavailable.into();
         }
     };
-    match runtime.block_on(xenchan_agent::run(opts, shutdown_signal())) {
+    match runtime.block_on(xenchan_agent::run(opts, xenchan_basics::signal::shutdown())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let code = e.exit_code();
             eprintln!("xenchan-bench-agent: {:#}", anyhow::Error::from(e));
             ExitCode::from(u8::try_from(code).unwrap_or(1))
         }
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
     }
 }

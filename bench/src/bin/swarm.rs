@@ -40,7 +40,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("xenchan-bench-swarm: {e:#}");
-            ExitCode::from(74)
+            xenchan_basics::Exit::IoErr.into()
         }
     }
 }

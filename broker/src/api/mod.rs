@@ -1,6 +1,7 @@
 //! The control API: its JSON types (shared with the client) and its server.
 
 mod server;
-pub mod types;
+/// The JSON documents (moved to the API crate; the path stays for the broker's code).
+pub use xenchan_api::types;
 
 pub use server::{router, serve};

@@ -33,6 +33,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use xenchan_xenstore::{Client, Error as XsError, layout};
 
+use crate::config::XenstoreCandidates;
 use crate::domains::{Endpoint, Shared, Source};
 use crate::metrics::Metrics;
 use crate::paths::{canonical_uuid, check_domain_name};

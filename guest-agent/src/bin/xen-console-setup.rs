@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use xenchan_agent::cli::ConsoleSetupArgs;
 use xenchan_agent::console_setup::{self, Action, Outcome, SetupOptions};
-use xenchan_agent::exit;
+use xenchan_basics::Exit;
 
 fn main() -> ExitCode {
     let cli = match ConsoleSetupArgs::try_parse() {
@@ -27,7 +27,7 @@ fn main() -> ExitCode {
                 "xen-console-setup: {} (see xen-console-setup --help)",
                 line.strip_prefix("error: ").unwrap_or(line)
             );
-            return ExitCode::from(exit::USAGE as u8);
+            return Exit::Usage.into();
         }
     };
     let action = match cli.action.as_str() {
@@ -38,7 +38,7 @@ fn main() -> ExitCode {
             eprintln!(
                 "xen-console-setup: unknown action `{other}` (add or remove; see xen-console-setup --help)"
             );
-            return ExitCode::from(exit::USAGE as u8);
+            return Exit::Usage.into();
         }
     };
     let opts = SetupOptions {

@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 use xenchan_agent::cli::{AgentArgs, AgentCommand};
-use xenchan_agent::exit;
 use xenchan_agent::logging;
+use xenchan_basics::Exit;
 
 fn main() -> ExitCode {
     let cli = match AgentArgs::try_parse() {
@@ -20,7 +20,7 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("xenchan-agent: cannot list consoles: {e}");
-                ExitCode::from(exit::UNAVAILABLE as u8)
+                Exit::Unavailable.into()
             }
         };
     }
@@ -33,10 +33,10 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("xenchan-agent: cannot start the async runtime: {e}");
-            return ExitCode::from(exit::UNAVAILABLE as u8);
+            return Exit::Unavailable.into();
         }
     };
-    match runtime.block_on(xenchan_agent::run(opts, shutdown_signal())) {
+    match runtime.block_on(xenchan_agent::run(opts, xenchan_basics::signal::shutdown())) {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS
@@ -58,7 +58,7 @@ fn usage_error(e: &clap::Error) -> ExitCode {
     }
     if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
         let _ = AgentArgs::command().print_help();
-        return ExitCode::from(exit::USAGE as u8);
+        return Exit::Usage.into();
     }
     let text = e.render().to_string();
     let line = text
@@ -67,20 +67,5 @@ fn usage_error(e: &clap::Error) -> ExitCode {
         .unwrap_or("bad command line");
     let line = line.strip_prefix("error: ").unwrap_or(line);
     eprintln!("xenchan-agent: {line} (see xenchan-agent --help)");
-    ExitCode::from(exit::USAGE as u8)
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the default action (terminate) still stops the agent.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = int.recv() => tracing::info!("SIGINT"),
-    }
+    Exit::Usage.into()
 }

@@ -1,4 +1,4 @@
-//! The guest configuration document (DESIGN.md section 4).
+//! The guest configuration document (docs/PROTOCOL.md, "The configuration document").
 //!
 //! Its shape follows cloud-init where it fits, so users can reuse what they have: the
 //! `network` part is netplan / cloud-init network-config version 2 (`ethernets` matched by

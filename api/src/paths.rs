@@ -1,51 +1,21 @@
-//! Unix socket path bounds, domain names and UUIDs.
+//! Unix socket path bounds, domain names and UUIDs as plain checks over `&str` and
+//! `&Path`, for code that keeps the raw value; [`crate::names`] has the newtypes.
 
 use std::path::Path;
 
-/// Longest unix socket path: `sun_path` holds 108 bytes including the terminating NUL.
-pub const MAX_SOCKET_PATH: usize = 107;
-
-/// Longest domain name.
-pub const MAX_DOMAIN_NAME: usize = 64;
+use crate::names::{DomainName, SocketPath, VmUuid};
+pub use crate::names::{MAX_DOMAIN_NAME, MAX_SOCKET_PATH};
 
 /// Refuses a socket path the kernel cannot bind or connect to, with a message that
 /// names the limit (the kernel's own error, "invalid argument", does not).
 pub fn check_socket_path(path: &Path) -> Result<(), String> {
-    let len = path.as_os_str().len();
-    if len > MAX_SOCKET_PATH {
-        return Err(format!(
-            "socket path {} is {len} bytes long; unix sockets allow at most {MAX_SOCKET_PATH} (108 with the terminating NUL)",
-            path.display()
-        ));
-    }
-    Ok(())
+    SocketPath::check(path).map_err(|e| e.to_string())
 }
 
 /// Checks a domain name: 1-64 characters of `[A-Za-z0-9_.-]`, not starting with `.`.
 /// The name is a socket file stem and a path component, so nothing else is allowed.
 pub fn check_domain_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > MAX_DOMAIN_NAME {
-        return Err(format!(
-            "domain name must be 1-{MAX_DOMAIN_NAME} characters (got {})",
-            name.len()
-        ));
-    }
-    if name.starts_with('.') {
-        return Err(format!(
-            "domain name `{}` must not start with `.`",
-            name.escape_debug()
-        ));
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
-    {
-        return Err(format!(
-            "domain name `{}` contains {c:?} (allowed: letters, digits, `_`, `.`, `-`)",
-            name.escape_debug()
-        ));
-    }
-    Ok(())
+    DomainName::check(name).map_err(|e| e.to_string())
 }
 
 /// The domain name of a socket file name (`web1` for `web1.sock`), if it is one.
@@ -57,16 +27,7 @@ pub fn domain_of_socket_file(file_name: &str) -> Option<&str> {
 /// A VM UUID in canonical form (8-4-4-4-12 hex digits, lowercase), if `s` is one
 /// (surrounding whitespace is ignored; any case is accepted).
 pub fn canonical_uuid(s: &str) -> Option<String> {
-    let v = s.trim().to_ascii_lowercase();
-    let ok = v.len() == 36
-        && v.char_indices().all(|(i, c)| {
-            if matches!(i, 8 | 13 | 18 | 23) {
-                c == '-'
-            } else {
-                c.is_ascii_hexdigit()
-            }
-        });
-    ok.then_some(v)
+    s.parse::<VmUuid>().ok().map(String::from)
 }
 
 #[cfg(test)]

@@ -2,9 +2,9 @@
 //! the simulator and tests.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), xenchan_broker::client::ClientError> {
-//! use xenchan_broker::client::Client;
-//! let client = Client::new("/run/xenchan/broker.sock");
+//! # async fn demo() -> Result<(), xenchan_api::client::ClientError> {
+//! use xenchan_api::client::Client;
+//! let client = Client::new(xenchan_api::defaults::CONTROL_SOCKET);
 //! for d in client.list().await? {
 //!     println!("{} {}", d.name, d.state);
 //! }
@@ -23,10 +23,8 @@ use thiserror::Error;
 use tokio::net::UnixStream;
 use xenchan_protocol::config::GuestConfig;
 
-use crate::api::types::{
-    ApiError, DeleteResult, DomainView, Health, PrepareRequest, ReleaseResult,
-};
 use crate::paths::MAX_SOCKET_PATH;
+use crate::types::{ApiError, DeleteResult, DomainView, Health, PrepareRequest, ReleaseResult};
 
 /// Default deadline of one request.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);

@@ -1,0 +1,556 @@
+//! The broker's configuration file (`/etc/xenchan/broker.toml`): its schema, defaults and
+//! validation. It lives in the API crate because it is a contract between programs: the
+//! broker reads it, the simulator and tests write it, and none of them should need the
+//! daemon's store or HTTP server to do so. The broker re-exports it as
+//! `xenchan_broker::config` and adds what needs the host (xenstore locations).
+//!
+//! Every key is optional; unknown keys are refused with their name so that a typo never
+//! silently falls back to a default. Every path and every limit the broker uses is here,
+//! so tests run the broker in temporary folders with short timeouts.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::defaults;
+use crate::paths::{MAX_SOCKET_PATH, check_socket_path};
+
+pub use crate::defaults::CONFIG_FILE as DEFAULT_CONFIG_PATH;
+
+/// How the broker reaches each domain's channel socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// The backend (QEMU) listens on `<socket_dir>/<vm>.sock`; the broker connects.
+    Connect,
+    /// The broker listens on `<socket_dir>/<vm>.sock` for each configured domain; the
+    /// backend connects to it.
+    Listen,
+}
+
+/// How the broker finds the domains' channel sockets (connect mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Discovery {
+    /// `<socket_dir>/<vm>.sock` files, watched with inotify.
+    SocketDir,
+    /// The console backends in xenstore (`/local/domain/0/backend/console`): a backend
+    /// with the broker's channel name and `connection=socket` gives the socket path; the
+    /// domain's name and UUID come from its xenstore nodes.
+    Xenstore,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Folder of `<vm>.sock` channel sockets.
+    pub socket_dir: PathBuf,
+    /// The control API's unix socket.
+    pub control_socket: PathBuf,
+    /// Folder of the SQLite store and the lock file.
+    pub state_dir: PathBuf,
+    /// Folder of hook executables.
+    pub hooks_dir: PathBuf,
+    /// Folder of local channel-name registry entries (checked at start).
+    pub registry_dir: PathBuf,
+    /// The channel name the broker announces in its hello.
+    pub channel: String,
+    /// Connect (QEMU listens) or listen (the backend connects).
+    pub mode: Mode,
+    /// Where the domains' sockets are found (connect mode).
+    pub discovery: Discovery,
+    /// The xenstore socket or device (`discovery = "xenstore"`). Unset: libxenstore's
+    /// rules (the broker's `xenstore_candidates`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xenstore_path: Option<PathBuf>,
+    /// Deadlines, in milliseconds.
+    pub timeouts: Timeouts,
+    /// Size and count bounds.
+    pub limits: Limits,
+    /// What counts as a lease besides addresses.
+    pub leases: Leases,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            socket_dir: PathBuf::from(defaults::SOCKET_DIR),
+            control_socket: PathBuf::from(defaults::CONTROL_SOCKET),
+            state_dir: PathBuf::from(defaults::STATE_DIR),
+            hooks_dir: PathBuf::from(defaults::HOOKS_DIR),
+            // The registry crate owns this default (`DEFAULT_REGISTRY_DIR`).
+            registry_dir: PathBuf::from("/etc/xenchan/registry.d"),
+            channel: xenchan_protocol::DEFAULT_CHANNEL.to_string(),
+            mode: Mode::Connect,
+            discovery: Discovery::SocketDir,
+            xenstore_path: None,
+            timeouts: Timeouts::default(),
+            limits: Limits::default(),
+            leases: Leases::default(),
+        }
+    }
+}
+
+/// Deadlines in milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// Connecting to a domain's socket.
+    pub connect: u64,
+    /// From our hello to the agent's answer (also bounds writing our hello).
+    pub hello: u64,
+    /// From the moment the backend has taken a push's last byte to its result.
+    pub result: u64,
+    /// Writing a push: from its first byte until the backend (QEMU) has taken the last
+    /// one, which the guest's pace sets (its console ring is 1 KiB). A guest that has not
+    /// taken the whole frame by then is given up on; the session reconnects.
+    pub write: u64,
+    /// Interval between pings; three unanswered ones mark the guest unresponsive.
+    pub keepalive: u64,
+    /// One hook run; the hook is killed past it.
+    pub hook: u64,
+    /// First reconnect delay (doubles up to `reconnect_max`, with jitter).
+    pub reconnect_min: u64,
+    /// Largest reconnect delay.
+    pub reconnect_max: u64,
+    /// One control-API request, body included.
+    pub request: u64,
+    /// Sessions' goodbye at shutdown.
+    pub shutdown: u64,
+    /// Connecting to xenstore, and each xenstore request (`discovery = "xenstore"`).
+    pub xenstore: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: 2000,
+            hello: 10_000,
+            result: 30_000,
+            write: 60_000,
+            keepalive: 15_000,
+            hook: 10_000,
+            reconnect_min: 200,
+            reconnect_max: 10_000,
+            request: 10_000,
+            shutdown: 2000,
+            xenstore: 5000,
+        }
+    }
+}
+
+/// A millisecond value as a [`Duration`].
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+impl Timeouts {
+    /// `connect` as a duration.
+    pub fn connect(&self) -> Duration {
+        ms(self.connect)
+    }
+    /// `hello` as a duration.
+    pub fn hello(&self) -> Duration {
+        ms(self.hello)
+    }
+    /// `result` as a duration.
+    pub fn result(&self) -> Duration {
+        ms(self.result)
+    }
+    /// `write` as a duration.
+    pub fn write(&self) -> Duration {
+        ms(self.write)
+    }
+    /// `keepalive` as a duration.
+    pub fn keepalive(&self) -> Duration {
+        ms(self.keepalive)
+    }
+    /// `hook` as a duration.
+    pub fn hook(&self) -> Duration {
+        ms(self.hook)
+    }
+    /// `reconnect_min` as a duration.
+    pub fn reconnect_min(&self) -> Duration {
+        ms(self.reconnect_min)
+    }
+    /// `reconnect_max` as a duration.
+    pub fn reconnect_max(&self) -> Duration {
+        ms(self.reconnect_max)
+    }
+    /// `request` as a duration.
+    pub fn request(&self) -> Duration {
+        ms(self.request)
+    }
+    /// `shutdown` as a duration.
+    pub fn shutdown(&self) -> Duration {
+        ms(self.shutdown)
+    }
+    /// `xenstore` as a duration.
+    pub fn xenstore(&self) -> Duration {
+        ms(self.xenstore)
+    }
+}
+
+/// Size and count bounds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest protocol frame, in bytes (a pushed config must fit in one).
+    pub max_frame: usize,
+    /// Most domains the broker manages (configured or with a socket).
+    pub max_domains: usize,
+    /// Largest control-API request body, in bytes.
+    pub max_body: usize,
+    /// Largest control-API request head (request line and headers), in bytes.
+    pub max_header: usize,
+    /// Most control-API connections served at once.
+    pub max_connections: usize,
+    /// Bytes of a hook's stderr kept (for logs and API errors).
+    pub hook_stderr: usize,
+    /// Older configurations kept per domain in the generation history.
+    pub history: usize,
+    /// Rows kept in the event log.
+    pub events: usize,
+    /// Hook runs waiting for the background hook runner; more are dropped and counted.
+    pub hook_queue: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame: xenchan_protocol::MAX_FRAME_DEFAULT,
+            max_domains: 20_000,
+            max_body: 1024 * 1024,
+            max_header: 16 * 1024,
+            max_connections: 64,
+            hook_stderr: 4096,
+            history: 20,
+            events: 100_000,
+            hook_queue: 1024,
+        }
+    }
+}
+
+/// What is leased to one domain at a time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Leases {
+    /// A hostname is a lease too (addresses always are).
+    pub hostname: bool,
+}
+
+impl Default for Leases {
+    fn default() -> Self {
+        Leases { hostname: true }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, Error)]
+pub enum ConfigFileError {
+    /// The file could not be read.
+    #[error("cannot read {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, has an unknown key or a value of the wrong type.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file (or `<string>`).
+        path: PathBuf,
+        /// The parser's message, naming the key.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("{path}: `{key}`: {message}")]
+    Invalid {
+        /// The file (or `<string>`).
+        path: PathBuf,
+        /// The key, dotted (`timeouts.hello`).
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigFileError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigFileError::Parse {
+            path: origin.to_path_buf(),
+            message: e.message().to_string() + &span_hint(text, e.span()),
+        })?;
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
+    /// Checks values that serde cannot: ranges, path lengths, relations.
+    pub fn validate(&self, origin: &Path) -> Result<(), ConfigFileError> {
+        let bad = |key: &str, message: String| ConfigFileError::Invalid {
+            path: origin.to_path_buf(),
+            key: key.to_string(),
+            message,
+        };
+        for (key, p) in [
+            ("socket_dir", Some(&self.socket_dir)),
+            ("control_socket", Some(&self.control_socket)),
+            ("state_dir", Some(&self.state_dir)),
+            ("hooks_dir", Some(&self.hooks_dir)),
+            ("registry_dir", Some(&self.registry_dir)),
+            ("xenstore_path", self.xenstore_path.as_ref()),
+        ] {
+            if let Some(p) = p
+                && !p.is_absolute()
+            {
+                return Err(bad(key, format!("{} is not an absolute path", p.display())));
+            }
+        }
+        if self.discovery == Discovery::Xenstore && self.mode == Mode::Listen {
+            return Err(bad(
+                "discovery",
+                "`xenstore` finds the sockets QEMU listens on, so it needs mode = \"connect\""
+                    .into(),
+            ));
+        }
+        check_socket_path(&self.control_socket).map_err(|e| bad("control_socket", e))?;
+        // The shortest possible domain socket must fit; longer names are refused one by
+        // one with a clear error when they show up.
+        let shortest = self.socket_dir.join("x.sock");
+        if shortest.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(bad(
+                "socket_dir",
+                format!(
+                    "{} is too long: even `x.sock` in it exceeds the {MAX_SOCKET_PATH}-byte unix socket path limit",
+                    self.socket_dir.display()
+                ),
+            ));
+        }
+        if self.channel.is_empty()
+            || self.channel.len() > 255
+            || self
+                .channel
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace() || c == '/')
+        {
+            return Err(bad(
+                "channel",
+                format!(
+                    "`{}` is not a usable channel name (1-255 characters, no whitespace, control characters or `/`)",
+                    self.channel.escape_debug()
+                ),
+            ));
+        }
+        let t = &self.timeouts;
+        for (key, v) in [
+            ("timeouts.connect", t.connect),
+            ("timeouts.hello", t.hello),
+            ("timeouts.result", t.result),
+            ("timeouts.write", t.write),
+            ("timeouts.keepalive", t.keepalive),
+            ("timeouts.hook", t.hook),
+            ("timeouts.reconnect_min", t.reconnect_min),
+            ("timeouts.reconnect_max", t.reconnect_max),
+            ("timeouts.request", t.request),
+            ("timeouts.xenstore", t.xenstore),
+        ] {
+            if v == 0 {
+                return Err(bad(key, "must be at least 1 millisecond".into()));
+            }
+            if v > 24 * 3600 * 1000 {
+                return Err(bad(key, format!("{v} ms is more than a day")));
+            }
+        }
+        if t.reconnect_max < t.reconnect_min {
+            return Err(bad(
+                "timeouts.reconnect_max",
+                format!(
+                    "{} is below timeouts.reconnect_min ({})",
+                    t.reconnect_max, t.reconnect_min
+                ),
+            ));
+        }
+        let l = &self.limits;
+        let range = |key: &str, v: usize, lo: usize, hi: usize| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(bad(key, format!("{v} is out of range {lo}-{hi}")))
+            }
+        };
+        range("limits.max_frame", l.max_frame, 1024, 16 * 1024 * 1024)?;
+        range("limits.max_domains", l.max_domains, 1, 1_000_000)?;
+        range("limits.max_body", l.max_body, 1024, 64 * 1024 * 1024)?;
+        range("limits.max_header", l.max_header, 8192, 1024 * 1024)?;
+        range("limits.max_connections", l.max_connections, 1, 65_536)?;
+        range("limits.hook_stderr", l.hook_stderr, 64, 1024 * 1024)?;
+        range("limits.history", l.history, 1, 100_000)?;
+        range("limits.events", l.events, 100, 100_000_000)?;
+        range("limits.hook_queue", l.hook_queue, 1, 1_000_000)?;
+        Ok(())
+    }
+
+    /// The effective configuration as TOML (for `--check-config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("the configuration always serialises")
+    }
+
+    /// The SQLite database file.
+    pub fn db_path(&self) -> PathBuf {
+        self.state_dir.join("broker.db")
+    }
+
+    /// The lock file that keeps a second broker off the same state folder.
+    pub fn lock_path(&self) -> PathBuf {
+        self.state_dir.join("broker.lock")
+    }
+
+    /// The channel socket of domain `name`.
+    pub fn socket_path(&self, name: &str) -> PathBuf {
+        self.socket_dir.join(format!("{name}.sock"))
+    }
+}
+
+/// ` (line L)` for a parse error's span, to point at the key in the file.
+fn span_hint(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    let Some(span) = span else {
+        return String::new();
+    };
+    let line = text
+        .get(..span.start)
+        .map_or(0, |t| t.bytes().filter(|b| *b == b'\n').count())
+        + 1;
+    let mut s = String::new();
+    let _ = write!(s, " (line {line})");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigFileError> {
+        Config::parse(text, Path::new("broker.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_the_documented_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.socket_dir, Path::new("/run/xenchan/sockets"));
+        assert_eq!(c.timeouts.keepalive, 15_000);
+        assert_eq!(c.limits.max_frame, 65_536);
+        assert!(c.leases.hostname);
+        assert_eq!(c.mode, Mode::Connect);
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let c = parse(
+            r#"
+socket_dir = "/tmp/s"
+control_socket = "/tmp/b.sock"
+state_dir = "/tmp/state"
+hooks_dir = "/tmp/hooks"
+channel = "org.example.agent.1"
+mode = "listen"
+discovery = "socket-dir"
+[timeouts]
+connect = 1
+hello = 2
+write = 3
+reconnect_min = 5
+reconnect_max = 5
+[limits]
+max_frame = 4096
+[leases]
+hostname = false
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.mode, Mode::Listen);
+        assert_eq!(c.timeouts.hello(), Duration::from_millis(2));
+        assert_eq!(c.timeouts.write(), Duration::from_millis(3));
+        assert_eq!(c.timeouts.result, 30_000);
+        assert!(!c.leases.hostname);
+        assert_eq!(c.limits.max_frame, 4096);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let e = parse("sockets_dir = \"/x\"").unwrap_err().to_string();
+        assert!(e.contains("sockets_dir"), "{e}");
+        let e = parse("[timeouts]\nhelo = 3\n").unwrap_err().to_string();
+        assert!(e.contains("helo"), "{e}");
+        assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let e = parse("[timeouts]\nhello = 0").unwrap_err().to_string();
+        assert!(e.contains("timeouts.hello"), "{e}");
+        let e = parse("state_dir = \"relative\"").unwrap_err().to_string();
+        assert!(e.contains("state_dir"), "{e}");
+        let e = parse("mode = \"both\"").unwrap_err().to_string();
+        assert!(e.contains("both"), "{e}");
+        let e = parse("[timeouts]\nreconnect_min = 10\nreconnect_max = 5")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("reconnect_max"), "{e}");
+    }
+
+    #[test]
+    fn xenstore_discovery_keys() {
+        let c = parse("discovery = \"xenstore\"\nxenstore_path = \"/tmp/xs.sock\"\n[timeouts]\nxenstore = 700")
+            .unwrap();
+        assert_eq!(c.discovery, Discovery::Xenstore);
+        assert_eq!(c.xenstore_path, Some(PathBuf::from("/tmp/xs.sock")));
+        assert_eq!(c.timeouts.xenstore(), Duration::from_millis(700));
+        assert_eq!(parse(&c.to_toml()).unwrap(), c);
+        let e = parse("discovery = \"xenstore\"\nmode = \"listen\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`discovery`") && e.contains("connect"), "{e}");
+        let e = parse("xenstore_path = \"xs.sock\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("xenstore_path"), "{e}");
+        let e = parse("discovery = \"inotify\"").unwrap_err().to_string();
+        assert!(e.contains("inotify"), "{e}");
+    }
+
+    #[test]
+    fn over_long_socket_paths_are_refused() {
+        let long = format!("/{}", "d".repeat(120));
+        let e = parse(&format!("control_socket = \"{long}/b.sock\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("control_socket") && e.contains("108"), "{e}");
+        let e = parse(&format!("socket_dir = \"{long}\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("socket_dir"), "{e}");
+    }
+
+    #[test]
+    fn effective_config_round_trips() {
+        let c = Config::default();
+        assert_eq!(parse(&c.to_toml()).unwrap(), c);
+    }
+}
