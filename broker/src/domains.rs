@@ -140,11 +140,11 @@ impl Slot {
             force: 0,
         });
         s.reported_uuid = r.reported_uuid;
-        s.applied = r.applied;
-        s.items = r.items;
+        s.applied = r.applied.map(|a| (a.generation, a.digest.to_string()));
+        s.items = r.last_result.items;
         s.last_error = r.last_error;
         s.facts = r.facts;
-        s.last_result_at = r.last_result_at;
+        s.last_result_at = r.last_result.at;
         s.lifecycle = r.lifecycle;
         s.channel_path = r.channel_path;
         s
@@ -197,7 +197,7 @@ pub struct Shared {
     /// The configuration.
     pub config: Arc<Config>,
     /// The durable store.
-    pub store: Store,
+    pub store: Arc<dyn Store>,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// Hooks.
@@ -237,7 +237,7 @@ impl Shared {
     /// Shared state with the stored domains loaded.
     pub fn new(
         config: Arc<Config>,
-        store: Store,
+        store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
         hooks: Hooks,
         records: Vec<DomainRecord>,
@@ -351,12 +351,7 @@ impl Shared {
         self.metrics.error(kind);
         tracing::warn!(domain = name, "{error}");
         self.set_error_mem(name, Some(error.clone()));
-        let n = name.to_string();
-        if let Err(e) = self
-            .store
-            .call(move |db| db.set_error(&n, Some(&error)))
-            .await
-        {
+        if let Err(e) = self.store.set_error(name, Some(&error)).await {
             self.metrics.error(ErrorKind::Store);
             tracing::error!(domain = name, "cannot record an error: {e}");
         }
@@ -372,13 +367,7 @@ impl Shared {
             return;
         }
         self.set_error_mem(name, None);
-        let n = name.to_string();
-        if self
-            .store
-            .call(move |db| db.set_error(&n, None))
-            .await
-            .is_err()
-        {
+        if self.store.set_error(name, None).await.is_err() {
             self.metrics.error(ErrorKind::Store);
         }
     }
@@ -652,10 +641,10 @@ impl Shared {
             }
             slots.remove(name);
         }
-        let store = self.store.clone();
+        let store = Arc::clone(&self.store);
         let n = name.to_string();
         tokio::spawn(async move {
-            let _ = store.call(move |db| db.forget_unconfigured(&n)).await;
+            let _ = store.forget_unconfigured(&n).await;
         });
     }
 

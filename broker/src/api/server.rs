@@ -33,11 +33,10 @@ use crate::api::types::{
 use crate::config::Config;
 use crate::domains::Shared;
 use crate::hooks::HookCall;
+use crate::leases::{LeaseConflict, leases_of};
 use crate::metrics::ErrorKind;
 use crate::paths::{canonical_uuid, check_domain_name};
-use crate::store::{
-    self, LeaseConflict, PrepareRefusal, PutOutcome, PutRefusal, StoreError, leases_of,
-};
+use crate::store::{self, Deleted, PrepareRefusal, PutOutcome, PutRefusal, PutRequest, StoreError};
 
 /// An error response.
 #[derive(Debug)]
@@ -263,10 +262,9 @@ async fn put_config(
     let leases = leases_of(&config, sh.config.leases.hostname);
 
     // Prepare: refuse a doomed config before running hooks for it.
-    let (who, wanted) = (name.clone(), leases.clone());
     if let Some(c) = sh
         .store
-        .call(move |db| db.lease_conflict(&who, &wanted))
+        .lease_conflict(&name, &leases)
         .await
         .map_err(|e| store_fail(&e))?
     {
@@ -305,11 +303,15 @@ async fn put_config(
 
     let outcome = {
         let _serial = sh.config_lock.lock().await;
-        let (who, id, doc) = (name.clone(), uuid.clone(), config.clone());
-        let max = sh.config.limits.max_domains;
         let outcome = sh
             .store
-            .call(move |db| db.put_config(&who, id.as_deref(), &doc, &leases, max))
+            .put_config(PutRequest {
+                name: &name,
+                uuid: uuid.as_deref(),
+                config: &config,
+                leases: &leases,
+                max_domains: sh.config.limits.max_domains,
+            })
             .await
             .map_err(|e| store_fail(&e))?;
         match outcome {
@@ -399,13 +401,12 @@ async fn delete_domain(
 ) -> Result<Response, Fail> {
     valid_name(&name)?;
     let before = sh.view(&name);
-    let (removed, released) = {
+    let Deleted { removed, released } = {
         let _serial = sh.config_lock.lock().await;
         let keep_row = sh.keeps_row_without_config(&name);
-        let n = name.clone();
         let r = sh
             .store
-            .call(move |db| db.delete_config(&n, keep_row))
+            .delete_config(&name, keep_row)
             .await
             .map_err(|e| store_fail(&e))?;
         sh.remove_desired(&name);
@@ -591,23 +592,18 @@ async fn prepare(
 
     let hostname_leases = sh.config.leases.hostname;
     let max_domains = sh.config.limits.max_domains;
-    let ask = |connected: bool, check_only: bool| {
-        let (n, u, p) = (name.clone(), uuid.clone(), path_text.clone());
-        move |db: &mut store::Db| {
-            db.prepare(&store::PrepareRequest {
-                name: &n,
-                uuid: u.as_deref(),
-                channel_path: p.as_deref(),
-                hostname_leases,
-                connected,
-                max_domains,
-                check_only,
-            })
-        }
+    let ask = |connected: bool, check_only: bool| store::PrepareRequest {
+        name: &name,
+        uuid: uuid.as_deref(),
+        channel_path: path_text.as_deref(),
+        hostname_leases,
+        connected,
+        max_domains,
+        check_only,
     };
     // Refuse a doomed prepare before running hooks for it.
     let check = ask(sh.connected(&name), true);
-    if let Err(r) = sh.store.call(check).await.map_err(|e| store_fail(&e))? {
+    if let Err(r) = sh.store.prepare(check).await.map_err(|e| store_fail(&e))? {
         return Err(prepare_refused(&name, r));
     }
     let mut prospective = sh.view(&name).unwrap_or_else(|| empty_view(&name));
@@ -647,7 +643,7 @@ async fn prepare(
         let commit = ask(sh.connected(&name), false);
         let done = sh
             .store
-            .call(commit)
+            .prepare(commit)
             .await
             .map_err(|e| store_fail(&e))?
             .map_err(|r| prepare_refused(&name, r))?;
@@ -692,12 +688,7 @@ async fn release(
     let before = sh.view(&name);
     let (known, released) = {
         let _serial = sh.config_lock.lock().await;
-        let n = name.clone();
-        let stored = sh
-            .store
-            .call(move |db| db.release(&n))
-            .await
-            .map_err(|e| store_fail(&e))?;
+        let stored = sh.store.release(&name).await.map_err(|e| store_fail(&e))?;
         let in_memory = sh.released(&name);
         (
             stored.is_some() || before.is_some(),
