@@ -30,6 +30,7 @@ use crate::api::types::{DomainState, DomainView, ItemView, Lifecycle};
 use crate::config::{Config, Discovery, Mode};
 use crate::hooks::{HookCall, Hooks};
 use crate::metrics::{ErrorKind, Metrics};
+use crate::ops::DomainLocks;
 use crate::store::{DesiredConfig, DomainRecord, Store};
 
 /// What a domain's session should bring about. Sessions watch it.
@@ -204,10 +205,10 @@ pub struct Shared {
     pub hooks: Hooks,
     /// Cancelled at shutdown; every session token is a child of it.
     pub shutdown: CancellationToken,
-    /// Serialises the durable write and the in-memory update of config changes, so
-    /// that memory always ends in the order the store committed. Never held while a
-    /// hook runs.
-    pub config_lock: tokio::sync::Mutex<()>,
+    /// One lock per domain around the durable write and the in-memory update of the
+    /// API's writes, so that memory always ends in the order the store committed
+    /// (`ops`). Never held while a hook runs.
+    pub locks: DomainLocks,
     /// Asks discovery to reconcile now (a prepare changed what may be attached).
     pub rediscover: Notify,
     slots: Mutex<HashMap<String, Slot>>,
@@ -252,7 +253,7 @@ impl Shared {
             metrics,
             hooks,
             shutdown: CancellationToken::new(),
-            config_lock: tokio::sync::Mutex::new(()),
+            locks: DomainLocks::default(),
             rediscover: Notify::new(),
             slots: Mutex::new(slots),
             stopping: Mutex::new(HashMap::new()),
@@ -411,7 +412,7 @@ impl Shared {
     }
 
     /// Installs a newly stored desired configuration (after the durable write, under
-    /// `config_lock`). Creates the domain if needed; in listen mode starts listening.
+    /// the domain's lock). Creates the domain if needed; in listen mode starts listening.
     pub fn install_desired(
         self: &Arc<Self>,
         name: &str,
@@ -451,7 +452,7 @@ impl Shared {
             .is_some_and(|s| s.survives_without_config(self.config.mode))
     }
 
-    /// Drops the desired configuration (after the durable delete, under `config_lock`).
+    /// Drops the desired configuration (after the durable delete, under the domain's lock).
     /// The domain is forgotten unless a session is attached or it is prepared.
     pub fn remove_desired(&self, name: &str) {
         let mut slots = self.slots();
@@ -648,7 +649,7 @@ impl Shared {
         });
     }
 
-    /// The lifecycle prepare, in memory (after the durable write, under `config_lock`):
+    /// The lifecycle prepare, in memory (after the durable write, under the domain's lock):
     /// registers the domain, records `uuid` (the one now recorded) and the channel path,
     /// marks it running, and attaches its session where this broker's mode says so.
     pub fn prepared(
@@ -701,7 +702,7 @@ impl Shared {
         self.rediscover.notify_one();
     }
 
-    /// The lifecycle release, in memory (after the durable write, under `config_lock`):
+    /// The lifecycle release, in memory (after the durable write, under the domain's lock):
     /// stops the session, marks the domain stopped, and forgets it if it has no
     /// configuration and no socket is left that discovery would see again. Returns
     /// whether anything was released (a running marker or a session).

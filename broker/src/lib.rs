@@ -19,6 +19,7 @@ pub mod hooks;
 pub mod leases;
 mod lock;
 pub mod metrics;
+mod ops;
 mod outq;
 pub mod paths;
 mod session;
