@@ -32,6 +32,7 @@ use std::sync::Arc;
 
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
+use xenchan_basics::exit::{Exit, HasExit};
 
 pub use config::{Config, ConfigFileError, Discovery, Mode};
 pub use discovery::DiscoveryError;
@@ -75,13 +76,15 @@ pub enum BrokerError {
     Discovery(#[from] DiscoveryError),
 }
 
-impl BrokerError {
-    /// The sysexits code a binary should exit with.
-    pub fn exit_code(&self) -> i32 {
+/// The sysexits code the binary exits with.
+impl HasExit for BrokerError {
+    fn exit(&self) -> Exit {
         match self {
-            BrokerError::Config(_) | BrokerError::Control(_) => 78,
-            BrokerError::Lock(_) => 69,
-            BrokerError::Store(_) | BrokerError::Io { .. } | BrokerError::Discovery(_) => 74,
+            BrokerError::Config(_) | BrokerError::Control(_) => Exit::Config,
+            BrokerError::Lock(_) => Exit::Unavailable,
+            BrokerError::Store(_) | BrokerError::Io { .. } | BrokerError::Discovery(_) => {
+                Exit::IoErr
+            }
         }
     }
 }
