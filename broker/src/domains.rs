@@ -30,6 +30,7 @@ use crate::api::types::{DomainState, DomainView, ItemView, Lifecycle};
 use crate::config::{Config, Discovery, Mode};
 use crate::hooks::{HookCall, Hooks};
 use crate::metrics::{ErrorKind, Metrics};
+use crate::ops::DomainLocks;
 use crate::store::{DesiredConfig, DomainRecord, Store};
 
 /// What a domain's session should bring about. Sessions watch it.
@@ -140,11 +141,11 @@ impl Slot {
             force: 0,
         });
         s.reported_uuid = r.reported_uuid;
-        s.applied = r.applied;
-        s.items = r.items;
+        s.applied = r.applied.map(|a| (a.generation, a.digest.to_string()));
+        s.items = r.last_result.items;
         s.last_error = r.last_error;
         s.facts = r.facts;
-        s.last_result_at = r.last_result_at;
+        s.last_result_at = r.last_result.at;
         s.lifecycle = r.lifecycle;
         s.channel_path = r.channel_path;
         s
@@ -197,17 +198,17 @@ pub struct Shared {
     /// The configuration.
     pub config: Arc<Config>,
     /// The durable store.
-    pub store: Store,
+    pub store: Arc<dyn Store>,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// Hooks.
     pub hooks: Hooks,
     /// Cancelled at shutdown; every session token is a child of it.
     pub shutdown: CancellationToken,
-    /// Serialises the durable write and the in-memory update of config changes, so
-    /// that memory always ends in the order the store committed. Never held while a
-    /// hook runs.
-    pub config_lock: tokio::sync::Mutex<()>,
+    /// One lock per domain around the durable write and the in-memory update of the
+    /// API's writes, so that memory always ends in the order the store committed
+    /// (`ops`). Never held while a hook runs.
+    pub locks: DomainLocks,
     /// Asks discovery to reconcile now (a prepare changed what may be attached).
     pub rediscover: Notify,
     slots: Mutex<HashMap<String, Slot>>,
@@ -237,7 +238,7 @@ impl Shared {
     /// Shared state with the stored domains loaded.
     pub fn new(
         config: Arc<Config>,
-        store: Store,
+        store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
         hooks: Hooks,
         records: Vec<DomainRecord>,
@@ -252,7 +253,7 @@ impl Shared {
             metrics,
             hooks,
             shutdown: CancellationToken::new(),
-            config_lock: tokio::sync::Mutex::new(()),
+            locks: DomainLocks::default(),
             rediscover: Notify::new(),
             slots: Mutex::new(slots),
             stopping: Mutex::new(HashMap::new()),
@@ -351,12 +352,7 @@ impl Shared {
         self.metrics.error(kind);
         tracing::warn!(domain = name, "{error}");
         self.set_error_mem(name, Some(error.clone()));
-        let n = name.to_string();
-        if let Err(e) = self
-            .store
-            .call(move |db| db.set_error(&n, Some(&error)))
-            .await
-        {
+        if let Err(e) = self.store.set_error(name, Some(&error)).await {
             self.metrics.error(ErrorKind::Store);
             tracing::error!(domain = name, "cannot record an error: {e}");
         }
@@ -372,13 +368,7 @@ impl Shared {
             return;
         }
         self.set_error_mem(name, None);
-        let n = name.to_string();
-        if self
-            .store
-            .call(move |db| db.set_error(&n, None))
-            .await
-            .is_err()
-        {
+        if self.store.set_error(name, None).await.is_err() {
             self.metrics.error(ErrorKind::Store);
         }
     }
@@ -422,7 +412,7 @@ impl Shared {
     }
 
     /// Installs a newly stored desired configuration (after the durable write, under
-    /// `config_lock`). Creates the domain if needed; in listen mode starts listening.
+    /// the domain's lock). Creates the domain if needed; in listen mode starts listening.
     pub fn install_desired(
         self: &Arc<Self>,
         name: &str,
@@ -462,7 +452,7 @@ impl Shared {
             .is_some_and(|s| s.survives_without_config(self.config.mode))
     }
 
-    /// Drops the desired configuration (after the durable delete, under `config_lock`).
+    /// Drops the desired configuration (after the durable delete, under the domain's lock).
     /// The domain is forgotten unless a session is attached or it is prepared.
     pub fn remove_desired(&self, name: &str) {
         let mut slots = self.slots();
@@ -652,14 +642,14 @@ impl Shared {
             }
             slots.remove(name);
         }
-        let store = self.store.clone();
+        let store = Arc::clone(&self.store);
         let n = name.to_string();
         tokio::spawn(async move {
-            let _ = store.call(move |db| db.forget_unconfigured(&n)).await;
+            let _ = store.forget_unconfigured(&n).await;
         });
     }
 
-    /// The lifecycle prepare, in memory (after the durable write, under `config_lock`):
+    /// The lifecycle prepare, in memory (after the durable write, under the domain's lock):
     /// registers the domain, records `uuid` (the one now recorded) and the channel path,
     /// marks it running, and attaches its session where this broker's mode says so.
     pub fn prepared(
@@ -712,7 +702,7 @@ impl Shared {
         self.rediscover.notify_one();
     }
 
-    /// The lifecycle release, in memory (after the durable write, under `config_lock`):
+    /// The lifecycle release, in memory (after the durable write, under the domain's lock):
     /// stops the session, marks the domain stopped, and forgets it if it has no
     /// configuration and no socket is left that discovery would see again. Returns
     /// whether anything was released (a running marker or a session).

@@ -17,8 +17,10 @@ pub mod config;
 mod discovery;
 mod domains;
 pub mod hooks;
+pub mod leases;
 mod lock;
 pub mod metrics;
+mod ops;
 mod outq;
 /// Name and path checks (moved to the API crate).
 pub use xenchan_api::paths;
@@ -32,6 +34,7 @@ use std::sync::Arc;
 
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
+use xenchan_basics::exit::{Exit, HasExit};
 
 pub use config::{Config, ConfigFileError, Discovery, Mode};
 pub use discovery::DiscoveryError;
@@ -42,7 +45,7 @@ use crate::domains::Shared;
 use crate::hooks::Hooks;
 use crate::lock::StateLock;
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{SqliteStore, Store};
 
 /// Why the broker could not start (or stopped on an error).
 #[derive(Debug, Error)]
@@ -75,13 +78,15 @@ pub enum BrokerError {
     Discovery(#[from] DiscoveryError),
 }
 
-impl BrokerError {
-    /// The sysexits code a binary should exit with.
-    pub fn exit_code(&self) -> i32 {
+/// The sysexits code the binary exits with.
+impl HasExit for BrokerError {
+    fn exit(&self) -> Exit {
         match self {
-            BrokerError::Config(_) | BrokerError::Control(_) => 78,
-            BrokerError::Lock(_) => 69,
-            BrokerError::Store(_) | BrokerError::Io { .. } | BrokerError::Discovery(_) => 74,
+            BrokerError::Config(_) | BrokerError::Control(_) => Exit::Config,
+            BrokerError::Lock(_) => Exit::Unavailable,
+            BrokerError::Store(_) | BrokerError::Io { .. } | BrokerError::Discovery(_) => {
+                Exit::IoErr
+            }
         }
     }
 }
@@ -125,12 +130,13 @@ pub async fn run(
         tracing::warn!("{warning}");
     }
 
-    let (store, store_thread) = Store::open(
+    let (sqlite, store_thread) = SqliteStore::open(
         &config.db_path(),
         config.limits.history,
         config.limits.events,
     )?;
-    let records = store.call(store::Db::load_all).await?;
+    let store: Arc<dyn Store> = Arc::new(sqlite);
+    let records = store.load_all().await?;
     tracing::info!(
         domains = records.len(),
         "store loaded from {}",
@@ -146,14 +152,12 @@ pub async fn run(
     );
     let shared = Arc::new(Shared::new(
         Arc::clone(&config),
-        store.clone(),
+        Arc::clone(&store),
         metrics,
         hooks,
         records,
     ));
-    let _ = store
-        .call(|db| db.event(None, "start", "broker started"))
-        .await;
+    let _ = store.event(None, "start", "broker started").await;
     drop(store);
 
     // Bound under a temporary name and renamed once it is 0660: the control socket
@@ -197,10 +201,7 @@ pub async fn run(
     shared.stop_all().await;
     let _ = server.await;
     let _ = std::fs::remove_file(&config.control_socket);
-    let _ = shared
-        .store
-        .call(|db| db.event(None, "stop", "broker stopped"))
-        .await;
+    let _ = shared.store.event(None, "stop", "broker stopped").await;
     drop(shared);
     // Every write was committed before its caller went on; joining only makes sure the
     // database is closed before the lock is released.

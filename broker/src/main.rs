@@ -3,18 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use xenchan_basics::chain;
+use xenchan_basics::exit::{Exit, HasExit};
 use xenchan_broker::cli::{Args, LogFormat};
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
-}
 
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -28,34 +19,18 @@ fn init_logs(format: LogFormat) {
     }
 }
 
-async fn signalled() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the broker can still be killed; wait forever.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     let config = match args.load_config() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("xenchan-broker: {}", chain(&e));
-            return ExitCode::from(78);
+            return Exit::Config.into();
         }
     };
     if args.check_config {
         print!("{}", config.to_toml());
-        return ExitCode::SUCCESS;
+        return Exit::Ok.into();
     }
     init_logs(args.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -66,15 +41,18 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("xenchan-broker: cannot start the async runtime: {e}");
-            return ExitCode::from(74);
+            return Exit::IoErr.into();
         }
     };
-    match rt.block_on(xenchan_broker::run(config, signalled())) {
-        Ok(()) => ExitCode::SUCCESS,
+    match rt.block_on(xenchan_broker::run(
+        config,
+        xenchan_basics::signal::shutdown(),
+    )) {
+        Ok(()) => Exit::Ok.into(),
         Err(e) => {
             tracing::error!("{}", chain(&e));
             eprintln!("xenchan-broker: {}", chain(&e));
-            ExitCode::from(e.exit_code() as u8)
+            e.exit().into()
         }
     }
 }

@@ -789,19 +789,14 @@ impl<'a> Session<'a> {
         self.block = None;
         self.identity_flagged = false;
         self.agent_applied.clone_from(&h.applied);
-        let applied = h.applied.map(|a| (a.generation, a.digest.to_string()));
-        let name = self.name.to_string();
-        let (a2, u2) = (applied.clone(), reported.clone());
+        let applied = h
+            .applied
+            .as_ref()
+            .map(|a| (a.generation, a.digest.to_string()));
         if let Err(e) = self
             .shared
             .store
-            .call(move |db| {
-                db.record_applied(
-                    &name,
-                    a2.as_ref().map(|(g, d)| (*g, d.as_str())),
-                    u2.as_deref(),
-                )
-            })
+            .record_applied(self.name, h.applied.as_ref(), reported.as_deref())
             .await
         {
             self.shared.metrics.error(ErrorKind::Store);
@@ -1010,14 +1005,7 @@ impl<'a> Session<'a> {
         desired: &mut watch::Receiver<Desired>,
     ) -> Result<(), End> {
         // Durable before anything else: a result received is never lost.
-        let name = self.name.to_string();
-        let stored = r.clone();
-        let at = match self
-            .shared
-            .store
-            .call(move |db| db.record_result(&name, &stored))
-            .await
-        {
+        let at = match self.shared.store.record_result(self.name, &r).await {
             Ok(at) => at,
             Err(e) => {
                 self.shared.metrics.error(ErrorKind::Store);
@@ -1076,15 +1064,7 @@ impl<'a> Session<'a> {
             return;
         }
         self.last_facts = Some(f.clone());
-        let name = self.name.to_string();
-        let stored = f.clone();
-        if self
-            .shared
-            .store
-            .call(move |db| db.record_facts(&name, &stored))
-            .await
-            .is_err()
-        {
+        if self.shared.store.record_facts(self.name, &f).await.is_err() {
             self.shared.metrics.error(ErrorKind::Store);
         }
         self.shared.update(self.name, |s| s.facts(f));

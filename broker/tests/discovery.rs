@@ -7,6 +7,7 @@ mod support;
 use std::time::Duration;
 
 use support::{DEADLINE, Dirs, PeerOptions, TestBroker, TestPeer, sample_config, wait_until};
+use xenchan_basics::exit::{Exit, HasExit};
 use xenchan_broker::BrokerError;
 use xenchan_broker::api::types::DomainState;
 use xenchan_broker::config::Mode;
@@ -164,7 +165,8 @@ async fn a_second_broker_on_the_same_state_folder_refuses_to_start() {
         .await
         .unwrap_err();
     assert!(matches!(e, BrokerError::Lock(_)), "{e:?}");
-    assert_eq!(e.exit_code(), 69);
+    assert_eq!(e.exit(), Exit::Unavailable);
+    assert_eq!(e.exit().code(), 69);
     assert!(e.to_string().contains("another xenchan-broker"), "{e}");
     assert!(!dirs.root.path().join("other.sock").exists());
     // The first one is unaffected.
@@ -200,7 +202,8 @@ async fn over_long_socket_paths_fail_clearly() {
     let e = xenchan_broker::run(config, std::future::ready(()))
         .await
         .unwrap_err();
-    assert_eq!(e.exit_code(), 78);
+    assert_eq!(e.exit(), Exit::Config);
+    assert_eq!(e.exit().code(), 78);
     assert!(format!("{e:?}").contains("108"), "{e:?}");
 }
 

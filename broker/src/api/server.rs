@@ -22,22 +22,14 @@ use tokio::net::UnixListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use xenchan_basics::chain;
 use xenchan_protocol::config::{ConfigError, GuestConfig};
-use xenchan_protocol::message::ConfigPush;
-use xenchan_protocol::{Body as Msg, Envelope, Nonce, Role};
 
-use crate::api::types::{
-    ApiError, ChannelSpec, DeleteResult, DomainState, DomainView, Health, Lifecycle,
-    PrepareRequest, ReleaseResult,
-};
-use crate::config::Config;
+use crate::api::types::{ApiError, Health, PrepareRequest};
 use crate::domains::Shared;
-use crate::hooks::HookCall;
-use crate::metrics::ErrorKind;
+use crate::ops::{self, OpError, Prepare, PutConfig};
 use crate::paths::{canonical_uuid, check_domain_name};
-use crate::store::{
-    self, LeaseConflict, PrepareRefusal, PutOutcome, PutRefusal, StoreError, leases_of,
-};
+use crate::store::PutOutcome;
 
 /// An error response.
 #[derive(Debug)]
@@ -59,35 +51,41 @@ fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response()
 }
 
-fn store_fail(e: &StoreError) -> Fail {
-    tracing::error!("store: {e}");
-    fail(
-        StatusCode::SERVICE_UNAVAILABLE,
-        format!("the broker's store failed: {}", chain(e)),
-    )
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
+/// The one mapping of an operation's error to a status and an error document.
+impl From<OpError> for Fail {
+    fn from(e: OpError) -> Fail {
+        let (status, path, domain) = match &e {
+            OpError::BadField { path, .. } => (StatusCode::BAD_REQUEST, Some(path.clone()), None),
+            OpError::Lease(c) => (
+                StatusCode::CONFLICT,
+                Some(c.lease.path.clone()),
+                Some(c.holder.clone()),
+            ),
+            OpError::TooManyDomains(_) => (StatusCode::CONFLICT, None, None),
+            OpError::UuidTaken { holder, .. } => (
+                StatusCode::CONFLICT,
+                Some("uuid".into()),
+                Some(holder.clone()),
+            ),
+            OpError::UuidChanged { name, .. } => (
+                StatusCode::CONFLICT,
+                Some("uuid".into()),
+                Some(name.clone()),
+            ),
+            OpError::HookRefused(_) => (StatusCode::UNPROCESSABLE_ENTITY, None, None),
+            OpError::NothingToPush(_) => (StatusCode::NOT_FOUND, None, None),
+            OpError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, None, None),
+        };
+        Fail(
+            status,
+            ApiError {
+                error: chain(&e),
+                path,
+                errors: Vec::new(),
+                domain,
+            },
+        )
     }
-    s
-}
-
-fn conflict(c: &LeaseConflict) -> Fail {
-    Fail(
-        StatusCode::CONFLICT,
-        ApiError {
-            error: c.to_string(),
-            path: Some(c.lease.path.clone()),
-            errors: Vec::new(),
-            domain: Some(c.holder.clone()),
-        },
-    )
 }
 
 fn bad_config(e: ConfigError) -> Fail {
@@ -259,138 +257,12 @@ async fn put_config(
     let uuid = uuid_query(query.as_deref())?;
     let bytes = read_body(body, sh.config.limits.max_body).await?;
     let config = GuestConfig::from_json(&bytes).map_err(bad_config)?;
-    check_wire_size(&config, sh.config.limits.max_frame)?;
-    let leases = leases_of(&config, sh.config.leases.hostname);
-
-    // Prepare: refuse a doomed config before running hooks for it.
-    let (who, wanted) = (name.clone(), leases.clone());
-    if let Some(c) = sh
-        .store
-        .call(move |db| db.lease_conflict(&who, &wanted))
-        .await
-        .map_err(|e| store_fail(&e))?
-    {
-        return Err(conflict(&c));
-    }
-    let mut prospective = sh.view(&name).unwrap_or_else(|| empty_view(&name));
-    prospective.config = Some(config.clone());
-    prospective.desired_digest = Some(config.digest().to_string());
-    if uuid.is_some() {
-        prospective.uuid.clone_from(&uuid);
-    }
-    // No lock is held here: a hook may take its time (bounded) or even call the API.
-    if let Err(f) = sh
-        .hooks
-        .run(&HookCall {
-            domain: name.clone(),
-            event: "prepare",
-            phase: "begin",
-            extra: config.digest().to_string(),
-            stdin: serde_json::to_vec(&prospective).expect("views serialise"),
-        })
-        .await
-    {
-        tracing::warn!(domain = %name, "prepare refused: {f}");
-        sh.metrics.error(ErrorKind::Hook);
-        let detail = if f.stderr.is_empty() {
-            f.to_string()
-        } else {
-            f.stderr.clone()
-        };
-        return Err(fail(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("prepare hook refused: {detail}"),
-        ));
-    }
-
-    let outcome = {
-        let _serial = sh.config_lock.lock().await;
-        let (who, id, doc) = (name.clone(), uuid.clone(), config.clone());
-        let max = sh.config.limits.max_domains;
-        let outcome = sh
-            .store
-            .call(move |db| db.put_config(&who, id.as_deref(), &doc, &leases, max))
-            .await
-            .map_err(|e| store_fail(&e))?;
-        match outcome {
-            Ok(done) => {
-                sh.install_desired(&name, done.desired().clone(), uuid.as_ref());
-                done
-            }
-            Err(PutRefusal::Lease(c)) => return Err(conflict(&c)),
-            Err(PutRefusal::TooManyDomains(max)) => {
-                return Err(fail(
-                    StatusCode::CONFLICT,
-                    format!("the broker already manages limits.max_domains = {max} domains"),
-                ));
-            }
-        }
-    };
-    let status = match &outcome {
+    let done = ops::do_put_config(&sh, PutConfig { name, uuid, config }).await?;
+    let status = match done.outcome {
         PutOutcome::Created(_) => StatusCode::CREATED,
         PutOutcome::Updated(_) | PutOutcome::Unchanged(_) => StatusCode::OK,
     };
-    if !matches!(outcome, PutOutcome::Unchanged(_)) {
-        tracing::info!(domain = %name, generation = outcome.desired().generation, "configuration accepted");
-        sh.notify_hook(
-            &name,
-            "prepare",
-            "end",
-            outcome.desired().generation.to_string(),
-        );
-    }
-    let view = sh.view(&name).unwrap_or_else(|| empty_view(&name));
-    Ok(json(status, &view))
-}
-
-/// Refuses a config whose push would not fit in one frame.
-fn check_wire_size(config: &GuestConfig, max_frame: usize) -> Result<(), Fail> {
-    let env = Envelope::new(
-        Role::Broker,
-        Some(Nonce::from_bytes([0; 16])),
-        Msg::Config(ConfigPush {
-            generation: u64::MAX,
-            digest: config.digest(),
-            config: config.clone(),
-        }),
-    );
-    let size = serde_json::to_vec(&env).map_or(usize::MAX, |v| v.len());
-    if size > max_frame {
-        return Err(Fail(
-            StatusCode::BAD_REQUEST,
-            ApiError {
-                error: format!(
-                    "the configuration takes {size} bytes on the wire; limits.max_frame is {max_frame}"
-                ),
-                path: Some(".".into()),
-                errors: Vec::new(),
-                domain: None,
-            },
-        ));
-    }
-    Ok(())
-}
-
-fn empty_view(name: &str) -> DomainView {
-    DomainView {
-        name: name.to_string(),
-        uuid: None,
-        reported_uuid: None,
-        state: DomainState::Pending,
-        desired_generation: None,
-        desired_digest: None,
-        applied_generation: None,
-        applied_digest: None,
-        items: Vec::new(),
-        last_error: None,
-        facts: None,
-        connected: false,
-        last_result_at: None,
-        config: None,
-        lifecycle: None,
-        socket: None,
-        domid: None,
-    }
+    Ok(json(status, &done.view))
 }
 
 async fn delete_domain(
@@ -398,53 +270,12 @@ async fn delete_domain(
     Path(name): Path<String>,
 ) -> Result<Response, Fail> {
     valid_name(&name)?;
-    let before = sh.view(&name);
-    let (removed, released) = {
-        let _serial = sh.config_lock.lock().await;
-        let keep_row = sh.keeps_row_without_config(&name);
-        let n = name.clone();
-        let r = sh
-            .store
-            .call(move |db| db.delete_config(&n, keep_row))
-            .await
-            .map_err(|e| store_fail(&e))?;
-        sh.remove_desired(&name);
-        r
-    };
-    if removed || !released.is_empty() {
-        tracing::info!(domain = %name, "configuration removed; released {released:?}");
-        let stdin = before.map_or_else(
-            || format!("{{\"name\":\"{name}\"}}").into_bytes(),
-            |v| serde_json::to_vec(&v).expect("views serialise"),
-        );
-        sh.hooks.notify(HookCall {
-            domain: name.clone(),
-            event: "unprepare",
-            phase: "end",
-            extra: "-".into(),
-            stdin,
-        });
-    }
-    Ok(json(
-        StatusCode::OK,
-        &DeleteResult {
-            name,
-            removed,
-            released,
-        },
-    ))
+    Ok(json(StatusCode::OK, &ops::do_delete(&sh, name).await?))
 }
 
 async fn push(State(sh): State<Arc<Shared>>, Path(name): Path<String>) -> Result<Response, Fail> {
     valid_name(&name)?;
-    if !sh.force_push(&name) {
-        return Err(fail(
-            StatusCode::NOT_FOUND,
-            format!("domain {name} has no configuration to push"),
-        ));
-    }
-    let view = sh.view(&name).unwrap_or_else(|| empty_view(&name));
-    Ok(json(StatusCode::ACCEPTED, &view))
+    Ok(json(StatusCode::ACCEPTED, &ops::do_push(&sh, &name)?))
 }
 
 /// A 400 naming the request field at fault.
@@ -458,93 +289,6 @@ fn bad_field(path: impl Into<String>, error: impl Into<String>) -> Fail {
             domain: None,
         },
     )
-}
-
-/// The socket path of the broker's channel among `channels`, when it is not the default
-/// `<socket_dir>/<name>.sock` (`None`: the default).
-fn channel_path_of(
-    config: &Config,
-    name: &str,
-    channels: &[ChannelSpec],
-) -> Result<Option<std::path::PathBuf>, Fail> {
-    use std::path::Component;
-    let ours: Vec<(usize, &ChannelSpec)> = channels
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| c.name == config.channel)
-        .collect();
-    if ours.len() > 1 {
-        return Err(bad_field(
-            format!("channels[{}]", ours[1].0),
-            format!("channel {} is listed more than once", config.channel),
-        ));
-    }
-    let Some((i, Some(p))) = ours.first().map(|(i, c)| (*i, c.path.as_ref())) else {
-        return Ok(None);
-    };
-    let field = format!("channels[{i}].path");
-    let normal = p
-        .components()
-        .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
-        && p.components().collect::<std::path::PathBuf>() == *p
-        && !p.as_os_str().as_encoded_bytes().contains(&0);
-    if !p.is_absolute() || !normal {
-        return Err(bad_field(
-            field,
-            format!(
-                "channel path {} must be absolute and normal (no `.`, `..`, `//` or trailing `/`)",
-                p.display()
-            ),
-        ));
-    }
-    crate::paths::check_socket_path(p).map_err(|e| bad_field(field.clone(), e))?;
-    let default = config.socket_path(name);
-    if *p == default {
-        return Ok(None);
-    }
-    if p.parent() == Some(config.socket_dir.as_path()) {
-        // Discovery would take that file for another domain.
-        return Err(bad_field(
-            field,
-            format!(
-                "channel path {} is in socket_dir but is not {}",
-                p.display(),
-                default.display()
-            ),
-        ));
-    }
-    Ok(Some(p.clone()))
-}
-
-fn prepare_refused(name: &str, r: PrepareRefusal) -> Fail {
-    match r {
-        PrepareRefusal::UuidTaken { uuid, holder } => Fail(
-            StatusCode::CONFLICT,
-            ApiError {
-                error: format!("VM {uuid} is registered as domain {holder}"),
-                path: Some("uuid".into()),
-                errors: Vec::new(),
-                domain: Some(holder),
-            },
-        ),
-        PrepareRefusal::UuidChanged { recorded, asked } => Fail(
-            StatusCode::CONFLICT,
-            ApiError {
-                error: format!(
-                    "domain {name} is registered as VM {recorded} and its agent is connected; \
-                     it cannot become VM {asked} (release it first)"
-                ),
-                path: Some("uuid".into()),
-                errors: Vec::new(),
-                domain: Some(name.to_string()),
-            },
-        ),
-        PrepareRefusal::Lease(c) => conflict(&c),
-        PrepareRefusal::TooManyDomains(max) => fail(
-            StatusCode::CONFLICT,
-            format!("the broker already manages limits.max_domains = {max} domains"),
-        ),
-    }
 }
 
 /// Whether a body is empty (only whitespace).
@@ -584,85 +328,12 @@ async fn prepare(
         })?),
         None => None,
     };
-    let channel_path = channel_path_of(&sh.config, &name, &req.channels)?;
-    let path_text = channel_path
-        .as_ref()
-        .map(|p| p.to_string_lossy().into_owned());
-
-    let hostname_leases = sh.config.leases.hostname;
-    let max_domains = sh.config.limits.max_domains;
-    let ask = |connected: bool, check_only: bool| {
-        let (n, u, p) = (name.clone(), uuid.clone(), path_text.clone());
-        move |db: &mut store::Db| {
-            db.prepare(&store::PrepareRequest {
-                name: &n,
-                uuid: u.as_deref(),
-                channel_path: p.as_deref(),
-                hostname_leases,
-                connected,
-                max_domains,
-                check_only,
-            })
-        }
+    let prepare = Prepare {
+        name,
+        uuid,
+        channels: req.channels,
     };
-    // Refuse a doomed prepare before running hooks for it.
-    let check = ask(sh.connected(&name), true);
-    if let Err(r) = sh.store.call(check).await.map_err(|e| store_fail(&e))? {
-        return Err(prepare_refused(&name, r));
-    }
-    let mut prospective = sh.view(&name).unwrap_or_else(|| empty_view(&name));
-    if uuid.is_some() {
-        prospective.uuid.clone_from(&uuid);
-    }
-    prospective.lifecycle = Some(Lifecycle::Running);
-    if channel_path.is_some() {
-        prospective.socket.clone_from(&channel_path);
-    }
-    // No lock is held while hooks run.
-    if let Err(f) = sh
-        .hooks
-        .run(&HookCall {
-            domain: name.clone(),
-            event: "prepare",
-            phase: "begin",
-            extra: "-".into(),
-            stdin: serde_json::to_vec(&prospective).expect("views serialise"),
-        })
-        .await
-    {
-        tracing::warn!(domain = %name, "prepare refused: {f}");
-        sh.metrics.error(ErrorKind::Hook);
-        let detail = if f.stderr.is_empty() {
-            f.to_string()
-        } else {
-            f.stderr.clone()
-        };
-        return Err(fail(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("prepare hook refused: {detail}"),
-        ));
-    }
-    {
-        let _serial = sh.config_lock.lock().await;
-        let commit = ask(sh.connected(&name), false);
-        let done = sh
-            .store
-            .call(commit)
-            .await
-            .map_err(|e| store_fail(&e))?
-            .map_err(|r| prepare_refused(&name, r))?;
-        tracing::info!(
-            domain = %name,
-            uuid = done.uuid.as_deref().unwrap_or("-"),
-            socket = path_text.as_deref().unwrap_or("(default)"),
-            leases = ?done.leases,
-            created = done.created,
-            "domain prepared"
-        );
-        sh.prepared(&name, done.uuid, channel_path);
-    }
-    let view = sh.view(&name).unwrap_or_else(|| empty_view(&name));
-    Ok(json(StatusCode::OK, &view))
+    Ok(json(StatusCode::OK, &ops::do_prepare(&sh, prepare).await?))
 }
 
 /// `POST /v1/domains/{name}/release`: the libvirt hook's `release` (the VM stopped).
@@ -689,45 +360,7 @@ async fn release(
             ));
         }
     }
-    let before = sh.view(&name);
-    let (known, released) = {
-        let _serial = sh.config_lock.lock().await;
-        let n = name.clone();
-        let stored = sh
-            .store
-            .call(move |db| db.release(&n))
-            .await
-            .map_err(|e| store_fail(&e))?;
-        let in_memory = sh.released(&name);
-        (
-            stored.is_some() || before.is_some(),
-            stored.unwrap_or(false) || in_memory,
-        )
-    };
-    if known {
-        tracing::info!(domain = %name, released, "domain released");
-        let view = sh.view(&name).or_else(|| {
-            before.map(|mut v| {
-                v.lifecycle = Some(Lifecycle::Stopped);
-                v.state = DomainState::Pending;
-                v.connected = false;
-                v.domid = None;
-                v
-            })
-        });
-        let stdin = view.map_or_else(
-            || format!("{{\"name\":\"{name}\"}}").into_bytes(),
-            |v| serde_json::to_vec(&v).expect("views serialise"),
-        );
-        sh.hooks.notify(HookCall {
-            domain: name.clone(),
-            event: "release",
-            phase: "end",
-            extra: "-".into(),
-            stdin,
-        });
-    }
-    Ok(json(StatusCode::OK, &ReleaseResult { name, released }))
+    Ok(json(StatusCode::OK, &ops::do_release(&sh, name).await?))
 }
 
 /// Serves the API on `listener` until `stop`, then lets running requests finish

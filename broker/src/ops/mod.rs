@@ -1,0 +1,176 @@
+//! The operations layer: what each control API write does, apart from HTTP.
+//!
+//! Each `do_*` takes typed input (already parsed and validated by the handler), owns the
+//! whole operation (the check before the hooks, the `prepare` hooks, the per-domain lock
+//! around the durable write and the in-memory update, the notification hooks) and returns
+//! a typed outcome or an [`OpError`]. The HTTP handlers in `api::server` only extract,
+//! call and map [`OpError`] to a status in one place; no handler takes a lock.
+//!
+//! Order of a write: refuse a doomed request first (no hook runs for it), run the
+//! `prepare begin` hooks with no lock held (a hook may take its time, or even call the
+//! API), then take the domain's lock ([`DomainLocks`]) for the store write and the
+//! registry update, so memory ends in the order the store committed.
+
+mod config;
+mod lifecycle;
+mod locks;
+
+use thiserror::Error;
+
+pub use config::{PutConfig, do_delete, do_push, do_put_config};
+pub use lifecycle::{Prepare, do_prepare, do_release};
+pub use locks::DomainLocks;
+
+use crate::api::types::{DomainState, DomainView};
+use crate::domains::Shared;
+use crate::hooks::HookCall;
+use crate::leases::LeaseConflict;
+use crate::metrics::ErrorKind;
+use crate::store::{PrepareRefusal, PutRefusal, StoreError};
+
+/// Why an operation did not happen. Each variant names what is wrong; `api::server` maps
+/// each to one HTTP status.
+#[derive(Debug, Error)]
+pub enum OpError {
+    /// A request field is wrong (`path` names it).
+    #[error("{error}")]
+    BadField {
+        /// The field (`uuid`, `channels[1].path`, `.` for the whole document).
+        path: String,
+        /// What is wrong with it.
+        error: String,
+    },
+    /// A lease of the configuration is held by another domain.
+    #[error("{0}")]
+    Lease(LeaseConflict),
+    /// The broker already manages `limits.max_domains` domains.
+    #[error("the broker already manages limits.max_domains = {0} domains")]
+    TooManyDomains(usize),
+    /// Another registered domain has the VM UUID.
+    #[error("VM {uuid} is registered as domain {holder}")]
+    UuidTaken {
+        /// The UUID.
+        uuid: String,
+        /// The domain registered with it.
+        holder: String,
+    },
+    /// The domain's agent is connected under another VM UUID.
+    #[error(
+        "domain {name} is registered as VM {recorded} and its agent is connected; \
+         it cannot become VM {asked} (release it first)"
+    )]
+    UuidChanged {
+        /// The domain.
+        name: String,
+        /// The UUID recorded for it.
+        recorded: String,
+        /// The UUID asked for.
+        asked: String,
+    },
+    /// A `prepare begin` hook said no.
+    #[error("prepare hook refused: {0}")]
+    HookRefused(String),
+    /// `POST .../push` for a domain without a configuration.
+    #[error("domain {0} has no configuration to push")]
+    NothingToPush(String),
+    /// The store could not answer.
+    #[error("the broker's store failed")]
+    Store(#[source] StoreError),
+}
+
+impl From<StoreError> for OpError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!("store: {}", xenchan_basics::chain(&e));
+        OpError::Store(e)
+    }
+}
+
+impl From<PutRefusal> for OpError {
+    fn from(r: PutRefusal) -> Self {
+        match r {
+            PutRefusal::Lease(c) => OpError::Lease(c),
+            PutRefusal::TooManyDomains(max) => OpError::TooManyDomains(max),
+        }
+    }
+}
+
+impl OpError {
+    fn prepare_refused(name: &str, r: PrepareRefusal) -> OpError {
+        match r {
+            PrepareRefusal::UuidTaken { uuid, holder } => OpError::UuidTaken { uuid, holder },
+            PrepareRefusal::UuidChanged { recorded, asked } => OpError::UuidChanged {
+                name: name.to_string(),
+                recorded,
+                asked,
+            },
+            PrepareRefusal::Lease(c) => OpError::Lease(c),
+            PrepareRefusal::TooManyDomains(max) => OpError::TooManyDomains(max),
+        }
+    }
+}
+
+/// Runs the `prepare begin` hooks with the domain's prospective view on stdin (no lock
+/// is held: a hook may take its time, bounded, or call the API).
+async fn prepare_hooks(
+    sh: &Shared,
+    name: &str,
+    extra: String,
+    prospective: &DomainView,
+) -> Result<(), OpError> {
+    let call = HookCall {
+        domain: name.to_string(),
+        event: "prepare",
+        phase: "begin",
+        extra,
+        stdin: serde_json::to_vec(prospective).expect("views serialise"),
+    };
+    if let Err(f) = sh.hooks.run(&call).await {
+        tracing::warn!(domain = %name, "prepare refused: {f}");
+        sh.metrics.error(ErrorKind::Hook);
+        let detail = if f.stderr.is_empty() {
+            f.to_string()
+        } else {
+            f.stderr.clone()
+        };
+        return Err(OpError::HookRefused(detail));
+    }
+    Ok(())
+}
+
+/// The view of a domain, or of a domain the broker does not know (yet).
+fn view_or_empty(sh: &Shared, name: &str) -> DomainView {
+    sh.view(name).unwrap_or_else(|| empty_view(name))
+}
+
+fn empty_view(name: &str) -> DomainView {
+    DomainView {
+        name: name.to_string(),
+        uuid: None,
+        reported_uuid: None,
+        state: DomainState::Pending,
+        desired_generation: None,
+        desired_digest: None,
+        applied_generation: None,
+        applied_digest: None,
+        items: Vec::new(),
+        last_error: None,
+        facts: None,
+        connected: false,
+        last_result_at: None,
+        config: None,
+        lifecycle: None,
+        socket: None,
+        domid: None,
+    }
+}
+
+/// The hook input of a domain that may be gone from the registry.
+fn hook_stdin(name: &str, view: Option<&DomainView>) -> Vec<u8> {
+    view.map_or_else(
+        || format!("{{\"name\":\"{name}\"}}").into_bytes(),
+        |v| serde_json::to_vec(v).expect("views serialise"),
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,117 @@
+//! The schema, and the migrations of databases made by older brokers.
+
+use rusqlite::{Connection, OptionalExtension};
+
+use crate::store::StoreError;
+
+pub(super) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS domains (
+    name TEXT PRIMARY KEY,
+    uuid TEXT,
+    reported_uuid TEXT,
+    desired_generation INTEGER,
+    desired_digest TEXT,
+    config TEXT,
+    applied_generation INTEGER,
+    applied_digest TEXT,
+    last_error TEXT,
+    facts TEXT,
+    last_result_at TEXT,
+    updated_at TEXT NOT NULL,
+    lifecycle TEXT,
+    channel_path TEXT
+);
+CREATE TABLE IF NOT EXISTS generations (
+    name TEXT PRIMARY KEY,
+    last INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS history (
+    name TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    digest TEXT NOT NULL,
+    config TEXT NOT NULL,
+    uuid TEXT,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (name, generation)
+);
+CREATE TABLE IF NOT EXISTS items (
+    name TEXT NOT NULL,
+    item TEXT NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT,
+    generation INTEGER NOT NULL,
+    at TEXT NOT NULL,
+    PRIMARY KEY (name, item)
+);
+CREATE TABLE IF NOT EXISTS leases (
+    kind TEXT NOT NULL,
+    value TEXT NOT NULL,
+    domain TEXT NOT NULL,
+    path TEXT NOT NULL,
+    since TEXT NOT NULL,
+    PRIMARY KEY (kind, value)
+);
+CREATE INDEX IF NOT EXISTS leases_by_domain ON leases(domain);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    domain TEXT,
+    kind TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+";
+
+/// Brings a database made by an older broker up to this schema.
+pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let columns: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('domains')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for (column, ddl) in [
+        ("lifecycle", "ALTER TABLE domains ADD COLUMN lifecycle TEXT"),
+        (
+            "channel_path",
+            "ALTER TABLE domains ADD COLUMN channel_path TEXT",
+        ),
+    ] {
+        if !columns.iter().any(|c| c == column) {
+            conn.execute_batch(ddl)?;
+        }
+    }
+    // `events.id` was AUTOINCREMENT, whose `sqlite_sequence` row made every commit that
+    // logs an event write one more page. Without it ids still only grow (the log is
+    // pruned from the oldest, so the largest id stays); an older database's table is
+    // rebuilt once.
+    let events: Option<String> = conn
+        .query_row(
+            "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = 'events'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if events.is_some_and(|sql| sql.to_ascii_uppercase().contains("AUTOINCREMENT")) {
+        let rebuilt = conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             CREATE TABLE events_rebuilt (
+                 id INTEGER PRIMARY KEY,
+                 at TEXT NOT NULL,
+                 domain TEXT,
+                 kind TEXT NOT NULL,
+                 detail TEXT NOT NULL
+             );
+             INSERT INTO events_rebuilt(id, at, domain, kind, detail)
+                 SELECT id, at, domain, kind, detail FROM events;
+             DROP TABLE events;
+             ALTER TABLE events_rebuilt RENAME TO events;
+             DELETE FROM sqlite_sequence WHERE name = 'events';
+             COMMIT;",
+        );
+        if let Err(e) = rebuilt {
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            return Err(e.into());
+        }
+    }
+    Ok(())
+}
