@@ -838,7 +838,7 @@ fn connect_entry(
     stop: CancellationToken,
     previous: Option<JoinHandle<()>>,
 ) -> futures::future::BoxFuture<'static, ()> {
-    Box::pin(crate::session::run_connect(
+    Box::pin(crate::transport::run_connect(
         shared, name, path, desired, stop, previous,
     ))
 }
@@ -851,7 +851,7 @@ fn listen_entry(
     stop: CancellationToken,
     previous: Option<JoinHandle<()>>,
 ) -> futures::future::BoxFuture<'static, ()> {
-    Box::pin(crate::session::run_listen(
+    Box::pin(crate::transport::run_listen(
         shared, name, path, desired, stop, previous,
     ))
 }

@@ -1,4 +1,5 @@
-//! One task per domain: connect (or accept), handshake, push, keepalive, reconnect.
+//! One connection's session: handshake, push, keepalive, until the connection ends or
+//! the session is stopped (connecting and reconnecting are [`crate::transport`]'s).
 //!
 //! Every step has a deadline (connect, hello, result, each write); reads go through
 //! [`FrameCodec`], which bounds the buffer whatever the guest sends; writes wait for the
@@ -10,21 +11,17 @@
 //! one write queued, and awaits it) and a short in-memory lock.
 //!
 //! Ending a session (EOF, EPIPE, a missed deadline) is not an error of the domain: the
-//! task reconnects with exponential backoff and jitter for as long as the socket exists,
-//! as it must across `xl reboot`.
+//! transport reconnects with exponential backoff and jitter for as long as the socket
+//! exists, as it must across `xl reboot`.
 
 use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use rand::Rng;
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -41,7 +38,7 @@ use crate::clock::now_rfc3339;
 use crate::domains::{Desired, Shared};
 use crate::metrics::ErrorKind;
 use crate::outq;
-use crate::paths::{MAX_SOCKET_PATH, check_socket_path};
+use crate::transport::refuse_extra;
 
 /// Missed pongs after which a guest is unresponsive.
 const MISSED_PONGS: u32 = 3;
@@ -49,266 +46,28 @@ const MISSED_PONGS: u32 = 3;
 /// Fewest time between two hellos sent in answer to beacons.
 const BEACON_ANSWER_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Exponential backoff with jitter.
-#[derive(Debug)]
-struct Backoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    fn new(min: Duration, max: Duration) -> Backoff {
-        Backoff {
-            min,
-            max,
-            next: min,
-        }
-    }
-
-    /// The next delay: a random point in [d/2, d], d doubling up to the maximum, so that
-    /// many sessions that lost their sockets together do not retry together.
-    fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(self.max);
-        let lo = d / 2;
-        let jitter = rand::thread_rng().gen_range(0..=d.saturating_sub(lo).as_millis() as u64);
-        lo + Duration::from_millis(jitter)
-    }
-
-    fn reset(&mut self) {
-        self.next = self.min;
-    }
-}
-
 /// How a session ended.
 #[derive(Debug)]
-enum End {
+pub(crate) enum End {
     /// Stop asked (socket removed, domain deleted, shutdown).
     Stopped,
     /// The connection is over; reconnect. `handshook`: the agent had answered.
     Over { handshook: bool, why: String },
 }
 
-/// Connect mode: connects to `path` (`<socket_dir>/<name>.sock`, a xenstore backend's
-/// `path`, or the one a prepare named) and keeps a session up until `stop`.
-pub async fn run_connect(
-    shared: Arc<Shared>,
-    name: String,
-    path: PathBuf,
-    desired: watch::Receiver<Desired>,
-    stop: CancellationToken,
-    previous: Option<JoinHandle<()>>,
-) {
-    connect_loop(&shared, &name, path, desired, stop, previous).await;
-    shared.session_ended(&name);
-}
-
-async fn connect_loop(
-    shared: &Arc<Shared>,
+/// Runs the session of `name` on one connection until it ends. `extra`: the listening
+/// socket in listen mode, whose further connections are refused meanwhile.
+pub(crate) async fn serve(
+    shared: &Shared,
     name: &str,
-    path: PathBuf,
-    mut desired: watch::Receiver<Desired>,
-    stop: CancellationToken,
-    previous: Option<JoinHandle<()>>,
-) {
-    if let Some(p) = previous {
-        // Exactly one connection per socket: the old session lets go first.
-        let _ = p.await;
-    }
-    if let Err(e) = check_socket_path(&path) {
-        shared.set_state(name, DomainState::Error);
-        shared.record_error(name, ErrorKind::SocketPath, e).await;
-        stop.cancelled().await;
-        return;
-    }
-    let t = &shared.config.timeouts;
-    let mut backoff = Backoff::new(t.reconnect_min(), t.reconnect_max());
-    loop {
-        shared.set_state(name, DomainState::Connecting);
-        let attempt = tokio::select! {
-            () = stop.cancelled() => return,
-            r = tokio::time::timeout(t.connect(), UnixStream::connect(&path)) => r,
-        };
-        match attempt {
-            Ok(Ok(stream)) => {
-                shared.metrics.connection();
-                tracing::debug!(domain = %name, "connected");
-                let end = Session::new(shared, name, &stop)
-                    .run(stream, &mut desired, &stop, None)
-                    .await;
-                shared.update(name, |s| s.connected(false));
-                match end {
-                    End::Stopped => return,
-                    End::Over { handshook, why } => {
-                        tracing::info!(domain = %name, "session ended: {why}");
-                        if handshook {
-                            backoff.reset();
-                        }
-                    }
-                }
-            }
-            Ok(Err(e)) => {
-                shared.metrics.error(ErrorKind::Connect);
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    // A socket named by a prepare, before QEMU creates it.
-                    shared.set_state(name, DomainState::Pending);
-                }
-                tracing::debug!(domain = %name, "connect to {} failed: {e}", path.display());
-            }
-            Err(_) => {
-                shared.metrics.error(ErrorKind::Connect);
-                tracing::debug!(domain = %name, "connect to {} timed out", path.display());
-            }
-        }
-        let delay = backoff.next_delay();
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(delay) => {}
-        }
-    }
-}
-
-/// Listen mode: owns `path` (`<socket_dir>/<name>.sock` unless a prepare named another),
-/// serves one backend connection at a time (extra ones are closed at once) until `stop`,
-/// then removes the socket.
-pub async fn run_listen(
-    shared: Arc<Shared>,
-    name: String,
-    path: PathBuf,
-    desired: watch::Receiver<Desired>,
-    stop: CancellationToken,
-    previous: Option<JoinHandle<()>>,
-) {
-    listen_loop(&shared, &name, &path, desired, stop, previous).await;
-    shared.session_ended(&name);
-}
-
-async fn listen_loop(
-    shared: &Arc<Shared>,
-    name: &str,
-    path: &Path,
-    mut desired: watch::Receiver<Desired>,
-    stop: CancellationToken,
-    previous: Option<JoinHandle<()>>,
-) {
-    if let Some(p) = previous {
-        let _ = p.await;
-    }
-    let listener = match bind_socket(path) {
-        Ok(l) => l,
-        Err(e) => {
-            shared.set_state(name, DomainState::Error);
-            shared.record_error(name, ErrorKind::SocketPath, e).await;
-            stop.cancelled().await;
-            return;
-        }
-    };
-    loop {
-        shared.set_state(name, DomainState::Connecting);
-        let accepted = tokio::select! {
-            () = stop.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        match accepted {
-            Ok((stream, _)) => {
-                shared.metrics.connection();
-                let end = Session::new(shared, name, &stop)
-                    .run(stream, &mut desired, &stop, Some(&listener))
-                    .await;
-                shared.update(name, |s| s.connected(false));
-                match end {
-                    End::Stopped => break,
-                    End::Over { why, .. } => {
-                        tracing::info!(domain = %name, "session ended: {why}");
-                    }
-                }
-            }
-            Err(e) => {
-                shared.metrics.error(ErrorKind::Connect);
-                tracing::warn!(domain = %name, "accept failed: {e}");
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    () = tokio::time::sleep(shared.config.timeouts.reconnect_min()) => {}
-                }
-            }
-        }
-    }
-    let _ = std::fs::remove_file(path);
-}
-
-/// Binds a listening socket, replacing a stale socket file but never another file.
-pub fn bind_socket(path: &Path) -> Result<UnixListener, String> {
-    use std::os::unix::fs::FileTypeExt;
-    check_socket_path(path)?;
-    if let Ok(m) = std::fs::symlink_metadata(path) {
-        if !m.file_type().is_socket() {
-            return Err(format!(
-                "{} exists and is not a socket; refusing to replace it",
-                path.display()
-            ));
-        }
-        std::fs::remove_file(path)
-            .map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;
-    }
-    UnixListener::bind(path).map_err(|e| format!("cannot listen on {}: {e}", path.display()))
-}
-
-/// Binds a listening socket that appears at `path` only with `mode`: it is bound under a
-/// temporary name in the same folder, chmod'ed, then renamed over `path` (a bound unix
-/// socket can be renamed), so there is no moment when `path` exists with the
-/// permissions the umask gave. Like [`bind_socket`], a stale socket at `path` is
-/// replaced and any other file refused.
-pub fn bind_socket_with_mode(path: &Path, mode: u32) -> Result<UnixListener, String> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    check_socket_path(path)?;
-    if let Ok(m) = std::fs::symlink_metadata(path)
-        && !m.file_type().is_socket()
-    {
-        return Err(format!(
-            "{} exists and is not a socket; refusing to replace it",
-            path.display()
-        ));
-    }
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    // A hidden name no longer than the limit allows; 8 random hex digits make a clash
-    // with another file unlikely, and bind refuses an existing name anyway.
-    let room = MAX_SOCKET_PATH.saturating_sub(dir.as_os_str().len() + 1);
-    if room < 6 {
-        return Err(format!(
-            "the folder of {} leaves no room for a temporary socket name",
-            path.display()
-        ));
-    }
-    let mut last = String::new();
-    for _ in 0..4 {
-        let mut tmp = format!(".{:08x}.tmp", rand::random::<u32>());
-        tmp.truncate(room);
-        let tmp = dir.join(tmp);
-        let listener = match UnixListener::bind(&tmp) {
-            Ok(l) => l,
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                last = format!("{} is in use", tmp.display());
-                continue;
-            }
-            Err(e) => return Err(format!("cannot listen on {}: {e}", tmp.display())),
-        };
-        let finish = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| format!("cannot set the mode of {}: {e}", tmp.display()))
-            .and_then(|()| {
-                std::fs::rename(&tmp, path).map_err(|e| {
-                    format!("cannot move {} to {}: {e}", tmp.display(), path.display())
-                })
-            });
-        return match finish {
-            Ok(()) => Ok(listener),
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                Err(e)
-            }
-        };
-    }
-    Err(format!("cannot find a free temporary socket name: {last}"))
+    stream: UnixStream,
+    desired: &mut watch::Receiver<Desired>,
+    stop: &CancellationToken,
+    extra: Option<&UnixListener>,
+) -> End {
+    Session::new(shared, name, stop)
+        .run(stream, desired, stop, extra)
+        .await
 }
 
 /// A push waiting for its result.
@@ -490,7 +249,7 @@ impl<'a> Session<'a> {
                 Event::Frame(None) => Err(self.over("the peer closed the connection (EOF)")),
                 Event::Frame(Some(Err(e))) => {
                     self.shared.metrics.error(ErrorKind::Read);
-                    Err(self.over(&format!("read failed: {}", error_text(&e))))
+                    Err(self.over(&format!("read failed: {}", xenchan_basics::chain(&e))))
                 }
                 Event::Frame(Some(Ok(env))) => self.on_message(env, &mut write, desired).await,
                 Event::Desired => {
@@ -1171,57 +930,9 @@ impl<'a> Session<'a> {
     }
 }
 
-/// Accepts and drops every extra connection to a listening socket; pending forever
-/// in connect mode.
-async fn refuse_extra(extra: Option<&UnixListener>) {
-    match extra {
-        Some(l) => {
-            if let Ok((s, _)) = l.accept().await {
-                drop(s);
-            }
-        }
-        None => std::future::pending().await,
-    }
-}
-
 fn error_code_text(c: ErrorCode) -> String {
     serde_json::to_value(c)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_else(|| format!("{c:?}"))
-}
-
-fn error_text(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_with_jitter_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(800));
-        let mut last_cap = Duration::ZERO;
-        for cap in [100u64, 200, 400, 800, 800] {
-            let d = b.next_delay();
-            let cap = Duration::from_millis(cap);
-            assert!(
-                d <= cap && d >= cap / 2,
-                "{d:?} not in [{:?}, {cap:?}]",
-                cap / 2
-            );
-            last_cap = cap;
-        }
-        assert_eq!(last_cap, Duration::from_millis(800));
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
-    }
 }

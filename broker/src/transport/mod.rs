@@ -1,0 +1,190 @@
+//! Transport: how a session's connection comes to be, and the unix-socket helpers.
+//!
+//! - connect mode ([`run_connect`]): the broker connects to a socket QEMU listens on
+//!   (the socket folder's `<name>.sock`, a xenstore backend's `path`, or the path a
+//!   prepare named), and reconnects with backoff for as long as the session is attached,
+//!   as it must across `xl reboot`;
+//! - listen mode ([`run_listen`]): the broker owns the socket and serves one backend
+//!   connection at a time, refusing extra ones;
+//! - [`socket`]: binding a listening socket safely (never replacing a file that is not a
+//!   socket; optionally appearing only with its final mode).
+//!
+//! Each connection is handed to [`session::serve`], which runs the protocol on it and
+//! says how it ended; this module only decides whether and when to connect again.
+
+mod socket;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use xenchan_basics::Backoff;
+
+pub use socket::{bind_socket, bind_socket_with_mode};
+
+use crate::api::types::DomainState;
+use crate::domains::{Desired, Shared};
+use crate::metrics::ErrorKind;
+use crate::paths::check_socket_path;
+use crate::session::{self, End};
+
+/// Connect mode: connects to `path` (`<socket_dir>/<name>.sock`, a xenstore backend's
+/// `path`, or the one a prepare named) and keeps a session up until `stop`.
+pub async fn run_connect(
+    shared: Arc<Shared>,
+    name: String,
+    path: PathBuf,
+    desired: watch::Receiver<Desired>,
+    stop: CancellationToken,
+    previous: Option<JoinHandle<()>>,
+) {
+    connect_loop(&shared, &name, path, desired, stop, previous).await;
+    shared.session_ended(&name);
+}
+
+async fn connect_loop(
+    shared: &Arc<Shared>,
+    name: &str,
+    path: PathBuf,
+    mut desired: watch::Receiver<Desired>,
+    stop: CancellationToken,
+    previous: Option<JoinHandle<()>>,
+) {
+    if let Some(p) = previous {
+        // Exactly one connection per socket: the old session lets go first.
+        let _ = p.await;
+    }
+    if let Err(e) = check_socket_path(&path) {
+        shared.set_state(name, DomainState::Error);
+        shared.record_error(name, ErrorKind::SocketPath, e).await;
+        stop.cancelled().await;
+        return;
+    }
+    let t = &shared.config.timeouts;
+    let mut backoff = Backoff::new(t.reconnect_min(), t.reconnect_max());
+    loop {
+        shared.set_state(name, DomainState::Connecting);
+        let attempt = tokio::select! {
+            () = stop.cancelled() => return,
+            r = tokio::time::timeout(t.connect(), UnixStream::connect(&path)) => r,
+        };
+        match attempt {
+            Ok(Ok(stream)) => {
+                shared.metrics.connection();
+                tracing::debug!(domain = %name, "connected");
+                let end = session::serve(shared, name, stream, &mut desired, &stop, None).await;
+                shared.update(name, |s| s.connected(false));
+                match end {
+                    End::Stopped => return,
+                    End::Over { handshook, why } => {
+                        tracing::info!(domain = %name, "session ended: {why}");
+                        if handshook {
+                            backoff.reset();
+                        }
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                shared.metrics.error(ErrorKind::Connect);
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    // A socket named by a prepare, before QEMU creates it.
+                    shared.set_state(name, DomainState::Pending);
+                }
+                tracing::debug!(domain = %name, "connect to {} failed: {e}", path.display());
+            }
+            Err(_) => {
+                shared.metrics.error(ErrorKind::Connect);
+                tracing::debug!(domain = %name, "connect to {} timed out", path.display());
+            }
+        }
+        let delay = backoff.next_delay();
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Listen mode: owns `path` (`<socket_dir>/<name>.sock` unless a prepare named another),
+/// serves one backend connection at a time (extra ones are closed at once) until `stop`,
+/// then removes the socket.
+pub async fn run_listen(
+    shared: Arc<Shared>,
+    name: String,
+    path: PathBuf,
+    desired: watch::Receiver<Desired>,
+    stop: CancellationToken,
+    previous: Option<JoinHandle<()>>,
+) {
+    listen_loop(&shared, &name, &path, desired, stop, previous).await;
+    shared.session_ended(&name);
+}
+
+async fn listen_loop(
+    shared: &Arc<Shared>,
+    name: &str,
+    path: &Path,
+    mut desired: watch::Receiver<Desired>,
+    stop: CancellationToken,
+    previous: Option<JoinHandle<()>>,
+) {
+    if let Some(p) = previous {
+        let _ = p.await;
+    }
+    let listener = match bind_socket(path) {
+        Ok(l) => l,
+        Err(e) => {
+            shared.set_state(name, DomainState::Error);
+            shared.record_error(name, ErrorKind::SocketPath, e).await;
+            stop.cancelled().await;
+            return;
+        }
+    };
+    loop {
+        shared.set_state(name, DomainState::Connecting);
+        let accepted = tokio::select! {
+            () = stop.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                shared.metrics.connection();
+                let end =
+                    session::serve(shared, name, stream, &mut desired, &stop, Some(&listener))
+                        .await;
+                shared.update(name, |s| s.connected(false));
+                match end {
+                    End::Stopped => break,
+                    End::Over { why, .. } => {
+                        tracing::info!(domain = %name, "session ended: {why}");
+                    }
+                }
+            }
+            Err(e) => {
+                shared.metrics.error(ErrorKind::Connect);
+                tracing::warn!(domain = %name, "accept failed: {e}");
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(shared.config.timeouts.reconnect_min()) => {}
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_file(path);
+}
+
+/// Accepts and drops every extra connection to a listening socket; pending forever
+/// in connect mode.
+pub(crate) async fn refuse_extra(extra: Option<&UnixListener>) {
+    match extra {
+        Some(l) => {
+            if let Ok((s, _)) = l.accept().await {
+                drop(s);
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
