@@ -40,6 +40,10 @@ use crate::metrics::ErrorKind;
 use crate::outq;
 use crate::transport::refuse_extra;
 
+mod decide;
+
+use decide::{Agent, Block, Decision, LastResult, Offer, Progress, Want};
+
 /// Missed pongs after which a guest is unresponsive.
 const MISSED_PONGS: u32 = 3;
 
@@ -98,15 +102,6 @@ enum Phase {
     Ready,
 }
 
-/// Why nothing may be pushed in this session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Block {
-    /// No common version (error sent).
-    Version,
-    /// The agent refused our channel or our identity.
-    Refused(DomainState),
-}
-
 // One short-lived value per turn of the session loop: boxing the frame would cost an
 // allocation per message for nothing.
 #[allow(clippy::large_enum_variant)]
@@ -143,8 +138,8 @@ struct Session<'a> {
     /// the desired config changes or a push is forced.
     refused: Option<(u64, String)>,
     force_seen: u64,
-    /// The outcome of the last result: (generation, digest, no item failed).
-    last_result: Option<(u64, String, bool)>,
+    /// The outcome of the last result.
+    last_result: Option<LastResult>,
     last_facts: Option<GuestFacts>,
     ping_id: u64,
     unanswered: u32,
@@ -217,7 +212,11 @@ impl<'a> Session<'a> {
                 .iter()
                 .filter(|i| i.generation == first.generation)
                 .all(|i| !i.status.is_failure());
-            self.last_result = Some((first.generation, String::new(), ok));
+            self.last_result = Some(LastResult {
+                generation: first.generation,
+                digest: String::new(),
+                ok,
+            });
         }
         if let Err(end) = self.send_hello(&mut write).await {
             return end;
@@ -571,7 +570,10 @@ impl<'a> Session<'a> {
             s.connected(true);
         });
         tracing::info!(domain = self.name, software = %h.software, "agent answered hello");
-        if self.identity_ok(desired) {
+        if decide::identity_matches(
+            desired.borrow().expected_uuid().map(String::as_str),
+            self.agent_uuid.as_deref(),
+        ) {
             self.shared.clear_error(self.name).await;
         }
         self.evaluate(write, desired).await
@@ -617,40 +619,61 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Whether the agent's UUID matches the domain's (true when either is unknown).
-    fn identity_ok(&self, desired: &watch::Receiver<Desired>) -> bool {
-        let want = desired.borrow().expected_uuid().cloned();
-        match (want, &self.agent_uuid) {
-            (Some(w), Some(a)) => w.eq_ignore_ascii_case(a),
-            _ => true,
-        }
+    /// The decision now, from this session's view and the desired state ([`decide`]).
+    fn decide(&self, d: &Desired) -> Decision {
+        let agent = Agent {
+            ready: self.phase == Phase::Ready && self.handshook,
+            block: self.block,
+            uuid: self.agent_uuid.as_deref(),
+            applied: self.agent_applied.as_ref().map(|a| Offer {
+                generation: a.generation,
+                digest: a.digest.as_str(),
+            }),
+        };
+        let want = Want {
+            offer: d.config.as_ref().map(|c| Offer {
+                generation: c.generation,
+                digest: c.digest.as_str(),
+            }),
+            expected_uuid: d.expected_uuid().map(String::as_str),
+            force: d.force,
+        };
+        let progress = Progress {
+            in_flight: self.in_flight.as_ref().map(|f| Offer {
+                generation: f.generation,
+                digest: &f.digest,
+            }),
+            refused: self.refused.as_ref().map(|(generation, digest)| Offer {
+                generation: *generation,
+                digest,
+            }),
+            force_seen: self.force_seen,
+            last_result: self.last_result.as_ref(),
+            identity_flagged: self.identity_flagged,
+        };
+        decide::decide(&agent, &want, &progress)
     }
 
-    /// Decides what to do now: push, wait, or nothing; and sets the state to match.
+    /// Decides what to do now (push, wait, or nothing), sets the state to match and
+    /// carries the decision out.
     async fn evaluate(
         &mut self,
         write: &mut OwnedWriteHalf,
         desired: &mut watch::Receiver<Desired>,
     ) -> Result<(), End> {
-        if self.phase != Phase::Ready || !self.handshook {
-            return Ok(());
+        let d = desired.borrow().clone();
+        let decision = self.decide(&d);
+        if let Some(s) = decision.state() {
+            self.set_state(s);
         }
-        if let Some(b) = self.block {
-            self.set_state(match b {
-                Block::Version => DomainState::VersionMismatch,
-                Block::Refused(s) => s,
-            });
-            return Ok(());
+        if decision.identity_passed() && self.identity_flagged {
+            self.identity_flagged = false;
+            self.shared.clear_error(self.name).await;
         }
-        if !self.identity_ok(desired) {
-            self.set_state(DomainState::IdentityMismatch);
-            if !self.identity_flagged {
+        match decision {
+            Decision::RefuseIdentity { first: true } => {
                 self.identity_flagged = true;
-                let want = desired
-                    .borrow()
-                    .expected_uuid()
-                    .cloned()
-                    .unwrap_or_default();
+                let want = d.expected_uuid().cloned().unwrap_or_default();
                 let got = self.agent_uuid.clone().unwrap_or_default();
                 let message = format!(
                     "identity mismatch: domain {} is VM {want} but the agent reports {got}; nothing is pushed",
@@ -669,96 +692,43 @@ impl<'a> Session<'a> {
                     }),
                     self.timeouts().hello(),
                 )
-                .await?;
+                .await
             }
-            return Ok(());
+            Decision::Push { .. } => {
+                let Some(cfg) = d.config else {
+                    return Ok(());
+                };
+                self.force_seen = d.force;
+                self.refused = None;
+                let push = ConfigPush {
+                    generation: cfg.generation,
+                    digest: cfg.digest.clone(),
+                    config: cfg.config.clone(),
+                };
+                self.shared.metrics.push();
+                tracing::info!(
+                    domain = self.name,
+                    generation = cfg.generation,
+                    "pushing configuration"
+                );
+                self.push(write, push).await
+            }
+            Decision::NotReady
+            | Decision::Blocked(_)
+            | Decision::RefuseIdentity { first: false }
+            | Decision::Idle
+            | Decision::AwaitResult
+            | Decision::Configured
+            | Decision::Failed
+            | Decision::Refused => Ok(()),
         }
-        if self.identity_flagged {
-            self.identity_flagged = false;
-            self.shared.clear_error(self.name).await;
-        }
-        let d = desired.borrow().clone();
-        let Some(cfg) = d.config else {
-            self.set_state(DomainState::Idle);
-            return Ok(());
-        };
-        let digest = cfg.digest.to_string();
-        if let Some(f) = &self.in_flight
-            && f.generation == cfg.generation
-            && f.digest == digest
-        {
-            self.set_state(DomainState::Pushing);
-            return Ok(());
-        }
-        let forced = d.force > self.force_seen;
-        let applied_matches = self
-            .agent_applied
-            .as_ref()
-            .is_some_and(|a| a.generation == cfg.generation && a.digest == cfg.digest);
-        if applied_matches && !forced {
-            self.refresh_state_for(cfg.generation);
-            return Ok(());
-        }
-        if !forced && self.refused.as_ref() == Some(&(cfg.generation, digest.clone())) {
-            self.set_state(DomainState::Error);
-            return Ok(());
-        }
-        self.force_seen = d.force;
-        self.refused = None;
-        let push = ConfigPush {
-            generation: cfg.generation,
-            digest: cfg.digest.clone(),
-            config: cfg.config.clone(),
-        };
-        self.set_state(DomainState::Pushing);
-        self.shared.metrics.push();
-        tracing::info!(
-            domain = self.name,
-            generation = cfg.generation,
-            "pushing configuration"
-        );
-        self.push(write, push).await
     }
 
-    /// Sets configured or failed for `generation` from the last result (failed only
-    /// when an item failed; `unsupported` ones do not count).
-    fn refresh_state_for(&self, generation: u64) {
-        let ok = match &self.last_result {
-            Some((g, _, ok)) if *g == generation => *ok,
-            _ => true,
-        };
-        self.set_state(if ok {
-            DomainState::Configured
-        } else {
-            DomainState::Failed
-        });
-    }
-
-    /// Recomputes the state without acting (after an unresponsive spell).
+    /// Recomputes the state without acting (after an unresponsive spell): acting is
+    /// left to the events that change the decision's inputs.
     fn refresh_state(&self, desired: &watch::Receiver<Desired>) {
-        if let Some(b) = self.block {
-            self.set_state(match b {
-                Block::Version => DomainState::VersionMismatch,
-                Block::Refused(s) => s,
-            });
-        } else if !self.identity_ok(desired) {
-            self.set_state(DomainState::IdentityMismatch);
-        } else if self.in_flight.is_some() {
-            self.set_state(DomainState::Pushing);
-        } else if let Some(cfg) = desired.borrow().config.clone() {
-            let applied = self
-                .agent_applied
-                .as_ref()
-                .is_some_and(|a| a.generation == cfg.generation && a.digest == cfg.digest);
-            if applied {
-                self.refresh_state_for(cfg.generation);
-            } else if self.refused.is_some() {
-                self.set_state(DomainState::Error);
-            } else {
-                self.set_state(DomainState::Pushing);
-            }
-        } else {
-            self.set_state(DomainState::Idle);
+        if let Some(s) = self.decide(&desired.borrow()).state() {
+            self.set_state(s);
         }
     }
 
@@ -807,7 +777,11 @@ impl<'a> Session<'a> {
             generation: r.generation,
             digest: r.digest.clone(),
         });
-        self.last_result = Some((r.generation, r.digest.to_string(), ok));
+        self.last_result = Some(LastResult {
+            generation: r.generation,
+            digest: r.digest.to_string(),
+            ok,
+        });
         if self
             .in_flight
             .as_ref()
