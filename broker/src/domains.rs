@@ -30,6 +30,7 @@ use crate::api::types::{DomainState, DomainView, ItemView, Lifecycle};
 use crate::config::{Config, Discovery, Mode};
 use crate::hooks::{HookCall, Hooks};
 use crate::metrics::{ErrorKind, Metrics};
+use crate::session::DomainHandle;
 use crate::store::{DesiredConfig, DomainRecord, Store};
 
 /// What a domain's session should bring about. Sessions watch it.
@@ -221,8 +222,7 @@ pub struct Shared {
 
 /// The signature of the session task entry point (connect or listen mode).
 type SessionFn = fn(
-    Arc<Shared>,
-    String,
+    DomainHandle,
     PathBuf,
     watch::Receiver<Desired>,
     CancellationToken,
@@ -794,8 +794,7 @@ impl Shared {
         let previous = self.stopping().remove(name);
         let stop = self.shutdown.child_token();
         let fut = entry(
-            Arc::clone(self),
-            name.to_string(),
+            DomainHandle::new(Arc::clone(self), name.to_string()),
             path,
             slot.desired.subscribe(),
             stop.clone(),
@@ -831,28 +830,26 @@ impl Shared {
 }
 
 fn connect_entry(
-    shared: Arc<Shared>,
-    name: String,
+    domain: DomainHandle,
     path: PathBuf,
     desired: watch::Receiver<Desired>,
     stop: CancellationToken,
     previous: Option<JoinHandle<()>>,
 ) -> futures::future::BoxFuture<'static, ()> {
     Box::pin(crate::transport::run_connect(
-        shared, name, path, desired, stop, previous,
+        domain, path, desired, stop, previous,
     ))
 }
 
 fn listen_entry(
-    shared: Arc<Shared>,
-    name: String,
+    domain: DomainHandle,
     path: PathBuf,
     desired: watch::Receiver<Desired>,
     stop: CancellationToken,
     previous: Option<JoinHandle<()>>,
 ) -> futures::future::BoxFuture<'static, ()> {
     Box::pin(crate::transport::run_listen(
-        shared, name, path, desired, stop, previous,
+        domain, path, desired, stop, previous,
     ))
 }
 

@@ -14,33 +14,29 @@
 //! transport reconnects with exponential backoff and jitter for as long as the socket
 //! exists, as it must across `xl reboot`.
 
-use std::os::fd::AsFd;
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio::io::AsyncWriteExt;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
-use xenchan_protocol::message::{
-    Applied, ApplyResult, Body, ConfigPush, ErrorCode, ErrorReport, GuestFacts, Hello,
-};
-use xenchan_protocol::session::{NoCommonVersion, negotiate};
-use xenchan_protocol::{
-    DecodeStats, Envelope, FrameCodec, Nonce, Role, SUPPORTED_VERSIONS, Verdict,
-};
+use xenchan_protocol::message::{Applied, Body, ConfigPush, ErrorCode, ErrorReport, GuestFacts};
+use xenchan_protocol::{DecodeStats, Envelope, FrameCodec, Nonce, Role};
 
-use crate::api::types::{DomainState, ItemView};
-use crate::clock::now_rfc3339;
-use crate::domains::{Desired, Shared};
+use crate::api::types::DomainState;
+use crate::domains::Desired;
 use crate::metrics::ErrorKind;
-use crate::outq;
 use crate::transport::refuse_extra;
 
+mod agent;
 mod decide;
+mod handle;
+mod write;
+
+pub use handle::DomainHandle;
 
 use decide::{Agent, Block, Decision, LastResult, Offer, Progress, Want};
 
@@ -62,14 +58,13 @@ pub(crate) enum End {
 /// Runs the session of `name` on one connection until it ends. `extra`: the listening
 /// socket in listen mode, whose further connections are refused meanwhile.
 pub(crate) async fn serve(
-    shared: &Shared,
-    name: &str,
+    domain: &DomainHandle,
     stream: UnixStream,
     desired: &mut watch::Receiver<Desired>,
     stop: &CancellationToken,
     extra: Option<&UnixListener>,
 ) -> End {
-    Session::new(shared, name, stop)
+    Session::new(domain, stop)
         .run(stream, desired, stop, extra)
         .await
 }
@@ -80,17 +75,6 @@ struct InFlight {
     generation: u64,
     digest: String,
     deadline: Instant,
-}
-
-/// Why a write did not finish.
-#[derive(Debug)]
-enum WriteError {
-    /// The session was asked to stop meanwhile.
-    Stopped,
-    /// The socket failed (EPIPE when the backend went away...).
-    Failed(std::io::Error),
-    /// The deadline passed: the guest is not reading (fast enough).
-    TimedOut,
 }
 
 /// Where the handshake is.
@@ -116,7 +100,8 @@ enum Event {
 
 /// One connection's session.
 struct Session<'a> {
-    shared: &'a Shared,
+    domain: &'a DomainHandle,
+    /// The domain's name (for logs).
     name: &'a str,
     /// Stops the session (socket removed, domain deleted, shutdown), also mid-write.
     stop: CancellationToken,
@@ -148,18 +133,18 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    fn new(shared: &'a Shared, name: &'a str, stop: &CancellationToken) -> Session<'a> {
+    fn new(domain: &'a DomainHandle, stop: &CancellationToken) -> Session<'a> {
         let mut rules = xenchan_protocol::session::SessionRules::new(Role::Broker);
         let nonce = Nonce::from_bytes(rand::random());
         rules.set_session(nonce.clone());
-        let force_seen = shared.desired(name).force;
+        let force_seen = domain.desired().force;
         Session {
-            shared,
-            name,
+            domain,
+            name: domain.name(),
             stop: stop.clone(),
             nonce,
             rules,
-            encoder: FrameCodec::new(shared.config.limits.max_frame),
+            encoder: FrameCodec::new(domain.limits().max_frame),
             stats_seen: DecodeStats::default(),
             phase: Phase::Ready,
             hello_sent: Instant::now(),
@@ -182,11 +167,11 @@ impl<'a> Session<'a> {
     }
 
     fn timeouts(&self) -> &crate::config::Timeouts {
-        &self.shared.config.timeouts
+        self.domain.timeouts()
     }
 
     fn set_state(&self, s: DomainState) {
-        self.shared.set_state(self.name, s);
+        self.domain.set_state(s);
     }
 
     async fn run(
@@ -197,15 +182,10 @@ impl<'a> Session<'a> {
         extra: Option<&UnixListener>,
     ) -> End {
         let (read, mut write) = stream.into_split();
-        let mut frames =
-            FramedRead::new(read, FrameCodec::new(self.shared.config.limits.max_frame));
+        let mut frames = FramedRead::new(read, FrameCodec::new(self.domain.limits().max_frame));
         // Where the last result of this domain stands, to tell configured from failed
         // without asking the agent again.
-        let items: Vec<ItemView> = {
-            let mut v = Vec::new();
-            self.shared.update(self.name, |s| v = s.items().to_vec());
-            v
-        };
+        let items = self.domain.last_items();
         if let Some(first) = items.first() {
             // As for a result just received: `unsupported` is not a failure.
             let ok = items
@@ -233,11 +213,11 @@ impl<'a> Session<'a> {
                 () = refuse_extra(extra) => Event::Extra,
             };
             let now_stats = frames.decoder().stats();
-            self.shared.metrics.decoded(&self.stats_seen, &now_stats);
+            self.domain.metrics().decoded(&self.stats_seen, &now_stats);
             self.stats_seen = now_stats;
             let r = match ev {
                 Event::Stop => {
-                    let reason = if self.shared.shutdown.is_cancelled() {
+                    let reason = if self.domain.shutting_down() {
                         "broker shutting down"
                     } else {
                         "domain removed"
@@ -247,7 +227,7 @@ impl<'a> Session<'a> {
                 }
                 Event::Frame(None) => Err(self.over("the peer closed the connection (EOF)")),
                 Event::Frame(Some(Err(e))) => {
-                    self.shared.metrics.error(ErrorKind::Read);
+                    self.domain.metrics().error(ErrorKind::Read);
                     Err(self.over(&format!("read failed: {}", xenchan_basics::chain(&e))))
                 }
                 Event::Frame(Some(Ok(env))) => self.on_message(env, &mut write, desired).await,
@@ -261,7 +241,7 @@ impl<'a> Session<'a> {
                 }
                 Event::Timer => self.on_timer(&mut write).await,
                 Event::Extra => {
-                    self.shared.metrics.error(ErrorKind::ExtraConnection);
+                    self.domain.metrics().error(ErrorKind::ExtraConnection);
                     tracing::warn!(
                         domain = self.name,
                         "refused a second connection to the socket"
@@ -294,329 +274,6 @@ impl<'a> Session<'a> {
             d = d.min(self.next_ping);
         }
         d
-    }
-
-    /// Writes one message under `deadline`, waiting for the socket to take it.
-    async fn send(
-        &mut self,
-        write: &mut OwnedWriteHalf,
-        body: Body,
-        deadline: Duration,
-    ) -> Result<(), End> {
-        let env = Envelope::new(Role::Broker, Some(self.nonce.clone()), body);
-        let Some(line) = self.encode(&env).await else {
-            return Ok(());
-        };
-        match self.write_line(write, &line, deadline, false).await {
-            Ok(()) => Ok(()),
-            Err(e) => Err(self.write_failed(e, env.kind(), line.len(), deadline)),
-        }
-    }
-
-    /// The frame of `env`, or `None` (and the error recorded) when it is larger than the
-    /// frame limit. Only a config can be this large; the API refuses those, so this is a
-    /// frame limit lowered after the config was stored.
-    async fn encode(&self, env: &Envelope) -> Option<Vec<u8>> {
-        match self.encoder.encode_line(env) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                self.shared
-                    .record_error(
-                        self.name,
-                        ErrorKind::Other,
-                        format!("cannot send {}: {e}", env.kind()),
-                    )
-                    .await;
-                None
-            }
-        }
-    }
-
-    /// Writes `line` within `deadline`; with `taken`, the deadline also covers the peer
-    /// (QEMU) reading all of it ([`outq::drained`]), which is as fast as the guest
-    /// drains its console ring. Stopping the session ends the wait at once.
-    async fn write_line(
-        &self,
-        write: &mut OwnedWriteHalf,
-        line: &[u8],
-        deadline: Duration,
-        taken: bool,
-    ) -> Result<(), WriteError> {
-        let writing = async {
-            write.write_all(line).await?;
-            if taken {
-                let stream: &UnixStream = write.as_ref();
-                outq::drained(stream.as_fd()).await;
-            }
-            Ok::<(), std::io::Error>(())
-        };
-        tokio::select! {
-            () = self.stop.cancelled() => Err(WriteError::Stopped),
-            r = tokio::time::timeout(deadline, writing) => match r {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(WriteError::Failed(e)),
-                Err(_) => Err(WriteError::TimedOut),
-            },
-        }
-    }
-
-    /// How a failed write of a `kind` message of `bytes` ends the session.
-    fn write_failed(&self, e: WriteError, kind: &str, bytes: usize, deadline: Duration) -> End {
-        match e {
-            WriteError::Stopped => End::Stopped,
-            WriteError::Failed(e) => {
-                self.shared.metrics.error(ErrorKind::Write);
-                self.over(&format!("write failed: {e}"))
-            }
-            WriteError::TimedOut => {
-                self.shared.metrics.error(ErrorKind::Write);
-                self.over(&format!(
-                    "the guest did not take the whole {kind} ({bytes} bytes) within {} ms: it is not reading",
-                    deadline.as_millis()
-                ))
-            }
-        }
-    }
-
-    /// Pushes a configuration. The result deadline starts once the backend has taken
-    /// the whole frame: on a slow guest most of the time goes to the 1 KiB console ring,
-    /// and a result deadline that counted it would give up on guests that apply quickly.
-    /// Writing is bounded on its own (`timeouts.write`), so a guest that never reads
-    /// cannot hold the session.
-    async fn push(&mut self, write: &mut OwnedWriteHalf, push: ConfigPush) -> Result<(), End> {
-        let (generation, digest) = (push.generation, push.digest.to_string());
-        let env = Envelope::new(Role::Broker, Some(self.nonce.clone()), Body::Config(push));
-        let Some(line) = self.encode(&env).await else {
-            // It fits in no session: wait for another config (or a forced push).
-            self.refused = Some((generation, digest));
-            self.set_state(DomainState::Error);
-            return Ok(());
-        };
-        let started = Instant::now();
-        let limit = self.timeouts().write();
-        if let Err(e) = self.write_line(write, &line, limit, true).await {
-            return Err(match e {
-                WriteError::TimedOut => {
-                    // Worth the operator's attention (`last_error`), unlike an EPIPE.
-                    let why = format!(
-                        "the guest did not take the whole config of generation {generation} ({} bytes) within {} ms (timeouts.write): it is not reading",
-                        line.len(),
-                        limit.as_millis()
-                    );
-                    self.set_state(DomainState::Error);
-                    self.shared
-                        .record_error(self.name, ErrorKind::Write, why.clone())
-                        .await;
-                    self.over(&why)
-                }
-                e => self.write_failed(e, "config", line.len(), limit),
-            });
-        }
-        tracing::debug!(
-            domain = self.name,
-            generation,
-            bytes = line.len(),
-            took_ms = started.elapsed().as_millis() as u64,
-            "the backend took the whole push; waiting for its result"
-        );
-        self.in_flight = Some(InFlight {
-            generation,
-            digest,
-            deadline: Instant::now() + self.timeouts().result(),
-        });
-        Ok(())
-    }
-
-    /// Best effort, never waits: the peer may be gone or not reading.
-    fn say_bye(&self, write: &OwnedWriteHalf, reason: &str) {
-        let env = Envelope::new(
-            Role::Broker,
-            Some(self.nonce.clone()),
-            Body::Bye {
-                reason: reason.to_string(),
-            },
-        );
-        if let Ok(line) = self.encoder.encode_line(&env) {
-            let _ = write.try_write(&line);
-        }
-    }
-
-    async fn send_hello(&mut self, write: &mut OwnedWriteHalf) -> Result<(), End> {
-        let uuid = self.shared.desired(self.name).expected_uuid().cloned();
-        let hello = Hello {
-            versions: Some(SUPPORTED_VERSIONS.to_vec()),
-            channel: self.shared.config.channel.clone(),
-            domain: Some(self.name.to_string()),
-            uuid,
-            software: format!("xenchan-broker {}", env!("CARGO_PKG_VERSION")),
-            ..Hello::default()
-        };
-        let timeout = self.timeouts().hello();
-        self.hello_sent = Instant::now();
-        if !self.handshook {
-            self.phase = Phase::AwaitHello(Instant::now() + timeout);
-            self.set_state(DomainState::Handshaking);
-        }
-        self.send(write, Body::Hello(hello), timeout).await
-    }
-
-    async fn on_message(
-        &mut self,
-        env: Envelope,
-        write: &mut OwnedWriteHalf,
-        desired: &mut watch::Receiver<Desired>,
-    ) -> Result<(), End> {
-        match self.rules.classify(&env) {
-            Verdict::Beacon => {
-                // An agent without a session (perhaps a stale beacon replayed by QEMU):
-                // say hello again, at most once a second; never take it as the answer.
-                if self.hello_sent.elapsed() >= BEACON_ANSWER_INTERVAL {
-                    self.send_hello(write).await?;
-                }
-                Ok(())
-            }
-            Verdict::Accept => {
-                self.unanswered = 0;
-                match env.body {
-                    Body::Hello(h) => self.on_hello(h, write, desired).await,
-                    Body::Result(r) => self.on_result(r, write, desired).await,
-                    Body::Facts(f) => {
-                        self.on_facts(f).await;
-                        Ok(())
-                    }
-                    Body::Pong { .. } => {
-                        if self.phase == Phase::Ready && self.handshook {
-                            // Back from unresponsive, if it was.
-                            self.refresh_state(desired);
-                        }
-                        Ok(())
-                    }
-                    Body::Ping { id } => {
-                        self.send(write, Body::Pong { id }, self.timeouts().keepalive())
-                            .await
-                    }
-                    Body::Error(e) => {
-                        self.on_agent_error(e).await;
-                        Ok(())
-                    }
-                    Body::Bye { reason } => {
-                        Err(self.over(&format!("the agent said bye ({reason})")))
-                    }
-                    Body::Config(_) => Ok(()),
-                }
-            }
-            Verdict::NewSession | Verdict::OwnEcho | Verdict::Stale | Verdict::UnknownVersion => {
-                Ok(())
-            }
-        }
-    }
-
-    async fn on_hello(
-        &mut self,
-        h: Hello,
-        write: &mut OwnedWriteHalf,
-        desired: &mut watch::Receiver<Desired>,
-    ) -> Result<(), End> {
-        self.phase = Phase::Ready;
-        self.handshook = true;
-        self.on_agent_instance(&h);
-        self.next_ping = Instant::now() + self.timeouts().keepalive();
-        let reported = h.uuid.as_deref().map(|u| u.trim().to_ascii_lowercase());
-        self.agent_uuid.clone_from(&reported);
-        if let Err(NoCommonVersion { ours, theirs }) =
-            negotiate(SUPPORTED_VERSIONS, h.versions.as_deref())
-        {
-            let message =
-                format!("no common protocol version (broker: {ours:?}, agent: {theirs:?})");
-            self.block = Some(Block::Version);
-            self.set_state(DomainState::VersionMismatch);
-            self.shared
-                .record_error(self.name, ErrorKind::VersionMismatch, message.clone())
-                .await;
-            return self
-                .send(
-                    write,
-                    Body::Error(ErrorReport {
-                        code: ErrorCode::NoCommonVersion,
-                        message,
-                    }),
-                    self.timeouts().hello(),
-                )
-                .await;
-        }
-        self.block = None;
-        self.identity_flagged = false;
-        self.agent_applied.clone_from(&h.applied);
-        let applied = h.applied.map(|a| (a.generation, a.digest.to_string()));
-        let name = self.name.to_string();
-        let (a2, u2) = (applied.clone(), reported.clone());
-        if let Err(e) = self
-            .shared
-            .store
-            .call(move |db| {
-                db.record_applied(
-                    &name,
-                    a2.as_ref().map(|(g, d)| (*g, d.as_str())),
-                    u2.as_deref(),
-                )
-            })
-            .await
-        {
-            self.shared.metrics.error(ErrorKind::Store);
-            tracing::error!(domain = self.name, "cannot record the applied state: {e}");
-        }
-        self.shared.update(self.name, |s| {
-            s.applied(applied, reported);
-            s.connected(true);
-        });
-        tracing::info!(domain = self.name, software = %h.software, "agent answered hello");
-        if decide::identity_matches(
-            desired.borrow().expected_uuid().map(String::as_str),
-            self.agent_uuid.as_deref(),
-        ) {
-            self.shared.clear_error(self.name).await;
-        }
-        self.evaluate(write, desired).await
-    }
-
-    /// Decides whether a push in flight survives this hello of the agent.
-    ///
-    /// On a slow channel the agent answers every hello the broker sent (one per beacon it
-    /// saw) long after it was sent, each answer saying "nothing applied yet" although
-    /// the push is already on its way: those answers must not cause a second push. An
-    /// agent that restarted, though, lost the push it was sent: it must get it again.
-    /// The agent's instance (random per process start) tells the two apart. An agent
-    /// that does not send one is treated as possibly restarted, as before the field.
-    fn on_agent_instance(&mut self, h: &Hello) {
-        let instance = h.instance().map(str::to_string);
-        let same_run = instance.is_some() && instance == self.agent_instance;
-        if !same_run && self.agent_instance.is_some() {
-            tracing::info!(
-                domain = self.name,
-                before = self.agent_instance.as_deref().unwrap_or(""),
-                now = instance.as_deref().unwrap_or("?"),
-                "the agent restarted"
-            );
-        }
-        self.agent_instance = instance;
-        let Some(f) = &self.in_flight else {
-            return;
-        };
-        // A hello reporting the push applied means its result was lost on the way (a
-        // damaged frame is dropped): nothing is in flight any more.
-        let reported = h
-            .applied
-            .as_ref()
-            .is_some_and(|a| a.generation == f.generation && a.digest.as_str() == f.digest);
-        if same_run && !reported {
-            tracing::debug!(
-                domain = self.name,
-                generation = f.generation,
-                "the agent answered a hello again; its push is still on the way"
-            );
-        } else {
-            self.in_flight = None;
-        }
     }
 
     /// The decision now, from this session's view and the desired state ([`decide`]).
@@ -668,7 +325,7 @@ impl<'a> Session<'a> {
         }
         if decision.identity_passed() && self.identity_flagged {
             self.identity_flagged = false;
-            self.shared.clear_error(self.name).await;
+            self.domain.clear_error().await;
         }
         match decision {
             Decision::RefuseIdentity { first: true } => {
@@ -679,8 +336,8 @@ impl<'a> Session<'a> {
                     "identity mismatch: domain {} is VM {want} but the agent reports {got}; nothing is pushed",
                     self.name
                 );
-                self.shared
-                    .record_error(self.name, ErrorKind::IdentityMismatch, message.clone())
+                self.domain
+                    .record_error(ErrorKind::IdentityMismatch, message.clone())
                     .await;
                 // Nothing more than the error: not one byte of configuration goes to a VM
                 // that is not the one it is meant for.
@@ -705,7 +362,7 @@ impl<'a> Session<'a> {
                     digest: cfg.digest.clone(),
                     config: cfg.config.clone(),
                 };
-                self.shared.metrics.push();
+                self.domain.metrics().push();
                 tracing::info!(
                     domain = self.name,
                     generation = cfg.generation,
@@ -732,127 +389,6 @@ impl<'a> Session<'a> {
         }
     }
 
-    async fn on_result(
-        &mut self,
-        r: ApplyResult,
-        write: &mut OwnedWriteHalf,
-        desired: &mut watch::Receiver<Desired>,
-    ) -> Result<(), End> {
-        // Durable before anything else: a result received is never lost.
-        let name = self.name.to_string();
-        let stored = r.clone();
-        let at = match self
-            .shared
-            .store
-            .call(move |db| db.record_result(&name, &stored))
-            .await
-        {
-            Ok(at) => at,
-            Err(e) => {
-                self.shared.metrics.error(ErrorKind::Store);
-                tracing::error!(domain = self.name, "cannot record a result: {e}");
-                now_rfc3339()
-            }
-        };
-        self.shared.metrics.result(r.items.iter().map(|i| i.status));
-        // `configured` unless an item failed: an item the guest cannot apply is
-        // reported `unsupported` in the items, and pushing again would not change it.
-        let ok = r.none_failed();
-        let items: Vec<ItemView> = r
-            .items
-            .iter()
-            .map(|i| ItemView {
-                item: i.item.clone(),
-                status: i.status,
-                reason: i.reason.clone(),
-                generation: r.generation,
-            })
-            .collect();
-        let applied = (r.generation, r.digest.to_string());
-        self.shared.update(self.name, |s| {
-            s.result(items, at);
-            s.applied(Some(applied), None);
-        });
-        self.agent_applied = Some(Applied {
-            generation: r.generation,
-            digest: r.digest.clone(),
-        });
-        self.last_result = Some(LastResult {
-            generation: r.generation,
-            digest: r.digest.to_string(),
-            ok,
-        });
-        if self
-            .in_flight
-            .as_ref()
-            .is_some_and(|f| f.generation == r.generation)
-        {
-            self.in_flight = None;
-        }
-        tracing::info!(
-            domain = self.name,
-            generation = r.generation,
-            ok,
-            "result received"
-        );
-        self.shared.notify_hook(
-            self.name,
-            "add",
-            if ok { "end" } else { "failed" },
-            r.generation.to_string(),
-        );
-        self.evaluate(write, desired).await
-    }
-
-    async fn on_facts(&mut self, f: GuestFacts) {
-        if self.last_facts.as_ref() == Some(&f) {
-            return;
-        }
-        self.last_facts = Some(f.clone());
-        let name = self.name.to_string();
-        let stored = f.clone();
-        if self
-            .shared
-            .store
-            .call(move |db| db.record_facts(&name, &stored))
-            .await
-            .is_err()
-        {
-            self.shared.metrics.error(ErrorKind::Store);
-        }
-        self.shared.update(self.name, |s| s.facts(f));
-    }
-
-    async fn on_agent_error(&mut self, e: ErrorReport) {
-        let text = format!("agent error {}: {}", error_code_text(e.code), e.message);
-        match e.code {
-            ErrorCode::BadConfig => {
-                if let Some(f) = self.in_flight.take() {
-                    self.refused = Some((f.generation, f.digest.clone()));
-                    self.shared
-                        .notify_hook(self.name, "add", "failed", f.generation.to_string());
-                }
-                self.set_state(DomainState::Error);
-            }
-            ErrorCode::ChannelMismatch => {
-                self.block = Some(Block::Refused(DomainState::Error));
-                self.set_state(DomainState::Error);
-            }
-            ErrorCode::IdentityMismatch => {
-                self.block = Some(Block::Refused(DomainState::IdentityMismatch));
-                self.set_state(DomainState::IdentityMismatch);
-            }
-            ErrorCode::NoCommonVersion => {
-                self.block = Some(Block::Version);
-                self.set_state(DomainState::VersionMismatch);
-            }
-            ErrorCode::Unexpected => {}
-        }
-        self.shared
-            .record_error(self.name, ErrorKind::AgentError, text)
-            .await;
-    }
-
     async fn on_timer(&mut self, write: &mut OwnedWriteHalf) -> Result<(), End> {
         let now = Instant::now();
         if let Phase::AwaitHello(deadline) = self.phase
@@ -860,8 +396,8 @@ impl<'a> Session<'a> {
         {
             let why = format!("no answer to hello within {} ms", self.timeouts().hello);
             self.set_state(DomainState::Unresponsive);
-            self.shared
-                .record_error(self.name, ErrorKind::HelloTimeout, why.clone())
+            self.domain
+                .record_error(ErrorKind::HelloTimeout, why.clone())
                 .await;
             return Err(self.over(&why));
         }
@@ -874,19 +410,18 @@ impl<'a> Session<'a> {
                 self.timeouts().result
             );
             self.set_state(DomainState::Error);
-            self.shared
-                .record_error(self.name, ErrorKind::ResultTimeout, why.clone())
+            self.domain
+                .record_error(ErrorKind::ResultTimeout, why.clone())
                 .await;
             return Err(self.over(&why));
         }
         if self.phase == Phase::Ready && self.handshook && now >= self.next_ping {
             if self.unanswered >= MISSED_PONGS {
-                let was = self.shared.view(self.name).map(|v| v.state);
+                let was = self.domain.state();
                 if was != Some(DomainState::Unresponsive) {
                     self.set_state(DomainState::Unresponsive);
-                    self.shared
+                    self.domain
                         .record_error(
-                            self.name,
                             ErrorKind::Unresponsive,
                             format!("{MISSED_PONGS} pings went unanswered"),
                         )
@@ -902,11 +437,4 @@ impl<'a> Session<'a> {
         }
         Ok(())
     }
-}
-
-fn error_code_text(c: ErrorCode) -> String {
-    serde_json::to_value(c)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_else(|| format!("{c:?}"))
 }

@@ -15,7 +15,6 @@
 mod socket;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
@@ -26,28 +25,26 @@ use xenchan_basics::Backoff;
 pub use socket::{bind_socket, bind_socket_with_mode};
 
 use crate::api::types::DomainState;
-use crate::domains::{Desired, Shared};
+use crate::domains::Desired;
 use crate::metrics::ErrorKind;
 use crate::paths::check_socket_path;
-use crate::session::{self, End};
+use crate::session::{self, DomainHandle, End};
 
 /// Connect mode: connects to `path` (`<socket_dir>/<name>.sock`, a xenstore backend's
 /// `path`, or the one a prepare named) and keeps a session up until `stop`.
 pub async fn run_connect(
-    shared: Arc<Shared>,
-    name: String,
+    domain: DomainHandle,
     path: PathBuf,
     desired: watch::Receiver<Desired>,
     stop: CancellationToken,
     previous: Option<JoinHandle<()>>,
 ) {
-    connect_loop(&shared, &name, path, desired, stop, previous).await;
-    shared.session_ended(&name);
+    connect_loop(&domain, path, desired, stop, previous).await;
+    domain.ended();
 }
 
 async fn connect_loop(
-    shared: &Arc<Shared>,
-    name: &str,
+    domain: &DomainHandle,
     path: PathBuf,
     mut desired: watch::Receiver<Desired>,
     stop: CancellationToken,
@@ -58,29 +55,29 @@ async fn connect_loop(
         let _ = p.await;
     }
     if let Err(e) = check_socket_path(&path) {
-        shared.set_state(name, DomainState::Error);
-        shared.record_error(name, ErrorKind::SocketPath, e).await;
+        domain.set_state(DomainState::Error);
+        domain.record_error(ErrorKind::SocketPath, e).await;
         stop.cancelled().await;
         return;
     }
-    let t = &shared.config.timeouts;
+    let t = domain.timeouts();
     let mut backoff = Backoff::new(t.reconnect_min(), t.reconnect_max());
     loop {
-        shared.set_state(name, DomainState::Connecting);
+        domain.set_state(DomainState::Connecting);
         let attempt = tokio::select! {
             () = stop.cancelled() => return,
             r = tokio::time::timeout(t.connect(), UnixStream::connect(&path)) => r,
         };
         match attempt {
             Ok(Ok(stream)) => {
-                shared.metrics.connection();
-                tracing::debug!(domain = %name, "connected");
-                let end = session::serve(shared, name, stream, &mut desired, &stop, None).await;
-                shared.update(name, |s| s.connected(false));
+                domain.metrics().connection();
+                tracing::debug!(domain = domain.name(), "connected");
+                let end = session::serve(domain, stream, &mut desired, &stop, None).await;
+                domain.set_connected(false);
                 match end {
                     End::Stopped => return,
                     End::Over { handshook, why } => {
-                        tracing::info!(domain = %name, "session ended: {why}");
+                        tracing::info!(domain = domain.name(), "session ended: {why}");
                         if handshook {
                             backoff.reset();
                         }
@@ -88,16 +85,24 @@ async fn connect_loop(
                 }
             }
             Ok(Err(e)) => {
-                shared.metrics.error(ErrorKind::Connect);
+                domain.metrics().error(ErrorKind::Connect);
                 if e.kind() == std::io::ErrorKind::NotFound {
                     // A socket named by a prepare, before QEMU creates it.
-                    shared.set_state(name, DomainState::Pending);
+                    domain.set_state(DomainState::Pending);
                 }
-                tracing::debug!(domain = %name, "connect to {} failed: {e}", path.display());
+                tracing::debug!(
+                    domain = domain.name(),
+                    "connect to {} failed: {e}",
+                    path.display()
+                );
             }
             Err(_) => {
-                shared.metrics.error(ErrorKind::Connect);
-                tracing::debug!(domain = %name, "connect to {} timed out", path.display());
+                domain.metrics().error(ErrorKind::Connect);
+                tracing::debug!(
+                    domain = domain.name(),
+                    "connect to {} timed out",
+                    path.display()
+                );
             }
         }
         let delay = backoff.next_delay();
@@ -112,20 +117,18 @@ async fn connect_loop(
 /// serves one backend connection at a time (extra ones are closed at once) until `stop`,
 /// then removes the socket.
 pub async fn run_listen(
-    shared: Arc<Shared>,
-    name: String,
+    domain: DomainHandle,
     path: PathBuf,
     desired: watch::Receiver<Desired>,
     stop: CancellationToken,
     previous: Option<JoinHandle<()>>,
 ) {
-    listen_loop(&shared, &name, &path, desired, stop, previous).await;
-    shared.session_ended(&name);
+    listen_loop(&domain, &path, desired, stop, previous).await;
+    domain.ended();
 }
 
 async fn listen_loop(
-    shared: &Arc<Shared>,
-    name: &str,
+    domain: &DomainHandle,
     path: &Path,
     mut desired: watch::Receiver<Desired>,
     stop: CancellationToken,
@@ -137,38 +140,37 @@ async fn listen_loop(
     let listener = match bind_socket(path) {
         Ok(l) => l,
         Err(e) => {
-            shared.set_state(name, DomainState::Error);
-            shared.record_error(name, ErrorKind::SocketPath, e).await;
+            domain.set_state(DomainState::Error);
+            domain.record_error(ErrorKind::SocketPath, e).await;
             stop.cancelled().await;
             return;
         }
     };
     loop {
-        shared.set_state(name, DomainState::Connecting);
+        domain.set_state(DomainState::Connecting);
         let accepted = tokio::select! {
             () = stop.cancelled() => break,
             r = listener.accept() => r,
         };
         match accepted {
             Ok((stream, _)) => {
-                shared.metrics.connection();
+                domain.metrics().connection();
                 let end =
-                    session::serve(shared, name, stream, &mut desired, &stop, Some(&listener))
-                        .await;
-                shared.update(name, |s| s.connected(false));
+                    session::serve(domain, stream, &mut desired, &stop, Some(&listener)).await;
+                domain.set_connected(false);
                 match end {
                     End::Stopped => break,
                     End::Over { why, .. } => {
-                        tracing::info!(domain = %name, "session ended: {why}");
+                        tracing::info!(domain = domain.name(), "session ended: {why}");
                     }
                 }
             }
             Err(e) => {
-                shared.metrics.error(ErrorKind::Connect);
-                tracing::warn!(domain = %name, "accept failed: {e}");
+                domain.metrics().error(ErrorKind::Connect);
+                tracing::warn!(domain = domain.name(), "accept failed: {e}");
                 tokio::select! {
                     () = stop.cancelled() => break,
-                    () = tokio::time::sleep(shared.config.timeouts.reconnect_min()) => {}
+                    () = tokio::time::sleep(domain.timeouts().reconnect_min()) => {}
                 }
             }
         }
