@@ -27,10 +27,12 @@ use tokio_util::sync::CancellationToken;
 use xenchan_protocol::message::GuestFacts;
 
 use crate::api::types::{DomainState, DomainView, ItemView, Lifecycle};
-use crate::config::{Config, Discovery, Mode};
+use crate::config::{Config, Mode};
+use crate::discovery::policy::{self, Attach, OnPrepare, Sources};
 use crate::hooks::{HookCall, Hooks};
 use crate::metrics::{ErrorKind, Metrics};
 use crate::ops::DomainLocks;
+use crate::session::DomainHandle;
 use crate::store::{DesiredConfig, DomainRecord, Store};
 
 /// What a domain's session should bring about. Sessions watch it.
@@ -222,8 +224,7 @@ pub struct Shared {
 
 /// The signature of the session task entry point (connect or listen mode).
 type SessionFn = fn(
-    Arc<Shared>,
-    String,
+    DomainHandle,
     PathBuf,
     watch::Receiver<Desired>,
     CancellationToken,
@@ -533,25 +534,15 @@ impl Shared {
         fresh: bool,
         hooks: &mut HookEvents,
     ) -> bool {
-        if let Some(cur) = &slot.attached {
-            if *cur == ep {
-                return true;
-            }
-            if cur.source == Source::Prepared && ep.source == Source::Dir {
-                // The operator named another socket for this domain.
-                return false;
-            }
-        } else {
-            if ep.source == Source::Dir && !fresh && slot.lifecycle == Some(Lifecycle::Stopped) {
-                // Released, and its socket file is still there: wait for a new one.
-                return false;
-            }
-            if ep.source == Source::Xenstore
-                && ep.domid.is_some()
-                && slot.released_domid == ep.domid
-            {
-                return false;
-            }
+        let now = policy::Attached {
+            current: slot.attached.as_ref(),
+            stopped: slot.lifecycle == Some(Lifecycle::Stopped),
+            released_domid: slot.released_domid,
+        };
+        match policy::attach(&now, &ep, fresh) {
+            Attach::Already => return true,
+            Attach::Refuse => return false,
+            Attach::Start => {}
         }
         if ep.source == Source::Xenstore {
             slot.released_domid = None;
@@ -672,30 +663,9 @@ impl Shared {
             slot.lifecycle = Some(Lifecycle::Running);
             slot.released_domid = None;
             slot.channel_path.clone_from(&channel_path);
-            match (self.config.mode, self.config.discovery) {
-                (Mode::Listen, _) => {
-                    let ep = self.listen_endpoint(name, slot);
-                    self.attach_in(slot, name, ep, true, &mut hooks);
-                }
-                (Mode::Connect, Discovery::SocketDir) => {
-                    if let Some(path) = channel_path {
-                        let ep = Endpoint {
-                            source: Source::Prepared,
-                            path,
-                            domid: None,
-                        };
-                        self.attach_in(slot, name, ep, true, &mut hooks);
-                    } else if slot
-                        .attached
-                        .as_ref()
-                        .is_some_and(|a| a.source == Source::Prepared)
-                    {
-                        self.detach_in(slot, name, &mut hooks);
-                    }
-                }
-                // xenstore says where the socket is and when the domain runs.
-                (Mode::Connect, Discovery::Xenstore) => {}
-            }
+            let current = slot.attached.as_ref().map(|a| a.source);
+            let action = policy::on_prepare(self.sources(), channel_path, current);
+            self.carry_out(slot, name, action, &mut hooks);
         }
         self.fire(name, hooks);
         // The default socket (or the xenstore backend) may be there already.
@@ -721,11 +691,11 @@ impl Shared {
             }
             slot.lifecycle = Some(Lifecycle::Stopped);
             self.detach_in(slot, name, &mut hooks);
-            let lingering = match (self.config.mode, self.config.discovery) {
-                (Mode::Connect, Discovery::SocketDir) => is_socket(&self.config.socket_path(name)),
-                (Mode::Connect, Discovery::Xenstore) => slot.released_domid.is_some(),
-                (Mode::Listen, _) => false,
-            };
+            let lingering = policy::lingers_after_release(
+                self.sources(),
+                || is_socket(&self.config.socket_path(name)),
+                slot.released_domid,
+            );
             (was, !slot.has_config() && !lingering)
         };
         self.fire(name, hooks);
@@ -746,31 +716,47 @@ impl Shared {
                 let Some(slot) = slots.get_mut(&name) else {
                     continue;
                 };
-                match (self.config.mode, self.config.discovery) {
-                    (Mode::Listen, _) => {
-                        if (slot.has_config() || slot.running())
-                            && slot.lifecycle != Some(Lifecycle::Stopped)
-                        {
-                            let ep = self.listen_endpoint(&name, slot);
-                            self.attach_in(slot, &name, ep, true, &mut hooks);
-                        }
-                    }
-                    (Mode::Connect, Discovery::SocketDir) => {
-                        if slot.running()
-                            && let Some(path) = slot.channel_path.clone()
-                        {
-                            let ep = Endpoint {
-                                source: Source::Prepared,
-                                path,
-                                domid: None,
-                            };
-                            self.attach_in(slot, &name, ep, true, &mut hooks);
-                        }
-                    }
-                    (Mode::Connect, Discovery::Xenstore) => {}
-                }
+                let stored = policy::Stored {
+                    has_config: slot.has_config(),
+                    running: slot.running(),
+                    stopped: slot.lifecycle == Some(Lifecycle::Stopped),
+                    channel_path: slot.channel_path.clone(),
+                };
+                let action = policy::on_resume(self.sources(), &stored);
+                self.carry_out(slot, &name, action, &mut hooks);
             }
             self.fire(&name, hooks);
+        }
+    }
+
+    /// Where this broker's sessions come from.
+    fn sources(&self) -> Sources {
+        Sources::of(self.config.mode, self.config.discovery)
+    }
+
+    /// Carries out what a prepare or the start asks of a domain's session.
+    fn carry_out(
+        self: &Arc<Self>,
+        slot: &mut Slot,
+        name: &str,
+        action: OnPrepare,
+        hooks: &mut HookEvents,
+    ) {
+        match action {
+            OnPrepare::Listen => {
+                let ep = self.listen_endpoint(name, slot);
+                self.attach_in(slot, name, ep, true, hooks);
+            }
+            OnPrepare::Connect(path) => {
+                let ep = Endpoint {
+                    source: Source::Prepared,
+                    path,
+                    domid: None,
+                };
+                self.attach_in(slot, name, ep, true, hooks);
+            }
+            OnPrepare::Detach => self.detach_in(slot, name, hooks),
+            OnPrepare::Nothing => {}
         }
     }
 
@@ -784,8 +770,7 @@ impl Shared {
         let previous = self.stopping().remove(name);
         let stop = self.shutdown.child_token();
         let fut = entry(
-            Arc::clone(self),
-            name.to_string(),
+            DomainHandle::new(Arc::clone(self), name.to_string()),
             path,
             slot.desired.subscribe(),
             stop.clone(),
@@ -821,28 +806,26 @@ impl Shared {
 }
 
 fn connect_entry(
-    shared: Arc<Shared>,
-    name: String,
+    domain: DomainHandle,
     path: PathBuf,
     desired: watch::Receiver<Desired>,
     stop: CancellationToken,
     previous: Option<JoinHandle<()>>,
 ) -> futures::future::BoxFuture<'static, ()> {
-    Box::pin(crate::session::run_connect(
-        shared, name, path, desired, stop, previous,
+    Box::pin(crate::transport::run_connect(
+        domain, path, desired, stop, previous,
     ))
 }
 
 fn listen_entry(
-    shared: Arc<Shared>,
-    name: String,
+    domain: DomainHandle,
     path: PathBuf,
     desired: watch::Receiver<Desired>,
     stop: CancellationToken,
     previous: Option<JoinHandle<()>>,
 ) -> futures::future::BoxFuture<'static, ()> {
-    Box::pin(crate::session::run_listen(
-        shared, name, path, desired, stop, previous,
+    Box::pin(crate::transport::run_listen(
+        domain, path, desired, stop, previous,
     ))
 }
 

@@ -26,6 +26,7 @@ mod outq;
 pub use xenchan_api::paths;
 mod session;
 pub mod store;
+mod transport;
 
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
@@ -162,7 +163,7 @@ pub async fn run(
 
     // Bound under a temporary name and renamed once it is 0660: the control socket
     // never exists with the umask's permissions.
-    let listener = session::bind_socket_with_mode(&config.control_socket, 0o660)
+    let listener = transport::bind_socket_with_mode(&config.control_socket, 0o660)
         .map_err(BrokerError::Control)?;
     let stop = CancellationToken::new();
     let server = tokio::spawn(api::serve(listener, Arc::clone(&shared), stop.clone()));

@@ -4,8 +4,10 @@
 //! - [`socket_dir`]: `<socket_dir>/<vm>.sock` files, watched with inotify;
 //! - [`xenstore`]: the console backends in xenstore, with the domain's name and UUID.
 //!
-//! Both turn what they see into [`Shared::attach`] and [`Shared::vanished`] calls.
+//! Both turn what they see into [`Shared::attach`] and [`Shared::vanished`] calls;
+//! [`policy`] says, per source, what attach, prepare, release and resume do.
 
+pub mod policy;
 pub mod socket_dir;
 pub mod xenstore;
 

@@ -27,10 +27,10 @@ use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
-use rand::Rng;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use xenchan_basics::{Backoff, chain};
 use xenchan_xenstore::{Client, Error as XsError, layout};
 
 use crate::config::XenstoreCandidates;
@@ -215,17 +215,6 @@ fn stopped(stop: &mpsc::Receiver<()>) -> bool {
     !matches!(stop.try_recv(), Err(TryRecvError::Empty))
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
-}
-
 /// Opens the first candidate that works: a socket is connected to, anything else is
 /// opened as the xenbus device (libxenstore's rule), each under `timeout`.
 fn connect(candidates: &[PathBuf], timeout: Duration) -> Result<(Client, PathBuf), String> {
@@ -257,7 +246,7 @@ fn thread_main(
     stop: &mpsc::Receiver<()>,
     metrics: &Metrics,
 ) {
-    let mut delay = p.reconnect_min;
+    let mut backoff = Backoff::new(p.reconnect_min, p.reconnect_max);
     let mut failures = 0u32;
     let mut notes = Notes::default();
     while !stopped(stop) && !tx.is_closed() {
@@ -272,7 +261,7 @@ fn thread_main(
                 if scanned {
                     // It worked for a while: come back quickly. A xenstore that fails
                     // before the first scan keeps the backoff growing.
-                    delay = p.reconnect_min;
+                    backoff.reset();
                 }
                 match r {
                     Ok(()) => return,
@@ -295,12 +284,7 @@ fn thread_main(
                 }
             }
         }
-        // A random point in [d/2, d], d doubling up to the maximum.
-        let d = delay;
-        delay = (delay * 2).min(p.reconnect_max);
-        let lo = d / 2;
-        let jitter = rand::thread_rng().gen_range(0..=d.saturating_sub(lo).as_millis() as u64);
-        match stop.recv_timeout(lo + Duration::from_millis(jitter)) {
+        match stop.recv_timeout(backoff.next_delay()) {
             Err(RecvTimeoutError::Timeout) => {}
             Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
         }
