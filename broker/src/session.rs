@@ -947,9 +947,8 @@ impl<'a> Session<'a> {
         self.force_seen = d.force;
         self.refused = None;
         let push = ConfigPush {
-            generation: cfg.generation,
             digest: cfg.digest.clone(),
-            config: cfg.config.clone(),
+            ..ConfigPush::new(cfg.generation, cfg.config.clone())
         };
         self.set_state(DomainState::Pushing);
         self.shared.metrics.push();
@@ -1047,6 +1046,7 @@ impl<'a> Session<'a> {
         self.agent_applied = Some(Applied {
             generation: r.generation,
             digest: r.digest.clone(),
+            lineage: None,
         });
         self.last_result = Some((r.generation, r.digest.to_string(), ok));
         if self
@@ -1093,7 +1093,8 @@ impl<'a> Session<'a> {
     async fn on_agent_error(&mut self, e: ErrorReport) {
         let text = format!("agent error {}: {}", error_code_text(e.code), e.message);
         match e.code {
-            ErrorCode::BadConfig => {
+            // A refused push is not pushed again until something changes (no loop).
+            ErrorCode::BadConfig | ErrorCode::StaleGeneration => {
                 if let Some(f) = self.in_flight.take() {
                     self.refused = Some((f.generation, f.digest.clone()));
                     self.shared
@@ -1113,7 +1114,7 @@ impl<'a> Session<'a> {
                 self.block = Some(Block::Version);
                 self.set_state(DomainState::VersionMismatch);
             }
-            ErrorCode::Unexpected => {}
+            ErrorCode::Unexpected | ErrorCode::Other => {}
         }
         self.shared
             .record_error(self.name, ErrorKind::AgentError, text)

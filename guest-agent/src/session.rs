@@ -18,7 +18,8 @@ use tracing::{debug, error, info, warn};
 use xenchan_protocol::message::{ApplyResult, ConfigPush, ErrorCode, ErrorReport, Hello};
 use xenchan_protocol::session::negotiate;
 use xenchan_protocol::{
-    Body, DecodeStats, Envelope, FrameCodec, ItemStatus, Nonce, Role, SUPPORTED_VERSIONS, Verdict,
+    Admission, Body, Capabilities, DecodeStats, Envelope, FrameCodec, ItemResult, ItemStatus,
+    Nonce, Role, SUPPORTED_VERSIONS, Verdict, admit,
 };
 
 use crate::apply::{self, Applier, ApplyContext};
@@ -245,6 +246,7 @@ impl Session<'_> {
             software: facts::software(),
             applied: self.core.applied.as_ref().map(AppliedState::applied),
             instance: Some(self.core.instance.clone()),
+            capabilities: Some(Capabilities::ours()),
         }
     }
 
@@ -392,8 +394,34 @@ impl Session<'_> {
     }
 
     async fn config(&mut self, session: Option<Nonce>, push: ConfigPush) {
+        if let Some(e) = &push.decode.error {
+            warn!(generation = push.generation, error = %e, "refusing a configuration that does not decode");
+            self.send_error(session, ErrorCode::BadConfig, e.to_string());
+            return;
+        }
+        let admission = admit(
+            self.core
+                .applied
+                .as_ref()
+                .map(AppliedState::applied)
+                .as_ref(),
+            &push,
+        );
+        if let Some(m) = admission.refusal() {
+            warn!(generation = push.generation, "{m}");
+            self.send_error(session, ErrorCode::StaleGeneration, m);
+            return;
+        }
+        if let Admission::Rollback { applied, pushed } = admission {
+            warn!(
+                applied,
+                pushed, "the operator forced an older generation: rolling back"
+            );
+        }
         let actual = push.config.digest();
-        if actual != push.digest {
+        // With fields dropped the document we hold is not the one digested: the frame's
+        // CRC vouches for the bytes, and the digest stays the broker's name for them.
+        if push.decode.unsupported.is_empty() && actual != push.digest {
             warn!(
                 generation = push.generation,
                 "refusing a configuration whose digest does not match"
@@ -441,7 +469,7 @@ impl Session<'_> {
                     .config
                     .items()
                     .into_iter()
-                    .map(|i| xenchan_protocol::ItemResult::failed(i, why.clone()))
+                    .map(|i| ItemResult::failed(i, why.clone()))
                     .collect();
                 // Keep what the appliers remembered: nothing was undone.
                 let kept = self
@@ -464,9 +492,11 @@ impl Session<'_> {
                 s => info!(item = %item.item, status = s.as_str(), "item done"),
             }
         }
+        let items = with_unsupported(items, &push);
         let state = AppliedState {
             generation: push.generation,
             digest: push.digest.clone(),
+            lineage: push.lineage.clone(),
             items: items.clone(),
             appliers,
         };
@@ -512,6 +542,17 @@ impl Session<'_> {
             debug!("device did not take the last bytes before shutdown");
         }
     }
+}
+
+/// The applier's results followed by one `unsupported` entry per item or field of the
+/// push this agent does not know (path and reason), so nothing is dropped silently.
+fn with_unsupported(mut items: Vec<ItemResult>, push: &ConfigPush) -> Vec<ItemResult> {
+    items.extend(push.decode.unsupported.iter().map(|e| ItemResult {
+        item: e.path.clone(),
+        status: ItemStatus::Unsupported,
+        reason: Some(e.message.clone()),
+    }));
+    items
 }
 
 /// Whether `new` records nothing `prev` does not: the same generation, digest and
