@@ -15,7 +15,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::codec::{Decoder, Encoder};
 use tracing::{debug, error, info, warn};
-use xenchan_protocol::message::{ApplyResult, ConfigPush, ErrorCode, ErrorReport, Hello};
+use xenchan_protocol::message::{
+    ApplyResult, ConfigPush, ErrorCode, ErrorReport, GuestFacts, Hello,
+};
 use xenchan_protocol::session::negotiate;
 use xenchan_protocol::{
     Admission, Body, Capabilities, DecodeStats, Envelope, FrameCodec, ItemResult, ItemStatus,
@@ -81,6 +83,7 @@ where
     S: Future<Output = ()> + ?Sized,
 {
     let timing = core.opts.timing;
+    let (facts_tx, mut facts_rx) = tokio::sync::mpsc::channel(2);
     let mut s = Session {
         codec: FrameCodec::new(core.opts.max_frame),
         rules: xenchan_protocol::session::SessionRules::new(Role::Agent),
@@ -92,6 +95,7 @@ where
         paused_until: None,
         stats: ServeStats::default(),
         uuid: identity::read_vm_uuid(&core.opts.root),
+        facts: FactsReporter::new(facts_tx),
         core,
     };
     let (mut rd, mut wr) = tokio::io::split(io);
@@ -150,6 +154,7 @@ where
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => break End::Hangup(e),
             },
+            Some(f) = facts_rx.recv() => s.on_facts(f),
             () = tokio::time::sleep_until(deadline) => s.on_timer(),
         }
     };
@@ -172,6 +177,45 @@ struct Session<'c> {
     paused_until: Option<Instant>,
     stats: ServeStats,
     uuid: Option<String>,
+    facts: FactsReporter,
+}
+
+/// The facts report, off the session's path: gathered on other threads, sent when it
+/// differs from what this session was last told, at most once per `facts_min_interval`.
+struct FactsReporter {
+    tx: tokio::sync::mpsc::Sender<GuestFacts>,
+    /// A gathering is running.
+    gathering: bool,
+    /// Someone asked for fresh facts (session start, an apply, the poll).
+    wanted: bool,
+    /// No gathering starts before this (rate limit; changes in between are coalesced).
+    not_before: Instant,
+    /// The next periodic look during a session.
+    next_poll: Option<Instant>,
+    /// What the current session was last sent.
+    last_sent: Option<GuestFacts>,
+}
+
+impl FactsReporter {
+    fn new(tx: tokio::sync::mpsc::Sender<GuestFacts>) -> Self {
+        FactsReporter {
+            tx,
+            gathering: false,
+            wanted: false,
+            not_before: Instant::now(),
+            next_poll: None,
+            last_sent: None,
+        }
+    }
+
+    /// When the timer must fire for the reporter.
+    fn deadline(&self) -> Option<Instant> {
+        let start = (self.wanted && !self.gathering).then_some(self.not_before);
+        match (start, self.next_poll) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 impl Session<'_> {
@@ -195,7 +239,51 @@ impl Session<'_> {
         if let Some(p) = self.paused_until {
             d = d.min(p);
         }
+        if let Some(f) = self.facts.deadline() {
+            d = d.min(f);
+        }
         d
+    }
+
+    /// Fresh facts are wanted (a session started, an item changed the guest).
+    fn want_facts(&mut self) {
+        self.facts.wanted = true;
+    }
+
+    fn facts_timer(&mut self, now: Instant) {
+        if self.facts.next_poll.is_some_and(|p| p <= now) {
+            self.facts.wanted = true;
+            self.facts.next_poll = Some(now + self.opts().timing.facts_poll);
+        }
+        if self.facts.wanted && !self.facts.gathering && self.facts.not_before <= now {
+            self.facts.wanted = false;
+            self.facts.gathering = true;
+            let opts = Arc::clone(&self.core.opts);
+            let per_source = opts.timing.facts_timeout;
+            let tx = self.facts.tx.clone();
+            tokio::spawn(async move {
+                let f = facts::gather_bounded(opts, per_source).await;
+                let _ = tx.send(f).await;
+            });
+        }
+    }
+
+    fn on_facts(&mut self, f: GuestFacts) {
+        self.facts.gathering = false;
+        self.facts.not_before = Instant::now() + self.opts().timing.facts_min_interval;
+        let Some(nonce) = self.rules.current().cloned() else {
+            return;
+        };
+        if self.facts.last_sent.as_ref() == Some(&f) {
+            debug!("facts unchanged; not sent");
+            return;
+        }
+        self.send(&Envelope::new(
+            Role::Agent,
+            Some(nonce),
+            Body::Facts(f.clone()),
+        ));
+        self.facts.last_sent = Some(f);
     }
 
     fn on_timer(&mut self) {
@@ -215,10 +303,13 @@ impl Session<'_> {
         {
             self.beacon(now);
         }
+        self.facts_timer(now);
     }
 
     fn end_session(&mut self) {
         self.rules.clear();
+        self.facts.next_poll = None;
+        self.facts.last_sent = None;
         self.beacon_every = self.opts().timing.beacon_min;
         self.next_beacon = Some(Instant::now());
     }
@@ -294,7 +385,7 @@ impl Session<'_> {
             Verdict::OwnEcho | Verdict::Stale | Verdict::UnknownVersion | Verdict::Beacon => {
                 debug!(?verdict, kind = msg.kind(), "ignoring message");
             }
-            Verdict::NewSession => self.new_session(msg).await,
+            Verdict::NewSession => self.new_session(msg),
             Verdict::Accept => {
                 self.last_rx = Instant::now();
                 self.accept(msg).await;
@@ -302,7 +393,7 @@ impl Session<'_> {
         }
     }
 
-    async fn new_session(&mut self, msg: Envelope) {
+    fn new_session(&mut self, msg: Envelope) {
         let (Some(nonce), Body::Hello(hello)) = (msg.session, msg.body) else {
             return;
         };
@@ -347,21 +438,15 @@ impl Session<'_> {
         let answer = self.hello();
         self.send(&Envelope::new(
             Role::Agent,
-            Some(nonce.clone()),
+            Some(nonce),
             Body::Hello(answer),
         ));
-        let opts = Arc::clone(&self.core.opts);
-        let deadline = opts.timing.facts_timeout;
-        let gathered = tokio::time::timeout(
-            deadline,
-            tokio::task::spawn_blocking(move || facts::gather(&opts)),
-        )
-        .await;
-        match gathered {
-            Ok(Ok(f)) => self.send(&Envelope::new(Role::Agent, Some(nonce), Body::Facts(f))),
-            Ok(Err(e)) => error!(error = %e, "gathering guest facts failed"),
-            Err(_) => warn!(?deadline, "gathering guest facts took too long; not sent"),
-        }
+        // The facts follow in their own frame once gathered, off this path: the hello is
+        // answered at once whatever a facts source does. A new session is told afresh.
+        self.facts.last_sent = None;
+        self.facts.next_poll = Some(Instant::now() + self.opts().timing.facts_poll);
+        self.want_facts();
+        self.facts_timer(Instant::now());
     }
 
     async fn accept(&mut self, msg: Envelope) {
@@ -512,6 +597,10 @@ impl Session<'_> {
             error!(dir = %self.core.store.dir().display(), error = %e, "cannot save what was applied");
         }
         self.core.applied = Some(state);
+        if items.iter().any(|i| i.status == ItemStatus::Applied) {
+            // The guest changed (its hostname, addresses): the broker's view follows.
+            self.want_facts();
+        }
         let result = ApplyResult {
             generation: push.generation,
             digest: push.digest,
