@@ -229,7 +229,8 @@ pub struct Applied {
 /// Decoding is tolerant of the document (see [`PushDecode`]): a frame whose `config` has
 /// fields this build does not know, or a bad value, still decodes, so the agent can answer
 /// it. Only the envelope fields (`generation`, `digest`, `lineage`, `force`) must be valid.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Equality compares what is on the wire, not what decoding left out (`decode`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(from = "WirePush")]
 pub struct ConfigPush {
     /// Increases every time the desired configuration of the domain changes.
@@ -249,6 +250,24 @@ pub struct ConfigPush {
     /// What decoding the document left out or refused; empty for a push built locally.
     #[serde(skip)]
     pub decode: PushDecode,
+}
+
+impl PartialEq for ConfigPush {
+    fn eq(&self, other: &Self) -> bool {
+        (
+            self.generation,
+            &self.digest,
+            &self.lineage,
+            self.force,
+            &self.config,
+        ) == (
+            other.generation,
+            &other.digest,
+            &other.lineage,
+            other.force,
+            &other.config,
+        )
+    }
 }
 
 impl ConfigPush {
