@@ -97,6 +97,10 @@ pub struct Timing {
     pub facts_poll: Duration,
     /// At most one facts report per this interval: changes are coalesced.
     pub facts_min_interval: Duration,
+    /// First delay before failed items of a push are applied again (doubling, jittered).
+    pub retry_min: Duration,
+    /// Longest delay between retries of failed items.
+    pub retry_max: Duration,
 }
 
 impl Default for Timing {
@@ -116,6 +120,8 @@ impl Default for Timing {
             facts_timeout: Duration::from_secs(5),
             facts_poll: Duration::from_secs(30),
             facts_min_interval: Duration::from_secs(2),
+            retry_min: Duration::from_secs(5),
+            retry_max: Duration::from_secs(300),
         }
     }
 }
@@ -138,6 +144,8 @@ impl Timing {
             facts_timeout: Duration::from_secs(2),
             facts_poll: Duration::from_millis(500),
             facts_min_interval: Duration::from_millis(100),
+            retry_min: Duration::from_millis(100),
+            retry_max: Duration::from_millis(800),
         }
     }
 }

@@ -24,6 +24,8 @@ use xenchan_protocol::{
     Nonce, Role, SUPPORTED_VERSIONS, Verdict, admit,
 };
 
+use xenchan_basics::Backoff;
+
 use crate::apply::{self, Applier, ApplyContext};
 use crate::facts;
 use crate::identity;
@@ -44,6 +46,18 @@ pub(crate) struct AgentCore {
     /// This run of the agent ([`Hello::instance`]): chosen at random once per process, so
     /// the broker can tell a repeated answer from an agent that restarted.
     pub instance: String,
+    /// The last push, while some of its items failed: applied again with capped backoff
+    /// (each attempt answered with a `result` for the same generation) until none fails
+    /// or another push replaces it.
+    pub retry: Option<Retry>,
+}
+
+/// A push whose failed items are tried again.
+#[derive(Debug)]
+pub(crate) struct Retry {
+    push: ConfigPush,
+    at: Instant,
+    backoff: Backoff,
 }
 
 /// Why [`serve`] returned.
@@ -155,7 +169,10 @@ where
                 Err(e) => break End::Hangup(e),
             },
             Some(f) = facts_rx.recv() => s.on_facts(f),
-            () = tokio::time::sleep_until(deadline) => s.on_timer(),
+            () = tokio::time::sleep_until(deadline) => {
+                s.on_timer();
+                s.retry_if_due().await;
+            }
         }
     };
     s.stats.decode = s.codec.stats();
@@ -242,7 +259,58 @@ impl Session<'_> {
         if let Some(f) = self.facts.deadline() {
             d = d.min(f);
         }
+        if let Some(r) = &self.core.retry
+            && self.rules.current().is_some()
+        {
+            d = d.min(r.at);
+        }
         d
+    }
+
+    /// Applies the last push again when its retry is due, in a session only: each
+    /// attempt's outcome is reported (a `result` for the same generation).
+    async fn retry_if_due(&mut self) {
+        let Some(session) = self.rules.current().cloned() else {
+            return;
+        };
+        let Some(push) = self
+            .core
+            .retry
+            .as_ref()
+            .filter(|r| r.at <= Instant::now())
+            .map(|r| r.push.clone())
+        else {
+            return;
+        };
+        info!(generation = push.generation, "retrying the failed items");
+        self.config(Some(session), push).await;
+    }
+
+    /// After an apply: keep retrying while an item failed, with the backoff of earlier
+    /// attempts at the same push; forget it once nothing failed.
+    fn schedule_retry(&mut self, push: ConfigPush, failed: bool) {
+        let previous = self.core.retry.take();
+        if !failed {
+            return;
+        }
+        let t = self.opts().timing;
+        let mut backoff = match previous {
+            Some(r) if r.push.generation == push.generation && r.push.digest == push.digest => {
+                r.backoff
+            }
+            _ => Backoff::new(t.retry_min, t.retry_max),
+        };
+        let delay = backoff.next_delay();
+        debug!(
+            generation = push.generation,
+            ?delay,
+            "failed items will be retried"
+        );
+        self.core.retry = Some(Retry {
+            push,
+            at: Instant::now() + delay,
+            backoff,
+        });
     }
 
     /// Fresh facts are wanted (a session started, an item changed the guest).
@@ -479,6 +547,7 @@ impl Session<'_> {
     }
 
     async fn config(&mut self, session: Option<Nonce>, push: ConfigPush) {
+        let kept = push.clone();
         if let Some(e) = &push.decode.error {
             warn!(generation = push.generation, error = %e, "refusing a configuration that does not decode");
             self.send_error(session, ErrorCode::BadConfig, e.to_string());
@@ -601,6 +670,7 @@ impl Session<'_> {
             // The guest changed (its hostname, addresses): the broker's view follows.
             self.want_facts();
         }
+        self.schedule_retry(kept, items.iter().any(|i| i.status.is_failure()));
         let result = ApplyResult {
             generation: push.generation,
             digest: push.digest,
@@ -680,6 +750,7 @@ mod tests {
             applied: None,
             appliers: Arc::new(apply::default_appliers()),
             instance: Hello::new_instance(rand::random()),
+            retry: None,
         }
     }
 

@@ -372,3 +372,55 @@ async fn facts_show_the_pushed_hostname_after_the_push() {
         .await;
     agent.stop().await.unwrap();
 }
+
+/// A failed item is applied again with backoff, each attempt reported as a `result` of
+/// the same generation, until it succeeds; then the retries stop.
+#[tokio::test]
+async fn a_failed_item_is_retried_until_it_applies() {
+    let guest = Guest::new();
+    let (mut broker, agent, _) = session(&guest).await;
+    let cfg = GuestConfig::from_json(
+        format!(
+            r#"{{"hostname":"r1","users":[{{"name":"bob","ssh_authorized_keys":["{KEY_B}"]}}]}}"#
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let r = broker.push(1, &cfg).await;
+    let (s, why) = status_of(&r, "user:bob");
+    assert_eq!(s, ItemStatus::Failed, "{why}");
+    // A retry comes, still failing, for the same generation.
+    let again = result_of(&mut broker, 1).await;
+    assert_eq!(status_of(&again, "user:bob").0, ItemStatus::Failed);
+    assert_eq!(status_of(&again, "hostname").0, ItemStatus::Unchanged);
+    // The user appears (someone installed the package that creates it).
+    let passwd = format!(
+        "{}bob:x:{}:{}:Bob:/home/bob:/bin/bash\n",
+        std::fs::read_to_string(guest.path("etc/passwd")).unwrap(),
+        guest.uid,
+        guest.gid
+    );
+    std::fs::write(guest.path("etc/passwd"), passwd).unwrap();
+    std::fs::create_dir_all(guest.path("home/bob")).unwrap();
+    std::os::unix::fs::chown(guest.path("home/bob"), Some(guest.uid), Some(guest.gid)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = result_of(&mut broker, 1).await;
+        if status_of(&r, "user:bob").0 == ItemStatus::Applied {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never applied: {r:?}");
+    }
+    assert!(
+        std::fs::read_to_string(guest.path("home/bob/.ssh/authorized_keys"))
+            .unwrap()
+            .contains(KEY_B.split(' ').nth(1).unwrap())
+    );
+    // Nothing failed any more: no more retries (the backoff tops out at 800 ms here).
+    broker
+        .expect_none("another retry", Duration::from_millis(1500), |m| {
+            matches!(m.body, Body::Result(_))
+        })
+        .await;
+    agent.stop().await.unwrap();
+}
