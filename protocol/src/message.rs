@@ -579,6 +579,17 @@ mod tests {
     }
 
     #[test]
+    fn capabilities_keep_the_usable_entries_and_default_to_v1() {
+        let h: Hello = serde_json::from_str(
+            r#"{"channel":"c","capabilities":{"users":2,"x":"bad","y":-1,"z":4294967296}}"#,
+        )
+        .unwrap();
+        assert_eq!(h.capabilities(), Capabilities::default().with("users", 2));
+        let h: Hello = serde_json::from_str(r#"{"channel":"c"}"#).unwrap();
+        assert_eq!(h.capabilities(), Capabilities::v1());
+    }
+
+    #[test]
     fn unsupported_is_neither_ok_nor_a_failure() {
         use ItemStatus::{Applied, Failed, Unchanged, Unsupported};
         let r = result(&[Applied, Unchanged, Unsupported]);
