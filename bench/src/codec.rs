@@ -24,11 +24,7 @@ pub fn valid_stream(size: usize) -> (Vec<u8>, u64) {
     let nonce = Nonce::from_bytes([7; 16]);
     let key = xenchan_sim::configs::FALLBACK_KEY.trim();
     let config = crate::configs::scale_config(1, "vm01", key);
-    let push = ConfigPush {
-        generation: 3,
-        digest: config.digest(),
-        config: config.clone(),
-    };
+    let push = ConfigPush::new(3, config.clone());
     let result = ApplyResult {
         generation: 3,
         digest: config.digest(),

@@ -532,11 +532,7 @@ pub fn push_frame_bytes() -> usize {
     let env = xenchan_protocol::Envelope::new(
         xenchan_protocol::Role::Broker,
         Some(xenchan_protocol::Nonce::from_bytes([0; 16])),
-        xenchan_protocol::message::Body::Config(xenchan_protocol::message::ConfigPush {
-            generation: 1,
-            digest: c.digest(),
-            config: c,
-        }),
+        xenchan_protocol::message::Body::Config(xenchan_protocol::message::ConfigPush::new(1, c)),
     );
     xenchan_protocol::FrameCodec::new(xenchan_protocol::MAX_FRAME_DEFAULT)
         .encode_line(&env)

@@ -149,11 +149,7 @@ pub fn push_on<S: Read + Write + AsFd>(
         }
     }
     let handshake = start.elapsed();
-    let push = ConfigPush {
-        generation,
-        digest: config.digest(),
-        config: config.clone(),
-    };
+    let push = ConfigPush::new(generation, config.clone());
     s.send(&Envelope::new(
         Role::Broker,
         Some(nonce.clone()),

@@ -102,6 +102,7 @@ async fn nothing_is_pushed_when_the_agent_has_applied_the_generation() {
             applied: Some(Applied {
                 generation: 1,
                 digest: cfg.digest(),
+                lineage: None,
             }),
             ..PeerOptions::default()
         },
@@ -131,6 +132,7 @@ async fn nothing_is_pushed_when_the_agent_has_applied_the_generation() {
             applied: Some(Applied {
                 generation: 1,
                 digest: sample_config("other", "192.0.2.99/24").digest(),
+                lineage: None,
             }),
             ..PeerOptions::default()
         },

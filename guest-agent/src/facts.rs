@@ -3,11 +3,20 @@
 //!
 //! Under a temporary root only what exists there is read (no addresses: those come from
 //! the running kernel, which is not the guest's); with root `/` the live kernel is asked.
+//!
+//! Gathering never runs on the session's path: [`gather_bounded`] runs each source on its
+//! own blocking thread with its own deadline, and only regular files are read (a FIFO as
+//! `/etc/os-release` is skipped at once instead of blocking a thread forever).
 
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::warn;
 
 use xenchan_protocol::message::{GuestFacts, InterfaceFacts};
 
@@ -39,13 +48,74 @@ pub fn gather(opts: &AgentOptions) -> GuestFacts {
     }
 }
 
+/// Gathers like [`gather`], each source (os-release, kernel, hostname, interfaces) on its
+/// own blocking thread bounded by `per_source`: a source past its deadline is reported
+/// empty, the others are not held up by it.
+pub async fn gather_bounded(opts: Arc<AgentOptions>, per_source: Duration) -> GuestFacts {
+    async fn bounded<T: Default + Send + 'static>(
+        what: &'static str,
+        per_source: Duration,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
+        match tokio::time::timeout(per_source, tokio::task::spawn_blocking(f)).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                warn!(source = what, error = %e, "a facts source failed");
+                T::default()
+            }
+            Err(_) => {
+                warn!(
+                    source = what,
+                    ?per_source,
+                    "a facts source took too long; reported empty"
+                );
+                T::default()
+            }
+        }
+    }
+    let live = opts.is_live_root();
+    let (o1, o2, o3, o4) = (
+        Arc::clone(&opts),
+        Arc::clone(&opts),
+        Arc::clone(&opts),
+        Arc::clone(&opts),
+    );
+    let (os, kernel, hostname, interfaces) = tokio::join!(
+        bounded("os-release", per_source, move || os_name(&o1.root)),
+        bounded("kernel", per_source, move || kernel(&o2.root, live)),
+        bounded("hostname", per_source, move || hostname(&o3.root, live)),
+        bounded("interfaces", per_source, move || {
+            let mut i = sysfs_interfaces(&o4.root);
+            if live {
+                add_live_addresses(&mut i);
+            }
+            i
+        }),
+    );
+    GuestFacts {
+        agent: software(),
+        os,
+        kernel,
+        hostname,
+        interfaces,
+    }
+}
+
+/// Reads at most 64 KiB of a regular file. Anything else (a FIFO, a device) is skipped:
+/// it is opened non-blocking and refused after a look at what it is, so it cannot stall.
 fn read_small(path: &Path) -> Option<String> {
-    let mut s = String::new();
-    std::fs::File::open(path)
-        .ok()?
-        .take(64 * 1024)
-        .read_to_string(&mut s)
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
         .ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() {
+        warn!(file = %path.display(), "not a regular file; skipped");
+        return None;
+    }
+    let mut s = String::new();
+    file.take(64 * 1024).read_to_string(&mut s).ok()?;
     Some(s)
 }
 

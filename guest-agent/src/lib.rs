@@ -95,6 +95,7 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
         applied,
         appliers: Arc::new(apply::default_appliers()),
         instance,
+        retry: None,
     };
     let mut shutdown = std::pin::pin!(shutdown);
     let mut retry = timing.reopen_min;

@@ -89,8 +89,18 @@ pub struct Timing {
     /// Deadline for applying one pushed configuration (file system calls cannot be
     /// cancelled: past it the items are answered `failed` and the late outcome dropped).
     pub apply_timeout: Duration,
-    /// Deadline for gathering the facts report (it is skipped past it).
+    /// Deadline of each facts source (os-release, kernel, hostname, interfaces); a source
+    /// past it is reported empty. Gathering never holds up the session.
     pub facts_timeout: Duration,
+    /// Facts are gathered again this often during a session, and sent when they changed
+    /// (addresses, links, hostname).
+    pub facts_poll: Duration,
+    /// At most one facts report per this interval: changes are coalesced.
+    pub facts_min_interval: Duration,
+    /// First delay before failed items of a push are applied again (doubling, jittered).
+    pub retry_min: Duration,
+    /// Longest delay between retries of failed items.
+    pub retry_max: Duration,
 }
 
 impl Default for Timing {
@@ -107,7 +117,11 @@ impl Default for Timing {
             poll: Duration::from_secs(1),
             bye_timeout: Duration::from_secs(1),
             apply_timeout: Duration::from_secs(60),
-            facts_timeout: Duration::from_secs(10),
+            facts_timeout: Duration::from_secs(5),
+            facts_poll: Duration::from_secs(30),
+            facts_min_interval: Duration::from_secs(2),
+            retry_min: Duration::from_secs(5),
+            retry_max: Duration::from_secs(300),
         }
     }
 }
@@ -127,7 +141,11 @@ impl Timing {
             poll: Duration::from_millis(50),
             bye_timeout: Duration::from_millis(500),
             apply_timeout: Duration::from_secs(10),
-            facts_timeout: Duration::from_secs(5),
+            facts_timeout: Duration::from_secs(2),
+            facts_poll: Duration::from_millis(500),
+            facts_min_interval: Duration::from_millis(100),
+            retry_min: Duration::from_millis(100),
+            retry_max: Duration::from_millis(800),
         }
     }
 }

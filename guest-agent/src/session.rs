@@ -15,11 +15,16 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::codec::{Decoder, Encoder};
 use tracing::{debug, error, info, warn};
-use xenchan_protocol::message::{ApplyResult, ConfigPush, ErrorCode, ErrorReport, Hello};
+use xenchan_protocol::message::{
+    ApplyResult, ConfigPush, ErrorCode, ErrorReport, GuestFacts, Hello,
+};
 use xenchan_protocol::session::negotiate;
 use xenchan_protocol::{
-    Body, DecodeStats, Envelope, FrameCodec, ItemStatus, Nonce, Role, SUPPORTED_VERSIONS, Verdict,
+    Admission, Body, Capabilities, DecodeStats, Envelope, FrameCodec, ItemResult, ItemStatus,
+    Nonce, Role, SUPPORTED_VERSIONS, Verdict, admit,
 };
+
+use xenchan_basics::Backoff;
 
 use crate::apply::{self, Applier, ApplyContext};
 use crate::facts;
@@ -41,6 +46,18 @@ pub(crate) struct AgentCore {
     /// This run of the agent ([`Hello::instance`]): chosen at random once per process, so
     /// the broker can tell a repeated answer from an agent that restarted.
     pub instance: String,
+    /// The last push, while some of its items failed: applied again with capped backoff
+    /// (each attempt answered with a `result` for the same generation) until none fails
+    /// or another push replaces it.
+    pub retry: Option<Retry>,
+}
+
+/// A push whose failed items are tried again.
+#[derive(Debug)]
+pub(crate) struct Retry {
+    push: ConfigPush,
+    at: Instant,
+    backoff: Backoff,
 }
 
 /// Why [`serve`] returned.
@@ -80,6 +97,7 @@ where
     S: Future<Output = ()> + ?Sized,
 {
     let timing = core.opts.timing;
+    let (facts_tx, mut facts_rx) = tokio::sync::mpsc::channel(2);
     let mut s = Session {
         codec: FrameCodec::new(core.opts.max_frame),
         rules: xenchan_protocol::session::SessionRules::new(Role::Agent),
@@ -91,6 +109,7 @@ where
         paused_until: None,
         stats: ServeStats::default(),
         uuid: identity::read_vm_uuid(&core.opts.root),
+        facts: FactsReporter::new(facts_tx),
         core,
     };
     let (mut rd, mut wr) = tokio::io::split(io);
@@ -149,7 +168,11 @@ where
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => break End::Hangup(e),
             },
-            () = tokio::time::sleep_until(deadline) => s.on_timer(),
+            Some(f) = facts_rx.recv() => s.on_facts(f),
+            () = tokio::time::sleep_until(deadline) => {
+                s.on_timer();
+                s.retry_if_due().await;
+            }
         }
     };
     s.stats.decode = s.codec.stats();
@@ -171,6 +194,45 @@ struct Session<'c> {
     paused_until: Option<Instant>,
     stats: ServeStats,
     uuid: Option<String>,
+    facts: FactsReporter,
+}
+
+/// The facts report, off the session's path: gathered on other threads, sent when it
+/// differs from what this session was last told, at most once per `facts_min_interval`.
+struct FactsReporter {
+    tx: tokio::sync::mpsc::Sender<GuestFacts>,
+    /// A gathering is running.
+    gathering: bool,
+    /// Someone asked for fresh facts (session start, an apply, the poll).
+    wanted: bool,
+    /// No gathering starts before this (rate limit; changes in between are coalesced).
+    not_before: Instant,
+    /// The next periodic look during a session.
+    next_poll: Option<Instant>,
+    /// What the current session was last sent.
+    last_sent: Option<GuestFacts>,
+}
+
+impl FactsReporter {
+    fn new(tx: tokio::sync::mpsc::Sender<GuestFacts>) -> Self {
+        FactsReporter {
+            tx,
+            gathering: false,
+            wanted: false,
+            not_before: Instant::now(),
+            next_poll: None,
+            last_sent: None,
+        }
+    }
+
+    /// When the timer must fire for the reporter.
+    fn deadline(&self) -> Option<Instant> {
+        let start = (self.wanted && !self.gathering).then_some(self.not_before);
+        match (start, self.next_poll) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 impl Session<'_> {
@@ -194,7 +256,102 @@ impl Session<'_> {
         if let Some(p) = self.paused_until {
             d = d.min(p);
         }
+        if let Some(f) = self.facts.deadline() {
+            d = d.min(f);
+        }
+        if let Some(r) = &self.core.retry
+            && self.rules.current().is_some()
+        {
+            d = d.min(r.at);
+        }
         d
+    }
+
+    /// Applies the last push again when its retry is due, in a session only: each
+    /// attempt's outcome is reported (a `result` for the same generation).
+    async fn retry_if_due(&mut self) {
+        let Some(session) = self.rules.current().cloned() else {
+            return;
+        };
+        let Some(push) = self
+            .core
+            .retry
+            .as_ref()
+            .filter(|r| r.at <= Instant::now())
+            .map(|r| r.push.clone())
+        else {
+            return;
+        };
+        info!(generation = push.generation, "retrying the failed items");
+        self.config(Some(session), push).await;
+    }
+
+    /// After an apply: keep retrying while an item failed, with the backoff of earlier
+    /// attempts at the same push; forget it once nothing failed.
+    fn schedule_retry(&mut self, push: ConfigPush, failed: bool) {
+        let previous = self.core.retry.take();
+        if !failed {
+            return;
+        }
+        let t = self.opts().timing;
+        let mut backoff = match previous {
+            Some(r) if r.push.generation == push.generation && r.push.digest == push.digest => {
+                r.backoff
+            }
+            _ => Backoff::new(t.retry_min, t.retry_max),
+        };
+        let delay = backoff.next_delay();
+        debug!(
+            generation = push.generation,
+            ?delay,
+            "failed items will be retried"
+        );
+        self.core.retry = Some(Retry {
+            push,
+            at: Instant::now() + delay,
+            backoff,
+        });
+    }
+
+    /// Fresh facts are wanted (a session started, an item changed the guest).
+    fn want_facts(&mut self) {
+        self.facts.wanted = true;
+    }
+
+    fn facts_timer(&mut self, now: Instant) {
+        if self.facts.next_poll.is_some_and(|p| p <= now) {
+            self.facts.wanted = true;
+            self.facts.next_poll = Some(now + self.opts().timing.facts_poll);
+        }
+        if self.facts.wanted && !self.facts.gathering && self.facts.not_before <= now {
+            self.facts.wanted = false;
+            self.facts.gathering = true;
+            let opts = Arc::clone(&self.core.opts);
+            let per_source = opts.timing.facts_timeout;
+            let tx = self.facts.tx.clone();
+            tokio::spawn(async move {
+                let f = facts::gather_bounded(opts, per_source).await;
+                let _ = tx.send(f).await;
+            });
+        }
+    }
+
+    fn on_facts(&mut self, f: GuestFacts) {
+        self.facts.gathering = false;
+        self.facts.not_before = Instant::now() + self.opts().timing.facts_min_interval;
+        let Some(nonce) = self.rules.current().cloned() else {
+            return;
+        };
+        if self.facts.last_sent.as_ref() == Some(&f) {
+            debug!("facts unchanged; not sent");
+            return;
+        }
+        self.send(&Envelope::new(
+            Role::Agent,
+            Some(nonce),
+            Body::Facts(f.clone()),
+        ));
+        self.facts.last_sent = Some(f);
     }
 
     fn on_timer(&mut self) {
@@ -214,10 +371,13 @@ impl Session<'_> {
         {
             self.beacon(now);
         }
+        self.facts_timer(now);
     }
 
     fn end_session(&mut self) {
         self.rules.clear();
+        self.facts.next_poll = None;
+        self.facts.last_sent = None;
         self.beacon_every = self.opts().timing.beacon_min;
         self.next_beacon = Some(Instant::now());
     }
@@ -245,6 +405,7 @@ impl Session<'_> {
             software: facts::software(),
             applied: self.core.applied.as_ref().map(AppliedState::applied),
             instance: Some(self.core.instance.clone()),
+            capabilities: Some(Capabilities::ours()),
         }
     }
 
@@ -292,7 +453,7 @@ impl Session<'_> {
             Verdict::OwnEcho | Verdict::Stale | Verdict::UnknownVersion | Verdict::Beacon => {
                 debug!(?verdict, kind = msg.kind(), "ignoring message");
             }
-            Verdict::NewSession => self.new_session(msg).await,
+            Verdict::NewSession => self.new_session(msg),
             Verdict::Accept => {
                 self.last_rx = Instant::now();
                 self.accept(msg).await;
@@ -300,7 +461,7 @@ impl Session<'_> {
         }
     }
 
-    async fn new_session(&mut self, msg: Envelope) {
+    fn new_session(&mut self, msg: Envelope) {
         let (Some(nonce), Body::Hello(hello)) = (msg.session, msg.body) else {
             return;
         };
@@ -345,21 +506,15 @@ impl Session<'_> {
         let answer = self.hello();
         self.send(&Envelope::new(
             Role::Agent,
-            Some(nonce.clone()),
+            Some(nonce),
             Body::Hello(answer),
         ));
-        let opts = Arc::clone(&self.core.opts);
-        let deadline = opts.timing.facts_timeout;
-        let gathered = tokio::time::timeout(
-            deadline,
-            tokio::task::spawn_blocking(move || facts::gather(&opts)),
-        )
-        .await;
-        match gathered {
-            Ok(Ok(f)) => self.send(&Envelope::new(Role::Agent, Some(nonce), Body::Facts(f))),
-            Ok(Err(e)) => error!(error = %e, "gathering guest facts failed"),
-            Err(_) => warn!(?deadline, "gathering guest facts took too long; not sent"),
-        }
+        // The facts follow in their own frame once gathered, off this path: the hello is
+        // answered at once whatever a facts source does. A new session is told afresh.
+        self.facts.last_sent = None;
+        self.facts.next_poll = Some(Instant::now() + self.opts().timing.facts_poll);
+        self.want_facts();
+        self.facts_timer(Instant::now());
     }
 
     async fn accept(&mut self, msg: Envelope) {
@@ -392,8 +547,35 @@ impl Session<'_> {
     }
 
     async fn config(&mut self, session: Option<Nonce>, push: ConfigPush) {
+        let kept = push.clone();
+        if let Some(e) = &push.decode.error {
+            warn!(generation = push.generation, error = %e, "refusing a configuration that does not decode");
+            self.send_error(session, ErrorCode::BadConfig, e.to_string());
+            return;
+        }
+        let admission = admit(
+            self.core
+                .applied
+                .as_ref()
+                .map(AppliedState::applied)
+                .as_ref(),
+            &push,
+        );
+        if let Some(m) = admission.refusal() {
+            warn!(generation = push.generation, "{m}");
+            self.send_error(session, ErrorCode::StaleGeneration, m);
+            return;
+        }
+        if let Admission::Rollback { applied, pushed } = admission {
+            warn!(
+                applied,
+                pushed, "the operator forced an older generation: rolling back"
+            );
+        }
         let actual = push.config.digest();
-        if actual != push.digest {
+        // With fields dropped the document we hold is not the one digested: the frame's
+        // CRC vouches for the bytes, and the digest stays the broker's name for them.
+        if push.decode.unsupported.is_empty() && actual != push.digest {
             warn!(
                 generation = push.generation,
                 "refusing a configuration whose digest does not match"
@@ -441,7 +623,7 @@ impl Session<'_> {
                     .config
                     .items()
                     .into_iter()
-                    .map(|i| xenchan_protocol::ItemResult::failed(i, why.clone()))
+                    .map(|i| ItemResult::failed(i, why.clone()))
                     .collect();
                 // Keep what the appliers remembered: nothing was undone.
                 let kept = self
@@ -464,9 +646,11 @@ impl Session<'_> {
                 s => info!(item = %item.item, status = s.as_str(), "item done"),
             }
         }
+        let items = with_unsupported(items, &push);
         let state = AppliedState {
             generation: push.generation,
             digest: push.digest.clone(),
+            lineage: push.lineage.clone(),
             items: items.clone(),
             appliers,
         };
@@ -482,6 +666,11 @@ impl Session<'_> {
             error!(dir = %self.core.store.dir().display(), error = %e, "cannot save what was applied");
         }
         self.core.applied = Some(state);
+        if items.iter().any(|i| i.status == ItemStatus::Applied) {
+            // The guest changed (its hostname, addresses): the broker's view follows.
+            self.want_facts();
+        }
+        self.schedule_retry(kept, items.iter().any(|i| i.status.is_failure()));
         let result = ApplyResult {
             generation: push.generation,
             digest: push.digest,
@@ -512,6 +701,17 @@ impl Session<'_> {
             debug!("device did not take the last bytes before shutdown");
         }
     }
+}
+
+/// The applier's results followed by one `unsupported` entry per item or field of the
+/// push this agent does not know (path and reason), so nothing is dropped silently.
+fn with_unsupported(mut items: Vec<ItemResult>, push: &ConfigPush) -> Vec<ItemResult> {
+    items.extend(push.decode.unsupported.iter().map(|e| ItemResult {
+        item: e.path.clone(),
+        status: ItemStatus::Unsupported,
+        reason: Some(e.message.clone()),
+    }));
+    items
 }
 
 /// Whether `new` records nothing `prev` does not: the same generation, digest and
@@ -550,6 +750,7 @@ mod tests {
             applied: None,
             appliers: Arc::new(apply::default_appliers()),
             instance: Hello::new_instance(rand::random()),
+            retry: None,
         }
     }
 

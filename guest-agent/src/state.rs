@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 use xenchan_protocol::message::Applied;
-use xenchan_protocol::{Digest, ItemResult};
+use xenchan_protocol::{Digest, ItemResult, Lineage};
 
 use crate::fsat::{self, Owner};
 
@@ -25,8 +25,11 @@ const STATE_LIMIT: u64 = 4 * 1024 * 1024;
 pub struct AppliedState {
     /// The broker's generation of that configuration.
     pub generation: u64,
-    /// Its digest.
+    /// Its digest, as received (the broker filtered the document for our capabilities).
     pub digest: Digest,
+    /// The store that issued it; absent for a push of a revision-1 broker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lineage: Option<Lineage>,
     /// What happened to each item.
     pub items: Vec<ItemResult>,
     /// What each applier asked to remember, by applier name (the users applier keeps
@@ -41,6 +44,7 @@ impl AppliedState {
         Applied {
             generation: self.generation,
             digest: self.digest.clone(),
+            lineage: self.lineage.clone(),
         }
     }
 }

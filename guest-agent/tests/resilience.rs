@@ -151,11 +151,10 @@ async fn host_disconnects_mid_message_and_comes_back() {
     let push = Envelope::new(
         Role::Broker,
         Some(old.clone()),
-        Body::Config(xenchan_protocol::message::ConfigPush {
-            generation: 1,
-            digest: config(r#"{"hostname":"half"}"#).digest(),
-            config: config(r#"{"hostname":"half"}"#),
-        }),
+        Body::Config(xenchan_protocol::message::ConfigPush::new(
+            1,
+            config(r#"{"hostname":"half"}"#),
+        )),
     );
     let line = broker.codec.encode_line(&push).unwrap();
     broker.write_raw(&line[..line.len() - 20]).await;
@@ -325,9 +324,8 @@ async fn a_push_with_a_wrong_digest_is_refused() {
     let guest = Guest::new();
     let (mut broker, agent, nonce) = session(&guest).await;
     let push = xenchan_protocol::message::ConfigPush {
-        generation: 3,
         digest: config(r#"{"hostname":"other"}"#).digest(),
-        config: config(r#"{"hostname":"evil"}"#),
+        ..xenchan_protocol::message::ConfigPush::new(3, config(r#"{"hostname":"evil"}"#))
     };
     broker
         .send(&Envelope::new(

@@ -14,7 +14,7 @@ use xenchan_protocol::message::{
     Role,
 };
 use xenchan_protocol::session::{SessionRules, negotiate};
-use xenchan_protocol::{FrameCodec, Nonce, SUPPORTED_VERSIONS, Verdict};
+use xenchan_protocol::{Capabilities, FrameCodec, Lineage, Nonce, SUPPORTED_VERSIONS, Verdict};
 
 const CHANNEL: &str = "org.xenchan.agent.1";
 const UUID: &str = "6f0c1e4e-9a3b-4a53-8d7e-0d9f3f1c2b7a";
@@ -105,6 +105,7 @@ fn agent_hello(session: Option<Nonce>, applied: Option<Applied>) -> Envelope {
             software: "xenchan-agent 0.1.0".into(),
             applied,
             instance: Some(Hello::new_instance(INSTANCE)),
+            capabilities: Some(Capabilities::ours()),
             ..Hello::default()
         }),
     )
@@ -135,6 +136,8 @@ fn main() {
     )
     .expect("the example document is valid");
     let digest = config.digest();
+    // The broker's store chose its lineage once (random; fixed here for a stable transcript).
+    let lineage = Lineage::from_bits(0x7d3a_51c2_9e04_4b8f_a6d1_0c93_2f58_e174);
 
     let mut broker = Side::new("broker", Role::Broker);
     let mut agent = Side::new("agent", Role::Agent);
@@ -193,11 +196,7 @@ fn main() {
     let push = send(&Envelope::new(
         Role::Broker,
         Some(n1.clone()),
-        Body::Config(ConfigPush {
-            generation: 1,
-            digest: digest.clone(),
-            config: config.clone(),
-        }),
+        Body::Config(ConfigPush::new(1, config.clone()).with_lineage(lineage.clone())),
     ));
     wire("broker", "agent", &push);
     for (_, msg) in agent.receive(&push) {
@@ -260,6 +259,7 @@ fn main() {
         Some(Applied {
             generation: 1,
             digest: digest.clone(),
+            lineage: Some(lineage.clone()),
         }),
     ));
     wire("agent", "broker", &answer2);

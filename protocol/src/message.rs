@@ -5,9 +5,11 @@
 //! On the wire it is one JSON object on one line, and it always begins with
 //! [`FRAME_MARKER`] so a receiver can find the start of a message after noise.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
 
-use crate::config::{Digest, GuestConfig};
+use crate::config::{Capabilities, ConfigError, Digest, FieldError, GuestConfig};
+use crate::lineage::Lineage;
 use crate::session::Nonce;
 
 /// Every frame starts with these bytes; the decoder resynchronises on them.
@@ -156,6 +158,28 @@ pub struct Hello {
     /// every answer as possibly coming from a restarted agent). See [`Hello::instance`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
+    /// The item kinds the agent can apply and the schema version of each (agent only;
+    /// added in protocol revision 2). Absent means [`Capabilities::v1`]; see
+    /// [`Hello::capabilities`]. Entries whose version is not a number are ignored.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_capabilities"
+    )]
+    pub capabilities: Option<Capabilities>,
+}
+
+/// Reads `capabilities` keeping every entry whose version is a `u32` and ignoring the
+/// rest: the field is advisory, a malformed entry must not cost the whole hello.
+fn lenient_capabilities<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Capabilities>, D::Error> {
+    let raw = Option::<std::collections::BTreeMap<String, Value>>::deserialize(d)?;
+    Ok(raw.map(|m| {
+        Capabilities(
+            m.into_iter()
+                .filter_map(|(k, v)| Some((k, u32::try_from(v.as_u64()?).ok()?)))
+                .collect(),
+        )
+    }))
 }
 
 /// The longest agent instance a receiver takes into account ([`Hello::instance`]).
@@ -173,6 +197,12 @@ impl Hello {
         })
     }
 
+    /// What the agent can apply: its `capabilities`, or the revision-1 item set when it
+    /// sent none.
+    pub fn capabilities(&self) -> Capabilities {
+        self.capabilities.clone().unwrap_or_else(Capabilities::v1)
+    }
+
     /// A fresh agent instance: 16 lowercase hex digits (64 bits) from `bits`, which the
     /// caller draws at random when the process starts.
     pub fn new_instance(bits: u64) -> String {
@@ -185,19 +215,150 @@ impl Hello {
 pub struct Applied {
     /// The broker's generation counter for the domain's desired configuration.
     pub generation: u64,
-    /// The digest of the document of that generation.
+    /// The digest of the document of that generation, as the agent received it (after
+    /// the broker filtered it for the agent's capabilities).
     pub digest: Digest,
+    /// The store that issued that generation (revision 2); absent when the push carried
+    /// none (a revision-1 broker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lineage: Option<Lineage>,
 }
 
 /// The broker's push of a domain's desired configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Decoding is tolerant of the document (see [`PushDecode`]): a frame whose `config` has
+/// fields this build does not know, or a bad value, still decodes, so the agent can answer
+/// it. Only the envelope fields (`generation`, `digest`, `lineage`, `force`) must be valid.
+/// Equality compares what is on the wire, not what decoding left out (`decode`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(from = "WirePush")]
 pub struct ConfigPush {
     /// Increases every time the desired configuration of the domain changes.
     pub generation: u64,
     /// The digest of `config` (see [`GuestConfig::digest`]); the agent checks it.
     pub digest: Digest,
-    /// The document.
+    /// The store that issued this generation (revision 2). Generations are comparable
+    /// only within one lineage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lineage: Option<Lineage>,
+    /// The operator's explicit override: apply even if older than what is applied.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
+    /// The document, as far as this build understood it (empty when it could not be
+    /// decoded: see `decode`).
     pub config: GuestConfig,
+    /// What decoding the document left out or refused; empty for a push built locally.
+    #[serde(skip)]
+    pub decode: PushDecode,
+}
+
+impl PartialEq for ConfigPush {
+    fn eq(&self, other: &Self) -> bool {
+        (
+            self.generation,
+            &self.digest,
+            &self.lineage,
+            self.force,
+            &self.config,
+        ) == (
+            other.generation,
+            &other.digest,
+            &other.lineage,
+            other.force,
+            &other.config,
+        )
+    }
+}
+
+impl ConfigPush {
+    /// A push of `config` as generation `generation`, with its digest, no lineage.
+    pub fn new(generation: u64, config: GuestConfig) -> Self {
+        ConfigPush {
+            generation,
+            digest: config.digest(),
+            lineage: None,
+            force: false,
+            config,
+            decode: PushDecode::default(),
+        }
+    }
+
+    /// The same push issued by the store `lineage`.
+    #[must_use]
+    pub fn with_lineage(mut self, lineage: Lineage) -> Self {
+        self.lineage = Some(lineage);
+        self
+    }
+
+    /// The same push marked as the operator's override of the generation order.
+    #[must_use]
+    pub fn forced(mut self) -> Self {
+        self.force = true;
+        self
+    }
+
+    /// The generation, digest and lineage an agent records once it applied this push.
+    pub fn applied(&self) -> Applied {
+        Applied {
+            generation: self.generation,
+            digest: self.digest.clone(),
+            lineage: self.lineage.clone(),
+        }
+    }
+}
+
+/// What the receiver of a [`ConfigPush`] could not take of its document.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PushDecode {
+    /// Items and fields this build does not know (path and reason): dropped, to be
+    /// answered as `unsupported`; the rest of the document is in `config`.
+    pub unsupported: Vec<FieldError>,
+    /// The document could not be decoded (a bad value, broken rules): nothing of it may
+    /// be applied, the answer is an `error{bad-config}` naming the paths.
+    pub error: Option<ConfigError>,
+}
+
+/// A config frame as it is on the wire, before the document is decoded.
+#[derive(Deserialize)]
+struct WirePush {
+    generation: u64,
+    digest: Digest,
+    #[serde(default)]
+    lineage: Option<Lineage>,
+    #[serde(default)]
+    force: bool,
+    #[serde(default)]
+    config: Value,
+}
+
+impl From<WirePush> for ConfigPush {
+    fn from(w: WirePush) -> Self {
+        let peer = concat!("this agent (xenchan ", env!("CARGO_PKG_VERSION"), ")");
+        let (config, decode) = match GuestConfig::decode_tolerant(&w.config, peer) {
+            Ok(t) => (
+                t.config,
+                PushDecode {
+                    unsupported: t.unsupported,
+                    error: None,
+                },
+            ),
+            Err(e) => (
+                GuestConfig::default(),
+                PushDecode {
+                    unsupported: Vec::new(),
+                    error: Some(e),
+                },
+            ),
+        };
+        ConfigPush {
+            generation: w.generation,
+            digest: w.digest,
+            lineage: w.lineage,
+            force: w.force,
+            config,
+            decode,
+        }
+    }
 }
 
 /// The agent's answer to a [`ConfigPush`].
@@ -339,9 +500,9 @@ pub struct ErrorReport {
     pub message: String,
 }
 
-/// Why a side refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+/// Why a side refused. A code this build does not know decodes as
+/// [`ErrorCode::Other`], so a newer peer's refusal is still seen, with its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
     /// The two sides share no protocol version.
     NoCommonVersion,
@@ -349,10 +510,56 @@ pub enum ErrorCode {
     ChannelMismatch,
     /// The broker's UUID is not the guest's.
     IdentityMismatch,
-    /// The pushed document or its digest is wrong.
+    /// The pushed document or its digest is wrong; the message names the field paths.
     BadConfig,
+    /// The push is an older generation of the lineage the agent applied, without
+    /// `force` (revision 2); the message names both generations.
+    StaleGeneration,
     /// A message the receiver did not expect at this point.
     Unexpected,
+    /// A code of a newer revision.
+    Other,
+}
+
+impl ErrorCode {
+    const ALL: [ErrorCode; 7] = [
+        ErrorCode::NoCommonVersion,
+        ErrorCode::ChannelMismatch,
+        ErrorCode::IdentityMismatch,
+        ErrorCode::BadConfig,
+        ErrorCode::StaleGeneration,
+        ErrorCode::Unexpected,
+        ErrorCode::Other,
+    ];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::NoCommonVersion => "no-common-version",
+            ErrorCode::ChannelMismatch => "channel-mismatch",
+            ErrorCode::IdentityMismatch => "identity-mismatch",
+            ErrorCode::BadConfig => "bad-config",
+            ErrorCode::StaleGeneration => "stale-generation",
+            ErrorCode::Unexpected => "unexpected",
+            ErrorCode::Other => "other",
+        }
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ErrorCode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(ErrorCode::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .unwrap_or(ErrorCode::Other))
+    }
 }
 
 #[cfg(test)]
@@ -369,6 +576,17 @@ mod tests {
                 .map(|(i, s)| ItemResult::new(format!("user:u{i}"), *s))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn capabilities_keep_the_usable_entries_and_default_to_v1() {
+        let h: Hello = serde_json::from_str(
+            r#"{"channel":"c","capabilities":{"users":2,"x":"bad","y":-1,"z":4294967296}}"#,
+        )
+        .unwrap();
+        assert_eq!(h.capabilities(), Capabilities::default().with("users", 2));
+        let h: Hello = serde_json::from_str(r#"{"channel":"c"}"#).unwrap();
+        assert_eq!(h.capabilities(), Capabilities::v1());
     }
 
     #[test]

@@ -90,11 +90,7 @@ fn check_wire_size(config: &GuestConfig, max_frame: usize) -> Result<(), OpError
     let env = Envelope::new(
         Role::Broker,
         Some(Nonce::from_bytes([0; 16])),
-        Msg::Config(ConfigPush {
-            generation: u64::MAX,
-            digest: config.digest(),
-            config: config.clone(),
-        }),
+        Msg::Config(ConfigPush::new(u64::MAX, config.clone())),
     );
     let size = serde_json::to_vec(&env).map_or(usize::MAX, |v| v.len());
     if size > max_frame {

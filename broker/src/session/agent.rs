@@ -173,6 +173,7 @@ impl Session<'_> {
         self.agent_applied = Some(Applied {
             generation: r.generation,
             digest: r.digest.clone(),
+            lineage: None,
         });
         self.last_result = Some(LastResult {
             generation: r.generation,
@@ -211,7 +212,8 @@ impl Session<'_> {
     pub(super) async fn on_agent_error(&mut self, e: ErrorReport) {
         let text = format!("agent error {}: {}", error_code_text(e.code), e.message);
         match e.code {
-            ErrorCode::BadConfig => {
+            // A refused push is not pushed again until something changes (no loop).
+            ErrorCode::BadConfig | ErrorCode::StaleGeneration => {
                 if let Some(f) = self.in_flight.take() {
                     self.refused = Some((f.generation, f.digest.clone()));
                     self.domain
@@ -231,7 +233,7 @@ impl Session<'_> {
                 self.block = Some(Block::Version);
                 self.set_state(DomainState::VersionMismatch);
             }
-            ErrorCode::Unexpected => {}
+            ErrorCode::Unexpected | ErrorCode::Other => {}
         }
         self.domain.record_error(ErrorKind::AgentError, text).await;
     }

@@ -358,9 +358,8 @@ impl<'a> Session<'a> {
                 self.force_seen = d.force;
                 self.refused = None;
                 let push = ConfigPush {
-                    generation: cfg.generation,
                     digest: cfg.digest.clone(),
-                    config: cfg.config.clone(),
+                    ..ConfigPush::new(cfg.generation, cfg.config.clone())
                 };
                 self.domain.metrics().push();
                 tracing::info!(

@@ -496,10 +496,7 @@ async fn agent<R: tokio::io::AsyncRead + Unpin>(
                         })
                         .collect();
                     state.update(|r| {
-                        r.applied = Some(Applied {
-                            generation: push.generation,
-                            digest: push.digest.clone(),
-                        });
+                        r.applied = Some(push.applied());
                         r.results += 1;
                     });
                     Body::Result(ApplyResult {
@@ -631,6 +628,8 @@ fn hello(opts: &PeerOptions, applied: Option<Applied>) -> Hello {
         software: "test-peer 0".into(),
         applied,
         instance: opts.instance.clone(),
+        // A revision-1 agent: no capabilities, the v1 item set.
+        capabilities: None,
     }
 }
 

@@ -219,11 +219,7 @@ impl Broker {
     /// Pushes `config` as `generation` in the current session and returns the result.
     pub async fn push(&mut self, generation: u64, config: &GuestConfig) -> ApplyResult {
         let nonce = self.rules.current().cloned().expect("push needs a session");
-        let push = ConfigPush {
-            generation,
-            digest: config.digest(),
-            config: config.clone(),
-        };
+        let push = ConfigPush::new(generation, config.clone());
         self.send(&Envelope::new(
             Role::Broker,
             Some(nonce.clone()),

@@ -4,7 +4,7 @@ use proptest::prelude::*;
 use xenchan_protocol::message::{
     Applied, ApplyResult, Body, Envelope, Hello, ItemResult, ItemStatus, Role,
 };
-use xenchan_protocol::{Digest, Nonce};
+use xenchan_protocol::{Capabilities, Digest, Lineage, Nonce};
 
 pub fn role() -> impl Strategy<Value = Role> {
     prop_oneof![Just(Role::Broker), Just(Role::Agent)]
@@ -12,6 +12,10 @@ pub fn role() -> impl Strategy<Value = Role> {
 
 pub fn nonce() -> impl Strategy<Value = Nonce> {
     any::<[u8; 16]>().prop_map(Nonce::from_bytes)
+}
+
+pub fn lineage() -> impl Strategy<Value = Lineage> {
+    "[A-Za-z0-9_-]{1,64}".prop_map(|s| Lineage::try_from(s).unwrap())
 }
 
 pub fn digest() -> impl Strategy<Value = Digest> {
@@ -32,16 +36,28 @@ pub fn body() -> impl Strategy<Value = Body> {
         (
             any::<String>(),
             proptest::option::of(proptest::collection::vec(1u32..5, 0..4)),
-            proptest::option::of((any::<u64>(), digest())),
-            proptest::option::of(any::<String>())
+            proptest::option::of((any::<u64>(), digest(), proptest::option::of(lineage()))),
+            proptest::option::of(any::<String>()),
+            proptest::option::of(proptest::collection::btree_map(
+                "[a-z_]{1,12}",
+                any::<u32>(),
+                0..6
+            )),
         )
-            .prop_map(|(channel, versions, applied, instance)| Body::Hello(Hello {
-                versions,
-                channel,
-                applied: applied.map(|(generation, digest)| Applied { generation, digest }),
-                instance,
-                ..Hello::default()
-            })),
+            .prop_map(
+                |(channel, versions, applied, instance, caps)| Body::Hello(Hello {
+                    versions,
+                    channel,
+                    applied: applied.map(|(generation, digest, lineage)| Applied {
+                        generation,
+                        digest,
+                        lineage
+                    }),
+                    instance,
+                    capabilities: caps.map(Capabilities),
+                    ..Hello::default()
+                })
+            ),
         any::<u64>().prop_map(|id| Body::Ping { id }),
         any::<u64>().prop_map(|id| Body::Pong { id }),
         any::<String>().prop_map(|reason| Body::Bye { reason }),

@@ -124,6 +124,7 @@ impl Db {
             Some((g, d)) => Some(Applied {
                 generation: g as u64,
                 digest: Digest::try_from(d).map_err(corrupt)?,
+                lineage: None,
             }),
             None => None,
         };

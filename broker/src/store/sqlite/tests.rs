@@ -262,7 +262,8 @@ fn results_facts_and_limits() {
         rec.applied,
         Some(Applied {
             generation: 1,
-            digest: d.desired().digest.clone()
+            digest: d.desired().digest.clone(),
+            lineage: None,
         })
     );
     assert!(rec.last_result.at.is_some());
