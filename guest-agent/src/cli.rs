@@ -126,6 +126,12 @@ pub struct AgentArgs {
     #[arg(long, value_name = "MODE", default_value = "auto", value_parser = network_live)]
     pub network_live: LiveMode,
 
+    /// A folder (absolute, in the guest) below which `write_files` may write; repeat
+    /// for several. Replaces the default list /etc, /home, /srv, /opt. Paths elsewhere
+    /// are answered `failed` naming this option.
+    #[arg(long, value_name = "DIR", value_parser = absolute_dir)]
+    pub write_files_allow: Vec<PathBuf>,
+
     /// Log line format on stderr: `text` or `json`.
     #[arg(long, value_name = "FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -166,6 +172,14 @@ fn network_live(s: &str) -> Result<LiveMode, String> {
         "never" => LiveMode::Never,
         _ => return Err("expected auto, always or never".into()),
     })
+}
+
+fn absolute_dir(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s.trim_end_matches('/'));
+    if !s.starts_with('/') || p.components().any(|c| c == std::path::Component::ParentDir) {
+        return Err("expected an absolute folder without `..` (e.g. /srv)".into());
+    }
+    Ok(p)
 }
 
 fn channel_name(s: &str) -> Result<String, String> {
@@ -247,7 +261,7 @@ impl AgentArgs {
     /// this, so they cannot drift apart.
     #[must_use]
     pub fn options(self) -> crate::AgentOptions {
-        crate::AgentOptions {
+        let mut opts = crate::AgentOptions {
             channel: self.channel,
             channel_dir: self.channel_dir,
             virtio_dir: self.virtio_dir,
@@ -268,6 +282,10 @@ impl AgentArgs {
                 ..crate::Timing::default()
             },
             ..crate::AgentOptions::default()
+        };
+        if !self.write_files_allow.is_empty() {
+            opts.write_files_allow = self.write_files_allow;
         }
+        opts
     }
 }

@@ -44,6 +44,8 @@ pub struct AgentOptions {
     pub network: NetworkOptions,
     /// Intervals and back-offs.
     pub timing: Timing,
+    /// Folders (absolute, in the guest) that `write_files` may write below.
+    pub write_files_allow: Vec<PathBuf>,
 }
 
 /// How the network applier works (see the `xenchan-netconf` crate).
@@ -147,6 +149,10 @@ impl Default for AgentOptions {
             sd_notify: false,
             network: NetworkOptions::default(),
             timing: Timing::default(),
+            write_files_allow: crate::apply::write_files::DEFAULT_ALLOW
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
         }
     }
 }

@@ -54,6 +54,12 @@ pub(crate) fn lookup(etc: &File, name: &str) -> Result<Option<PasswdEntry>, Stri
     Ok(find(&text, name).and_then(parse_passwd_line))
 }
 
+/// Looks group `name` up in `/etc/group`; its gid.
+pub(crate) fn lookup_group(etc: &File, name: &str) -> Result<Option<u32>, String> {
+    let text = read_etc(etc, "group")?.unwrap_or_default();
+    Ok(find(&text, name).and_then(|l| l.split(':').nth(2)?.parse().ok()))
+}
+
 /// Appends `line` to `/etc/<file>` atomically unless a line for `name` is already there.
 /// A missing file is created with `default_owner`.
 fn append_entry(
