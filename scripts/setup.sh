@@ -11,6 +11,7 @@ packages=(
   iproute2                 # ip: network namespace tests
   iputils-ping             # ping across veth pairs in the live-apply tests
   procps                   # ps/pkill used by test clean-up
+  sudo                     # visudo -c: the agent checks sudo rules with it (tests/items.rs)
 )
 
 missing=()

@@ -232,3 +232,147 @@ async fn per_instance_files_run_once_per_vm_uuid() {
     assert_eq!(r.items[0].status, ItemStatus::Applied, "{r:?}");
     assert_eq!(read(&guest, "etc/once"), "first boot\n");
 }
+
+const HASH: &str = "$6$rounds=5000$saltsalt$0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ./0123456789abcdef";
+
+fn accounts_guest() -> Guest {
+    let guest = Guest::new();
+    touch(&guest, "bin/bash", b"");
+    touch(&guest, "usr/bin/zsh", b"");
+    let g = std::fs::read_to_string(guest.path("etc/group")).unwrap();
+    std::fs::write(
+        guest.path("etc/group"),
+        format!("{g}sudo:x:27:alice\nshadow:x:42:\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        guest.path("etc/gshadow"),
+        "root:*::\nsudo:*::alice\nshadow:*::\n",
+    )
+    .unwrap();
+    std::fs::write(
+        guest.path("etc/shadow"),
+        "root:*:19000:0:99999:7:::\ncloud:!:19000:0:99999:7:::\n",
+    )
+    .unwrap();
+    guest
+}
+
+fn visudo_usable() -> bool {
+    let ok = is_root()
+        && ["/usr/sbin/visudo", "/usr/bin/visudo"]
+            .iter()
+            .any(|p| Path::new(p).exists());
+    if !ok {
+        eprintln!("skipped: needs root and visudo (the sudo package) to check sudoers files");
+    }
+    ok
+}
+
+#[tokio::test]
+async fn accounts_v2_create_groups_shell_sudo_password_and_removal() {
+    if !visudo_usable() {
+        return;
+    }
+    let guest = accounts_guest();
+    let doc = format!(
+        r#"{{"users":[
+        {{"name":"ops","create":true,"groups":["sudo","devs"],"shell":"/usr/bin/zsh",
+          "sudo":"ALL=(ALL) NOPASSWD:ALL","hashed_passwd":"{HASH}"}},
+        {{"name":"cloud","groups":["devs"],"lock_passwd":true}}]}}"#
+    );
+    let (mut broker, _agent) = session(&guest).await;
+    let r = broker.push(1, &config(&doc)).await;
+    assert_eq!(
+        statuses(&r),
+        [
+            ("user:ops".into(), ItemStatus::Applied),
+            ("user:cloud".into(), ItemStatus::Applied)
+        ],
+        "{r:?}"
+    );
+    let passwd = read(&guest, "etc/passwd");
+    let ops = passwd.lines().find(|l| l.starts_with("ops:")).unwrap();
+    assert!(ops.ends_with(":/home/ops:/usr/bin/zsh"), "{ops}");
+    let shadow = read(&guest, "etc/shadow");
+    assert!(shadow.contains(&format!("ops:{HASH}:")), "{shadow}");
+    assert!(
+        shadow.contains("cloud:!:"),
+        "already locked stays locked: {shadow}"
+    );
+    let group = read(&guest, "etc/group");
+    assert!(group.contains("sudo:x:27:alice,ops\n"), "{group}");
+    let devs = group.lines().find(|l| l.starts_with("devs:")).unwrap();
+    assert!(devs.ends_with(":ops,cloud"), "{devs}");
+    assert!(read(&guest, "etc/gshadow").contains("sudo:*::alice,ops\n"));
+    let rule = guest.path("etc/sudoers.d/xenchan-ops");
+    assert!(read(&guest, "etc/sudoers.d/xenchan-ops").ends_with("ops ALL=(ALL) NOPASSWD:ALL\n"));
+    let m = std::fs::metadata(&rule).unwrap();
+    assert_eq!((m.mode() & 0o7777, m.uid()), (0o440, 0));
+
+    let r = broker.push(2, &config(&doc)).await;
+    assert!(
+        r.items.iter().all(|i| i.status == ItemStatus::Unchanged),
+        "{r:?}"
+    );
+
+    // Both users dropped: ops (created by the agent) goes with its own group, sudo rule
+    // and memberships; cloud (not created by the agent) keeps its account, loses only
+    // the membership the agent added; the group devs (created by the agent) goes.
+    let r = broker.push(3, &config(r#"{"hostname":"h1"}"#)).await;
+    assert_eq!(statuses(&r), [("hostname".into(), ItemStatus::Applied)]);
+    let passwd = read(&guest, "etc/passwd");
+    assert!(
+        !passwd.contains("ops:") && passwd.contains("cloud:"),
+        "{passwd}"
+    );
+    let shadow = read(&guest, "etc/shadow");
+    assert!(
+        !shadow.contains("ops:") && shadow.contains("cloud:"),
+        "{shadow}"
+    );
+    let group = read(&guest, "etc/group");
+    assert!(group.contains("sudo:x:27:alice\n"), "{group}");
+    assert!(
+        !group.contains("devs:") && !group.contains("\nops:"),
+        "{group}"
+    );
+    assert!(group.contains("cloud:"), "{group}");
+    assert!(!rule.exists());
+    assert!(guest.path("home/ops").is_dir(), "the home folder is kept");
+}
+
+#[tokio::test]
+async fn a_sudo_rule_visudo_refuses_is_a_failed_item_and_nothing_is_left() {
+    if !visudo_usable() {
+        return;
+    }
+    let guest = accounts_guest();
+    let doc = r#"{"users":[{"name":"cloud","sudo":"ALL=(ALL) NOPASSWD: not-a-path"}]}"#;
+    let (mut broker, _agent) = session(&guest).await;
+    let r = broker.push(1, &config(doc)).await;
+    assert_eq!(statuses(&r), [("user:cloud".into(), ItemStatus::Failed)]);
+    assert!(
+        reason(&r, "user:cloud").contains("the sudo rule does not parse"),
+        "{r:?}"
+    );
+    let left: Vec<_> = std::fs::read_dir(guest.path("etc/sudoers.d"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test]
+async fn a_missing_shell_fails_and_changes_nothing() {
+    let guest = accounts_guest();
+    let before = read(&guest, "etc/passwd");
+    let doc = r#"{"users":[{"name":"cloud","shell":"/bin/fish"}]}"#;
+    let (mut broker, _agent) = session(&guest).await;
+    let r = broker.push(1, &config(doc)).await;
+    assert_eq!(statuses(&r), [("user:cloud".into(), ItemStatus::Failed)]);
+    assert!(
+        reason(&r, "user:cloud").contains("shell /bin/fish does not exist"),
+        "{r:?}"
+    );
+    assert_eq!(read(&guest, "etc/passwd"), before);
+}

@@ -11,6 +11,7 @@ mod keys;
 mod network;
 mod put;
 mod run_once;
+pub mod sudo;
 pub mod time;
 mod users;
 pub mod write_files;
