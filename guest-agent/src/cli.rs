@@ -147,6 +147,20 @@ pub enum AgentCommand {
         #[arg(long, value_name = "DIR", default_value = crate::DEFAULT_CHANNEL_DIR)]
         channel_dir: PathBuf,
     },
+    /// Prepare this system (or the image at --root) to be a template: empty the machine
+    /// id, remove the ssh host keys, the agent's applied state, DHCP leases (dhclient,
+    /// NetworkManager, systemd-networkd) and the random seeds. Prints one line per thing
+    /// (also what was already absent). Run it last, then shut down and clone. Exit
+    /// status: 0 sealed, 74 a file could not be cleared (the lines before say what was
+    /// done).
+    Seal {
+        /// Root of the guest filesystem to seal.
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+        /// The agent's state folder [default: <root>/var/lib/xenchan-agent].
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
 }
 
 fn network_renderer(s: &str) -> Result<RendererChoice, String> {

@@ -22,6 +22,7 @@ mod fsat;
 pub mod identity;
 pub mod logging;
 mod options;
+pub mod seal;
 mod session;
 pub mod state;
 
