@@ -36,6 +36,7 @@ pub fn gather(opts: &AgentOptions) -> GuestFacts {
         kernel: kernel(root, live),
         hostname: hostname(root, live),
         interfaces,
+        host_keys: crate::host_keys::gather(root),
     }
 }
 

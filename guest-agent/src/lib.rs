@@ -19,6 +19,7 @@ mod discovery;
 mod error;
 pub mod facts;
 mod fsat;
+pub mod host_keys;
 pub mod identity;
 pub mod logging;
 mod options;

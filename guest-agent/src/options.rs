@@ -187,6 +187,11 @@ impl AgentOptions {
     }
 }
 
+/// Whether `p` is `/` (after resolving symlinks).
+pub(crate) fn is_root_path(p: &Path) -> bool {
+    is_slash(p)
+}
+
 fn is_slash(p: &Path) -> bool {
     p.canonicalize()
         .map_or(p == Path::new("/"), |c| c == Path::new("/"))

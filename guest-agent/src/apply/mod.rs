@@ -5,7 +5,7 @@
 //! answers `unchanged`.
 
 mod accounts;
-mod command;
+pub(crate) mod command;
 mod hostname;
 mod keys;
 mod network;
