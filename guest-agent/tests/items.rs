@@ -376,3 +376,52 @@ async fn a_missing_shell_fails_and_changes_nothing() {
     );
     assert_eq!(read(&guest, "etc/passwd"), before);
 }
+
+/// Another program (like `useradd`) holding lckpwdf's lock: the agent waits for it
+/// instead of writing next to it, and goes on once it is released.
+#[tokio::test]
+async fn account_edits_wait_for_the_passwd_lock_of_other_programs() {
+    let Ok(python) = which_python() else {
+        eprintln!("skipped: needs python3 to hold an fcntl lock from another process");
+        return;
+    };
+    let guest = accounts_guest();
+    let lock = guest.path("etc/.pwd.lock");
+    let mut holder = std::process::Command::new(python)
+        .arg("-c")
+        .arg("import fcntl,sys,time; f=open(sys.argv[1],'w'); fcntl.lockf(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(1.5)")
+        .arg(&lock)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "locked");
+    let doc = r#"{"users":[{"name":"cloud","groups":["devs"]}]}"#;
+    let (mut broker, _agent) = session(&guest).await;
+    let started = std::time::Instant::now();
+    let r = broker.push(1, &config(doc)).await;
+    let took = started.elapsed();
+    holder.wait().unwrap();
+    assert_eq!(
+        statuses(&r),
+        [("user:cloud".into(), ItemStatus::Applied)],
+        "{r:?}"
+    );
+    assert!(
+        took >= std::time::Duration::from_millis(800),
+        "the agent did not wait for the lock ({took:?})"
+    );
+    assert!(read(&guest, "etc/group").contains(":cloud\n"));
+}
+
+fn which_python() -> Result<&'static str, ()> {
+    ["/usr/bin/python3", "/bin/python3"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .ok_or(())
+}
