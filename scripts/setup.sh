@@ -12,6 +12,7 @@ packages=(
   iputils-ping             # ping across veth pairs in the live-apply tests
   procps                   # ps/pkill used by test clean-up
   libglib2.0-0 libyaml-0-2 libreadline8  # libraries of the managers' parsers (net-tools.sh)
+  sudo                     # visudo -c: the agent checks sudo rules with it (tests/items.rs)
 )
 
 missing=()

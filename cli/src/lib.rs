@@ -7,6 +7,7 @@
 
 pub mod domain_xml;
 pub mod hook;
+pub mod known_hosts;
 mod output;
 mod syslog;
 pub mod xl;
@@ -24,7 +25,7 @@ use xenchan_api::{DomainName, VmUuid};
 use xenchan_basics::{Exit, chain};
 use xenchan_protocol::config::{
     Cidr, ConfigError, DomainName as SearchDomain, Ethernet, GuestConfig, Hostname, InterfaceId,
-    MacAddr, Match, Nameservers, Network, Route, RouteTarget, SshKey, User, UserName,
+    MacAddr, Match, Nameservers, Network, Route, RouteTarget, RunPolicy, SshKey, User, UserName,
 };
 
 /// Largest file read for --file and --ssh-key-file.
@@ -144,6 +145,12 @@ held by another domain; prepare hook refused); 69 broker unavailable; 74 unreada
     List,
     /// Remove a domain's configuration and release its leases (safe to repeat).
     Rm {
+        /// The domain.
+        name: String,
+    },
+    /// Print known_hosts lines for the domain from the ssh host keys its agent reported.
+    #[command(name = "known-hosts", after_help = known_hosts::AFTER_HELP)]
+    KnownHosts {
         /// The domain.
         name: String,
     },
@@ -360,6 +367,13 @@ fn document_from_flags(a: &SetArgs) -> Result<GuestConfig, Failure> {
             name: a.user.clone(),
             ssh_authorized_keys: keys,
             create: a.create_user,
+            groups: Vec::new(),
+            shell: None,
+            sudo: None,
+            hashed_passwd: None,
+            lock_passwd: None,
+            plain_text_passwd: None,
+            run: RunPolicy::default(),
         });
     }
     if doc == GuestConfig::default() {
@@ -494,6 +508,24 @@ async fn run_domain(client: &Client, json: bool, cmd: DomainCommand) -> Result<(
             } else {
                 writeln!(out, "{}: had no configuration (nothing to do)", r.name)
                     .map_err(out_err)?;
+            }
+        }
+        DomainCommand::KnownHosts { name } => {
+            let v = client.get_domain(&name).await?;
+            let kh = known_hosts::render(v.config.as_ref(), v.facts.as_ref());
+            for s in &kh.skipped {
+                eprintln!("xenchan: {name}: left out {s}");
+            }
+            if kh.lines.is_empty() {
+                return Err(Failure::new(
+                    Exit::DataErr,
+                    format!(
+                        "{name}: no usable ssh host key reported by the guest (no sshd, an older agent, or not connected since its first boot)"
+                    ),
+                ));
+            }
+            for l in &kh.lines {
+                writeln!(out, "{l}").map_err(out_err)?;
             }
         }
         DomainCommand::Push { name } => {

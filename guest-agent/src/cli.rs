@@ -129,6 +129,12 @@ pub struct AgentArgs {
     #[arg(long, value_name = "MODE", default_value = "auto", value_parser = network_live)]
     pub network_live: LiveMode,
 
+    /// A folder (absolute, in the guest) below which `write_files` may write; repeat
+    /// for several. Replaces the default list /etc, /home, /srv, /opt. Paths elsewhere
+    /// are answered `failed` naming this option.
+    #[arg(long, value_name = "DIR", value_parser = absolute_dir)]
+    pub write_files_allow: Vec<PathBuf>,
+
     /// Log line format on stderr: `text` or `json`.
     #[arg(long, value_name = "FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -143,6 +149,20 @@ pub enum AgentCommand {
         /// Folder of the channel links to match against the ttys.
         #[arg(long, value_name = "DIR", default_value = crate::DEFAULT_CHANNEL_DIR)]
         channel_dir: PathBuf,
+    },
+    /// Prepare this system (or the image at --root) to be a template: empty the machine
+    /// id, remove the ssh host keys, the agent's applied state, DHCP leases (dhclient,
+    /// NetworkManager, systemd-networkd) and the random seeds. Prints one line per thing
+    /// (also what was already absent). Run it last, then shut down and clone. Exit
+    /// status: 0 sealed, 74 a file could not be cleared (the lines before say what was
+    /// done).
+    Seal {
+        /// Root of the guest filesystem to seal.
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+        /// The agent's state folder [default: <root>/var/lib/xenchan-agent].
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
     },
 }
 
@@ -169,6 +189,14 @@ fn network_live(s: &str) -> Result<LiveMode, String> {
         "never" => LiveMode::Never,
         _ => return Err("expected auto, always or never".into()),
     })
+}
+
+fn absolute_dir(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s.trim_end_matches('/'));
+    if !s.starts_with('/') || p.components().any(|c| c == std::path::Component::ParentDir) {
+        return Err("expected an absolute folder without `..` (e.g. /srv)".into());
+    }
+    Ok(p)
 }
 
 fn channel_name(s: &str) -> Result<String, String> {
@@ -250,7 +278,7 @@ impl AgentArgs {
     /// this, so they cannot drift apart.
     #[must_use]
     pub fn options(self) -> crate::AgentOptions {
-        crate::AgentOptions {
+        let mut opts = crate::AgentOptions {
             channel: self.channel,
             channel_dir: self.channel_dir,
             virtio_dir: self.virtio_dir,
@@ -271,6 +299,10 @@ impl AgentArgs {
                 ..crate::Timing::default()
             },
             ..crate::AgentOptions::default()
+        };
+        if !self.write_files_allow.is_empty() {
+            opts.write_files_allow = self.write_files_allow;
         }
+        opts
     }
 }

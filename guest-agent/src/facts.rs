@@ -45,6 +45,7 @@ pub fn gather(opts: &AgentOptions) -> GuestFacts {
         kernel: kernel(root, live),
         hostname: hostname(root, live),
         interfaces,
+        host_keys: crate::host_keys::gather(root),
     }
 }
 
@@ -74,13 +75,17 @@ pub async fn gather_bounded(opts: Arc<AgentOptions>, per_source: Duration) -> Gu
         }
     }
     let live = opts.is_live_root();
-    let (o1, o2, o3, o4) = (
+    let (o1, o2, o3, o4, o5) = (
+        Arc::clone(&opts),
         Arc::clone(&opts),
         Arc::clone(&opts),
         Arc::clone(&opts),
         Arc::clone(&opts),
     );
-    let (os, kernel, hostname, interfaces) = tokio::join!(
+    // Host keys may first have to be made (`ssh-keygen -A` after sealing): past the
+    // deadline they are reported empty and the next gathering (facts are re-sent when
+    // they change) carries them.
+    let (os, kernel, hostname, interfaces, host_keys) = tokio::join!(
         bounded("os-release", per_source, move || os_name(&o1.root)),
         bounded("kernel", per_source, move || kernel(&o2.root, live)),
         bounded("hostname", per_source, move || hostname(&o3.root, live)),
@@ -91,6 +96,9 @@ pub async fn gather_bounded(opts: Arc<AgentOptions>, per_source: Duration) -> Gu
             }
             i
         }),
+        bounded("host keys", per_source, move || crate::host_keys::gather(
+            &o5.root
+        )),
     );
     GuestFacts {
         agent: software(),
@@ -98,6 +106,7 @@ pub async fn gather_bounded(opts: Arc<AgentOptions>, per_source: Duration) -> Gu
         kernel,
         hostname,
         interfaces,
+        host_keys,
     }
 }
 

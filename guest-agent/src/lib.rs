@@ -19,9 +19,11 @@ mod discovery;
 mod error;
 pub mod facts;
 mod fsat;
+pub mod host_keys;
 pub mod identity;
 pub mod logging;
 mod options;
+pub mod seal;
 mod session;
 pub mod state;
 

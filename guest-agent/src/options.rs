@@ -44,6 +44,8 @@ pub struct AgentOptions {
     pub network: NetworkOptions,
     /// Intervals and back-offs.
     pub timing: Timing,
+    /// Folders (absolute, in the guest) that `write_files` may write below.
+    pub write_files_allow: Vec<PathBuf>,
 }
 
 /// How the network applier works (see the `xenchan-netconf` crate).
@@ -165,6 +167,10 @@ impl Default for AgentOptions {
             sd_notify: false,
             network: NetworkOptions::default(),
             timing: Timing::default(),
+            write_files_allow: crate::apply::write_files::DEFAULT_ALLOW
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
         }
     }
 }
@@ -197,6 +203,11 @@ impl AgentOptions {
     pub fn guest_path(&self, rel: &str) -> PathBuf {
         self.root.join(rel.trim_start_matches('/'))
     }
+}
+
+/// Whether `p` is `/` (after resolving symlinks).
+pub(crate) fn is_root_path(p: &Path) -> bool {
+    is_slash(p)
 }
 
 fn is_slash(p: &Path) -> bool {

@@ -180,6 +180,7 @@ fn main() {
             kernel: "6.1.0-28-amd64".into(),
             hostname: "localhost".into(),
             interfaces: Vec::new(),
+            host_keys: Vec::new(),
         }),
     ));
     let mut bytes = answer.clone();

@@ -469,6 +469,19 @@ pub struct GuestFacts {
     /// The guest's network interfaces.
     #[serde(default)]
     pub interfaces: Vec<InterfaceFacts>,
+    /// The guest's ssh host keys (public halves), so that dom0 can print known_hosts
+    /// lines and a first ssh needs no trust on first use.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_keys: Vec<HostKeyFacts>,
+}
+
+/// One ssh host key of the guest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostKeyFacts {
+    /// `algorithm base64`, as in a known_hosts line (no comment).
+    pub key: String,
+    /// `SHA256:...`, as `ssh-keygen -l` prints it.
+    pub fingerprint: String,
 }
 
 /// One network interface as the guest sees it.

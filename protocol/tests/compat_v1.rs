@@ -168,7 +168,7 @@ fn a_push_with_unknown_fields_decodes_with_them_named() {
     let frame: serde_json::Value = serde_json::from_slice(&fixture("broker/config.frame")).unwrap();
     let mut doc = frame["config"].clone();
     doc["ntp"] = serde_json::json!({"servers": ["pool.ntp.org"]});
-    doc["users"][0]["sudo"] = "ALL=(ALL) NOPASSWD:ALL".into();
+    doc["users"][0]["expiredate"] = "2030-01-01".into();
     let Body::Config(p) = decode(&config_frame(&frame, &doc)).body else {
         panic!("not a config")
     };
@@ -178,7 +178,7 @@ fn a_push_with_unknown_fields_decodes_with_them_named() {
         .iter()
         .map(|e| e.path.as_str())
         .collect();
-    assert_eq!(paths, ["ntp", "users[0].sudo"]);
+    assert_eq!(paths, ["ntp", "users[0].expiredate"]);
     assert_eq!(p.config.users.len(), 1);
     assert_eq!(p.lineage.as_ref().map(Lineage::as_str), Some("abc"));
 

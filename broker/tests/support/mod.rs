@@ -614,6 +614,7 @@ async fn answer_hello(
             kernel: "6.1.0-test".into(),
             hostname: "localhost".into(),
             interfaces: Vec::new(),
+            host_keys: Vec::new(),
         }),
     );
     out.send(&answer).await.is_ok() && out.send(&facts).await.is_ok()

@@ -54,6 +54,12 @@ pub(crate) fn lookup(etc: &File, name: &str) -> Result<Option<PasswdEntry>, Stri
     Ok(find(&text, name).and_then(parse_passwd_line))
 }
 
+/// Looks group `name` up in `/etc/group`; its gid.
+pub(crate) fn lookup_group(etc: &File, name: &str) -> Result<Option<u32>, String> {
+    let text = read_etc(etc, "group")?.unwrap_or_default();
+    Ok(find(&text, name).and_then(|l| l.split(':').nth(2)?.parse().ok()))
+}
+
 /// Appends `line` to `/etc/<file>` atomically unless a line for `name` is already there.
 /// A missing file is created with `default_owner`.
 fn append_entry(
@@ -202,9 +208,162 @@ fn make_home(root: &File, name: &str, uid: u32, gid: u32) -> Result<(), String> 
     }
 }
 
+/// Takes the lock useradd takes (lckpwdf semantics: `/etc/.pwd.lock`, fcntl). Never
+/// nested: closing any descriptor of the lock file drops a process's fcntl lock.
+pub(crate) fn lock(etc: &File) -> Result<PwdLock, String> {
+    PwdLock::acquire(etc, Duration::from_secs(5)).map_err(|e| e.to_string())
+}
+
+/// Rewrites `/etc/<file>` with `f(old text)` when that differs, keeping its owner and
+/// mode; the caller holds [`lock`]. A missing file is left missing (`Ok(false)`).
+pub(crate) fn edit(
+    etc: &File,
+    file: &str,
+    f: impl FnOnce(&str) -> Result<String, String>,
+) -> Result<bool, String> {
+    let Some(old) = read_etc(etc, file)? else {
+        return Ok(false);
+    };
+    let new = f(&old)?;
+    if new == old {
+        return Ok(false);
+    }
+    let st = fsat::lstat_at(etc, OsStr::new(file))
+        .map_err(|e| format!("/etc/{file}: {}", fsat::describe(&e)))?
+        .ok_or_else(|| format!("/etc/{file} vanished"))?;
+    let owner = Owner {
+        uid: st.st_uid,
+        gid: st.st_gid,
+        mode: st.st_mode & 0o7777,
+    };
+    fsat::write_atomic_at(etc, OsStr::new(file), new.as_bytes(), owner)
+        .map_err(|e| format!("cannot write /etc/{file}: {e}"))?;
+    Ok(true)
+}
+
+/// Field `idx` of the line of `name`.
+pub(crate) fn field(text: &str, name: &str, idx: usize) -> Option<String> {
+    find(text, name).and_then(|l| l.split(':').nth(idx).map(str::to_string))
+}
+
+/// `text` with field `idx` of `name`'s line set to `value`; `None` when there is no
+/// such line (or it has too few fields).
+pub(crate) fn with_field(text: &str, name: &str, idx: usize, value: &str) -> Option<String> {
+    let mut found = false;
+    let mut out = String::with_capacity(text.len() + value.len());
+    for line in text.split_inclusive('\n') {
+        let body = line.strip_suffix('\n').unwrap_or(line);
+        let mut f: Vec<&str> = body.split(':').collect();
+        if !found && f.first() == Some(&name) && f.len() > idx {
+            found = true;
+            f[idx] = value;
+            out.push_str(&f.join(":"));
+            if line.ends_with('\n') {
+                out.push('\n');
+            }
+        } else {
+            out.push_str(line);
+        }
+    }
+    found.then_some(out)
+}
+
+/// `text` (group(5) or gshadow(5)) with `user` in (or out of) the member list of
+/// `group`; unchanged when there is no such group.
+pub(crate) fn with_member(text: &str, group: &str, user: &str, member: bool) -> String {
+    let Some(list) = field(text, group, 3) else {
+        return text.to_string();
+    };
+    let mut members: Vec<&str> = list.split(',').filter(|m| !m.is_empty()).collect();
+    let has = members.contains(&user);
+    if has == member {
+        return text.to_string();
+    }
+    if member {
+        members.push(user);
+    } else {
+        members.retain(|m| *m != user);
+    }
+    with_field(text, group, 3, &members.join(",")).unwrap_or_else(|| text.to_string())
+}
+
+/// `text` without the line of `name`.
+pub(crate) fn without_line(text: &str, name: &str) -> String {
+    text.split_inclusive('\n')
+        .filter(|l| l.split(':').next() != Some(name))
+        .collect()
+}
+
+/// Creates group `name` with a free gid from 1000 (the caller holds [`lock`]).
+pub(crate) fn create_group(etc: &File, name: &str) -> Result<u32, String> {
+    let group = read_etc(etc, "group")?.unwrap_or_default();
+    if let Some(gid) = find(&group, name).and_then(|l| l.split(':').nth(2)?.parse().ok()) {
+        return Ok(gid);
+    }
+    let used = ids(&group, 2);
+    let gid = (FIRST_ID..=LAST_ID)
+        .find(|n| !used.contains(n))
+        .ok_or_else(|| format!("no free gid between {FIRST_ID} and {LAST_ID}"))?;
+    let etc_meta = etc.metadata().map_err(|e| format!("/etc: {e}"))?;
+    let public = Owner {
+        uid: etc_meta.uid(),
+        gid: etc_meta.gid(),
+        mode: 0o644,
+    };
+    append_entry(etc, "group", name, &format!("{name}:x:{gid}:"), public)?;
+    if fsat::lstat_at(etc, OsStr::new("gshadow"))
+        .ok()
+        .flatten()
+        .is_some()
+    {
+        let shadow_gid = find(&group, "shadow")
+            .and_then(|l| l.split(':').nth(2)?.parse().ok())
+            .unwrap_or(etc_meta.gid());
+        let secret = Owner {
+            gid: shadow_gid,
+            mode: 0o640,
+            ..public
+        };
+        append_entry(etc, "gshadow", name, &format!("{name}:!::"), secret)?;
+    }
+    Ok(gid)
+}
+
+/// Reads `/etc/<file>` (empty when missing).
+pub(crate) fn read(etc: &File, file: &str) -> Result<String, String> {
+    Ok(read_etc(etc, file)?.unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn field_edits() {
+        let t = "root:x:0:\nsudo:x:27:alice\nadm:x:4:\n";
+        assert_eq!(
+            with_member(t, "sudo", "cloud", true),
+            "root:x:0:\nsudo:x:27:alice,cloud\nadm:x:4:\n"
+        );
+        assert_eq!(
+            with_member(t, "adm", "cloud", true),
+            "root:x:0:\nsudo:x:27:alice\nadm:x:4:cloud\n"
+        );
+        assert_eq!(
+            with_member(t, "sudo", "alice", false),
+            "root:x:0:\nsudo:x:27:\nadm:x:4:\n"
+        );
+        assert_eq!(with_member(t, "sudo", "alice", true), t);
+        assert_eq!(with_member(t, "nope", "alice", true), t);
+        assert_eq!(without_line(t, "sudo"), "root:x:0:\nadm:x:4:\n");
+        let s = "cloud:!:19000:0:99999:7:::\n";
+        assert_eq!(
+            with_field(s, "cloud", 1, "$6$a$b").unwrap(),
+            "cloud:$6$a$b:19000:0:99999:7:::\n"
+        );
+        assert!(with_field(s, "other", 1, "x").is_none());
+        assert_eq!(field(s, "cloud", 1).as_deref(), Some("!"));
+    }
 
     #[test]
     fn parses_passwd_lines() {

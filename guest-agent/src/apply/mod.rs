@@ -5,10 +5,16 @@
 //! answers `unchanged`.
 
 mod accounts;
+pub(crate) mod command;
 mod hostname;
 mod keys;
 mod network;
+mod put;
+mod run_once;
+pub mod sudo;
+pub mod time;
 mod users;
+pub mod write_files;
 
 use std::collections::BTreeMap;
 
@@ -21,7 +27,9 @@ use crate::state::AppliedState;
 pub use hostname::HostnameApplier;
 pub use keys::{BLOCK_BEGIN, BLOCK_END, render_managed_block};
 pub use network::NetworkApplier;
+pub use time::TimeApplier;
 pub use users::UsersApplier;
+pub use write_files::WriteFilesApplier;
 
 /// What an applier may look at besides the document.
 #[derive(Debug, Clone, Copy)]
@@ -70,6 +78,8 @@ pub fn default_appliers() -> Vec<Box<dyn Applier>> {
         Box::new(HostnameApplier),
         Box::new(NetworkApplier),
         Box::new(UsersApplier),
+        Box::new(TimeApplier),
+        Box::new(WriteFilesApplier),
     ]
 }
 

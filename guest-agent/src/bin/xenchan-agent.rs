@@ -24,6 +24,9 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(AgentCommand::Seal { root, state_dir }) = &cli.command {
+        return seal(root, state_dir.as_deref());
+    }
     logging::init(cli.log_format, "info");
     let opts = cli.options();
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -45,6 +48,31 @@ fn main() -> ExitCode {
             let code = e.exit_code();
             eprintln!("xenchan-agent: {:#}", anyhow::Error::from(e));
             ExitCode::from(code as u8)
+        }
+    }
+}
+
+/// `xenchan-agent seal`: one line per step on stdout, the failure on stderr.
+fn seal(root: &std::path::Path, state_dir: Option<&std::path::Path>) -> ExitCode {
+    let state_dir = state_dir.map_or_else(
+        || root.join(xenchan_agent::DEFAULT_STATE_DIR.trim_start_matches('/')),
+        std::path::Path::to_path_buf,
+    );
+    let mut lines = Vec::new();
+    let result = xenchan_agent::seal::seal(root, &state_dir, &mut lines);
+    for l in &lines {
+        println!("{l}");
+    }
+    match result {
+        Ok(()) => {
+            println!(
+                "sealed: shut down now and clone; each clone gets a new machine id, host keys and leases at first boot"
+            );
+            ExitCode::from(Exit::Ok.code())
+        }
+        Err(e) => {
+            eprintln!("xenchan-agent seal: cannot clear {e}");
+            ExitCode::from(Exit::IoErr.code())
         }
     }
 }

@@ -27,8 +27,12 @@
 //! (`network.ethernets.eth0.addresses[1]`); [`GuestConfig::validate`] then checks the rules
 //! that span fields and reports every violation, each with its path.
 
+pub mod accounts;
 mod fields;
+pub mod run;
 pub mod schema;
+pub mod time;
+pub mod write_files;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -41,10 +45,14 @@ use thiserror::Error;
 
 pub use schema::{Capabilities, Filtered};
 
+pub use accounts::{GroupName, PasswordHash, Refused, ShellPath, SudoRule};
 pub use fields::{
     Cidr, DomainName, Hostname, InterfaceId, MAX_SSH_KEY_LEN, MIN_RSA_BITS, MacAddr, RouteTarget,
     SshKey, UserName,
 };
+pub use run::RunPolicy;
+pub use time::{Ntp, NtpSource, Time, Timezone};
+pub use write_files::{ContentEncoding, FileMode, FileOwner, FilePath, WriteFile};
 
 /// Bounds on list sizes; a document is also bounded by the frame limit.
 pub mod limits {
@@ -83,6 +91,12 @@ pub struct GuestConfig {
     /// Users and their ssh keys.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub users: Vec<User>,
+    /// NTP servers and time zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Time>,
+    /// Files to write.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub write_files: Vec<WriteFile>,
 }
 
 /// Network configuration, netplan version 2 shape.
@@ -216,6 +230,27 @@ pub struct User {
     /// Create the user if missing (otherwise a missing user is a failed item).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub create: bool,
+    /// Supplementary groups (users v2); missing groups are created.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<GroupName>,
+    /// Login shell (users v2); it must exist in the guest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<ShellPath>,
+    /// sudoers(5) rule for the user, `ALL=(ALL) NOPASSWD:ALL` (users v2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sudo: Option<SudoRule>,
+    /// crypt(3) password hash (users v2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hashed_passwd: Option<PasswordHash>,
+    /// Lock the password (`!` before the hash; ssh keys still work) (users v2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_passwd: Option<bool>,
+    /// Always refused at validation; here so the refusal names the field and says why.
+    #[serde(default, skip_serializing)]
+    pub plain_text_passwd: Option<accounts::Refused>,
+    /// Every push, or once per VM instance (users v2).
+    #[serde(default, skip_serializing_if = "RunPolicy::is_always")]
+    pub run: RunPolicy,
 }
 
 /// One problem in a document, at a field.
@@ -434,6 +469,10 @@ impl GuestConfig {
             validate_network(net, &mut errs);
         }
         validate_users(&self.users, &mut errs);
+        if let Some(time) = &self.time {
+            time::validate(time, &mut errs);
+        }
+        write_files::validate(&self.write_files, &mut errs);
         errs.finish()
     }
 
@@ -451,6 +490,8 @@ impl GuestConfig {
             }
         }
         items.extend(self.users.iter().map(|u| format!("user:{}", u.name)));
+        items.extend(self.time.iter().flat_map(Time::items));
+        items.extend(self.write_files.iter().map(WriteFile::item));
         items
     }
 }
@@ -695,6 +736,7 @@ fn validate_users(users: &[User], errs: &mut Errors) {
                 );
             }
         }
+        accounts::validate_user(i, u, errs);
     }
 }
 

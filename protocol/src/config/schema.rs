@@ -130,15 +130,39 @@ const NETWORK: Kind = Kind {
 
 const USERS: Kind = Kind {
     name: "users",
-    versions: &[Node::List(&Node::Object(&[
-        field("name", Node::Leaf),
-        field("ssh_authorized_keys", Node::Leaf),
-        field("create", Node::Leaf),
-    ]))],
+    versions: &[
+        // v1: the first release.
+        Node::List(&Node::Object(&[
+            field("name", Node::Leaf),
+            field("ssh_authorized_keys", Node::Leaf),
+            field("create", Node::Leaf),
+        ])),
+        // v2: accounts (groups, shell, sudo rule, hashed password or locked, run-once).
+        // `plain_text_passwd` is in the tree so that it reaches the strict parse, which
+        // refuses it by name, instead of being dropped as unknown.
+        Node::List(&Node::Object(&[
+            field("name", Node::Leaf),
+            field("ssh_authorized_keys", Node::Leaf),
+            field("create", Node::Leaf),
+            field("groups", Node::Leaf),
+            field("shell", Node::Leaf),
+            field("sudo", Node::Leaf),
+            field("hashed_passwd", Node::Leaf),
+            field("lock_passwd", Node::Leaf),
+            field("plain_text_passwd", Node::Leaf),
+            field("run", Node::Leaf),
+        ])),
+    ],
 };
 
 /// Every item kind this build knows. Add a kind here (one line) after writing its file.
-pub static TABLE: &[Kind] = &[HOSTNAME, NETWORK, USERS];
+pub static TABLE: &[Kind] = &[
+    HOSTNAME,
+    NETWORK,
+    USERS,
+    super::time::KIND,
+    super::write_files::KIND,
+];
 
 /// Item kinds and the schema version of each that a peer can apply, as an agent announces
 /// them in its hello (`{"hostname":1,"network":1,"users":1}`).

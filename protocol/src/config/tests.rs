@@ -308,25 +308,29 @@ fn digest_text_is_validated() {
 fn the_strict_parse_reports_every_unknown_field_in_one_answer() {
     let mut v = full();
     v["network"]["ethernets"]["eth0"]["gateway5"] = "x".into();
-    v["users"][1]["sudo"] = "ALL".into();
+    v["users"][1]["expiredate"] = "2030-01-01".into();
     v["ntp"] = serde_json::json!({"servers": ["pool.ntp.org"]});
     let e = parse(&v).unwrap_err();
     let paths: Vec<&str> = e.errors.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(
         paths,
-        ["network.ethernets.eth0.gateway5", "ntp", "users[1].sudo"]
+        [
+            "network.ethernets.eth0.gateway5",
+            "ntp",
+            "users[1].expiredate"
+        ]
     );
 }
 
 #[test]
 fn tolerant_decode_keeps_what_it_knows_and_names_the_rest() {
     let mut v = full();
-    v["users"][1]["sudo"] = "ALL".into();
+    v["users"][1]["expiredate"] = "2030-01-01".into();
     v["ntp"] = serde_json::json!({"servers": ["pool.ntp.org"]});
     let t = GuestConfig::decode_tolerant(&v, "this agent").unwrap();
     assert_eq!(t.config, parse(&full()).unwrap());
     let paths: Vec<&str> = t.unsupported.iter().map(|e| e.path.as_str()).collect();
-    assert_eq!(paths, ["ntp", "users[1].sudo"]);
+    assert_eq!(paths, ["ntp", "users[1].expiredate"]);
 
     // What is left is still parsed strictly: a bad value is an error at its path.
     v["network"]["ethernets"]["eth0"]["match"]["macaddress"] = "01:00:5e:00:00:01".into();
