@@ -182,6 +182,21 @@ pub(super) fn validate(time: &Time, errs: &mut Errors) {
     }
 }
 
+/// The `time` item in the schema table ([`super::schema::TABLE`]).
+pub(crate) const KIND: super::schema::Kind = {
+    use super::schema::{Kind, Node, field};
+    Kind {
+        name: "time",
+        versions: &[Node::Object(&[
+            field(
+                "ntp",
+                Node::Object(&[field("servers", Node::Leaf), field("pools", Node::Leaf)]),
+            ),
+            field("timezone", Node::Leaf),
+        ])],
+    }
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,18 +238,3 @@ mod tests {
         );
     }
 }
-
-/// The `time` item in the schema table ([`super::schema::TABLE`]).
-pub(crate) const KIND: super::schema::Kind = {
-    use super::schema::{Kind, Node, field};
-    Kind {
-        name: "time",
-        versions: &[Node::Object(&[
-            field(
-                "ntp",
-                Node::Object(&[field("servers", Node::Leaf), field("pools", Node::Leaf)]),
-            ),
-            field("timezone", Node::Leaf),
-        ])],
-    }
-};

@@ -279,6 +279,22 @@ pub(super) fn validate(files: &[WriteFile], errs: &mut Errors) {
     }
 }
 
+/// The `write_files` item in the schema table ([`super::schema::TABLE`]).
+pub(crate) const KIND: super::schema::Kind = {
+    use super::schema::{Kind, Node, field};
+    Kind {
+        name: "write_files",
+        versions: &[Node::List(&Node::Object(&[
+            field("path", Node::Leaf),
+            field("content", Node::Leaf),
+            field("encoding", Node::Leaf),
+            field("owner", Node::Leaf),
+            field("permissions", Node::Leaf),
+            field("run", Node::Leaf),
+        ]))],
+    }
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,19 +342,3 @@ mod tests {
         assert!(bad.bytes().unwrap_err().contains("base64"));
     }
 }
-
-/// The `write_files` item in the schema table ([`super::schema::TABLE`]).
-pub(crate) const KIND: super::schema::Kind = {
-    use super::schema::{Kind, Node, field};
-    Kind {
-        name: "write_files",
-        versions: &[Node::List(&Node::Object(&[
-            field("path", Node::Leaf),
-            field("content", Node::Leaf),
-            field("encoding", Node::Leaf),
-            field("owner", Node::Leaf),
-            field("permissions", Node::Leaf),
-            field("run", Node::Leaf),
-        ]))],
-    }
-};
