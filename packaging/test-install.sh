@@ -247,6 +247,11 @@ check() {
   fi
 }
 check "group xenchan exists" sh -c "chroot '$ROOT' getent group xenchan >/dev/null"
+check "group xenchan-ro exists (read-only role)" sh -c "chroot '$ROOT' getent group xenchan-ro >/dev/null"
+check "/etc/xenchan/hook.toml is a conffile" \
+  sh -c "chroot '$ROOT' dpkg-query -W -f='\${Conffiles}' xenchan-broker | grep -q ' /etc/xenchan/hook.toml '"
+check "no libvirt-qemu group, so no KVM drop-in" \
+  sh -c "chroot '$ROOT' getent group libvirt-qemu >/dev/null || test ! -e '$ROOT/etc/systemd/system/xenchan-broker.service.d/50-libvirt-qemu.conf'"
 check "/etc/xenchan/broker.toml is a conffile" \
   sh -c "chroot '$ROOT' dpkg-query -W -f='\${Conffiles}' xenchan-broker | grep -q ' /etc/xenchan/broker.toml '"
 check "the hooks folder exists" test -d "$ROOT/etc/xenchan/hooks"
@@ -287,14 +292,16 @@ check "xenchan status answers: $(head -n1 "$WORK/status.txt")" grep -q '^broker 
 check "the control socket is mode 0660" \
   sh -c "[ \"\$(stat -c %a '$ROOT$T/broker.sock')\" = 660 ]"
 
-# The installed libvirt hook, as libvirtd runs it, registers a domain with our channel.
+# The installed libvirt hook, as libvirtd runs it (no environment but LC_ALL, PATH,
+# HOME; its settings from /etc/xenchan/hook.toml), registers a domain with our channel.
+printf 'socket = "%s"\n' "$T/broker.sock" >>"$ROOT/etc/xenchan/hook.toml"
 cat >"$ROOT$T/web1.xml" <<EOF
 <domain type='xen'><name>web1</name><uuid>6f0c1e4e-9a3b-4a53-8d7e-0d9f3f1c2b7a</uuid>
 <devices><channel type='unix'><source mode='bind' path='$T/sockets/web1.sock'/>
 <target type='xen' name='org.xenchan.agent.1'/></channel></devices></domain>
 EOF
 check "the libvirt hook registers a domain at prepare begin" \
-  bounded 20 chroot "$ROOT" env XENCHAN_SOCKET="$T/broker.sock" sh -c \
+  bounded 20 chroot "$ROOT" env -i LC_ALL=C PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root sh -c \
   "/usr/libexec/xenchan/libvirt-hook web1 prepare begin - <$T/web1.xml >$T/hook.out && test ! -s $T/hook.out"
 check "the broker knows web1 with its UUID" \
   sh -c "chroot '$ROOT' xenchan --socket '$T/broker.sock' domain get web1 --json | grep '\"uuid\": \"6f0c1e4e-9a3b-4a53-8d7e-0d9f3f1c2b7a\"' >/dev/null"

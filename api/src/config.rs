@@ -133,14 +133,58 @@ impl Default for Timeouts {
             result: 30_000,
             write: 60_000,
             keepalive: 15_000,
-            hook: 10_000,
+            // hook < request < the libvirt hook's deadline: see check_deadline_order.
+            hook: 5000,
             reconnect_min: 200,
             reconnect_max: 10_000,
-            request: 10_000,
+            request: 8000,
             shutdown: 2000,
             xenstore: 5000,
         }
     }
+}
+
+/// The libvirt hook's (`xenchan hook`) default deadline, in milliseconds: the `deadline`
+/// of `/etc/xenchan/hook.toml` (there in seconds) when it is not set.
+pub const LIBVIRT_HOOK_DEADLINE_MS: u64 = 10_000;
+
+/// Checks that the deadlines nest: one broker hook run (`timeouts.hook`) ends before the
+/// API request that waits for it (`timeouts.request`), which ends before the libvirt hook
+/// gives up on the broker ([`LIBVIRT_HOOK_DEADLINE_MS`]). Out of order, a slow refusing
+/// `prepare` hook is cut off by the outer deadline first: the caller gets a timeout
+/// instead of the hook's message, and the libvirt hook (which treats an unreachable
+/// broker as "go on") lets the VM start unregistered. The broker calls this at start-up.
+///
+/// # Errors
+/// A sentence naming the two keys that are out of order and their values.
+pub fn check_deadline_order(config: &Config) -> Result<(), String> {
+    deadline_order(
+        config.timeouts.hook,
+        config.timeouts.request,
+        LIBVIRT_HOOK_DEADLINE_MS,
+    )
+}
+
+/// [`check_deadline_order`] on plain values (milliseconds), for any libvirt hook deadline.
+///
+/// # Errors
+/// As [`check_deadline_order`].
+pub fn deadline_order(hook: u64, request: u64, libvirt_hook: u64) -> Result<(), String> {
+    if hook >= request {
+        return Err(format!(
+            "timeouts.hook ({hook} ms) must be below timeouts.request ({request} ms): \
+             otherwise a slow prepare hook is cut off by the API request's timeout and the \
+             caller never sees the hook's answer"
+        ));
+    }
+    if request >= libvirt_hook {
+        return Err(format!(
+            "timeouts.request ({request} ms) must be below the libvirt hook's deadline \
+             ({libvirt_hook} ms, `deadline` in /etc/xenchan/hook.toml): otherwise the \
+             libvirt hook gives up first and lets the VM start unregistered"
+        ));
+    }
+    Ok(())
 }
 
 /// A millisecond value as a [`Duration`].
@@ -552,5 +596,38 @@ hostname = false
     fn effective_config_round_trips() {
         let c = Config::default();
         assert_eq!(parse(&c.to_toml()).unwrap(), c);
+    }
+
+    #[test]
+    fn deadlines_nest_by_default_and_out_of_order_ones_are_named() {
+        assert_eq!(check_deadline_order(&Config::default()), Ok(()));
+        let d = Timeouts::default();
+        assert!(d.hook < d.request && d.request < LIBVIRT_HOOK_DEADLINE_MS);
+        for (hook, request, libvirt, bad) in [
+            (5000, 8000, 10_000, None),
+            (1, 2, 3, None),
+            (8000, 8000, 10_000, Some("timeouts.hook (8000 ms)")),
+            (9000, 8000, 10_000, Some("timeouts.hook (9000 ms)")),
+            (5000, 10_000, 10_000, Some("timeouts.request (10000 ms)")),
+            (
+                5000,
+                12_000,
+                10_000,
+                Some("libvirt hook's deadline (10000 ms"),
+            ),
+        ] {
+            match (deadline_order(hook, request, libvirt), bad) {
+                (Ok(()), None) => {}
+                (Err(e), Some(want)) => assert!(e.contains(want), "{e}"),
+                (got, want) => panic!("{hook}/{request}/{libvirt}: {got:?}, wanted {want:?}"),
+            }
+        }
+        let mut c = Config::default();
+        c.timeouts.hook = 10_000;
+        assert!(
+            check_deadline_order(&c)
+                .unwrap_err()
+                .contains("timeouts.hook")
+        );
     }
 }

@@ -8,11 +8,13 @@
 //! - [`paths`]: the same checks as plain functions, for code that keeps a `&str`;
 //! - [`defaults`]: the default locations (control socket, socket folder, state...);
 //! - [`config`]: the broker's configuration-file schema, the contract between the broker
-//!   that reads `broker.toml` and the tools that write one.
+//!   that reads `broker.toml` and the tools that write one;
+//! - [`hook_config`]: the libvirt hook's `/etc/xenchan/hook.toml`.
 
 pub mod client;
 pub mod config;
 pub mod defaults;
+pub mod hook_config;
 pub mod names;
 pub mod paths;
 pub mod types;

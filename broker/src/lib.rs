@@ -127,6 +127,12 @@ pub async fn run(
     }
     make_dir("socket folder", &config.socket_dir, None)?;
     let lock = StateLock::acquire(&config.lock_path())?;
+    // A hook timeout past the API's request timeout, or a request timeout past the
+    // libvirt hook's deadline, turns a refusing hook into a timeout its caller cannot
+    // read: said loudly at start (docs/OPERATING.md, "Deadlines").
+    if let Err(why) = xenchan_api::config::check_deadline_order(&config) {
+        tracing::warn!("timeouts out of order: {why}");
+    }
     for warning in xenchan_registry::startup_check(&config.channel, &config.registry_dir) {
         tracing::warn!("{warning}");
     }

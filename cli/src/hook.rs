@@ -5,14 +5,17 @@
 //! domain XML on stdin, waits for them, and aborts a start when a `prepare`/`start` hook
 //! exits non-zero (its stderr becomes the error). So this entry:
 //!
-//! - reads at most [`MAX_XML`] bytes of stdin, and does everything within `--deadline`;
+//! - reads at most [`MAX_XML`] bytes of stdin, and does everything within its deadline;
 //! - never calls libvirt (libvirtd is waiting for us: a deadlock) and never writes to
 //!   stdout (for `migrate` and `restore`, and for every script in a `.d` folder, stdout
 //!   replaces the domain XML; empty output keeps it);
 //! - touches the broker only for domains that have our channel;
+//! - takes its settings from `/etc/xenchan/hook.toml` ([`settings`]): libvirtd gives hooks
+//!   no environment but `LC_ALL`, `PATH` and `HOME`;
 //! - at `prepare begin`, registers the domain (`POST /v1/domains/{name}/prepare`) and
-//!   aborts the start when the broker *refuses* (a lease or UUID conflict, a prepare hook);
-//!   an *unreachable* broker or an unreadable XML only warns, unless `--strict`;
+//!   aborts the start when the broker *refuses* (a lease or UUID conflict, a prepare hook
+//!   that says no (422) or overruns (504)); an *unreachable* broker or an unreadable XML
+//!   follows `on_unreachable` / `on_bad_xml` (default: warn and go on);
 //! - at `release end`, releases it (`POST /v1/domains/{name}/release`); never fails;
 //! - at `reconnect begin` / `attach begin` (libvirtd restarted with running domains),
 //!   registers again but never fails: a failing reconnect hook makes libvirtd kill the
@@ -28,6 +31,7 @@ use clap::Args;
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 use xenchan_api::client::{Client, ClientError};
+use xenchan_api::hook_config::{self, HookConfig, OnProblem};
 use xenchan_api::types::ApiError;
 
 use crate::domain_xml::{self, DomainXml, MAX_XML};
@@ -47,14 +51,23 @@ Only domains with a unix channel named --channel (`<channel type='unix'>` with \
 `<target type='xen'|'virtio' name='org.xenchan.agent.1'/>`) are sent to the broker; \
 every other domain is left alone, at once. The hook never writes to standard output \
 (libvirt would take it as a replacement domain XML), never calls libvirt, reads at most \
-4 MiB of XML and finishes within --deadline.
+4 MiB of XML and finishes within its deadline (10 s by default).
+
+Settings come from /etc/xenchan/hook.toml (--config): libvirtd runs hooks with only \
+LC_ALL, PATH and HOME in the environment, so its environment cannot configure them. \
+Keys: socket, channel, deadline (seconds), on_unreachable and on_bad_xml (\"continue\" \
+or \"abort\"). A missing file means the defaults. A malformed file is reported (stderr \
+and the system log, naming the key) and aborts the start of any domain with a unix \
+channel (exit 78) until fixed; reconnect and release go on with the defaults. The \
+options below override the file, for trying the hook by hand.
 
 What each libvirt call does (the same for the libxl and the qemu hook):
 
 `prepare begin`: register the domain, its UUID and channels (POST \
 /v1/domains/{name}/prepare). The broker checks that no other domain has this UUID, \
-confirms the domain's leases and runs its own prepare hooks. If it refuses, this exits \
-65 with the reason on stderr and libvirt aborts the start.
+confirms the domain's leases and runs its own prepare hooks. If it refuses (4xx: 409 a \
+UUID or lease conflict, 422 a prepare hook said no; or 504: a prepare hook overran), \
+this exits 65 with the reason on stderr and libvirt aborts the start.
 
 `start begin`, `started begin`, `stopped end`: nothing. The broker finds the channel \
 socket when QEMU makes it, and sees it close.
@@ -72,10 +85,11 @@ again, but never fail: a failing reconnect hook makes libvirtd kill the domain.
 Anything else: nothing.
 
 When the broker cannot be reached at `prepare` (no socket, refused, no answer within the \
-deadline, 5xx, a broker without these endpoints) or the XML cannot be read, the start is \
-NOT aborted: a warning goes to stderr and to the system log (libvirt only logs a hook's \
-stderr when it fails), and the broker configures the domain anyway once its channel \
-socket appears. --strict (or XENCHAN_HOOK_STRICT=1) aborts the start instead.";
+deadline, 5xx but 504, a broker without these endpoints) or the XML cannot be read, \
+the default (on_unreachable / on_bad_xml = \"continue\") does NOT abort the start: a \
+warning goes to stderr and to the system log (libvirt only logs a hook's stderr when \
+it fails), and the broker configures the domain anyway once its channel socket \
+appears. \"abort\" in hook.toml (or --strict) aborts the start instead.";
 
 /// `--help` epilogue.
 pub const AFTER_HELP: &str = "\
@@ -89,37 +103,47 @@ Examples:
   By hand (what libvirt does):
       virsh dumpxml web1 | xenchan hook -- web1 prepare begin -
       xenchan hook --strict -- web1 prepare begin - < web1.xml
+      xenchan hook --config ./hook.toml -- web1 prepare begin - < web1.xml
+
+  /etc/xenchan/hook.toml, aborting starts when the broker is down:
+      on_unreachable = \"abort\"
 
 Exit codes: 0 done, nothing to do, or a tolerated problem (warned); 65 the broker refused
-the domain (the start is aborted), or, with --strict, the XML cannot be read; 69 with
---strict, the broker is unreachable; 2 bad command line.";
+the domain (the start is aborted), or the XML cannot be read and on_bad_xml = \"abort\";
+69 the broker is unreachable and on_unreachable = \"abort\"; 78 the config file is
+malformed (prepare of a domain with a unix channel); 2 bad command line.";
 
-/// The arguments libvirt passes, and our options.
+/// The arguments libvirt passes, and our options. The options are for trying the hook
+/// by hand and for tests: libvirtd passes none and no environment but `LC_ALL`, `PATH`
+/// and `HOME`, so the settings libvirt runs with are those of `--config`.
 #[derive(Debug, Args)]
 pub struct HookArgs {
+    /// The hook's settings (socket, channel, deadline, what to do when the broker cannot
+    /// be reached). A missing file means the defaults; see /etc/xenchan/hook.toml.
+    #[arg(long, value_name = "PATH", env = "XENCHAN_HOOK_CONFIG",
+          default_value = hook_config::DEFAULT_PATH)]
+    pub config: PathBuf,
+
     /// Abort the start (exit non-zero) when the broker cannot be reached or the domain
-    /// XML cannot be read at `prepare`. Without it those only warn. A refusal by the
-    /// broker always aborts.
+    /// XML cannot be read at `prepare`, whatever the config file says (its
+    /// `on_unreachable` / `on_bad_xml`). A refusal by the broker always aborts.
     /// In the environment, any value but an empty one, 0, false, no, off, n or f is on.
     #[arg(long, env = "XENCHAN_HOOK_STRICT",
           value_parser = clap::builder::FalseyValueParser::new())]
     pub strict: bool,
 
     /// The channel name that marks a domain as ours (the target name of its unix
-    /// channel); domains without such a channel are ignored.
-    #[arg(
-        long,
-        value_name = "NAME",
-        env = "XENCHAN_CHANNEL",
-        default_value = xenchan_protocol::DEFAULT_CHANNEL
-    )]
-    pub channel: String,
+    /// channel); domains without such a channel are ignored. Overrides `channel` of the
+    /// config file [default: org.xenchan.agent.1].
+    #[arg(long, value_name = "NAME", env = "XENCHAN_CHANNEL")]
+    pub channel: Option<String>,
 
-    /// Seconds the whole hook may take (reading the XML and the broker's answer). Keep it
-    /// above the broker's `timeouts.hook` if the broker runs prepare hooks.
-    #[arg(long, value_name = "SECS", default_value_t = 5,
+    /// Seconds the whole hook may take (reading the XML and the broker's answer).
+    /// Overrides `deadline` of the config file [default: 10]; keep it above the broker's
+    /// `timeouts.request`.
+    #[arg(long, value_name = "SECS",
           value_parser = clap::value_parser!(u64).range(1..=120))]
-    pub deadline: u64,
+    pub deadline: Option<u64>,
 
     /// Datagram socket of the system log that warnings and refusals are also sent to
     /// (`none` sends nothing).
@@ -142,6 +166,79 @@ pub struct HookArgs {
     /// The extra argument: `-`, or (release, libvirt >= 10.5) the shutoff reason. Ignored.
     #[arg(value_name = "EXTRA")]
     pub extra: Vec<String>,
+}
+
+/// The settings a call runs with: the config file's, then the command line's and the
+/// environment's on top.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The broker's control socket.
+    pub socket: PathBuf,
+    /// Our channel name.
+    pub channel: String,
+    /// The whole hook's deadline.
+    pub deadline: Duration,
+    /// Abort a prepare when the broker cannot be reached.
+    pub abort_unreachable: bool,
+    /// Abort a prepare when the XML cannot be read.
+    pub abort_bad_xml: bool,
+    /// Why the config file could not be used (then the rest are defaults + overrides).
+    pub config_error: Option<String>,
+}
+
+/// Merges the config file (`Ok(None)`: there is none) with the overrides. `socket` is
+/// the global `--socket`/`XENCHAN_SOCKET`: only a value other than the default
+/// overrides the file's (clap cannot tell a default from an explicit value here).
+pub fn settings(
+    file: Result<Option<HookConfig>, String>,
+    socket: &Path,
+    args: &HookArgs,
+) -> Settings {
+    let (conf, config_error) = match file {
+        Ok(c) => (c.unwrap_or_default(), None),
+        Err(e) => (HookConfig::default(), Some(e)),
+    };
+    Settings {
+        socket: if socket == Path::new(xenchan_api::defaults::CONTROL_SOCKET) {
+            conf.socket
+        } else {
+            socket.to_path_buf()
+        },
+        channel: args.channel.clone().unwrap_or(conf.channel),
+        deadline: Duration::from_secs(args.deadline.unwrap_or(conf.deadline)),
+        abort_unreachable: args.strict || conf.on_unreachable == OnProblem::Abort,
+        abort_bad_xml: args.strict || conf.on_bad_xml == OnProblem::Abort,
+        config_error,
+    }
+}
+
+/// Reads the config file: `Ok(None)` when it does not exist.
+///
+/// # Errors
+/// The file cannot be read or is malformed: the message names the file and the key.
+pub fn load_config(path: &Path) -> Result<Option<HookConfig>, String> {
+    let text = match read_bounded(path, hook_config::MAX_SIZE) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let text =
+        String::from_utf8(text).map_err(|_| format!("{}: `-`: not UTF-8 text", path.display()))?;
+    HookConfig::parse(&text, path)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+/// Reads at most `limit + 1` bytes (more is reported by the parser as too large).
+fn read_bounded(path: &Path, limit: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    std::fs::File::open(path)?
+        .take(limit as u64 + 1)
+        .read_to_end(&mut buf)?;
+    if buf.len() > limit {
+        return Err(std::io::Error::other(format!("larger than {limit} bytes")));
+    }
+    Ok(buf)
 }
 
 /// What a libvirt call asks of us.
@@ -194,7 +291,8 @@ impl Reporter<'_> {
 
 /// Runs the hook and returns its exit code. Prints nothing on stdout.
 pub fn run(socket: &Path, args: &HookArgs) -> ExitCode {
-    let end = Instant::now() + Duration::from_secs(args.deadline);
+    let s = settings(load_config(&args.config), socket, args);
+    let end = Instant::now() + s.deadline;
     let reporter = Reporter {
         syslog: (args.syslog != Path::new("none") && !args.syslog.as_os_str().is_empty())
             .then_some(args.syslog.as_path()),
@@ -219,11 +317,35 @@ pub fn run(socket: &Path, args: &HookArgs) -> ExitCode {
         }
     });
     let shown = domain.escape_debug();
+    if let Some(why) = &s.config_error {
+        // The safe choice: a start that may be ours (any unix channel: the channel name
+        // itself may be what is wrong) is aborted, so that the operator sees the error at
+        // once; reconnect and release go on with the defaults (failing them cannot help:
+        // a failing reconnect makes libvirtd kill the domain).
+        let maybe_ours = xml.as_ref().map_or(true, |x| !x.channels.is_empty());
+        if action == Action::Prepare && maybe_ours {
+            reporter.say(
+                Severity::Error,
+                &format!(
+                    "start of domain {shown} aborted: the hook's config file is malformed: {why}"
+                ),
+            );
+            return Exit::Config.into();
+        }
+        reporter.say(
+            Severity::Warning,
+            &format!(
+                "the hook's config file is malformed, using the defaults for domain {shown}: {why}"
+            ),
+        );
+    }
+    let (socket, channel) = (s.socket.as_path(), s.channel.as_str());
+    let shown = domain.escape_debug();
     match action {
         Action::Nothing => Exit::Ok.into(),
         Action::Prepare | Action::Reattach => {
             let tolerant = action == Action::Reattach;
-            match prepare(socket, &args.channel, domain, xml, end) {
+            match prepare(socket, channel, domain, xml, end) {
                 Ok(()) => Exit::Ok.into(),
                 Err(Problem::Refused(why)) if !tolerant => {
                     reporter.say(
@@ -239,18 +361,18 @@ pub fn run(socket: &Path, args: &HookArgs) -> ExitCode {
                     );
                     Exit::Ok.into()
                 }
-                Err(Problem::Unavailable(why)) if args.strict && !tolerant => {
+                Err(Problem::Unavailable(why)) if s.abort_unreachable && !tolerant => {
                     reporter.say(
                         Severity::Error,
-                        &format!("start of domain {shown} aborted (--strict): {why}"),
+                        &format!("start of domain {shown} aborted (on_unreachable = \"abort\" or --strict): {why}"),
                     );
                     Exit::Unavailable.into()
                 }
-                Err(Problem::BadInput(why)) if args.strict && !tolerant => {
+                Err(Problem::BadInput(why)) if s.abort_bad_xml && !tolerant => {
                     reporter.say(
                         Severity::Error,
                         &format!(
-                            "start of domain {shown} aborted (--strict): cannot read its domain XML: {why}"
+                            "start of domain {shown} aborted (on_bad_xml = \"abort\" or --strict): cannot read its domain XML: {why}"
                         ),
                     );
                     Exit::DataErr.into()
@@ -261,7 +383,7 @@ pub fn run(socket: &Path, args: &HookArgs) -> ExitCode {
                         &format!(
                             "domain {shown} goes on without being registered with the xenchan broker: {why} \
                              (the broker still configures it once its channel socket appears{})",
-                            if tolerant { "" } else { "; --strict aborts the start instead" }
+                            if tolerant { "" } else { "; on_unreachable = \"abort\" in the hook's config file aborts the start instead" }
                         ),
                     );
                     Exit::Ok.into()
@@ -271,14 +393,14 @@ pub fn run(socket: &Path, args: &HookArgs) -> ExitCode {
                         Severity::Warning,
                         &format!(
                             "cannot read the domain XML of {shown}, so it is not registered with the xenchan broker: {why}{}",
-                            if tolerant { "" } else { " (the start goes on; --strict aborts it instead)" }
+                            if tolerant { "" } else { " (the start goes on; on_bad_xml = \"abort\" in the hook's config file aborts it instead)" }
                         ),
                     );
                     Exit::Ok.into()
                 }
             }
         }
-        Action::Release => match release(socket, &args.channel, domain, &xml, end) {
+        Action::Release => match release(socket, channel, domain, &xml, end) {
             Ok(()) => Exit::Ok.into(),
             Err(p) => {
                 let (why, code) = match p {
@@ -397,7 +519,7 @@ fn call(socket: &Path, path: &str, body: Vec<u8>, end: Instant) -> Result<(), Pr
     let (status, bytes) = answer.map_err(|e| {
         let mut why = chain(&e);
         if matches!(e, ClientError::Timeout(_)) {
-            why.push_str(" (the hook's --deadline)");
+            why.push_str(" (the hook's deadline)");
         }
         Problem::Unavailable(why)
     })?;
@@ -421,6 +543,9 @@ fn call(socket: &Path, path: &str, body: Vec<u8>, end: Instant) -> Result<(), Pr
         StatusCode::REQUEST_TIMEOUT => Err(Problem::Unavailable(format!(
             "the broker at {at} timed out ({status}: {error})"
         ))),
+        // The broker answered: one of its prepare hooks overran and was killed. That is
+        // its verdict on this domain, not an unreachable broker.
+        StatusCode::GATEWAY_TIMEOUT => Err(Problem::Refused(error)),
         s if s.is_server_error() => Err(Problem::Unavailable(format!(
             "the broker at {at} failed ({status}: {error})"
         ))),
@@ -465,5 +590,83 @@ mod tests {
             json!({"uuid": "6f0c1e4e-9a3b-4a53-8d7e-0d9f3f1c2b7a",
                    "channels": [{"name": "org.xenchan.agent.1", "path": "/s/w.sock", "type": "xen"}]})
         );
+    }
+
+    fn args(argv: &[&str]) -> HookArgs {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            a: HookArgs,
+        }
+        T::try_parse_from(std::iter::once("hook").chain(argv.iter().copied()))
+            .unwrap()
+            .a
+    }
+
+    #[test]
+    fn settings_come_from_the_file_and_the_command_line_overrides_them() {
+        let default_sock = Path::new(xenchan_api::defaults::CONTROL_SOCKET);
+        let file = HookConfig {
+            socket: "/srv/b.sock".into(),
+            channel: "org.example.1".into(),
+            deadline: 20,
+            on_unreachable: OnProblem::Abort,
+            on_bad_xml: OnProblem::Continue,
+        };
+        let plain = args(&["d", "prepare", "begin", "-"]);
+        // No file: the documented defaults.
+        let s = settings(Ok(None), default_sock, &plain);
+        assert_eq!(s.socket, default_sock);
+        assert_eq!(s.channel, "org.xenchan.agent.1");
+        assert_eq!(s.deadline, Duration::from_secs(10));
+        assert!(!s.abort_unreachable && !s.abort_bad_xml);
+        assert_eq!(s.config_error, None);
+        // The file.
+        let s = settings(Ok(Some(file.clone())), default_sock, &plain);
+        assert_eq!(s.socket, Path::new("/srv/b.sock"));
+        assert_eq!(s.channel, "org.example.1");
+        assert_eq!(s.deadline, Duration::from_secs(20));
+        assert!(s.abort_unreachable && !s.abort_bad_xml);
+        // Overrides: a non-default --socket, --channel, --deadline, --strict.
+        let over = args(&[
+            "--strict",
+            "--channel",
+            "c",
+            "--deadline",
+            "3",
+            "d",
+            "prepare",
+            "begin",
+            "-",
+        ]);
+        let s = settings(Ok(Some(file)), Path::new("/tmp/t.sock"), &over);
+        assert_eq!(s.socket, Path::new("/tmp/t.sock"));
+        assert_eq!(s.channel, "c");
+        assert_eq!(s.deadline, Duration::from_secs(3));
+        assert!(s.abort_unreachable && s.abort_bad_xml);
+        // A malformed file: defaults, and the reason kept for the caller to report.
+        let s = settings(Err("hook.toml: `x`: bad".into()), default_sock, &plain);
+        assert_eq!(s.deadline, Duration::from_secs(10));
+        assert_eq!(s.config_error.as_deref(), Some("hook.toml: `x`: bad"));
+    }
+
+    #[test]
+    fn the_config_file_is_optional_but_a_broken_one_is_named() {
+        let dir = std::env::temp_dir().join(format!("xenchan-hook-conf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("hook.toml");
+        assert_eq!(load_config(&p), Ok(None));
+        std::fs::write(&p, "deadline = 7\n").unwrap();
+        assert_eq!(load_config(&p).unwrap().unwrap().deadline, 7);
+        std::fs::write(&p, "deadline = 700\n").unwrap();
+        let e = load_config(&p).unwrap_err();
+        assert!(
+            e.contains("hook.toml: `deadline`: 700 is out of range"),
+            "{e}"
+        );
+        std::fs::write(&p, vec![b'#'; hook_config::MAX_SIZE + 10]).unwrap();
+        assert!(load_config(&p).unwrap_err().contains("larger than"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -19,8 +19,13 @@ fuzz_target!(|data: &[u8]| {
     let mut buf = BytesMut::new();
     for piece in data.chunks(chunk) {
         buf.extend_from_slice(piece);
-        while let Some(msg) = codec.decode(&mut buf).expect("decoding never fails on content") {
-            let line = codec.encode_line(&msg).expect("a decoded message re-encodes");
+        while let Some(msg) = codec
+            .decode(&mut buf)
+            .expect("decoding never fails on content")
+        {
+            let line = codec
+                .encode_line(&msg)
+                .expect("a decoded message re-encodes");
             let mut again = FrameCodec::new(LIMIT * 4);
             let mut b = BytesMut::from(&line[..]);
             assert_eq!(again.decode(&mut b).unwrap().as_ref(), Some(&msg));

@@ -14,7 +14,11 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(e) => {
             let lines = data.split(|&b| b == b'\n').count().max(1);
-            assert!(e.line >= 1 && e.line <= lines + 1, "line {} of {lines}", e.line);
+            assert!(
+                e.line >= 1 && e.line <= lines + 1,
+                "line {} of {lines}",
+                e.line
+            );
         }
     }
 });
