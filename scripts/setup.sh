@@ -11,6 +11,8 @@ packages=(
   iproute2                 # ip: network namespace tests
   iputils-ping             # ping across veth pairs in the live-apply tests
   procps                   # ps/pkill used by test clean-up
+  protobuf-compiler        # protoc: etcd-client's build script compiles etcd's .proto files (every build)
+  etcd-server              # etcd: the cluster crate's tests start a real one
 )
 
 missing=()
