@@ -105,8 +105,9 @@ impl ClusterError {
         after: Duration,
         last: Option<etcd_client::Error>,
     ) -> ClusterError {
+        // The last transport error is the source (printed by `chain`), not repeated here.
         let reason = match &last {
-            Some(e) => format!("no answer within {after:?} (last error: {e})"),
+            Some(_) => format!("no answer within {after:?}, transient errors retried"),
             None => format!("no answer within {after:?}"),
         };
         ClusterError::Unavailable {

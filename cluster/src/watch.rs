@@ -246,7 +246,7 @@ impl Watcher {
                 Err(ClusterError::Unavailable {
                     endpoints: self.endpoints.clone(),
                     op: "watch",
-                    reason: e.to_string(),
+                    reason: "opening the watch failed".to_string(),
                     source: Some(e),
                 })
             }

@@ -43,7 +43,10 @@ async fn unavailable_within_the_deadline_then_recovery() {
             took <= Duration::from_millis(1500),
             "attempt {attempt}: answered after {took:?}, deadline 1 s"
         );
-        eprintln!("attempt {attempt}: {e} (after {took:?})");
+        eprintln!(
+            "attempt {attempt}: {} (after {took:?})",
+            xenchan_basics::chain(&e)
+        );
     }
     let start = Instant::now();
     assert!(
