@@ -1,0 +1,362 @@
+//! Which host runs a domain, and the migration hand-off (libvirt lock-manager rules).
+//!
+//! `owner` is bound to the owning host's etcd lease: when the host dies its keepalives
+//! stop and the key vanishes after the TTL, so the domain can be claimed elsewhere.
+//! `incoming` (a prepared migration) is bound to the lease of the host that prepared it:
+//! a migration whose preparer dies is forgotten, and the source still owns the domain.
+//! Leases (addresses, hostnames) are the VM's and are not touched by any of this.
+
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
+
+use crate::client::Cluster;
+use crate::codec::{self, Applied};
+use crate::error::{ClusterError, Invalid};
+use crate::keys::{DomainKey, Uuid, check_host};
+
+/// The ownership keys of one domain as read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ownership {
+    pub owner: Option<String>,
+    /// The destination of a prepared migration.
+    pub incoming: Option<String>,
+}
+
+/// Whether `host` may claim a domain owned by `owner`: when nobody owns it, or it already
+/// does (claiming again rebinds the key to the current host lease). Pure.
+pub fn may_claim(uuid: &Uuid, host: &str, own: &Ownership) -> Result<(), ClusterError> {
+    match &own.owner {
+        Some(o) if o != host => Err(ClusterError::NotOwner {
+            uuid: uuid.to_string(),
+            host: host.to_string(),
+            owner: Some(o.clone()),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Whether a migration `from` -> `to` may be prepared: `from` must own the domain, and no
+/// migration elsewhere be prepared (preparing the same one again is fine). Pure.
+pub fn may_prepare(uuid: &Uuid, from: &str, to: &str, own: &Ownership) -> Result<(), ClusterError> {
+    if own.owner.as_deref() != Some(from) {
+        return Err(ClusterError::NotOwner {
+            uuid: uuid.to_string(),
+            host: from.to_string(),
+            owner: own.owner.clone(),
+        });
+    }
+    match &own.incoming {
+        Some(i) if i != to => Err(ClusterError::MigrationPending {
+            uuid: uuid.to_string(),
+            incoming: i.clone(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Whether a prepared migration `from` -> `to` may complete: `from` still owns the domain
+/// and `to` is the prepared destination. Pure.
+pub fn may_complete(
+    uuid: &Uuid,
+    from: &str,
+    to: &str,
+    own: &Ownership,
+) -> Result<(), ClusterError> {
+    if own.owner.as_deref() != Some(from) {
+        return Err(ClusterError::NotOwner {
+            uuid: uuid.to_string(),
+            host: from.to_string(),
+            owner: own.owner.clone(),
+        });
+    }
+    if own.incoming.as_deref() != Some(to) {
+        return Err(ClusterError::NoMigration {
+            uuid: uuid.to_string(),
+            to: to.to_string(),
+            incoming: own.incoming.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// The guard that `value` at `key` is still what was read (`None`: still absent).
+fn still(key: &str, value: Option<&str>) -> Compare {
+    match value {
+        None => Compare::create_revision(key, CompareOp::Equal, 0),
+        Some(v) => Compare::value(key, CompareOp::Equal, v),
+    }
+}
+
+impl Cluster {
+    /// Reads the owner and prepared destination of a domain (one consistent read).
+    pub async fn ownership(&self, uuid: &Uuid) -> Result<Ownership, ClusterError> {
+        let dl = self.deadline("ownership");
+        self.read_ownership(&dl, uuid).await
+    }
+
+    async fn read_ownership(
+        &self,
+        dl: &crate::client::Deadline,
+        uuid: &Uuid,
+    ) -> Result<Ownership, ClusterError> {
+        let owner_key = self.keys.domain(uuid, &DomainKey::Owner);
+        let incoming_key = self.keys.domain(uuid, &DomainKey::Incoming);
+        let txn = Txn::new().and_then([
+            TxnOp::get(owner_key.clone(), None),
+            TxnOp::get(incoming_key.clone(), None),
+        ]);
+        let resp = self.txn(dl, txn).await?;
+        let mut values = [None, None];
+        for ((slot, resp), key) in values
+            .iter_mut()
+            .zip(resp.op_responses())
+            .zip([&owner_key, &incoming_key])
+        {
+            if let TxnOpResponse::Get(get) = resp
+                && let Some(kv) = get.kvs().first()
+            {
+                *slot = Some(codec::decode_host(kv.value()).map_err(|reason| {
+                    ClusterError::Corrupt {
+                        key: key.clone(),
+                        reason,
+                    }
+                })?);
+            }
+        }
+        let [owner, incoming] = values;
+        Ok(Ownership { owner, incoming })
+    }
+
+    /// Runs `txn_for(ownership read)` until its guards hold, or `decide` refuses.
+    async fn ownership_step(
+        &self,
+        op: &'static str,
+        uuid: &Uuid,
+        decide: impl Fn(&Ownership) -> Result<(), ClusterError>,
+        ops: impl Fn(&Ownership) -> Vec<TxnOp>,
+    ) -> Result<Ownership, ClusterError> {
+        let dl = self.deadline(op);
+        let owner_key = self.keys.domain(uuid, &DomainKey::Owner);
+        let incoming_key = self.keys.domain(uuid, &DomainKey::Incoming);
+        loop {
+            let own = self.read_ownership(&dl, uuid).await?;
+            decide(&own)?;
+            let txn = Txn::new()
+                .when([
+                    still(&owner_key, own.owner.as_deref()),
+                    still(&incoming_key, own.incoming.as_deref()),
+                ])
+                .and_then(ops(&own));
+            if self.txn(&dl, txn).await?.succeeded() {
+                return Ok(own);
+            }
+        }
+    }
+
+    /// Makes this host the owner of `uuid` (a domain started here, or found running here
+    /// at start), unless another host owns it: then `NotOwner` names that host.
+    pub async fn claim(&self, uuid: &Uuid) -> Result<(), ClusterError> {
+        let key = self.keys.domain(uuid, &DomainKey::Owner);
+        let lease = self.lease();
+        self.ownership_step(
+            "claim",
+            uuid,
+            |own| may_claim(uuid, &self.host, own),
+            |_| {
+                vec![TxnOp::put(
+                    key.clone(),
+                    self.host.as_str(),
+                    Some(PutOptions::new().with_lease(lease)),
+                )]
+            },
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Gives up ownership (the domain stopped here). `false` when this host did not own it.
+    pub async fn disown(&self, uuid: &Uuid) -> Result<bool, ClusterError> {
+        let dl = self.deadline("disown");
+        let key = self.keys.domain(uuid, &DomainKey::Owner);
+        let txn = Txn::new()
+            .when([Compare::value(
+                key.clone(),
+                CompareOp::Equal,
+                self.host.as_str(),
+            )])
+            .and_then([TxnOp::delete(key, None)]);
+        Ok(self.txn(&dl, txn).await?.succeeded())
+    }
+
+    /// Registers `to` as the incoming destination of `uuid` while `from` still owns it
+    /// (libvirt's prepare on the destination). Bound to this host's lease.
+    pub async fn prepare_migrate(
+        &self,
+        uuid: &Uuid,
+        from: &str,
+        to: &str,
+    ) -> Result<(), ClusterError> {
+        check_host(from).map_err(|e| Invalid { field: "from", ..e })?;
+        check_host(to).map_err(|e| Invalid { field: "to", ..e })?;
+        let key = self.keys.domain(uuid, &DomainKey::Incoming);
+        let lease = self.lease();
+        self.ownership_step(
+            "prepare_migrate",
+            uuid,
+            |own| may_prepare(uuid, from, to, own),
+            |_| {
+                vec![TxnOp::put(
+                    key.clone(),
+                    to,
+                    Some(PutOptions::new().with_lease(lease)),
+                )]
+            },
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Moves ownership from `from` to `to` in one transaction, only while `from` still owns
+    /// the domain and `to` is the prepared destination. Called by the destination (`to`
+    /// must be this host): the ownership key is bound to the destination's lease.
+    pub async fn complete_migrate(
+        &self,
+        uuid: &Uuid,
+        from: &str,
+        to: &str,
+    ) -> Result<(), ClusterError> {
+        check_host(from).map_err(|e| Invalid { field: "from", ..e })?;
+        if to != self.host {
+            return Err(Invalid::new(
+                "to",
+                to,
+                format!(
+                    "completing a migration is the destination's call (this host is {}): \
+                     the ownership key is bound to the destination's etcd lease",
+                    self.host
+                ),
+            )
+            .into());
+        }
+        let owner_key = self.keys.domain(uuid, &DomainKey::Owner);
+        let incoming_key = self.keys.domain(uuid, &DomainKey::Incoming);
+        let lease = self.lease();
+        self.ownership_step(
+            "complete_migrate",
+            uuid,
+            |own| may_complete(uuid, from, to, own),
+            |_| {
+                vec![
+                    TxnOp::put(
+                        owner_key.clone(),
+                        to,
+                        Some(PutOptions::new().with_lease(lease)),
+                    ),
+                    TxnOp::delete(incoming_key.clone(), None),
+                ]
+            },
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Forgets a prepared migration to `to`; the owner is untouched (a failed migration
+    /// leaves the source owning the domain). `false` when none was prepared (libvirt may
+    /// report a failure twice).
+    pub async fn cancel_migrate(&self, uuid: &Uuid, to: &str) -> Result<bool, ClusterError> {
+        check_host(to).map_err(|e| Invalid { field: "to", ..e })?;
+        let dl = self.deadline("cancel_migrate");
+        let key = self.keys.domain(uuid, &DomainKey::Incoming);
+        let txn = Txn::new()
+            .when([Compare::value(key.clone(), CompareOp::Equal, to)])
+            .and_then([TxnOp::delete(key, None)]);
+        Ok(self.txn(&dl, txn).await?.succeeded())
+    }
+
+    /// Records what the agent reported as applied; only the owner records (a broker that
+    /// lost the domain must not overwrite what the new owner saw).
+    pub async fn record_applied(&self, uuid: &Uuid, applied: &Applied) -> Result<(), ClusterError> {
+        let dl = self.deadline("record_applied");
+        let owner_key = self.keys.domain(uuid, &DomainKey::Owner);
+        let key = self.keys.domain(uuid, &DomainKey::Applied);
+        let txn = Txn::new()
+            .when([Compare::value(
+                owner_key,
+                CompareOp::Equal,
+                self.host.as_str(),
+            )])
+            .and_then([TxnOp::put(key, codec::encode_applied(applied), None)]);
+        if self.txn(&dl, txn).await?.succeeded() {
+            return Ok(());
+        }
+        let own = self.read_ownership(&dl, uuid).await?;
+        Err(ClusterError::NotOwner {
+            uuid: uuid.to_string(),
+            host: self.host.clone(),
+            owner: own.owner,
+        })
+    }
+
+    /// What the agent of `uuid` last reported as applied, as recorded by its owner.
+    pub async fn applied(&self, uuid: &Uuid) -> Result<Option<Applied>, ClusterError> {
+        let dl = self.deadline("applied");
+        let key = self.keys.domain(uuid, &DomainKey::Applied);
+        self.get_kv(&dl, &key)
+            .await?
+            .map(|kv| {
+                codec::decode_applied(kv.value())
+                    .map_err(|reason| ClusterError::Corrupt { key, reason })
+            })
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn own(owner: Option<&str>, incoming: Option<&str>) -> Ownership {
+        Ownership {
+            owner: owner.map(str::to_string),
+            incoming: incoming.map(str::to_string),
+        }
+    }
+
+    fn kind(r: &Result<(), ClusterError>) -> &'static str {
+        match r {
+            Ok(()) => "ok",
+            Err(ClusterError::NotOwner { .. }) => "not-owner",
+            Err(ClusterError::NoMigration { .. }) => "no-migration",
+            Err(ClusterError::MigrationPending { .. }) => "pending",
+            Err(_) => "other",
+        }
+    }
+
+    #[test]
+    fn lock_manager_rules() {
+        let u = Uuid::parse("6f1c2b1e-0d3a-4c8e-9a51-2b7e0c4d9f10").unwrap();
+        let table: &[(&str, Ownership, &str)] = &[
+            ("claim", own(None, None), "ok"),
+            ("claim", own(Some("a"), None), "ok"),
+            ("claim", own(Some("b"), None), "not-owner"),
+            ("prepare", own(Some("a"), None), "ok"),
+            ("prepare", own(Some("a"), Some("b")), "ok"),
+            ("prepare", own(Some("a"), Some("c")), "pending"),
+            ("prepare", own(Some("c"), None), "not-owner"),
+            ("prepare", own(None, None), "not-owner"),
+            ("complete", own(Some("a"), Some("b")), "ok"),
+            ("complete", own(Some("a"), None), "no-migration"),
+            ("complete", own(Some("a"), Some("c")), "no-migration"),
+            ("complete", own(None, Some("b")), "not-owner"),
+            ("complete", own(Some("c"), Some("b")), "not-owner"),
+        ];
+        // Host "a" claims; migrations go from "a" to "b".
+        for (op, o, want) in table {
+            let got = match *op {
+                "claim" => may_claim(&u, "a", o),
+                "prepare" => may_prepare(&u, "a", "b", o),
+                _ => may_complete(&u, "a", "b", o),
+            };
+            assert_eq!(kind(&got), *want, "{op} {o:?}");
+        }
+    }
+}
