@@ -14,6 +14,7 @@ packages=(
   libglib2.0-0 libyaml-0-2 libreadline8  # libraries of the managers' parsers (net-tools.sh)
   sudo                     # visudo -c: the agent checks sudo rules with it (tests/items.rs)
   protobuf-compiler        # protoc: etcd-client's build script compiles etcd's .proto files (every build)
+  libprotobuf-dev          # google/protobuf/*.proto those files import (only a Recommends of protoc)
   etcd-server              # etcd: the cluster crate's tests start a real one
 )
 
