@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo test test-vm check fuzz transcript setup deb deb-test bench bench-quick
+.PHONY: demo test test-vm check fuzz transcript setup deb deb-test bench bench-quick bench-compare
 
 setup:
 	@scripts/setup.sh
@@ -65,3 +65,12 @@ bench: setup
 bench-quick: setup
 	mkdir -p target
 	$(CARGO) bench --locked -p xenchan-bench -- --quick --json $(CURDIR)/target/bench-quick.json
+
+## Before and after in one run: BASE's release binaries (built in a git worktree under
+## target/bench-base/) and this tree's, section by section, with a table of both medians
+## and their ratio. make bench-compare BASE=main [BENCH_ARGS="--quick --only latency"]
+BASE ?= main
+BENCH_ARGS ?=
+bench-compare: setup
+	mkdir -p target
+	scripts/bench-compare.sh $(BASE) $(BENCH_ARGS) --json $(CURDIR)/target/bench-compare.json

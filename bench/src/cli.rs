@@ -11,7 +11,7 @@ use xenchan_basics::Exit;
 use crate::bins::Bins;
 use crate::report::{self, LoadSampler, Machine, Report, Target, loadavg};
 use crate::stats::Summary;
-use crate::{codec, footprint, hotplug, latency, procfs, scale};
+use crate::{codec, compare, footprint, hotplug, latency, procfs, scale};
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 
@@ -114,6 +114,18 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
 
+    /// Before and after in one run: also run every section that runs binaries
+    /// (footprint, latency, hotplug, scale) with the binaries in DIR (a baseline build,
+    /// e.g. another commit's, see `make bench-compare BASE=<rev>`), right before the
+    /// current binaries' run of the same section, and print a second table with both
+    /// medians and their ratio. The codec section runs in this process: current only.
+    #[arg(long, value_name = "DIR")]
+    baseline_bin_dir: Option<PathBuf>,
+
+    /// What the baseline is, for the comparison table's heading [default: its folder].
+    #[arg(long, value_name = "TEXT", requires = "baseline_bin_dir")]
+    baseline_label: Option<String>,
+
     /// Passed by `cargo bench` to every bench target; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -144,10 +156,23 @@ pub fn main() -> ExitCode {
             return Exit::Unavailable.into();
         }
     };
+    let base_bins = match args
+        .baseline_bin_dir
+        .as_deref()
+        .map(Bins::in_dir)
+        .transpose()
+    {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("xenchan-bench: baseline: {e:#}");
+            return Exit::Unavailable.into();
+        }
+    };
     let mut report = Report {
         machine: Machine::probe(&args.tmp, args.quick),
         ..Report::default()
     };
+    let mut base_report = Report::default();
     let load = LoadSampler::start();
     if let Some(others) = Some(report::heavy_processes()).filter(|o| !o.is_empty()) {
         eprintln!(
@@ -187,34 +212,70 @@ pub fn main() -> ExitCode {
         let r = codec_section(&args, &mut report);
         section("codec", r, &mut report);
     }
-    if want(Section::Footprint) {
-        eprintln!("== footprint");
-        let r = footprint_section(&args, &bins, &mut report);
-        section("footprint", r, &mut report);
+    // With a baseline, each section runs for it first, then for the current binaries:
+    // both sides of a figure are taken minutes apart at most, under the same load.
+    let sides: Vec<(&str, &Bins)> = base_bins
+        .iter()
+        .map(|b| ("baseline", b))
+        .chain(std::iter::once(("current", &bins)))
+        .collect();
+    for &(side, b) in &sides {
+        let rep = if side == "baseline" {
+            &mut base_report
+        } else {
+            &mut report
+        };
+        if want(Section::Footprint) {
+            eprintln!("== footprint ({side})");
+            let r = footprint_section(&args, b, rep);
+            section("footprint", r, rep);
+        }
     }
     if want(Section::Latency) {
         for (label, dir) in &folders {
             eprintln!("== latency ({label})");
-            let r = latency_section(&args, &bins, rt.handle(), dir, label, &mut report);
+            let baseline = base_bins.as_ref().map(|b| (b, &mut base_report));
+            let r = latency_section(&args, &bins, baseline, rt.handle(), dir, label, &mut report);
             section(&format!("latency ({label})"), r, &mut report);
         }
     }
     if want(Section::Hotplug) {
         for (label, dir) in &folders {
-            eprintln!("== hotplug ({label})");
-            let r = hotplug_section(&args, &bins, rt.handle(), dir, label, &mut report);
-            section(&format!("hotplug ({label})"), r, &mut report);
+            for &(side, b) in &sides {
+                let rep = if side == "baseline" {
+                    &mut base_report
+                } else {
+                    &mut report
+                };
+                eprintln!("== hotplug ({label}, {side})");
+                let r = hotplug_section(&args, b, rt.handle(), dir, label, rep);
+                section(&format!("hotplug ({label}, {side})"), r, rep);
+            }
         }
     }
     if want(Section::Scale) {
-        eprintln!("== scale");
-        let r = scale_section(&args, &bins, rt.handle(), &mut report);
-        section("scale", r, &mut report);
+        for &(side, b) in &sides {
+            let rep = if side == "baseline" {
+                &mut base_report
+            } else {
+                &mut report
+            };
+            eprintln!("== scale ({side})");
+            let r = scale_section(&args, b, rt.handle(), rep);
+            section(&format!("scale ({side})"), r, rep);
+        }
     }
     report.machine.load_end = loadavg();
     report.machine.take_load(load);
     report.machine.duration_s = started.elapsed().as_secs_f64();
     println!("{}", report.table());
+    if let Some(b) = &base_bins {
+        let label = args
+            .baseline_label
+            .clone()
+            .unwrap_or_else(|| b.dir.display().to_string());
+        println!("\n{}", compare::table(&base_report, &report, &label));
+    }
     if let Some(path) = &args.json {
         if let Err(e) = report.write_json(path) {
             eprintln!("xenchan-bench: cannot write {}: {e}", path.display());
@@ -369,16 +430,28 @@ fn footprint_section(args: &Args, bins: &Bins, report: &mut Report) -> anyhow::R
     Ok(())
 }
 
+/// The latency section; with a baseline, its agents run in the same loop as the current
+/// ones (per iteration, taking turns at going first) and its figures go to `base_report`.
 fn latency_section(
     args: &Args,
     bins: &Bins,
+    baseline: Option<(&Bins, &mut Report)>,
     rt: &tokio::runtime::Handle,
     dir: &Path,
     label: &str,
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let iterations = args.iterations.unwrap_or(if args.quick { 30 } else { 100 });
-    let lat = latency::run(rt, bins, dir, iterations)?;
+    let (base_bins, base_report) = baseline.unzip();
+    let (lat, base_lat) = latency::run(rt, bins, base_bins, dir, iterations)?;
+    if let (Some(r), Some(l)) = (base_report, base_lat) {
+        latency_figures(&l, label, r);
+    }
+    latency_figures(&lat, label, report);
+    Ok(())
+}
+
+fn latency_figures(lat: &latency::Samples, label: &str, report: &mut Report) {
     let sec = format!("end-to-end ({label})");
     if !lat.live_network {
         report.note(format!(
@@ -489,7 +562,6 @@ fn latency_section(
             "the agent's own work: apply, fsync, netlink, state",
         );
     }
-    Ok(())
 }
 
 fn hotplug_section(

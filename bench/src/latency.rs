@@ -332,20 +332,75 @@ fn start_null_guest(rt: &Handle, dir: &Path) -> anyhow::Result<NullGuest> {
 }
 
 /// Runs `iterations` measured rounds (after [`WARMUP`]) in a fresh folder under `base`.
-pub fn run(rt: &Handle, bins: &Bins, base: &Path, iterations: usize) -> anyhow::Result<Samples> {
+/// With `baseline` binaries, two more agent guests (bridge and bare pty) run them in the
+/// same loop, the two sides taking turns at going first: the second `Samples` are the
+/// baseline's, sharing the qemu-guest-agent and null-guest samples of the same
+/// iterations (its ratio is per iteration against the baseline agent).
+pub fn run(
+    rt: &Handle,
+    bins: &Bins,
+    baseline: Option<&Bins>,
+    base: &Path,
+    iterations: usize,
+) -> anyhow::Result<(Samples, Option<Samples>)> {
     let tmp = tempfile::Builder::new()
         .prefix("xcb")
         .tempdir_in(base)
         .with_context(|| format!("temporary folder in {}", base.display()))?;
-    let r = run_in(rt, bins, tmp.path(), iterations);
+    let r = run_in(rt, bins, baseline, tmp.path(), iterations);
     crate::keep_if(tmp, r.is_err());
     r
 }
 
-fn run_in(rt: &Handle, bins: &Bins, dir: &Path, iterations: usize) -> anyhow::Result<Samples> {
+/// The baseline's two agent guests and their samples.
+struct BaselineSide {
+    bridge: AgentGuest,
+    bare: AgentGuest,
+    xenchan: Vec<f64>,
+    handshake: Vec<f64>,
+    bare_samples: Vec<f64>,
+    bare_handshake: Vec<f64>,
+    ratio: Vec<f64>,
+}
+
+/// One iteration's pushes to an agent guest on a bridge and one on a bare pty:
+/// (bridge total, bridge handshake, bare total, bare handshake) in ms.
+fn agent_pair(
+    bridge: &mut AgentGuest,
+    bare: &mut AgentGuest,
+    config: &GuestConfig,
+    generation: u64,
+    i: usize,
+) -> anyhow::Result<[f64; 4]> {
+    let t = agent_push(bridge, config, generation, i)?;
+    let b = agent_push(bare, config, generation, i)?;
+    Ok([ms(t.total), ms(t.handshake), ms(b.total), ms(b.handshake)])
+}
+
+fn run_in(
+    rt: &Handle,
+    bins: &Bins,
+    baseline: Option<&Bins>,
+    dir: &Path,
+    iterations: usize,
+) -> anyhow::Result<(Samples, Option<Samples>)> {
     let notify = NotifySocket::bind(&dir.join("notify"))?;
     let mut agent_guest = start_agent_guest(rt, bins, dir, &notify, "a", false)?;
     let mut bare_guest = start_agent_guest(rt, bins, dir, &notify, "p", true)?;
+    let mut base_side = match baseline {
+        Some(b) => Some(BaselineSide {
+            bridge: start_agent_guest(rt, b, dir, &notify, "b", false)
+                .context("the baseline's agent")?,
+            bare: start_agent_guest(rt, b, dir, &notify, "c", true)
+                .context("the baseline's agent")?,
+            xenchan: Vec::new(),
+            handshake: Vec::new(),
+            bare_samples: Vec::new(),
+            bare_handshake: Vec::new(),
+            ratio: Vec::new(),
+        }),
+        None => None,
+    };
     let mut qga_guest = start_qga_guest(rt, dir);
     let mut null = start_null_guest(rt, dir)?;
     let configs = [
@@ -370,18 +425,42 @@ fn run_in(rt: &Handle, bins: &Bins, dir: &Path, iterations: usize) -> anyhow::Re
         let variant = i as u64 % 2;
         let generation = i as u64 + 1;
         let measured = i >= WARMUP;
-        // xenchan, through the bridge
-        let times = agent_push(&mut agent_guest, &configs[variant as usize], generation, i)?;
-        let x = ms(times.total);
+        // xenchan, through the bridge and on the bare pty; with a baseline, the two sides
+        // take turns at going first.
+        let config = &configs[variant as usize];
+        let base_first = i % 2 == 1;
+        let mut base_times = None;
+        if base_first && let Some(b) = &mut base_side {
+            base_times = Some(agent_pair(
+                &mut b.bridge,
+                &mut b.bare,
+                config,
+                generation,
+                i,
+            )?);
+        }
+        let [x, hs, bare, bare_hs] =
+            agent_pair(&mut agent_guest, &mut bare_guest, config, generation, i)?;
+        if !base_first && let Some(b) = &mut base_side {
+            base_times = Some(agent_pair(
+                &mut b.bridge,
+                &mut b.bare,
+                config,
+                generation,
+                i,
+            )?);
+        }
         if measured {
             out.xenchan.push(x);
-            out.handshake.push(ms(times.handshake));
-        }
-        // xenchan, on the bare pty
-        let times = agent_push(&mut bare_guest, &configs[variant as usize], generation, i)?;
-        if measured {
-            out.bare.push(ms(times.total));
-            out.bare_handshake.push(ms(times.handshake));
+            out.handshake.push(hs);
+            out.bare.push(bare);
+            out.bare_handshake.push(bare_hs);
+            if let (Some(b), Some([bx, bhs, bb, bbhs])) = (&mut base_side, base_times) {
+                b.xenchan.push(bx);
+                b.handshake.push(bhs);
+                b.bare_samples.push(bb);
+                b.bare_handshake.push(bbhs);
+            }
         }
         // qemu-ga
         if let Ok(g) = &mut qga_guest
@@ -411,6 +490,9 @@ fn run_in(rt: &Handle, bins: &Bins, dir: &Path, iterations: usize) -> anyhow::Re
                         } else {
                             qga_samples.push(took);
                             out.ratio.push(took / x);
+                            if let (Some(b), Some([bx, ..])) = (&mut base_side, base_times) {
+                                b.ratio.push(took / bx);
+                            }
                         }
                     }
                 }
@@ -434,6 +516,10 @@ fn run_in(rt: &Handle, bins: &Bins, dir: &Path, iterations: usize) -> anyhow::Re
     let last = (WARMUP + iterations - 1) as u64 % 2;
     verify_agent_guest(&agent_guest, last)?;
     verify_agent_guest(&bare_guest, last)?;
+    if let Some(b) = &base_side {
+        verify_agent_guest(&b.bridge, last).context("the baseline's agent")?;
+        verify_agent_guest(&b.bare, last).context("the baseline's bare-pty agent")?;
+    }
     out.qga = match (qga_guest.as_ref(), qga_error) {
         (Err(why), _) => Err(why.clone()),
         (Ok(_), Some(e)) => Err(e),
@@ -448,6 +534,13 @@ fn run_in(rt: &Handle, bins: &Bins, dir: &Path, iterations: usize) -> anyhow::Re
         chan.stop(rt);
     }
     bare_guest.agent.terminate(Duration::from_secs(3));
+    if let Some(b) = &mut base_side {
+        b.bridge.agent.terminate(Duration::from_secs(3));
+        if let Link::Bridge(chan) = &mut b.bridge.link {
+            chan.stop(rt);
+        }
+        b.bare.agent.terminate(Duration::from_secs(3));
+    }
     if let Ok(g) = &mut qga_guest {
         g.qga.terminate(Duration::from_secs(3));
         g.chan.stop(rt);
@@ -457,7 +550,18 @@ fn run_in(rt: &Handle, bins: &Bins, dir: &Path, iterations: usize) -> anyhow::Re
     if let Some(t) = null.thread.take() {
         let _ = t.join();
     }
-    Ok(out)
+    let base_out = base_side.map(|b| Samples {
+        xenchan: b.xenchan,
+        handshake: b.handshake,
+        qga: out.qga.clone(),
+        ratio: b.ratio,
+        floor: out.floor.clone(),
+        floor_handshake: out.floor_handshake.clone(),
+        bare: b.bare_samples,
+        bare_handshake: b.bare_handshake,
+        live_network: b.bridge.ns.is_some(),
+    });
+    Ok((out, base_out))
 }
 
 /// One measured push to an agent guest, checked: every item applied.

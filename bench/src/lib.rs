@@ -15,6 +15,7 @@ pub mod bins;
 pub mod child;
 pub mod cli;
 pub mod codec;
+pub mod compare;
 pub mod configs;
 pub mod footprint;
 pub mod hotplug;

@@ -207,25 +207,58 @@ struct Client {
     w: OwnedWriteHalf,
 }
 
+/// Paces host-to-guest bytes into the tty: at most `window` unread by the guest.
+///
+/// The tty counts new input (`FIONREAD`) only once its flip-buffer worker has run, so
+/// bytes just written may not show yet. Rather than pausing after every write, the feeder
+/// counts what it wrote in the last `SETTLE` as still in flight on top of what the guest
+/// has unread: a write that fits the window beside them goes at once, and only a writer
+/// that would overrun the window waits (at most `SETTLE`) for its bytes to show.
 struct Feeder {
     window: usize,
     rate: Option<u32>,
     tokens: f64,
     refilled: Instant,
     backoff: Duration,
+    /// Bytes written since `last_write`'s settle period began, maybe not counted yet.
+    in_flight: usize,
+    last_write: Instant,
 }
 
 impl Feeder {
     const BACKOFF_MIN: Duration = Duration::from_millis(1);
     const BACKOFF_MAX: Duration = Duration::from_millis(40);
+    /// Longer than the tty's worker takes to count written bytes on a loaded machine.
     const SETTLE: Duration = Duration::from_millis(1);
 
-    /// How many bytes may go into the tty now (0: wait).
-    fn allowance(&mut self, pty: &Pty, queued: usize) -> usize {
-        let unread = pty.guest_unread().unwrap_or(0);
-        let mut allow = self.window.saturating_sub(unread).min(queued);
+    fn new(window: usize, rate: Option<u32>, now: Instant) -> Feeder {
+        Feeder {
+            window,
+            rate,
+            tokens: 0.0,
+            refilled: now,
+            backoff: Self::BACKOFF_MIN,
+            in_flight: 0,
+            last_write: now,
+        }
+    }
+
+    fn in_flight(&self, now: Instant) -> usize {
+        if now.duration_since(self.last_write) < Self::SETTLE {
+            self.in_flight
+        } else {
+            0
+        }
+    }
+
+    /// How many bytes may go into the tty now (0: wait), with `unread` bytes unread by
+    /// the guest and `queued` waiting in the ring.
+    fn allowance(&mut self, unread: usize, queued: usize, now: Instant) -> usize {
+        let mut allow = self
+            .window
+            .saturating_sub(unread + self.in_flight(now))
+            .min(queued);
         if let Some(rate) = self.rate {
-            let now = Instant::now();
             let burst = f64::from(rate.clamp(16, u32::try_from(self.window).unwrap_or(1024)));
             self.tokens = (self.tokens
                 + now.duration_since(self.refilled).as_secs_f64() * f64::from(rate))
@@ -236,14 +269,21 @@ impl Feeder {
         allow
     }
 
-    fn spent(&mut self, n: usize) {
+    fn spent(&mut self, n: usize, now: Instant) {
         if self.rate.is_some() {
             self.tokens -= n as f64;
         }
+        self.in_flight = self.in_flight(now) + n;
+        self.last_write = now;
         self.backoff = Self::BACKOFF_MIN;
     }
 
-    fn blocked(&mut self) -> Duration {
+    /// How long to wait when the allowance is 0: until the bytes in flight have settled
+    /// if that is what blocks, else a growing poll for the guest to read.
+    fn blocked(&mut self, now: Instant) -> Duration {
+        if self.in_flight(now) > 0 {
+            return Self::SETTLE.saturating_sub(now.duration_since(self.last_write));
+        }
         let d = self.backoff;
         self.backoff = (self.backoff * 2).min(Self::BACKOFF_MAX);
         d
@@ -262,13 +302,7 @@ async fn run(
     let mut out = HoldBuffer::new(cfg.hold_limit);
     // Bytes at the front of `out` that were written while no client was connected.
     let mut stale = 0usize;
-    let mut feeder = Feeder {
-        window: cfg.window,
-        rate: cfg.rate,
-        tokens: 0.0,
-        refilled: Instant::now(),
-        backoff: Feeder::BACKOFF_MIN,
-    };
+    let mut feeder = Feeder::new(cfg.window, cfg.rate, Instant::now());
     let mut feed_wait: Option<tokio::time::Instant> = None;
     let mut master_pause: Option<tokio::time::Instant> = None;
     let mut buf = vec![0u8; 16 * 1024];
@@ -359,9 +393,11 @@ async fn run(
             () = sleep_opt(master_pause), if master_pause.is_some() => master_pause = None,
             guard = pty.master().writable(), if want_feed => {
                 let Ok(mut guard) = guard else { break };
-                let allow = feeder.allowance(&pty, ring.len());
+                let now = Instant::now();
+                let unread = pty.guest_unread().unwrap_or(0);
+                let allow = feeder.allowance(unread, ring.len(), now);
                 if allow == 0 {
-                    feed_wait = Some(tokio::time::Instant::now() + feeder.blocked());
+                    feed_wait = Some(tokio::time::Instant::now() + feeder.blocked(now));
                     continue;
                 }
                 let (a, b) = ring.as_slices();
@@ -369,10 +405,9 @@ async fn run(
                 match guard.try_io(|m| m.get_ref().write(&chunk)) {
                     Ok(Ok(n)) => {
                         ring.drain(..n);
-                        feeder.spent(n);
-                        // The tty counts new input only once its worker has run: give it
-                        // that moment, or the window could be overrun by a fast writer.
-                        feed_wait = Some(tokio::time::Instant::now() + Feeder::SETTLE);
+                        // No pause: the feeder counts these bytes as in flight until
+                        // the tty shows them (see `Feeder`).
+                        feeder.spent(n, Instant::now());
                         state.lock().unwrap().tap.record(Dir::ToGuest, &chunk[..n]);
                     }
                     Ok(Err(e)) => {
@@ -404,5 +439,60 @@ fn disconnect(client: &mut Option<Client>, state: &SharedState) {
 async fn sleep_opt(until: Option<tokio::time::Instant>) {
     if let Some(t) = until {
         tokio::time::sleep_until(t).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn feeder_writes_at_once_while_the_window_has_room() {
+        let t0 = Instant::now();
+        let mut f = Feeder::new(1024, None, t0);
+        // (unread by the guest, queued, microseconds since t0) -> allowance, then spent.
+        let steps: &[(usize, usize, u64, usize)] = &[
+            (0, 731, 0, 731),       // a config frame: goes in one piece, no pause
+            (0, 600, 10, 293),      // just written bytes may not show yet: counted in flight
+            (0, 307, 20, 0),        // window full with bytes in flight: wait for them to settle
+            (0, 307, 1_100, 307),   // settled (and the guest read them): room again
+            (900, 500, 3_000, 124), // the guest holds 900 unread: only the rest of the window
+        ];
+        for &(unread, queued, us, want) in steps {
+            let now = t0 + Duration::from_micros(us);
+            let got = f.allowance(unread, queued, now);
+            assert_eq!(got, want, "unread {unread}, queued {queued}, at {us} us");
+            if got > 0 {
+                f.spent(got, now);
+            }
+        }
+    }
+
+    #[test]
+    fn feeder_waits_only_for_what_blocks_it() {
+        let t0 = Instant::now();
+        let mut f = Feeder::new(1024, None, t0);
+        f.spent(1024, t0);
+        let now = t0 + Duration::from_micros(300);
+        assert_eq!(f.allowance(0, 10, now), 0);
+        // In flight: until the settle period ends, not a fixed back-off.
+        assert_eq!(f.blocked(now), Duration::from_micros(700));
+        // The guest does not read: back-off grows from 1 ms, capped.
+        let later = t0 + 5 * MS;
+        assert_eq!(f.allowance(1024, 10, later), 0);
+        assert_eq!(f.blocked(later), MS);
+        assert_eq!(f.blocked(later), 2 * MS);
+        f.spent(1, later);
+        assert_eq!(f.backoff, Feeder::BACKOFF_MIN);
+    }
+
+    #[test]
+    fn feeder_rate_limits_on_top_of_the_window() {
+        let t0 = Instant::now();
+        let mut f = Feeder::new(1024, Some(1000), t0);
+        // 1,000 B/s: 100 ms earn 100 bytes.
+        assert_eq!(f.allowance(0, 500, t0 + 100 * MS), 100);
     }
 }

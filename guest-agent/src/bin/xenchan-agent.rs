@@ -1,6 +1,8 @@
 //! `xenchan-agent`: the xenchan guest agent. A thin wrapper over [`xenchan_agent::run`].
 
-use std::process::ExitCode;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
 
 use clap::{CommandFactory, Parser};
 use xenchan_agent::cli::{AgentArgs, AgentCommand};
@@ -13,16 +15,7 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(&e),
     };
     if let Some(AgentCommand::Consoles { channel_dir }) = &cli.command {
-        return match xenchan_agent::consoles::list(channel_dir) {
-            Ok(report) => {
-                print!("{report}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("xenchan-agent: cannot list consoles: {e}");
-                Exit::Unavailable.into()
-            }
-        };
+        return consoles(channel_dir);
     }
     if let Some(AgentCommand::Seal { root, state_dir }) = &cli.command {
         return seal(root, state_dir.as_deref());
@@ -75,6 +68,28 @@ fn seal(root: &std::path::Path, state_dir: Option<&std::path::Path>) -> ExitCode
             ExitCode::from(Exit::IoErr.code())
         }
     }
+}
+
+/// The program that lists the consoles (it links libudev, which the daemon does not need).
+const CONSOLES: &str = "xenchan-agent-consoles";
+
+/// `xenchan-agent consoles`: replaced by `xenchan-agent-consoles`, found next to this
+/// executable (a build folder, an unpacked archive) or where the package installs it.
+fn consoles(channel_dir: &Path) -> ExitCode {
+    let beside = std::env::current_exe()
+        .ok()
+        .map(|exe| exe.with_file_name(CONSOLES))
+        .filter(|p| p.is_file());
+    let helper = beside.unwrap_or_else(|| PathBuf::from("/usr/libexec/xenchan").join(CONSOLES));
+    let err = Command::new(&helper)
+        .arg("--channel-dir")
+        .arg(channel_dir)
+        .exec();
+    eprintln!(
+        "xenchan-agent: cannot list consoles: cannot run {}: {err}",
+        helper.display()
+    );
+    Exit::Unavailable.into()
 }
 
 /// Prints a clap error as one line (help and version are printed whole).
