@@ -76,7 +76,7 @@ async fn the_hello_announces_what_the_agent_can_apply() {
     let agent = start(guest.opts());
     let (_, hello) = broker.handshake().await;
     assert_eq!(hello.capabilities, Some(Capabilities::ours()));
-    assert_eq!(hello.capabilities().version("users"), Some(1));
+    assert_eq!(hello.capabilities().version("users"), Some(2));
     agent.stop().await.unwrap();
 }
 
@@ -92,7 +92,7 @@ async fn unknown_items_and_fields_are_unsupported_and_the_rest_is_applied() {
     let doc = serde_json::json!({
         "hostname": "web7",
         "ntp": {"servers": ["pool.ntp.org"]},
-        "users": [{"name": "cloud", "ssh_authorized_keys": [KEY_A], "sudo": "ALL=(ALL) ALL"}]
+        "users": [{"name": "cloud", "ssh_authorized_keys": [KEY_A], "expiredate": "2030-01-01"}]
     });
     let started = Instant::now();
     broker
@@ -105,9 +105,9 @@ async fn unknown_items_and_fields_are_unsupported_and_the_rest_is_applied() {
     let (s, why) = status_of(&r, "ntp");
     assert_eq!(s, ItemStatus::Unsupported);
     assert!(why.contains("does not know item `ntp`"), "{why}");
-    let (s, why) = status_of(&r, "users[0].sudo");
+    let (s, why) = status_of(&r, "users[0].expiredate");
     assert_eq!(s, ItemStatus::Unsupported);
-    assert!(why.contains("unknown field `sudo`"), "{why}");
+    assert!(why.contains("unknown field `expiredate`"), "{why}");
     assert_eq!(r.digest, known.digest());
     assert_eq!(
         std::fs::read_to_string(guest.path("etc/hostname")).unwrap(),
