@@ -104,8 +104,12 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
                 .ok()
         })
         .flatten();
+    let mut shutdown = std::pin::pin!(shutdown);
     let boot = match boot::live_only_state(&opts, applied.as_ref()) {
-        Some(state) => Some(boot::restore(&opts, state).await),
+        Some(state) => tokio::select! {
+            b = boot::restore(&opts, state) => Some(b),
+            () = shutdown.as_mut() => return Ok(()),
+        },
         None => None,
     };
     if let Some(l) = &links {
@@ -120,7 +124,6 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
         retry: None,
         links,
     };
-    let mut shutdown = std::pin::pin!(shutdown);
     let mut retry = timing.reopen_min;
     let mut failures = 0u32;
     loop {

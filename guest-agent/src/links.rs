@@ -133,6 +133,7 @@ async fn read_loop(
 ) {
     // A dropped sender (the agent is stopping) ends the task with the feed anyway.
     let _ = begun.await;
+    let mut overflows = 0u64;
     loop {
         let mut guard = match fd.readable_mut().await {
             Ok(g) => g,
@@ -156,7 +157,14 @@ async fn read_loop(
         drop(guard);
         let changes = drained.changes;
         if changes.overflowed {
-            warn!("link notifications were dropped by the kernel; the link table was read again");
+            overflows += 1;
+            // Once is news; a sustained flood is not worth a line per overflow.
+            if overflows == 1 || overflows.is_multiple_of(100) {
+                warn!(
+                    overflows,
+                    "link notifications were dropped by the kernel; the link table was read again"
+                );
+            }
         }
         if !changes.appeared.is_empty() {
             debug!(macs = ?changes.appeared, "links appeared");
