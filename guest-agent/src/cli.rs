@@ -129,6 +129,18 @@ pub struct AgentArgs {
     #[arg(long, value_name = "MODE", default_value = "auto", value_parser = network_live)]
     pub network_live: LiveMode,
 
+    /// Configure the running kernel in this network namespace (a file such as
+    /// /run/netns/<name>) instead of the agent's own: live apply, the link watch and the
+    /// start-up restore of live-only addresses all happen there. For containers and
+    /// tests; with it, live apply works under any --root.
+    #[arg(long, value_name = "FILE")]
+    pub netns: Option<PathBuf>,
+
+    /// At most one facts report per this many seconds: changes in between (hostname,
+    /// addresses, links) are coalesced and the latest state is sent.
+    #[arg(long, value_name = "SECS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub facts_interval_secs: u64,
+
     /// A folder (absolute, in the guest) below which `write_files` may write; repeat
     /// for several. Replaces the default list /etc, /home, /srv, /opt. Paths elsewhere
     /// are answered `failed` naming this option.
@@ -291,11 +303,12 @@ impl AgentArgs {
             network: crate::NetworkOptions {
                 renderer: self.network_renderer,
                 live: self.network_live,
-                netns: None,
+                netns: self.netns,
             },
             timing: crate::Timing {
                 keepalive: std::time::Duration::from_secs(self.keepalive_secs),
                 beacon_max: std::time::Duration::from_secs(self.beacon_max_secs),
+                facts_min_interval: std::time::Duration::from_secs(self.facts_interval_secs),
                 ..crate::Timing::default()
             },
             ..crate::AgentOptions::default()

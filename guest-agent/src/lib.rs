@@ -11,7 +11,9 @@
 //! docs/AGENT.md describes the design and its decisions.
 
 pub mod apply;
+mod boot;
 pub mod cli;
+mod coalesce;
 pub mod console_setup;
 pub mod consoles;
 mod device;
@@ -21,6 +23,7 @@ pub mod facts;
 mod fsat;
 pub mod host_keys;
 pub mod identity;
+mod links;
 pub mod logging;
 mod options;
 pub mod seal;
@@ -40,6 +43,7 @@ pub use options::{
 
 use device::Channel;
 use discovery::Watcher;
+use links::LinkFeed;
 use session::{AgentCore, End};
 use state::StateStore;
 
@@ -91,6 +95,26 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
     if opts.sd_notify {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     }
+    // Subscribed before the boot restore looks at the links, so an interface that
+    // appears meanwhile is seen; its events are handled once the restore is done.
+    let links = (opts.is_live_root() || opts.network.netns.is_some())
+        .then(|| {
+            LinkFeed::start(opts.network.netns.clone(), timing.apply_timeout)
+                .map_err(|e| warn!(error = %e, "cannot subscribe to rtnetlink link notifications; interfaces that appear later are only seen by the retries"))
+                .ok()
+        })
+        .flatten();
+    let mut shutdown = std::pin::pin!(shutdown);
+    let boot = match boot::live_only_state(&opts, applied.as_ref()) {
+        Some(state) => tokio::select! {
+            b = boot::restore(&opts, state) => Some(b),
+            () = shutdown.as_mut() => return Ok(()),
+        },
+        None => None,
+    };
+    if let Some(l) = &links {
+        l.begin(boot);
+    }
     let mut core = AgentCore {
         opts: Arc::new(opts),
         store,
@@ -98,8 +122,8 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
         appliers: Arc::new(apply::default_appliers()),
         instance,
         retry: None,
+        links,
     };
-    let mut shutdown = std::pin::pin!(shutdown);
     let mut retry = timing.reopen_min;
     let mut failures = 0u32;
     loop {

@@ -97,12 +97,18 @@ pub struct Timing {
     /// Facts are gathered again this often during a session, and sent when they changed
     /// (addresses, links, hostname).
     pub facts_poll: Duration,
-    /// At most one facts report per this interval: changes are coalesced.
+    /// At most one facts report per this interval (from the end of one gathering to the
+    /// start of the next): changes in between are coalesced, the latest state wins.
     pub facts_min_interval: Duration,
     /// First delay before failed items of a push are applied again (doubling, jittered).
     pub retry_min: Duration,
     /// Longest delay between retries of failed items.
     pub retry_max: Duration,
+    /// After a link a failed push waits for appears, wait this long before applying
+    /// (udev may still be renaming it; more links of a burst are taken together).
+    pub link_settle: Duration,
+    /// At most one apply triggered by links appearing per this interval.
+    pub link_apply_gap: Duration,
 }
 
 impl Default for Timing {
@@ -124,6 +130,8 @@ impl Default for Timing {
             facts_min_interval: Duration::from_secs(2),
             retry_min: Duration::from_secs(5),
             retry_max: Duration::from_secs(300),
+            link_settle: Duration::from_millis(500),
+            link_apply_gap: Duration::from_secs(2),
         }
     }
 }
@@ -148,6 +156,8 @@ impl Timing {
             facts_min_interval: Duration::from_millis(100),
             retry_min: Duration::from_millis(100),
             retry_max: Duration::from_millis(800),
+            link_settle: Duration::from_millis(20),
+            link_apply_gap: Duration::from_millis(200),
         }
     }
 }

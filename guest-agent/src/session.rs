@@ -27,8 +27,10 @@ use xenchan_protocol::{
 use xenchan_basics::Backoff;
 
 use crate::apply::{self, Applier, ApplyContext};
+use crate::coalesce::Coalesce;
 use crate::facts;
 use crate::identity;
+use crate::links::LinkFeed;
 use crate::options::AgentOptions;
 use crate::state::{AppliedState, StateStore};
 
@@ -50,6 +52,9 @@ pub(crate) struct AgentCore {
     /// (each attempt answered with a `result` for the same generation) until none fails
     /// or another push replaces it.
     pub retry: Option<Retry>,
+    /// rtnetlink link and address notifications, when the agent configures a running
+    /// kernel (root `/` or a network namespace) and could subscribe.
+    pub links: Option<LinkFeed>,
 }
 
 /// A push whose failed items are tried again.
@@ -98,6 +103,7 @@ where
 {
     let timing = core.opts.timing;
     let (facts_tx, mut facts_rx) = tokio::sync::mpsc::channel(2);
+    let link_apply = Coalesce::new(timing.link_settle, timing.link_apply_gap);
     let mut s = Session {
         codec: FrameCodec::new(core.opts.max_frame),
         rules: xenchan_protocol::session::SessionRules::new(Role::Agent),
@@ -109,7 +115,8 @@ where
         paused_until: None,
         stats: ServeStats::default(),
         uuid: identity::read_vm_uuid(&core.opts.root),
-        facts: FactsReporter::new(facts_tx),
+        facts: FactsReporter::new(facts_tx, timing.facts_min_interval),
+        link_apply,
         core,
     };
     let (mut rd, mut wr) = tokio::io::split(io);
@@ -119,6 +126,13 @@ where
     let end = loop {
         let reading = s.paused_until.is_none();
         let deadline = s.next_deadline();
+        let feed = s.core.links.clone();
+        let link_changes = async move {
+            match feed {
+                Some(f) => f.next().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             () = shutdown.as_mut() => {
@@ -169,9 +183,14 @@ where
                 Err(e) => break End::Hangup(e),
             },
             Some(f) = facts_rx.recv() => s.on_facts(f),
+            c = link_changes => {
+                s.on_links(&c);
+                s.facts_timer(Instant::now());
+            }
             () = tokio::time::sleep_until(deadline) => {
                 s.on_timer();
                 s.retry_if_due().await;
+                s.apply_if_link_appeared().await;
             }
         }
     };
@@ -195,18 +214,20 @@ struct Session<'c> {
     stats: ServeStats,
     uuid: Option<String>,
     facts: FactsReporter,
+    /// Applying the failed push again because a link it waits for appeared: coalesced
+    /// (a burst of links is one apply, after `link_settle`) and at most one per
+    /// `link_apply_gap`.
+    link_apply: Coalesce<Instant>,
 }
 
 /// The facts report, off the session's path: gathered on other threads, sent when it
-/// differs from what this session was last told, at most once per `facts_min_interval`.
+/// differs from what this session was last told. Requests (session start, an apply, a
+/// link or address notification, the poll) are coalesced and gatherings are at least
+/// `facts_min_interval` apart, so a burst of changes gives few reports, the latest
+/// state winning.
 struct FactsReporter {
     tx: tokio::sync::mpsc::Sender<GuestFacts>,
-    /// A gathering is running.
-    gathering: bool,
-    /// Someone asked for fresh facts (session start, an apply, the poll).
-    wanted: bool,
-    /// No gathering starts before this (rate limit; changes in between are coalesced).
-    not_before: Instant,
+    gather: Coalesce<Instant>,
     /// The next periodic look during a session.
     next_poll: Option<Instant>,
     /// What the current session was last sent.
@@ -214,12 +235,10 @@ struct FactsReporter {
 }
 
 impl FactsReporter {
-    fn new(tx: tokio::sync::mpsc::Sender<GuestFacts>) -> Self {
+    fn new(tx: tokio::sync::mpsc::Sender<GuestFacts>, min_interval: Duration) -> Self {
         FactsReporter {
             tx,
-            gathering: false,
-            wanted: false,
-            not_before: Instant::now(),
+            gather: Coalesce::new(Duration::ZERO, min_interval),
             next_poll: None,
             last_sent: None,
         }
@@ -227,8 +246,7 @@ impl FactsReporter {
 
     /// When the timer must fire for the reporter.
     fn deadline(&self) -> Option<Instant> {
-        let start = (self.wanted && !self.gathering).then_some(self.not_before);
-        match (start, self.next_poll) {
+        match (self.gather.due(), self.next_poll) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -256,15 +274,66 @@ impl Session<'_> {
         if let Some(p) = self.paused_until {
             d = d.min(p);
         }
-        if let Some(f) = self.facts.deadline() {
+        if let Some(f) = self.facts.deadline()
+            && self.rules.current().is_some()
+        {
             d = d.min(f);
         }
         if let Some(r) = &self.core.retry
             && self.rules.current().is_some()
         {
             d = d.min(r.at);
+            if let Some(l) = self.link_apply.due() {
+                d = d.min(l);
+            }
         }
         d
+    }
+
+    /// Link and address notifications: the facts may have changed, and a link the
+    /// failed push waits for may have appeared.
+    fn on_links(&mut self, c: &xenchan_netconf::LinkChanges) {
+        if c.changed {
+            self.want_facts();
+        }
+        let Some(r) = &self.core.retry else {
+            return;
+        };
+        let results = self
+            .core
+            .applied
+            .as_ref()
+            .map_or(&[][..], |a| a.items.as_slice());
+        let waiting = xenchan_netconf::waiting_macs(&r.push.config, results);
+        if link_fixes(&waiting, c) {
+            debug!(macs = ?c.appeared, "a link the configuration waits for appeared");
+            self.link_apply.want(Instant::now());
+        }
+    }
+
+    /// Applies the failed push again once a link it waits for appeared (coalesced and
+    /// rate-limited), in a session only: the outcome is reported as a `result` for the
+    /// same generation. Outside a session the request waits for the next one.
+    async fn apply_if_link_appeared(&mut self) {
+        if self.core.retry.is_none() {
+            self.link_apply.forget();
+            return;
+        }
+        let Some(session) = self.rules.current().cloned() else {
+            return;
+        };
+        if !self.link_apply.try_start(Instant::now()) {
+            return;
+        }
+        let Some(push) = self.core.retry.as_ref().map(|r| r.push.clone()) else {
+            return;
+        };
+        info!(
+            generation = push.generation,
+            "an interface the configuration names appeared; applying its items again"
+        );
+        self.config(Some(session), push).await;
+        self.link_apply.finish(Instant::now());
     }
 
     /// Applies the last push again when its retry is due, in a session only: each
@@ -313,19 +382,19 @@ impl Session<'_> {
         });
     }
 
-    /// Fresh facts are wanted (a session started, an item changed the guest).
+    /// Fresh facts are wanted (a session started, an item changed the guest, a link or
+    /// address changed).
     fn want_facts(&mut self) {
-        self.facts.wanted = true;
+        self.facts.gather.want(Instant::now());
     }
 
     fn facts_timer(&mut self, now: Instant) {
         if self.facts.next_poll.is_some_and(|p| p <= now) {
-            self.facts.wanted = true;
+            self.facts.gather.want(now);
             self.facts.next_poll = Some(now + self.opts().timing.facts_poll);
         }
-        if self.facts.wanted && !self.facts.gathering && self.facts.not_before <= now {
-            self.facts.wanted = false;
-            self.facts.gathering = true;
+        // Only a session is told facts: outside one the request waits for the next.
+        if self.rules.current().is_some() && self.facts.gather.try_start(now) {
             let opts = Arc::clone(&self.core.opts);
             let per_source = opts.timing.facts_timeout;
             let tx = self.facts.tx.clone();
@@ -337,8 +406,7 @@ impl Session<'_> {
     }
 
     fn on_facts(&mut self, f: GuestFacts) {
-        self.facts.gathering = false;
-        self.facts.not_before = Instant::now() + self.opts().timing.facts_min_interval;
+        self.facts.gather.finish(Instant::now());
         let Some(nonce) = self.rules.current().cloned() else {
             return;
         };
@@ -666,6 +734,9 @@ impl Session<'_> {
             error!(dir = %self.core.store.dir().display(), error = %e, "cannot save what was applied");
         }
         self.core.applied = Some(state);
+        if let Some(l) = &self.core.links {
+            l.clear_boot();
+        }
         if items.iter().any(|i| i.status == ItemStatus::Applied) {
             // The guest changed (its hostname, addresses): the broker's view follows.
             self.want_facts();
@@ -701,6 +772,15 @@ impl Session<'_> {
             debug!("device did not take the last bytes before shutdown");
         }
     }
+}
+
+/// Whether link changes may fix an item waiting for a MAC: a waited-for MAC appeared,
+/// or notifications were lost (the kernel's buffer overflowed) while something waits.
+fn link_fixes(
+    waiting: &std::collections::BTreeSet<String>,
+    c: &xenchan_netconf::LinkChanges,
+) -> bool {
+    !waiting.is_empty() && (c.overflowed || c.appeared.iter().any(|m| waiting.contains(m)))
 }
 
 /// The applier's results followed by one `unsupported` entry per item or field of the
@@ -751,6 +831,7 @@ mod tests {
             appliers: Arc::new(apply::default_appliers()),
             instance: Hello::new_instance(rand::random()),
             retry: None,
+            links: None,
         }
     }
 
@@ -803,6 +884,31 @@ mod tests {
             "{} EOF reads in {window:?}",
             stats.eofs
         );
+    }
+
+    #[test]
+    fn only_a_waited_for_mac_or_lost_notifications_trigger_an_apply() {
+        let macs = |m: &[&str]| -> std::collections::BTreeSet<String> {
+            m.iter().map(|s| (*s).to_string()).collect()
+        };
+        let changes = |appeared: &[&str], overflowed: bool| xenchan_netconf::LinkChanges {
+            appeared: macs(appeared),
+            changed: true,
+            overflowed,
+        };
+        let a = "00:16:3e:00:00:0a";
+        let b = "00:16:3e:00:00:0b";
+        let cases = [
+            (macs(&[]), changes(&[a], false), false),
+            (macs(&[]), changes(&[], true), false),
+            (macs(&[a]), changes(&[], false), false),
+            (macs(&[a]), changes(&[b], false), false),
+            (macs(&[a]), changes(&[b, a], false), true),
+            (macs(&[a]), changes(&[], true), true),
+        ];
+        for (waiting, c, want) in cases {
+            assert_eq!(link_fixes(&waiting, &c), want, "{waiting:?} {c:?}");
+        }
     }
 
     /// On a tty, EOF is a hang-up: the device is closed and opened again.

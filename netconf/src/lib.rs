@@ -24,6 +24,7 @@ mod live;
 mod manager;
 mod options;
 mod plan;
+mod reconcile;
 mod render;
 mod state;
 
@@ -33,7 +34,9 @@ pub use detect::{
 };
 pub use files::MARKER;
 pub use links::{Link, LinkError, links_from_sysfs};
+pub use live::{Drained, LinkChanges, LinkWatch};
 pub use options::{LiveMode, NetOptions, RendererChoice};
+pub use reconcile::{Restored, is_live_only, restore_live, waiting_macs};
 pub use render::Renderer;
 pub use state::{IfaceState, LiveRoute, NetState, OwnedFile, ResolvState};
 

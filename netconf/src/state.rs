@@ -76,6 +76,10 @@ pub struct IfaceState {
     /// Routes we added live.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub live_routes: Vec<LiveRoute>,
+    /// The MTU we set live, if the document gave one (restored at boot with the
+    /// addresses when nothing else configures the interface).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_mtu: Option<u32>,
 }
 
 /// A route we added live.

@@ -272,11 +272,12 @@ fn report(
         match (&it.result, &it.plan) {
             (Ok(changed), Some(plan)) => {
                 let prev_i = prev.interfaces.get(&it.id);
-                let (live_addresses, live_routes) = it.live.clone().unwrap_or_else(|| {
-                    prev_i.map_or_else(Default::default, |p| {
-                        (p.live_addresses.clone(), p.live_routes.clone())
-                    })
-                });
+                let (live_addresses, live_routes, live_mtu) = match &it.live {
+                    Some((a, r)) => (a.clone(), r.clone(), plan.mtu),
+                    None => prev_i.map_or_else(Default::default, |p| {
+                        (p.live_addresses.clone(), p.live_routes.clone(), p.live_mtu)
+                    }),
+                };
                 state.interfaces.insert(
                     it.id.clone(),
                     IfaceState {
@@ -286,6 +287,7 @@ fn report(
                         pending_reload: it.reload_error.is_some(),
                         live_addresses,
                         live_routes,
+                        live_mtu,
                     },
                 );
                 if let Some(e) = &it.reload_error {

@@ -2,6 +2,7 @@
 //! a journal of every change so that a failure puts the interface back as it was.
 
 mod netlink;
+mod watch;
 
 use std::fmt::Write as _;
 use std::io;
@@ -11,6 +12,7 @@ use ipnet::IpNet;
 
 pub(crate) use netlink::Netlink;
 use netlink::{Addr, Route, describe};
+pub use watch::{Drained, LinkChanges, LinkWatch};
 
 use crate::links::Link;
 use crate::plan::IfacePlan;

@@ -67,23 +67,7 @@ impl Netlink {
     /// created in, so it is created on a short-lived thread that enters the namespace;
     /// the caller's threads never change namespace.
     pub(crate) fn open(netns: Option<&Path>) -> io::Result<Netlink> {
-        let sock = match netns {
-            None => new_socket()?,
-            Some(path) => {
-                let path = path.to_path_buf();
-                std::thread::spawn(move || -> io::Result<Socket> {
-                    let f = std::fs::File::open(&path).map_err(|e| {
-                        io::Error::new(e.kind(), format!("open {}: {e}", path.display()))
-                    })?;
-                    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
-                        io::Error::other(format!("enter {}: {}", path.display(), e.desc()))
-                    })?;
-                    new_socket()
-                })
-                .join()
-                .map_err(|_| io::Error::other("netns thread panicked"))??
-            }
-        };
+        let sock = socket_in(netns, new_socket)?;
         Ok(Netlink { sock, seq: 0 })
     }
 
@@ -181,44 +165,7 @@ impl Netlink {
             let RouteNetlinkMessage::NewLink(l) = m else {
                 continue;
             };
-            let mut link = Link {
-                name: String::new(),
-                mac: String::new(),
-                index: l.header.index,
-                physical: true,
-            };
-            for a in &l.attributes {
-                match a {
-                    LinkAttribute::IfName(n) => link.name.clone_from(n),
-                    LinkAttribute::Address(b) => {
-                        link.mac = b
-                            .iter()
-                            .map(|x| format!("{x:02x}"))
-                            .collect::<Vec<_>>()
-                            .join(":");
-                    }
-                    LinkAttribute::LinkInfo(infos) => {
-                        for i in infos {
-                            if let LinkInfo::Kind(k) = i
-                                && matches!(
-                                    k,
-                                    InfoKind::Vlan
-                                        | InfoKind::Bridge
-                                        | InfoKind::Bond
-                                        | InfoKind::MacVlan
-                                        | InfoKind::MacVtap
-                                        | InfoKind::IpVlan
-                                        | InfoKind::IpVtap
-                                        | InfoKind::Vrf
-                                )
-                            {
-                                link.physical = false;
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-            }
+            let link = link_of(&l);
             links.push(link);
         }
         links.sort_by(|a, b| a.name.cmp(&b.name));
@@ -434,6 +381,72 @@ impl Netlink {
             0,
         )
     }
+}
+
+/// A link as a `RTM_NEWLINK` message describes it (a dump's entry or a notification).
+pub(crate) fn link_of(l: &LinkMessage) -> Link {
+    let mut link = Link {
+        name: String::new(),
+        mac: String::new(),
+        index: l.header.index,
+        physical: true,
+    };
+    for a in &l.attributes {
+        match a {
+            LinkAttribute::IfName(n) => link.name.clone_from(n),
+            LinkAttribute::Address(b) => {
+                link.mac = b
+                    .iter()
+                    .map(|x| format!("{x:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":");
+            }
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    if let LinkInfo::Kind(k) = i
+                        && matches!(
+                            k,
+                            InfoKind::Vlan
+                                | InfoKind::Bridge
+                                | InfoKind::Bond
+                                | InfoKind::MacVlan
+                                | InfoKind::MacVtap
+                                | InfoKind::IpVlan
+                                | InfoKind::IpVtap
+                                | InfoKind::Vrf
+                        )
+                    {
+                        link.physical = false;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    link
+}
+
+/// A socket made by `make` in the caller's namespace, or in the namespace of `netns` (a
+/// file such as `/run/netns/<name>`). A netlink socket belongs to the namespace it was
+/// created in, so it is created on a short-lived thread that enters the namespace; the
+/// caller's threads never change namespace.
+pub(crate) fn socket_in(
+    netns: Option<&Path>,
+    make: fn() -> io::Result<Socket>,
+) -> io::Result<Socket> {
+    let Some(path) = netns else {
+        return make();
+    };
+    let path = path.to_path_buf();
+    std::thread::spawn(move || -> io::Result<Socket> {
+        let f = std::fs::File::open(&path)
+            .map_err(|e| io::Error::new(e.kind(), format!("open {}: {e}", path.display())))?;
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| io::Error::other(format!("enter {}: {}", path.display(), e.desc())))?;
+        make()
+    })
+    .join()
+    .map_err(|_| io::Error::other("netns thread panicked"))?
 }
 
 fn new_socket() -> io::Result<Socket> {
