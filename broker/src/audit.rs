@@ -40,13 +40,11 @@ impl Caller {
 
     /// `uid 1001 (pid 4242, curl)`, for logs and errors.
     pub fn describe(&self) -> String {
-        let mut s = format!("uid {}", self.uid);
         match (self.pid, &self.comm) {
-            (Some(p), Some(c)) => s.push_str(&format!(" (pid {p}, {c})")),
-            (Some(p), None) => s.push_str(&format!(" (pid {p})")),
-            _ => {}
+            (Some(p), Some(c)) => format!("uid {} (pid {p}, {c})", self.uid),
+            (Some(p), None) => format!("uid {} (pid {p})", self.uid),
+            _ => format!("uid {}", self.uid),
         }
-        s
     }
 }
 
