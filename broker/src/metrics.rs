@@ -89,15 +89,18 @@ pub enum DropReason {
     FactsUnchanged,
     /// Facts replaced by later ones inside the same interval.
     FactsCoalesced,
+    /// An agent error refusing no push in flight, or repeating the last one.
+    ErrorNotAsked,
 }
 
 impl DropReason {
     /// Every reason, in the metric's order.
-    pub const ALL: [DropReason; 4] = [
+    pub const ALL: [DropReason; 5] = [
         DropReason::ResultNotAsked,
         DropReason::ResultUnchanged,
         DropReason::FactsUnchanged,
         DropReason::FactsCoalesced,
+        DropReason::ErrorNotAsked,
     ];
 
     /// The metric label.
@@ -107,6 +110,7 @@ impl DropReason {
             DropReason::ResultUnchanged => "result_unchanged",
             DropReason::FactsUnchanged => "facts_unchanged",
             DropReason::FactsCoalesced => "facts_coalesced",
+            DropReason::ErrorNotAsked => "error_not_asked",
         }
     }
 }
@@ -176,7 +180,7 @@ pub struct Metrics {
     frames: AtomicU64,
     skipped: [AtomicU64; 8],
     errors: [AtomicU64; 14],
-    dropped: [AtomicU64; 4],
+    dropped: [AtomicU64; 5],
     session_writes: [AtomicU64; 3],
     hooks_ok: AtomicU64,
     hooks_failed: AtomicU64,

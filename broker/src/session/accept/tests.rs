@@ -10,11 +10,11 @@ use super::*;
 
 const A: Offer<'static> = Offer {
     generation: 2,
-    digest: "sha256:aa",
+    digest: "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
 };
 const B: Offer<'static> = Offer {
     generation: 3,
-    digest: "sha256:bb",
+    digest: "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
 };
 
 fn result(o: Offer<'_>, items: &[(&str, ItemStatus)]) -> ApplyResult {
@@ -63,7 +63,7 @@ fn results() {
             result(B, &[("hostname", Applied)]), None, Some(A), Some(A), &old,
             ResultVerdict::Drop(DropReason::ResultNotAsked)),
         ("the right generation with another digest",
-            result(Offer { generation: 2, digest: "sha256:cc" }, &[("hostname", Applied)]),
+            result(Offer { generation: 2, digest: "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc" }, &[("hostname", Applied)]),
             None, Some(A), Some(A), &old, ResultVerdict::Drop(DropReason::ResultNotAsked)),
         ("while another push is in flight, a retry of the applied one still counts",
             result(A, &[("network:eth0", Applied)]), Some(B), Some(A), Some(B), &failed_net,
@@ -86,12 +86,8 @@ fn merged_items_keep_the_agents_and_add_what_was_left_out() {
         ItemResult::new("time", ItemStatus::Unsupported),
         ItemResult::new("users[0].sudo", ItemStatus::Unsupported),
     ];
-    let items: Vec<&str> = merge_items(&agent, &left_out)
-        .iter()
-        .map(|i| i.item.as_str())
-        .collect::<Vec<_>>()
-        .into_iter()
-        .collect();
+    let merged = merge_items(&agent, &left_out);
+    let items: Vec<&str> = merged.iter().map(|i| i.item.as_str()).collect();
     assert_eq!(items, ["hostname", "users[0].sudo", "time"]);
 }
 
