@@ -128,7 +128,11 @@ pub enum SessionWrite {
 }
 
 impl SessionWrite {
-    const ALL: [SessionWrite; 3] = [SessionWrite::Applied, SessionWrite::Result, SessionWrite::Facts];
+    const ALL: [SessionWrite; 3] = [
+        SessionWrite::Applied,
+        SessionWrite::Result,
+        SessionWrite::Facts,
+    ];
 
     fn as_str(self) -> &'static str {
         match self {
@@ -228,13 +232,19 @@ impl Metrics {
 
     /// A valid frame was dropped for `reason` (not asked for, or nothing new).
     pub fn dropped(&self, reason: DropReason) {
-        let i = DropReason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        let i = DropReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
         self.dropped[i].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A session wrote `kind` to the store.
     pub fn session_write(&self, kind: SessionWrite) {
-        let i = SessionWrite::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+        let i = SessionWrite::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or(0);
         self.session_writes[i].fetch_add(1, Ordering::Relaxed);
     }
 

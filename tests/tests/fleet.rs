@@ -69,7 +69,10 @@ impl Broker {
         }));
         let end = tokio::time::Instant::now() + DEADLINE;
         while client.health().await.is_err() {
-            assert!(tokio::time::Instant::now() < end, "the broker never answered");
+            assert!(
+                tokio::time::Instant::now() < end,
+                "the broker never answered"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Broker {
@@ -498,7 +501,10 @@ async fn a_revision_1_agent_is_configured_with_what_it_understands() {
     let pushed = &configs[0];
     assert!(pushed.config.time.is_none());
     assert!(pushed.config.users[0].shell.is_none());
-    assert_eq!(pushed.config.hostname.as_ref().unwrap().as_str(), "web1.example.com");
+    assert_eq!(
+        pushed.config.hostname.as_ref().unwrap().as_str(),
+        "web1.example.com"
+    );
     assert_eq!(pushed.digest, pushed.config.digest());
     assert_ne!(v.desired_digest.as_deref(), Some(pushed.digest.as_str()));
     assert_eq!(v.applied_digest.as_deref(), Some(pushed.digest.as_str()));
@@ -506,8 +512,11 @@ async fn a_revision_1_agent_is_configured_with_what_it_understands() {
     assert!(!pushed.force);
     // What was left out is recorded `unsupported` with the reason, next to the agent's
     // items; it is not a failure.
-    let mut items: Vec<(&str, ItemStatus)> =
-        v.items.iter().map(|i| (i.item.as_str(), i.status)).collect();
+    let mut items: Vec<(&str, ItemStatus)> = v
+        .items
+        .iter()
+        .map(|i| (i.item.as_str(), i.status))
+        .collect();
     items.sort_by_key(|i| i.0);
     assert_eq!(
         items,
@@ -519,7 +528,11 @@ async fn a_revision_1_agent_is_configured_with_what_it_understands() {
         ],
         "{v:?}"
     );
-    for i in v.items.iter().filter(|i| i.status == ItemStatus::Unsupported) {
+    for i in v
+        .items
+        .iter()
+        .filter(|i| i.status == ItemStatus::Unsupported)
+    {
         let reason = i.reason.as_deref().unwrap_or_default();
         assert!(reason.contains("xenchan-agent 0.1.0"), "{reason}");
     }
@@ -594,7 +607,11 @@ async fn a_flood_of_repeated_results_and_facts_writes_nothing_and_pushes_nothing
     }
     // Past a facts interval, in case anything was held.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(b.writes().await, before, "(applied, result, facts) store writes");
+    assert_eq!(
+        b.writes().await,
+        before,
+        "(applied, result, facts) store writes"
+    );
     assert_eq!(b.pushes().await, pushes);
     assert_eq!(peer.record.lock().unwrap().configs.len(), 1);
     let v = b.client.get_domain(DOMAIN).await.unwrap();

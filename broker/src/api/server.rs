@@ -280,7 +280,10 @@ async fn push(
 ) -> Result<Response, Fail> {
     valid_name(&name)?;
     let force = force_query(query.as_deref())?;
-    Ok(json(StatusCode::ACCEPTED, &ops::do_push(&sh, &name, force)?))
+    Ok(json(
+        StatusCode::ACCEPTED,
+        &ops::do_push(&sh, &name, force)?,
+    ))
 }
 
 /// `force=true|false` (or a bare `force`) from the push's query.

@@ -164,7 +164,11 @@ impl Decision {
 /// the agent must report that very one, and an agent reporting none is not trusted with
 /// the configuration (it could be any VM). A UUID only discovery found is checked when
 /// the agent reports one. Nothing known: any agent.
-pub fn identity_matches(recorded: Option<&str>, discovered: Option<&str>, reported: Option<&str>) -> bool {
+pub fn identity_matches(
+    recorded: Option<&str>,
+    discovered: Option<&str>,
+    reported: Option<&str>,
+) -> bool {
     let same = |w: &str| reported.is_some_and(|a| w.eq_ignore_ascii_case(a));
     match (recorded, discovered, reported) {
         (Some(w), _, _) => same(w),

@@ -40,7 +40,14 @@ fn stored(generation: u64, items: &[(&str, ItemStatus)]) -> Vec<ItemView> {
 #[test]
 fn results() {
     use ItemStatus::{Applied, Failed, Unchanged, Unsupported};
-    let failed_net = stored(2, &[("hostname", Applied), ("network:eth0", Failed), ("dns", Unsupported)]);
+    let failed_net = stored(
+        2,
+        &[
+            ("hostname", Applied),
+            ("network:eth0", Failed),
+            ("dns", Unsupported),
+        ],
+    );
     let old = stored(1, &[("hostname", Applied)]);
     #[rustfmt::skip]
     let table: Vec<(&str, ApplyResult, Option<Offer<'_>>, Option<Offer<'_>>, Option<Offer<'_>>, &[ItemView], ResultVerdict)> = vec![
@@ -72,7 +79,11 @@ fn results() {
             result(A, &[]), None, None, None, &[], ResultVerdict::Drop(DropReason::ResultNotAsked)),
     ];
     for (why, r, in_flight, applied, desired, stored, expected) in table {
-        assert_eq!(judge_result(&r, in_flight, applied, desired, stored), expected, "{why}");
+        assert_eq!(
+            judge_result(&r, in_flight, applied, desired, stored),
+            expected,
+            "{why}"
+        );
     }
 }
 
@@ -102,7 +113,9 @@ fn degraded_reason_names_failed_items() {
         "degraded: generation 4 has 1 failed item(s): network:eth0 (no such interface); the agent retries them"
     );
     assert_eq!(degraded_reason(4, &items[..1]), None);
-    let many: Vec<ItemResult> = (0..6).map(|i| ItemResult::failed(format!("user:u{i}"), "x")).collect();
+    let many: Vec<ItemResult> = (0..6)
+        .map(|i| ItemResult::failed(format!("user:u{i}"), "x"))
+        .collect();
     assert!(degraded_reason(1, &many).unwrap().contains("and 2 more"));
 }
 
@@ -120,13 +133,22 @@ fn facts_are_written_at_most_once_per_interval_and_the_latest_wins() {
     let t0 = Instant::now();
     let mut g = FactsGate::new(5 * second, Some(facts("stored")));
     // Equal to the stored facts: nothing to write.
-    assert_eq!(g.offer(facts("stored"), t0), FactsStep::Drop(DropReason::FactsUnchanged));
+    assert_eq!(
+        g.offer(facts("stored"), t0),
+        FactsStep::Drop(DropReason::FactsUnchanged)
+    );
     assert_eq!(g.due(), None);
     // The first change is written at once.
     assert_eq!(g.offer(facts("a"), t0), FactsStep::Write(facts("a")));
     // Within the interval: held, the latest replacing the earlier.
-    assert_eq!(g.offer(facts("b"), t0 + second), FactsStep::Held { replaced: false });
-    assert_eq!(g.offer(facts("c"), t0 + 2 * second), FactsStep::Held { replaced: true });
+    assert_eq!(
+        g.offer(facts("b"), t0 + second),
+        FactsStep::Held { replaced: false }
+    );
+    assert_eq!(
+        g.offer(facts("c"), t0 + 2 * second),
+        FactsStep::Held { replaced: true }
+    );
     assert_eq!(g.due(), Some(t0 + 5 * second));
     assert_eq!(g.take_due(t0 + 4 * second), None);
     assert_eq!(g.take_due(t0 + 5 * second), Some(facts("c")));
@@ -139,11 +161,20 @@ fn facts_are_written_at_most_once_per_interval_and_the_latest_wins() {
         );
     }
     // Changed and back within the interval: the held one is dropped, nothing written.
-    assert_eq!(g.offer(facts("d"), t0 + 6 * second), FactsStep::Held { replaced: false });
-    assert_eq!(g.offer(facts("c"), t0 + 7 * second), FactsStep::Drop(DropReason::FactsCoalesced));
+    assert_eq!(
+        g.offer(facts("d"), t0 + 6 * second),
+        FactsStep::Held { replaced: false }
+    );
+    assert_eq!(
+        g.offer(facts("c"), t0 + 7 * second),
+        FactsStep::Drop(DropReason::FactsCoalesced)
+    );
     assert_eq!(g.due(), None);
     // After the interval a change is written at once again.
-    assert_eq!(g.offer(facts("e"), t0 + 11 * second), FactsStep::Write(facts("e")));
+    assert_eq!(
+        g.offer(facts("e"), t0 + 11 * second),
+        FactsStep::Write(facts("e"))
+    );
 }
 
 #[test]
