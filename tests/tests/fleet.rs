@@ -32,6 +32,8 @@ use xenchan_sim::tap::{Dir, Tap};
 
 const DOMAIN: &str = "web1";
 const DEADLINE: Duration = Duration::from_secs(30);
+/// Frames of each kind in the flood.
+const N: u64 = 300;
 
 fn broker_config(dir: &Path, sockets: &Path) -> Config {
     let mut c = Config {
@@ -344,7 +346,7 @@ async fn an_older_generation_of_a_restored_store_is_refused_shown_and_forced() {
     })
     .await;
     assert_eq!(g.hostname(), "one\n");
-    let sent = g.relay.with(|s| s.configs_sent());
+    let sent = g.relay.with(xenchan_e2e::relay::State::configs_sent);
     let forced = sent.last().unwrap();
     assert!(sent.len() > sent_before);
     assert!(forced.force, "the forced push says so");
@@ -586,7 +588,6 @@ async fn a_flood_of_repeated_results_and_facts_writes_nothing_and_pushes_nothing
     let mut facts = fixture("facts.frame");
     facts.session = nonce;
     let facts = codec.encode_line(&facts).unwrap();
-    const N: u64 = 300;
     for _ in 0..N {
         peer.extra.send(result.clone()).unwrap();
         peer.extra.send(facts.clone()).unwrap();

@@ -204,9 +204,6 @@ impl Session<'_> {
         let d = desired.borrow().clone();
         self.update_offer(&d);
         let stored = self.domain.last_items();
-        fn offer(generation: u64, digest: &str) -> Offer<'_> {
-            Offer { generation, digest }
-        }
         let verdict = {
             let in_flight = self
                 .in_flight
@@ -376,6 +373,10 @@ impl Session<'_> {
         self.last_agent_error = Some(text.clone());
         self.domain.record_error(ErrorKind::AgentError, text).await;
     }
+}
+
+fn offer(generation: u64, digest: &str) -> Offer<'_> {
+    Offer { generation, digest }
 }
 
 fn error_code_text(c: ErrorCode) -> String {

@@ -171,8 +171,7 @@ pub fn identity_matches(
 ) -> bool {
     let same = |w: &str| reported.is_some_and(|a| w.eq_ignore_ascii_case(a));
     match (recorded, discovered, reported) {
-        (Some(w), _, _) => same(w),
-        (None, Some(w), Some(_)) => same(w),
+        (Some(w), _, _) | (None, Some(w), Some(_)) => same(w),
         _ => true,
     }
 }

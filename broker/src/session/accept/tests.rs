@@ -37,6 +37,17 @@ fn stored(generation: u64, items: &[(&str, ItemStatus)]) -> Vec<ItemView> {
         .collect()
 }
 
+/// Why, the result, in flight, applied, desired, stored items, the verdict.
+type Case<'a> = (
+    &'a str,
+    ApplyResult,
+    Option<Offer<'a>>,
+    Option<Offer<'a>>,
+    Option<Offer<'a>>,
+    &'a [ItemView],
+    ResultVerdict,
+);
+
 #[test]
 fn results() {
     use ItemStatus::{Applied, Failed, Unchanged, Unsupported};
@@ -50,7 +61,7 @@ fn results() {
     );
     let old = stored(1, &[("hostname", Applied)]);
     #[rustfmt::skip]
-    let table: Vec<(&str, ApplyResult, Option<Offer<'_>>, Option<Offer<'_>>, Option<Offer<'_>>, &[ItemView], ResultVerdict)> = vec![
+    let table: Vec<Case<'_>> = vec![
         ("the answer to the push in flight",
             result(A, &[("hostname", Applied)]), Some(A), None, Some(A), &[], ResultVerdict::Answer),
         ("the answer even when it repeats the stored items",
