@@ -318,6 +318,17 @@ impl Client {
         .await
     }
 
+    /// `POST /v1/domains/{name}/push?force=true`: a push the agent applies even if it
+    /// applied a later generation of this store's lineage (a deliberate rollback).
+    pub async fn push_force(&self, name: &str) -> Result<DomainView, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/v1/domains/{}/push?force=true", encode(name)),
+            Some(Vec::new()),
+        )
+        .await
+    }
+
     /// `POST /v1/domains/{name}/prepare`: the VM is about to start (libvirt hook
     /// `prepare`). Registers the domain, records its UUID and channel socket, confirms
     /// its leases and runs the `prepare` hooks. 409 on a UUID or lease clash (the error

@@ -126,6 +126,9 @@ pub struct Timeouts {
     pub shutdown: u64,
     /// Connecting to xenstore, and each xenstore request (`discovery = "xenstore"`).
     pub xenstore: u64,
+    /// The guest's facts are written to the store at most once per this interval per
+    /// domain; the latest report inside an interval is written when it ends.
+    pub facts: u64,
 }
 
 impl Default for Timeouts {
@@ -143,6 +146,7 @@ impl Default for Timeouts {
             request: 8000,
             shutdown: 2000,
             xenstore: 5000,
+            facts: 5000,
         }
     }
 }
@@ -239,6 +243,10 @@ impl Timeouts {
     /// `xenstore` as a duration.
     pub fn xenstore(&self) -> Duration {
         ms(self.xenstore)
+    }
+    /// `facts` as a duration.
+    pub fn facts(&self) -> Duration {
+        ms(self.facts)
     }
 }
 
@@ -449,6 +457,7 @@ impl Config {
             ("timeouts.reconnect_max", t.reconnect_max),
             ("timeouts.request", t.request),
             ("timeouts.xenstore", t.xenstore),
+            ("timeouts.facts", t.facts),
         ] {
             if v == 0 {
                 return Err(bad(key, "must be at least 1 millisecond".into()));

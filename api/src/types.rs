@@ -26,9 +26,13 @@ pub enum DomainState {
     /// The agent applied the desired configuration: every item applied, unchanged or
     /// unsupported (an item the guest has no way to apply; see the items).
     Configured,
-    /// The agent answered the desired configuration with at least one failed item
-    /// (`unsupported` items do not count).
-    Failed,
+    /// The agent's last result for the desired configuration has at least one failed
+    /// item (`unsupported` items do not count); `last_error` names them. The agent
+    /// retries failed items and reports each retry: the state clears when every item is
+    /// applied, unchanged or unsupported. Was `failed` before revision 2 of the
+    /// protocol (still accepted when read).
+    #[serde(alias = "failed")]
+    Degraded,
     /// The agent stopped answering (no hello within the deadline, or three missed
     /// pongs).
     Unresponsive,
@@ -36,6 +40,11 @@ pub enum DomainState {
     IdentityMismatch,
     /// The agent speaks no protocol version the broker speaks; nothing is pushed.
     VersionMismatch,
+    /// The agent refused the desired generation as older than the one it applied from
+    /// this store's lineage (a restored store, a stale broker); `last_error` names both
+    /// generations. Not pushed again until the configuration changes or an operator
+    /// forces it (`POST .../push?force=true`).
+    StaleGeneration,
     /// Something else went wrong (see `last_error`).
     Error,
     /// Connected to an agent, and no configuration is desired for the domain.
@@ -44,16 +53,17 @@ pub enum DomainState {
 
 impl DomainState {
     /// Every state, in the order above.
-    pub const ALL: [DomainState; 11] = [
+    pub const ALL: [DomainState; 12] = [
         DomainState::Pending,
         DomainState::Connecting,
         DomainState::Handshaking,
         DomainState::Pushing,
         DomainState::Configured,
-        DomainState::Failed,
+        DomainState::Degraded,
         DomainState::Unresponsive,
         DomainState::IdentityMismatch,
         DomainState::VersionMismatch,
+        DomainState::StaleGeneration,
         DomainState::Error,
         DomainState::Idle,
     ];
@@ -66,10 +76,11 @@ impl DomainState {
             DomainState::Handshaking => "handshaking",
             DomainState::Pushing => "pushing",
             DomainState::Configured => "configured",
-            DomainState::Failed => "failed",
+            DomainState::Degraded => "degraded",
             DomainState::Unresponsive => "unresponsive",
             DomainState::IdentityMismatch => "identity-mismatch",
             DomainState::VersionMismatch => "version-mismatch",
+            DomainState::StaleGeneration => "stale-generation",
             DomainState::Error => "error",
             DomainState::Idle => "idle",
         }

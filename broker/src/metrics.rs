@@ -78,6 +78,71 @@ impl ErrorKind {
     }
 }
 
+/// Why a frame was dropped (`xenchan_frames_dropped_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// A result for no push in flight and neither the applied nor the desired config.
+    ResultNotAsked,
+    /// A result that changes no item's status.
+    ResultUnchanged,
+    /// Facts equal to the stored ones.
+    FactsUnchanged,
+    /// Facts replaced by later ones inside the same interval.
+    FactsCoalesced,
+    /// An agent error refusing no push in flight, or repeating the last one.
+    ErrorNotAsked,
+}
+
+impl DropReason {
+    /// Every reason, in the metric's order.
+    pub const ALL: [DropReason; 5] = [
+        DropReason::ResultNotAsked,
+        DropReason::ResultUnchanged,
+        DropReason::FactsUnchanged,
+        DropReason::FactsCoalesced,
+        DropReason::ErrorNotAsked,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::ResultNotAsked => "result_not_asked",
+            DropReason::ResultUnchanged => "result_unchanged",
+            DropReason::FactsUnchanged => "facts_unchanged",
+            DropReason::FactsCoalesced => "facts_coalesced",
+            DropReason::ErrorNotAsked => "error_not_asked",
+        }
+    }
+}
+
+/// What a session wrote to the store (`xenchan_session_writes_total{kind}`): with
+/// [`DropReason`], how a guest's traffic turns into store load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionWrite {
+    /// The applied state of a hello.
+    Applied,
+    /// A result.
+    Result,
+    /// Facts.
+    Facts,
+}
+
+impl SessionWrite {
+    const ALL: [SessionWrite; 3] = [
+        SessionWrite::Applied,
+        SessionWrite::Result,
+        SessionWrite::Facts,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            SessionWrite::Applied => "applied",
+            SessionWrite::Result => "result",
+            SessionWrite::Facts => "facts",
+        }
+    }
+}
+
 const SKIP_REASONS: [&str; 8] = [
     "at_command",
     "nul",
@@ -119,6 +184,8 @@ pub struct Metrics {
     frames: AtomicU64,
     skipped: [AtomicU64; 8],
     errors: [AtomicU64; 14],
+    dropped: [AtomicU64; 5],
+    session_writes: [AtomicU64; 3],
     hooks_ok: AtomicU64,
     hooks_failed: AtomicU64,
     hooks_dropped: AtomicU64,
@@ -161,6 +228,24 @@ impl Metrics {
                 self.skipped[i].fetch_add(n - b, Ordering::Relaxed);
             }
         }
+    }
+
+    /// A valid frame was dropped for `reason` (not asked for, or nothing new).
+    pub fn dropped(&self, reason: DropReason) {
+        let i = DropReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.dropped[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A session wrote `kind` to the store.
+    pub fn session_write(&self, kind: SessionWrite) {
+        let i = SessionWrite::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or(0);
+        self.session_writes[i].fetch_add(1, Ordering::Relaxed);
     }
 
     /// An error of `kind` happened.
@@ -287,6 +372,34 @@ impl Metrics {
         }
         head(
             &mut o,
+            "xenchan_frames_dropped_total",
+            "counter",
+            "Valid frames dropped unstored: not asked for, or nothing new, by reason.",
+        );
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "xenchan_frames_dropped_total{{reason=\"{}\"}} {}",
+                r.as_str(),
+                c(&self.dropped[i])
+            );
+        }
+        head(
+            &mut o,
+            "xenchan_session_writes_total",
+            "counter",
+            "Store writes made for what agents reported, by kind.",
+        );
+        for (i, k) in SessionWrite::ALL.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "xenchan_session_writes_total{{kind=\"{}\"}} {}",
+                k.as_str(),
+                c(&self.session_writes[i])
+            );
+        }
+        head(
+            &mut o,
             "xenchan_errors_total",
             "counter",
             "Errors, by kind.",
@@ -373,6 +486,8 @@ mod tests {
         };
         m.decoded(&before, &now);
         m.xenstore_connected(true);
+        m.dropped(DropReason::ResultUnchanged);
+        m.session_write(SessionWrite::Facts);
         let t = m.render(&[(DomainState::Configured, 2)], 3);
         for line in [
             "xenchan_domains 3",
@@ -387,6 +502,9 @@ mod tests {
             "xenchan_errors_total{kind=\"hello_timeout\"} 1",
             "xenchan_xenstore_connected 1",
             "xenchan_xenstore_connections_total 1",
+            "xenchan_frames_dropped_total{reason=\"result_unchanged\"} 1",
+            "xenchan_frames_dropped_total{reason=\"facts_coalesced\"} 0",
+            "xenchan_session_writes_total{kind=\"facts\"} 1",
         ] {
             assert!(t.lines().any(|l| l == line), "missing {line}\n{t}");
         }

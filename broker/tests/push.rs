@@ -352,7 +352,7 @@ async fn versions_failed_items_and_beacons() {
         },
     );
     let v = broker
-        .wait_domain("f1", "failed", |v| v.state == DomainState::Failed)
+        .wait_domain("f1", "degraded", |v| v.state == DomainState::Degraded)
         .await;
     let dns = v.items.iter().find(|i| i.item == "dns").unwrap();
     assert_eq!(dns.status, ItemStatus::Failed);

@@ -167,6 +167,11 @@ held by another domain; prepare hook refused); 69 broker unavailable; 74 unreada
     },
     /// Push the desired configuration again, even if the agent reports it applied.
     Push {
+        /// Override the generation order: the agent applies the configuration even if
+        /// it applied a later generation from this broker's store (it refused it as
+        /// `stale-generation`: a restored store, a stale broker). A deliberate rollback.
+        #[arg(long)]
+        force: bool,
         /// The domain.
         name: String,
     },
@@ -658,8 +663,12 @@ async fn run_domain(client: &Client, json: bool, cmd: DomainCommand) -> Result<(
                 writeln!(out, "{l}").map_err(out_err)?;
             }
         }
-        DomainCommand::Push { name } => {
-            let v = client.push(&name).await?;
+        DomainCommand::Push { name, force } => {
+            let v = if force {
+                client.push_force(&name).await?
+            } else {
+                client.push(&name).await?
+            };
             if json {
                 print_json(&mut out, &v)?;
             } else {
@@ -670,8 +679,9 @@ async fn run_domain(client: &Client, json: bool, cmd: DomainCommand) -> Result<(
                 };
                 writeln!(
                     out,
-                    "{}: re-push of generation {} requested ({when})",
+                    "{}: {}re-push of generation {} requested ({when})",
                     v.name,
+                    if force { "forced " } else { "" },
                     v.desired_generation.unwrap_or(0)
                 )
                 .map_err(out_err)?;

@@ -229,8 +229,9 @@ pub fn status(out: &mut dyn Write, h: &Health, list: &[DomainView]) -> io::Resul
         .filter(|d| {
             matches!(
                 d.state,
-                DomainState::Failed
+                DomainState::Degraded
                     | DomainState::Unresponsive
+                    | DomainState::StaleGeneration
                     | DomainState::IdentityMismatch
                     | DomainState::VersionMismatch
                     | DomainState::Error

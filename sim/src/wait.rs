@@ -97,19 +97,21 @@ pub async fn until_domain(
 
 /// A domain has what it should: the desired generation applied, connected, and no item
 /// failed: the broker's state is `configured` (items the agent reports `unsupported`
-/// leave it `configured`). `failed` with no failed item is accepted too, for brokers
-/// older than that rule.
+/// leave it `configured`). `degraded` (`failed` of older brokers) with no failed item is
+/// accepted too, for brokers older than that rule. The applied digest is the desired one,
+/// or that of the document as filtered for the agent's capabilities, which only the
+/// broker knows: its `configured` says the agent has it.
 pub fn converged(v: &DomainView) -> bool {
     let settled = match v.state {
         DomainState::Configured => true,
-        DomainState::Failed => v.items.iter().all(|i| i.status != ItemStatus::Failed),
+        DomainState::Degraded => v.items.iter().all(|i| i.status != ItemStatus::Failed),
         _ => false,
     };
     settled
         && v.connected
         && v.desired_generation.is_some()
         && v.applied_generation == v.desired_generation
-        && v.applied_digest == v.desired_digest
+        && (v.applied_digest == v.desired_digest || v.state == DomainState::Configured)
 }
 
 /// Waits until every domain in `names` has [`converged`].

@@ -406,9 +406,42 @@ async fn delete_domain(
     Ok(json(StatusCode::OK, &ops::do_delete(&sh, name).await?))
 }
 
-async fn push(State(sh): State<Arc<Shared>>, Path(name): Path<String>) -> Result<Response, Fail> {
+async fn push(
+    State(sh): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, Fail> {
     valid_name(&name)?;
-    Ok(json(StatusCode::ACCEPTED, &ops::do_push(&sh, &name)?))
+    let force = force_query(query.as_deref())?;
+    Ok(json(
+        StatusCode::ACCEPTED,
+        &ops::do_push(&sh, &name, force)?,
+    ))
+}
+
+/// `force=true|false` (or a bare `force`) from the push's query.
+fn force_query(q: Option<&str>) -> Result<bool, Fail> {
+    let mut force = false;
+    for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, "true"));
+        if k != "force" {
+            return Err(bad_field(
+                k,
+                format!("unknown query parameter `{}`", k.escape_debug()),
+            ));
+        }
+        force = match v {
+            "true" | "1" => true,
+            "false" | "0" => false,
+            _ => {
+                return Err(bad_field(
+                    "force",
+                    format!("`{}` is not true or false", v.escape_debug()),
+                ));
+            }
+        };
+    }
+    Ok(force)
 }
 
 /// A 400 naming the request field at fault.
@@ -568,6 +601,16 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>, stop: Cancellati
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn force_queries() {
+        assert!(!force_query(None).unwrap());
+        assert!(force_query(Some("force=true")).unwrap());
+        assert!(force_query(Some("force")).unwrap());
+        assert!(!force_query(Some("force=false")).unwrap());
+        assert!(force_query(Some("force=maybe")).is_err());
+        assert!(force_query(Some("uuid=x")).is_err());
+    }
 
     #[test]
     fn uuid_queries() {

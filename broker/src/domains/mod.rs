@@ -53,6 +53,9 @@ pub struct Desired {
     pub discovered_uuid: Option<String>,
     /// Bumped by `POST .../push`: push even if the agent has applied the generation.
     pub force: u64,
+    /// The last `POST .../push` asked `force=true`: that push overrides the generation
+    /// order (`force` in the config frame).
+    pub force_order: bool,
 }
 
 impl Desired {
@@ -148,6 +151,7 @@ impl Slot {
             uuid: r.uuid,
             discovered_uuid: None,
             force: 0,
+            force_order: false,
         });
         s.reported_uuid = r.reported_uuid;
         s.applied = r.applied.map(|a| (a.generation, a.digest.to_string()));
@@ -480,8 +484,9 @@ impl Shared {
         }
     }
 
-    /// Asks for a re-push. Returns false if the domain has no desired configuration.
-    pub fn force_push(&self, name: &str) -> bool {
+    /// Asks for a re-push (`order`: overriding the generation order). Returns false if
+    /// the domain has no desired configuration.
+    pub fn force_push(&self, name: &str, order: bool) -> bool {
         let slots = self.slots();
         let Some(slot) = slots.get(name) else {
             return false;
@@ -489,7 +494,10 @@ impl Shared {
         if !slot.has_config() {
             return false;
         }
-        slot.desired.send_modify(|d| d.force += 1);
+        slot.desired.send_modify(|d| {
+            d.force += 1;
+            d.force_order = order;
+        });
         true
     }
 }

@@ -132,9 +132,11 @@ pub async fn do_delete(sh: &Arc<Shared>, name: String) -> Result<DeleteResult, O
     })
 }
 
-/// Pushes the desired configuration again, even if the agent has applied it.
-pub fn do_push(sh: &Shared, name: &str) -> Result<DomainView, OpError> {
-    if !sh.force_push(name) {
+/// Pushes the desired configuration again, even if the agent has applied it. `force`:
+/// the push carries `force: true`, the operator's override of the generation order (an
+/// agent applies it even if it applied a later generation of this store's lineage).
+pub fn do_push(sh: &Shared, name: &str, force: bool) -> Result<DomainView, OpError> {
+    if !sh.force_push(name, force) {
         return Err(OpError::NothingToPush(name.to_string()));
     }
     Ok(view_or_empty(sh, name))

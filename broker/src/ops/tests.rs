@@ -115,11 +115,24 @@ async fn refusals_are_typed_and_memory_follows_the_store() {
     assert_eq!(c.holder, "one");
     assert_eq!(c.lease.path, "network.ethernets.eth0.addresses[0]");
     assert!(sh.view("two").is_none(), "a refused PUT leaves nothing");
-    let Err(OpError::NothingToPush(n)) = do_push(sh, "two") else {
+    let Err(OpError::NothingToPush(n)) = do_push(sh, "two", false) else {
         panic!("two has no configuration");
     };
     assert_eq!(n, "two");
-    assert!(do_push(sh, "one").is_ok());
+    assert!(do_push(sh, "one", true).is_ok());
+    let d = sh.desired("one");
+    assert_eq!(
+        (d.force, d.force_order),
+        (1, true),
+        "a forced push overrides the order"
+    );
+    assert!(do_push(sh, "one", false).is_ok());
+    let d = sh.desired("one");
+    assert_eq!(
+        (d.force, d.force_order),
+        (2, false),
+        "a plain re-push does not"
+    );
     let gone = do_delete(sh, "one".into()).await.unwrap();
     assert!(gone.removed);
     assert_eq!(gone.released, ["address 192.0.2.5", "hostname one"]);

@@ -11,11 +11,30 @@ use xenchan_protocol::message::{
 use xenchan_protocol::session::{NoCommonVersion, negotiate};
 use xenchan_protocol::{Envelope, SUPPORTED_VERSIONS, Verdict};
 
-use super::decide::{self, Block, LastResult};
+use super::accept::{self, DropReason, FactsStep, ResultVerdict};
+use super::decide::{self, Block, LastResult, Offer, Refusal};
 use super::{BEACON_ANSWER_INTERVAL, End, Phase, Session};
 use crate::api::types::DomainState;
 use crate::domains::Desired;
 use crate::metrics::ErrorKind;
+
+/// The longest part of a guest's text (its software name, an error's message) that goes
+/// into a reason or an error the broker records.
+const MAX_GUEST_TEXT: usize = 512;
+
+/// `s` cut to `max` characters, control characters replaced: guest text shown to an
+/// operator.
+fn guest_text(s: &str, max: usize) -> String {
+    let mut out: String = s
+        .chars()
+        .take(max)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if s.chars().nth(max).is_some() {
+        out.push_str("...");
+    }
+    out
+}
 
 impl Session<'_> {
     pub(super) async fn on_message(
@@ -37,7 +56,7 @@ impl Session<'_> {
                 self.unanswered = 0;
                 match env.body {
                     Body::Hello(h) => self.on_hello(h, write, desired).await,
-                    Body::Result(r) => self.on_result(r, write, desired).await,
+                    Body::Result(r) => self.on_result(r, desired).await,
                     Body::Facts(f) => {
                         self.on_facts(f).await;
                         Ok(())
@@ -105,12 +124,29 @@ impl Session<'_> {
         self.block = None;
         self.identity_flagged = false;
         self.agent_applied.clone_from(&h.applied);
-        self.domain.record_hello(h.applied.as_ref(), reported).await;
+        // What it can apply: the offer is filtered for it (a hello without capabilities
+        // is a revision-1 agent, which has the revision-1 item set).
+        self.caps = h.capabilities();
+        self.peer = if h.software.is_empty() {
+            "the agent".to_string()
+        } else {
+            format!("agent {}", guest_text(&h.software, 64))
+        };
+        let seen = (h.applied.clone(), reported.clone());
+        if self.hello_recorded.as_ref() != Some(&seen) {
+            self.domain.record_hello(h.applied.as_ref(), reported).await;
+            self.hello_recorded = Some(seen);
+        }
         tracing::info!(domain = self.name, software = %h.software, "agent answered hello");
-        if decide::identity_matches(
-            desired.borrow().expected_uuid().map(String::as_str),
-            self.agent_uuid.as_deref(),
-        ) {
+        let identity_ok = {
+            let d = desired.borrow();
+            decide::identity_matches(
+                d.uuid.as_deref(),
+                d.discovered_uuid.as_deref(),
+                self.agent_uuid.as_deref(),
+            )
+        };
+        if identity_ok {
             self.domain.clear_error().await;
         }
         self.evaluate(write, desired).await
@@ -156,70 +192,165 @@ impl Session<'_> {
         }
     }
 
+    /// A result: stored only when it answers the push in flight or reports a change of
+    /// an item of the configuration the agent has (its retries); anything else is counted
+    /// and dropped ([`accept::judge_result`]). A result never causes a push: it updates
+    /// the items and the state, nothing more.
     pub(super) async fn on_result(
         &mut self,
         r: ApplyResult,
-        write: &mut OwnedWriteHalf,
         desired: &mut watch::Receiver<Desired>,
     ) -> Result<(), End> {
-        // Durable before anything else: a result received is never lost.
-        self.domain.record_result(&r).await;
+        let d = desired.borrow().clone();
+        self.update_offer(&d);
+        let stored = self.domain.last_items();
+        let verdict = {
+            let in_flight = self
+                .in_flight
+                .as_ref()
+                .map(|f| offer(f.generation, &f.digest));
+            let applied = self
+                .agent_applied
+                .as_ref()
+                .map(|a| offer(a.generation, a.digest.as_str()));
+            let wanted = self
+                .offer
+                .as_ref()
+                .map(|o| offer(o.source.0, o.filtered.digest.as_str()));
+            accept::judge_result(&r, in_flight, applied, wanted, &stored)
+        };
+        let answered = match verdict {
+            ResultVerdict::Drop(reason) => {
+                self.domain.metrics().dropped(reason);
+                tracing::debug!(
+                    domain = self.name,
+                    generation = r.generation,
+                    reason = reason.as_str(),
+                    "result dropped"
+                );
+                return Ok(());
+            }
+            ResultVerdict::Answer => {
+                if let Some(f) = self.in_flight.take() {
+                    self.answered = Some((f.generation, f.digest));
+                }
+                true
+            }
+            ResultVerdict::Change => false,
+        };
+        // What the broker left out of the document for this agent is part of the result.
+        let left_out = self
+            .offer
+            .as_ref()
+            .filter(|o| {
+                o.source.0 == r.generation
+                    && (o.filtered.digest == r.digest
+                        || self
+                            .answered
+                            .as_ref()
+                            .is_some_and(|(_, dg)| *dg == o.filtered.digest.as_str()))
+            })
+            .map(|o| o.filtered.unsupported_items())
+            .unwrap_or_default();
+        let record = ApplyResult {
+            items: accept::merge_items(&r.items, &left_out),
+            ..r.clone()
+        };
+        // Durable before anything else: a result accepted is never lost.
+        self.domain.record_result(&record).await;
         self.domain
             .metrics()
             .result(r.items.iter().map(|i| i.status));
         // `configured` unless an item failed: an item the guest cannot apply is
         // reported `unsupported` in the items, and pushing again would not change it.
         let ok = r.none_failed();
+        let was_ok = self
+            .last_result
+            .as_ref()
+            .filter(|l| l.generation == r.generation)
+            .map(|l| l.ok);
         self.agent_applied = Some(Applied {
             generation: r.generation,
             digest: r.digest.clone(),
-            lineage: None,
+            lineage: Some(self.domain.lineage()),
         });
         self.last_result = Some(LastResult {
             generation: r.generation,
             digest: r.digest.to_string(),
             ok,
         });
-        if self
-            .in_flight
-            .as_ref()
-            .is_some_and(|f| f.generation == r.generation)
-        {
-            self.in_flight = None;
+        match accept::degraded_reason(r.generation, &r.items) {
+            Some(why) => self.domain.record_reason(why).await,
+            None => self.domain.clear_error().await,
         }
         tracing::info!(
             domain = self.name,
             generation = r.generation,
             ok,
-            "result received"
+            answered,
+            "result recorded"
         );
-        self.domain.notify_hook(
-            "add",
-            if ok { "end" } else { "failed" },
-            r.generation.to_string(),
-        );
-        self.evaluate(write, desired).await
-    }
-
-    pub(super) async fn on_facts(&mut self, f: GuestFacts) {
-        if self.last_facts.as_ref() == Some(&f) {
-            return;
+        if answered || was_ok != Some(ok) {
+            self.domain.notify_hook(
+                "add",
+                if ok { "end" } else { "failed" },
+                r.generation.to_string(),
+            );
         }
-        self.last_facts = Some(f.clone());
-        self.domain.record_facts(f).await;
+        self.refresh_state(desired);
+        Ok(())
     }
 
-    pub(super) async fn on_agent_error(&mut self, e: ErrorReport) {
-        let text = format!("agent error {}: {}", error_code_text(e.code), e.message);
-        match e.code {
-            // A refused push is not pushed again until something changes (no loop).
-            ErrorCode::BadConfig | ErrorCode::StaleGeneration => {
-                if let Some(f) = self.in_flight.take() {
-                    self.refused = Some((f.generation, f.digest.clone()));
-                    self.domain
-                        .notify_hook("add", "failed", f.generation.to_string());
+    /// Facts: written at most once per interval, the latest inside one written when it
+    /// ends ([`accept::FactsGate`]).
+    pub(super) async fn on_facts(&mut self, f: GuestFacts) {
+        match self.facts.offer(f, Instant::now()) {
+            FactsStep::Write(f) => self.domain.record_facts(f).await,
+            FactsStep::Held { replaced } => {
+                if replaced {
+                    self.domain.metrics().dropped(DropReason::FactsCoalesced);
                 }
-                self.set_state(DomainState::Error);
+            }
+            FactsStep::Drop(reason) => self.domain.metrics().dropped(reason),
+        }
+    }
+
+    /// An error of the agent. A refusal of a push (`bad-config`, `stale-generation`)
+    /// stops pushing that configuration until something changes (no loop); one that
+    /// answers nothing in flight, or repeats the last one, is counted and dropped.
+    pub(super) async fn on_agent_error(&mut self, e: ErrorReport) {
+        let message = guest_text(&e.message, MAX_GUEST_TEXT);
+        let mut text = format!("agent error {}: {message}", error_code_text(e.code));
+        match e.code {
+            ErrorCode::BadConfig | ErrorCode::StaleGeneration => {
+                let Some(f) = self.in_flight.take() else {
+                    self.domain.metrics().dropped(DropReason::ErrorNotAsked);
+                    return;
+                };
+                let why = if e.code == ErrorCode::StaleGeneration {
+                    Refusal::Stale
+                } else {
+                    Refusal::Bad
+                };
+                if why == Refusal::Stale {
+                    let theirs = match &self.agent_applied {
+                        Some(a) => format!("generation {}", a.generation),
+                        None => "a later generation".to_string(),
+                    };
+                    text = format!(
+                        "stale generation: the agent refused our generation {} (lineage {}) because it applied {theirs} of that lineage; a restored store or a stale broker? `xenchan domain push --force {}` overrides (agent: {message})",
+                        f.generation,
+                        self.domain.lineage(),
+                        self.name
+                    );
+                }
+                self.domain
+                    .notify_hook("add", "failed", f.generation.to_string());
+                self.refused = Some((f.generation, f.digest, why));
+                self.set_state(match why {
+                    Refusal::Stale => DomainState::StaleGeneration,
+                    Refusal::Bad => DomainState::Error,
+                });
             }
             ErrorCode::ChannelMismatch => {
                 self.block = Some(Block::Refused(DomainState::Error));
@@ -235,8 +366,17 @@ impl Session<'_> {
             }
             ErrorCode::Unexpected | ErrorCode::Other => {}
         }
+        if self.last_agent_error.as_ref() == Some(&text) {
+            self.domain.metrics().dropped(DropReason::ErrorNotAsked);
+            return;
+        }
+        self.last_agent_error = Some(text.clone());
         self.domain.record_error(ErrorKind::AgentError, text).await;
     }
+}
+
+fn offer(generation: u64, digest: &str) -> Offer<'_> {
+    Offer { generation, digest }
 }
 
 fn error_code_text(c: ErrorCode) -> String {

@@ -4,12 +4,16 @@
 //! every event that may change the answer, and carries the decision out; nothing here
 //! touches a socket, the store or a clock, so every branch is tested on plain values.
 //!
-//! New rules come in as new fields and variants. For instance: capabilities make
-//! [`Want::offer`] the configuration *as this agent would receive it* (its digest may
-//! differ from the stored one when items are filtered per agent), which is why the
-//! agent's applied state is compared with the offer and not with the store; an agent
-//! refusing an older generation becomes an input of [`Agent`] and a variant; a fail-closed
-//! identity rule changes [`identity_matches`] alone.
+//! [`Want::offer`] is the configuration *as this agent receives it*: filtered for the
+//! capabilities of its hello (`GuestConfig::for_peer`), whose digest differs from the
+//! stored one when something was left out. The agent's applied state is compared with
+//! the offer, never with the store, so an old agent is not pushed the same document
+//! again and again.
+//!
+//! What may make the broker push: the desired configuration changed, the agent reported
+//! another applied state (hello), or the operator asked. A result never does: once the
+//! agent answered a push ([`Progress::answered`]) that configuration is not pushed again
+//! unasked, whatever the answer said.
 
 use crate::api::types::DomainState;
 
@@ -62,10 +66,23 @@ pub struct Agent<'a> {
 pub struct Want<'a> {
     /// The desired configuration, as this agent would receive it; `None`: nothing to push.
     pub offer: Option<Offer<'a>>,
-    /// The UUID the agent must report (the recorded one, else the discovered one).
-    pub expected_uuid: Option<&'a str>,
+    /// The VM UUID the operator recorded for the domain (`PUT ?uuid=`, prepare): the agent
+    /// must report exactly this one (fail closed: reporting none is a mismatch too).
+    pub recorded_uuid: Option<&'a str>,
+    /// The VM UUID discovery found (xenstore): an agent reporting another one is refused;
+    /// one reporting none is accepted (it may have no way to read it).
+    pub discovered_uuid: Option<&'a str>,
     /// Bumped by each `POST .../push`.
     pub force: u64,
+}
+
+/// Why the agent refused a configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A bad document (`bad-config`), or one that fits in no frame.
+    Bad,
+    /// An older generation of the lineage it applied (`stale-generation`).
+    Stale,
 }
 
 /// What this session has done so far.
@@ -73,9 +90,12 @@ pub struct Want<'a> {
 pub struct Progress<'a> {
     /// The push waiting for its result.
     pub in_flight: Option<Offer<'a>>,
-    /// A configuration the agent refused as bad (or that fits in no frame): not pushed
-    /// again until the desired config changes or a push is forced.
-    pub refused: Option<Offer<'a>>,
+    /// A configuration the agent refused, and why: not pushed again until the desired
+    /// config changes or a push is forced.
+    pub refused: Option<(Offer<'a>, Refusal)>,
+    /// The configuration whose push the agent answered with a result in this session:
+    /// not pushed again unasked, whatever the result said (a result never causes a push).
+    pub answered: Option<Offer<'a>>,
     /// The last `force` this session acted on.
     pub force_seen: u64,
     /// The last result known.
@@ -103,10 +123,10 @@ pub enum Decision {
     AwaitResult,
     /// The agent applied the desired configuration and no item failed.
     Configured,
-    /// The agent applied the desired configuration and an item failed.
-    Failed,
+    /// The agent applied the desired configuration and an item failed (it retries).
+    Degraded,
     /// The agent refused the desired configuration; it is not pushed again unasked.
-    Refused,
+    Refused(Refusal),
     /// Push the desired configuration.
     Push {
         /// An operator asked for it although the agent may have it.
@@ -124,8 +144,9 @@ impl Decision {
             Decision::Idle => DomainState::Idle,
             Decision::AwaitResult | Decision::Push { .. } => DomainState::Pushing,
             Decision::Configured => DomainState::Configured,
-            Decision::Failed => DomainState::Failed,
-            Decision::Refused => DomainState::Error,
+            Decision::Degraded => DomainState::Degraded,
+            Decision::Refused(Refusal::Bad) => DomainState::Error,
+            Decision::Refused(Refusal::Stale) => DomainState::StaleGeneration,
         })
     }
 
@@ -139,11 +160,18 @@ impl Decision {
     }
 }
 
-/// Whether the agent's UUID is the domain's: true when either is unknown (an agent
-/// without xenstore access cannot tell, and neither can a broker that was not told).
-pub fn identity_matches(expected: Option<&str>, reported: Option<&str>) -> bool {
-    match (expected, reported) {
-        (Some(w), Some(a)) => w.eq_ignore_ascii_case(a),
+/// Whether the agent's UUID is the domain's. A UUID the operator recorded fails closed:
+/// the agent must report that very one, and an agent reporting none is not trusted with
+/// the configuration (it could be any VM). A UUID only discovery found is checked when
+/// the agent reports one. Nothing known: any agent.
+pub fn identity_matches(
+    recorded: Option<&str>,
+    discovered: Option<&str>,
+    reported: Option<&str>,
+) -> bool {
+    let same = |w: &str| reported.is_some_and(|a| w.eq_ignore_ascii_case(a));
+    match (recorded, discovered, reported) {
+        (Some(w), _, _) | (None, Some(w), Some(_)) => same(w),
         _ => true,
     }
 }
@@ -159,7 +187,7 @@ pub fn decide(agent: &Agent<'_>, want: &Want<'_>, progress: &Progress<'_>) -> De
             Block::Refused(s) => s,
         });
     }
-    if !identity_matches(want.expected_uuid, agent.uuid) {
+    if !identity_matches(want.recorded_uuid, want.discovered_uuid, agent.uuid) {
         return Decision::RefuseIdentity {
             first: !progress.identity_flagged,
         };
@@ -173,9 +201,10 @@ pub fn decide(agent: &Agent<'_>, want: &Want<'_>, progress: &Progress<'_>) -> De
         return Decision::AwaitResult;
     }
     let forced = want.force > progress.force_seen;
-    if agent.applied == Some(offer) && !forced {
-        // Failed only when an item failed in the result of this generation; without
-        // one (a hello after a broker restart) the agent's word that it applied it.
+    if (agent.applied == Some(offer) || progress.answered == Some(offer)) && !forced {
+        // Degraded only when an item failed in the last result of this generation;
+        // without one (a hello after a broker restart) the agent's word that it applied
+        // it.
         let ok = match progress.last_result {
             Some(r) if r.generation == offer.generation => r.ok,
             _ => true,
@@ -183,11 +212,14 @@ pub fn decide(agent: &Agent<'_>, want: &Want<'_>, progress: &Progress<'_>) -> De
         return if ok {
             Decision::Configured
         } else {
-            Decision::Failed
+            Decision::Degraded
         };
     }
-    if progress.refused == Some(offer) && !forced {
-        return Decision::Refused;
+    if let Some((refused, why)) = progress.refused
+        && refused == offer
+        && !forced
+    {
+        return Decision::Refused(why);
     }
     Decision::Push { forced }
 }

@@ -5,13 +5,14 @@
 
 use std::sync::Arc;
 
+use xenchan_protocol::Lineage;
 use xenchan_protocol::message::{Applied, ApplyResult, GuestFacts};
 
 use crate::api::types::{DomainState, ItemView};
 use crate::clock::now_rfc3339;
 use crate::config::{Config, Limits, Timeouts};
 use crate::domains::{Desired, Shared};
-use crate::metrics::{ErrorKind, Metrics};
+use crate::metrics::{ErrorKind, Metrics, SessionWrite};
 
 /// One domain's entry in the registry, as its session sees it.
 #[derive(Debug, Clone)]
@@ -80,6 +81,34 @@ impl DomainHandle {
         self.shared.update(&self.name, |s| s.connected(connected));
     }
 
+    /// The store's lineage, which every push carries.
+    pub fn lineage(&self) -> Lineage {
+        self.shared.store.lineage().clone()
+    }
+
+    /// The facts stored for the domain.
+    pub fn stored_facts(&self) -> Option<GuestFacts> {
+        self.shared.view(&self.name).and_then(|v| v.facts)
+    }
+
+    /// Records why the domain is degraded as its last error (durably and in memory),
+    /// unless it says so already. Not counted as an error: the agent retries.
+    pub async fn record_reason(&self, why: String) {
+        let same = self
+            .shared
+            .view(&self.name)
+            .is_some_and(|v| v.last_error.as_deref() == Some(why.as_str()));
+        if same {
+            return;
+        }
+        tracing::warn!(domain = self.name, "{why}");
+        self.shared.set_error_mem(&self.name, Some(why.clone()));
+        if let Err(e) = self.shared.store.set_error(&self.name, Some(&why)).await {
+            self.shared.metrics.error(ErrorKind::Store);
+            tracing::error!(domain = self.name, "cannot record an error: {e}");
+        }
+    }
+
     /// The items of the domain's last result.
     pub fn last_items(&self) -> Vec<ItemView> {
         let mut v = Vec::new();
@@ -101,6 +130,7 @@ impl DomainHandle {
     /// memory, and marks the domain connected. A store failure is counted and logged:
     /// the agent says it again in its next hello.
     pub async fn record_hello(&self, applied: Option<&Applied>, uuid: Option<String>) {
+        self.shared.metrics.session_write(SessionWrite::Applied);
         if let Err(e) = self
             .shared
             .store
@@ -120,6 +150,7 @@ impl DomainHandle {
     /// Records a result durably before anything else (a result received is never
     /// lost), then in memory: its items, and its generation as the applied one.
     pub async fn record_result(&self, r: &ApplyResult) {
+        self.shared.metrics.session_write(SessionWrite::Result);
         let at = match self.shared.store.record_result(&self.name, r).await {
             Ok(at) => at,
             Err(e) => {
@@ -147,6 +178,7 @@ impl DomainHandle {
 
     /// Records the guest's facts durably and in memory.
     pub async fn record_facts(&self, f: GuestFacts) {
+        self.shared.metrics.session_write(SessionWrite::Facts);
         if self
             .shared
             .store

@@ -23,7 +23,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
-use xenchan_protocol::message::{Applied, Body, ConfigPush, ErrorCode, ErrorReport, GuestFacts};
+use xenchan_protocol::config::{Capabilities, ForPeer};
+use xenchan_protocol::message::{Applied, Body, ConfigPush, ErrorCode, ErrorReport};
 use xenchan_protocol::{DecodeStats, Envelope, FrameCodec, Nonce, Role};
 
 use crate::api::types::DomainState;
@@ -31,6 +32,7 @@ use crate::domains::Desired;
 use crate::metrics::ErrorKind;
 use crate::transport::refuse_extra;
 
+mod accept;
 mod agent;
 mod decide;
 mod handle;
@@ -38,7 +40,8 @@ mod write;
 
 pub use handle::DomainHandle;
 
-use decide::{Agent, Block, Decision, LastResult, Offer, Progress, Want};
+use accept::FactsGate;
+use decide::{Agent, Block, Decision, LastResult, Offer, Progress, Refusal, Want};
 
 /// Missed pongs after which a guest is unresponsive.
 const MISSED_PONGS: u32 = 3;
@@ -75,6 +78,21 @@ struct InFlight {
     generation: u64,
     digest: String,
     deadline: Instant,
+}
+
+/// The desired configuration as this agent receives it ([`GuestConfig::for_peer`] with
+/// the capabilities of its hello), kept until the desired config or the capabilities
+/// change.
+///
+/// [`GuestConfig::for_peer`]: xenchan_protocol::GuestConfig::for_peer
+#[derive(Debug, Clone)]
+struct PeerOffer {
+    /// The stored generation and digest it was made from.
+    source: (u64, String),
+    /// The capabilities it was made for.
+    caps: Capabilities,
+    /// The filtered document, its digest and what was left out.
+    filtered: ForPeer,
 }
 
 /// Where the handshake is.
@@ -119,13 +137,28 @@ struct Session<'a> {
     block: Option<Block>,
     identity_flagged: bool,
     in_flight: Option<InFlight>,
-    /// A (generation, digest) the agent refused as a bad config: not pushed again until
-    /// the desired config changes or a push is forced.
-    refused: Option<(u64, String)>,
+    /// A (generation, digest) the agent refused (a bad config, a stale generation): not
+    /// pushed again until the desired config changes or a push is forced.
+    refused: Option<(u64, String, Refusal)>,
+    /// The (generation, digest) whose push the agent answered in this session: a result
+    /// never causes another push of it.
+    answered: Option<(u64, String)>,
     force_seen: u64,
     /// The outcome of the last result.
     last_result: Option<LastResult>,
-    last_facts: Option<GuestFacts>,
+    /// What the agent can apply (its hello; a hello without them: the revision-1 set).
+    caps: Capabilities,
+    /// How the agent names itself in `unsupported` reasons (`agent xenchan-agent 0.2.0`).
+    peer: String,
+    /// The desired configuration as this agent receives it.
+    offer: Option<PeerOffer>,
+    /// When facts are written (at most once per `timeouts.facts`).
+    facts: FactsGate,
+    /// The (applied, UUID) of the last hello recorded in this session: the same again is
+    /// not written again.
+    hello_recorded: Option<(Option<Applied>, Option<String>)>,
+    /// The last error the agent sent in this session: the same again is not recorded.
+    last_agent_error: Option<String>,
     ping_id: u64,
     unanswered: u32,
     next_ping: Instant,
@@ -138,6 +171,7 @@ impl<'a> Session<'a> {
         let nonce = Nonce::from_bytes(rand::random());
         rules.set_session(nonce.clone());
         let force_seen = domain.desired().force;
+        let facts = FactsGate::new(domain.timeouts().facts(), domain.stored_facts());
         Session {
             domain,
             name: domain.name(),
@@ -156,9 +190,15 @@ impl<'a> Session<'a> {
             identity_flagged: false,
             in_flight: None,
             refused: None,
+            answered: None,
             force_seen,
             last_result: None,
-            last_facts: None,
+            caps: Capabilities::v1(),
+            peer: "the agent".into(),
+            offer: None,
+            facts,
+            hello_recorded: None,
+            last_agent_error: None,
             ping_id: 0,
             unanswered: 0,
             next_ping: Instant::now(),
@@ -176,6 +216,21 @@ impl<'a> Session<'a> {
 
     async fn run(
         mut self,
+        stream: UnixStream,
+        desired: &mut watch::Receiver<Desired>,
+        stop: &CancellationToken,
+        extra: Option<&UnixListener>,
+    ) -> End {
+        let end = self.run_loop(stream, desired, stop, extra).await;
+        if let End::Over { .. } = end {
+            // Facts held for the end of their interval are not lost with the connection.
+            self.flush_facts().await;
+        }
+        end
+    }
+
+    async fn run_loop(
+        &mut self,
         stream: UnixStream,
         desired: &mut watch::Receiver<Desired>,
         stop: &CancellationToken,
@@ -273,11 +328,53 @@ impl<'a> Session<'a> {
         if self.phase == Phase::Ready && self.handshook {
             d = d.min(self.next_ping);
         }
+        if let Some(f) = self.facts.due() {
+            d = d.min(f);
+        }
         d
     }
 
+    /// Brings [`Session::offer`] up to date with `d` and the agent's capabilities.
+    fn update_offer(&mut self, d: &Desired) {
+        let Some(cfg) = &d.config else {
+            self.offer = None;
+            return;
+        };
+        let source = (cfg.generation, cfg.digest.to_string());
+        if self
+            .offer
+            .as_ref()
+            .is_some_and(|o| o.source == source && o.caps == self.caps)
+        {
+            return;
+        }
+        let filtered = match cfg.config.for_peer(&self.caps, &self.peer) {
+            Ok(f) => f,
+            Err(e) => {
+                // Only a document built by hand breaks a rule; the API refuses those.
+                // Pushed whole, the agent answers for what it does not know.
+                tracing::warn!(
+                    domain = self.name,
+                    "cannot filter generation {} for the agent ({e}); it is pushed whole",
+                    cfg.generation
+                );
+                ForPeer {
+                    config: cfg.config.clone(),
+                    digest: cfg.digest.clone(),
+                    unsupported: Vec::new(),
+                }
+            }
+        };
+        self.offer = Some(PeerOffer {
+            source,
+            caps: self.caps.clone(),
+            filtered,
+        });
+    }
+
     /// The decision now, from this session's view and the desired state ([`decide`]).
-    fn decide(&self, d: &Desired) -> Decision {
+    fn decide(&mut self, d: &Desired) -> Decision {
+        self.update_offer(d);
         let agent = Agent {
             ready: self.phase == Phase::Ready && self.handshook,
             block: self.block,
@@ -288,11 +385,12 @@ impl<'a> Session<'a> {
             }),
         };
         let want = Want {
-            offer: d.config.as_ref().map(|c| Offer {
-                generation: c.generation,
-                digest: c.digest.as_str(),
+            offer: self.offer.as_ref().map(|o| Offer {
+                generation: o.source.0,
+                digest: o.filtered.digest.as_str(),
             }),
-            expected_uuid: d.expected_uuid().map(String::as_str),
+            recorded_uuid: d.uuid.as_deref(),
+            discovered_uuid: d.discovered_uuid.as_deref(),
             force: d.force,
         };
         let progress = Progress {
@@ -300,7 +398,16 @@ impl<'a> Session<'a> {
                 generation: f.generation,
                 digest: &f.digest,
             }),
-            refused: self.refused.as_ref().map(|(generation, digest)| Offer {
+            refused: self.refused.as_ref().map(|(generation, digest, why)| {
+                (
+                    Offer {
+                        generation: *generation,
+                        digest,
+                    },
+                    *why,
+                )
+            }),
+            answered: self.answered.as_ref().map(|(generation, digest)| Offer {
                 generation: *generation,
                 digest,
             }),
@@ -331,7 +438,10 @@ impl<'a> Session<'a> {
             Decision::RefuseIdentity { first: true } => {
                 self.identity_flagged = true;
                 let want = d.expected_uuid().cloned().unwrap_or_default();
-                let got = self.agent_uuid.clone().unwrap_or_default();
+                let got = self
+                    .agent_uuid
+                    .as_deref()
+                    .map_or_else(|| "no UUID".to_string(), |u| format!("VM {u}"));
                 let message = format!(
                     "identity mismatch: domain {} is VM {want} but the agent reports {got}; nothing is pushed",
                     self.name
@@ -351,20 +461,28 @@ impl<'a> Session<'a> {
                 )
                 .await
             }
-            Decision::Push { .. } => {
-                let Some(cfg) = d.config else {
+            Decision::Push { forced } => {
+                let Some(offer) = &self.offer else {
                     return Ok(());
                 };
                 self.force_seen = d.force;
                 self.refused = None;
-                let push = ConfigPush {
-                    digest: cfg.digest.clone(),
-                    ..ConfigPush::new(cfg.generation, cfg.config.clone())
-                };
+                self.answered = None;
+                let generation = offer.source.0;
+                let mut push = ConfigPush {
+                    digest: offer.filtered.digest.clone(),
+                    ..ConfigPush::new(generation, offer.filtered.config.clone())
+                }
+                .with_lineage(self.domain.lineage());
+                if forced && d.force_order {
+                    push = push.forced();
+                }
                 self.domain.metrics().push();
                 tracing::info!(
                     domain = self.name,
-                    generation = cfg.generation,
+                    generation,
+                    left_out = offer.filtered.unsupported.len(),
+                    force = push.force,
                     "pushing configuration"
                 );
                 self.push(write, push).await
@@ -375,21 +493,37 @@ impl<'a> Session<'a> {
             | Decision::Idle
             | Decision::AwaitResult
             | Decision::Configured
-            | Decision::Failed
-            | Decision::Refused => Ok(()),
+            | Decision::Degraded
+            | Decision::Refused(_) => Ok(()),
         }
     }
 
     /// Recomputes the state without acting (after an unresponsive spell): acting is
     /// left to the events that change the decision's inputs.
-    fn refresh_state(&self, desired: &watch::Receiver<Desired>) {
-        if let Some(s) = self.decide(&desired.borrow()).state() {
+    fn refresh_state(&mut self, desired: &watch::Receiver<Desired>) {
+        let d = desired.borrow().clone();
+        if let Some(s) = self.decide(&d).state() {
             self.set_state(s);
+        }
+    }
+
+    /// Writes facts held for the end of their interval, if it has come (or `now`).
+    async fn write_due_facts(&mut self, now: Instant) {
+        if let Some(f) = self.facts.take_due(now) {
+            self.domain.record_facts(f).await;
+        }
+    }
+
+    /// Writes facts still held (the connection is over).
+    async fn flush_facts(&mut self) {
+        if let Some(due) = self.facts.due() {
+            self.write_due_facts(due).await;
         }
     }
 
     async fn on_timer(&mut self, write: &mut OwnedWriteHalf) -> Result<(), End> {
         let now = Instant::now();
+        self.write_due_facts(now).await;
         if let Phase::AwaitHello(deadline) = self.phase
             && now >= deadline
         {

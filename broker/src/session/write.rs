@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use xenchan_protocol::message::{Body, ConfigPush, Hello};
 use xenchan_protocol::{Envelope, Role, SUPPORTED_VERSIONS};
 
+use super::decide::Refusal;
 use super::{End, InFlight, Phase, Session};
 use crate::api::types::DomainState;
 use crate::metrics::ErrorKind;
@@ -121,7 +122,7 @@ impl Session<'_> {
         let env = Envelope::new(Role::Broker, Some(self.nonce.clone()), Body::Config(push));
         let Some(line) = self.encode(&env).await else {
             // It fits in no session: wait for another config (or a forced push).
-            self.refused = Some((generation, digest));
+            self.refused = Some((generation, digest, Refusal::Bad));
             self.set_state(DomainState::Error);
             return Ok(());
         };

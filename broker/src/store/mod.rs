@@ -84,6 +84,11 @@ pub type StoreFuture<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
 /// A durable store of domain records, leases, results and events. Boxed futures keep the
 /// trait object-safe, so the broker holds an `Arc<dyn Store>` chosen at startup.
 pub trait Store: Send + Sync + std::fmt::Debug {
+    /// The store's lineage: random, made once when the store is created and kept in it
+    /// (each backend its own), sent with every push so that an agent can refuse an older
+    /// generation of the history it applied from (a restored backup, a stale broker).
+    fn lineage(&self) -> &xenchan_protocol::Lineage;
+
     /// Every stored domain, by name.
     fn load_all(&self) -> StoreFuture<'_, Vec<DomainRecord>>;
 

@@ -10,8 +10,9 @@
 //! Tables ([`schema`]): `domains` (desired config, applied state, facts, last error),
 //! `history` (past desired configs per generation), `generations` (a counter per name
 //! that never goes back, even across a delete), `items` (the last result per item),
-//! `leases` (address/hostname -> domain) and `events` (a log bounded per domain and in
-//! all, each event with the API caller that caused it; [`retention`]). The queries are
+//! `leases` (address/hostname -> domain), `events` (a log bounded per domain and in
+//! all, each event with the API caller that caused it; [`retention`]) and `meta` (the
+//! store's lineage). The queries are
 //! split by who asks: [`config`] (the API's writes) and [`reports`] (what sessions
 //! report, and reads).
 
@@ -57,6 +58,8 @@ pub struct Db {
     /// `total_changes` when the batch transaction began: equal now means the batch has
     /// written nothing yet.
     batch_changes: Cell<u64>,
+    /// The store's lineage ([`schema::lineage`]).
+    lineage: xenchan_protocol::Lineage,
 }
 
 /// The transaction of one job's writes ([`Db::tx`]): derefs to the connection;
@@ -167,7 +170,9 @@ impl Db {
         conn.execute_batch(schema::SCHEMA)?;
         schema::migrate(&conn)?;
         conn.pragma_update(None, "user_version", 2)?;
+        let lineage = schema::lineage(&conn)?;
         let mut db = Db {
+            lineage,
             conn,
             history,
             retention,
@@ -181,6 +186,11 @@ impl Db {
         };
         db.count_events()?;
         Ok(db)
+    }
+
+    /// The store's lineage: random, made once, kept in the `meta` table.
+    pub fn lineage(&self) -> &xenchan_protocol::Lineage {
+        &self.lineage
     }
 
     /// Starts the transaction of a job's writes (see [`JobTx`]).

@@ -52,6 +52,10 @@ CREATE TABLE IF NOT EXISTS leases (
     PRIMARY KEY (kind, value)
 );
 CREATE INDEX IF NOT EXISTS leases_by_domain ON leases(domain);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
     at TEXT NOT NULL,
@@ -143,4 +147,28 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
     }
     conn.execute_batch("CREATE INDEX IF NOT EXISTS events_by_domain ON events(domain, id)")?;
     Ok(())
+}
+
+/// The store's lineage (`meta` row `lineage`): made once, at random, when the database is
+/// created (or first opened by a broker that knows lineages), and kept for its life. A
+/// copy of the file (a backup) has the same lineage, which is the point: an agent that
+/// applied a later generation of it refuses the older ones a restored backup would push.
+pub(super) fn lineage(conn: &Connection) -> Result<xenchan_protocol::Lineage, StoreError> {
+    let stored: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'lineage'", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    if let Some(s) = stored {
+        return xenchan_protocol::Lineage::try_from(s).map_err(|message| StoreError::Corrupt {
+            domain: "(meta)".into(),
+            message: format!("the store's lineage: {message}"),
+        });
+    }
+    let fresh = xenchan_protocol::Lineage::from_bits(rand::random());
+    conn.execute(
+        "INSERT INTO meta(key, value) VALUES ('lineage', ?1)",
+        [fresh.as_str()],
+    )?;
+    Ok(fresh)
 }

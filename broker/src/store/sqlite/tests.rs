@@ -579,3 +579,19 @@ fn event_retention_takes_from_the_noisiest_domains_first() {
         "the quiet domain keeps its events"
     );
 }
+
+#[test]
+fn lineage_is_made_once_and_kept_per_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let first = Db::open(&path, 3, 1000).unwrap().lineage().clone();
+    assert_eq!(first.as_str().len(), 32, "{first}");
+    // Reopened (a broker restart, or a restored copy of the file): the same lineage.
+    assert_eq!(*Db::open(&path, 3, 1000).unwrap().lineage(), first);
+    let copy = dir.path().join("backup");
+    std::fs::copy(&path, &copy).unwrap();
+    assert_eq!(*Db::open(&copy, 3, 1000).unwrap().lineage(), first);
+    // Another store: another lineage.
+    let other = Db::open(&dir.path().join("other"), 3, 1000).unwrap();
+    assert_ne!(*other.lineage(), first);
+}

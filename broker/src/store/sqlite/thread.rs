@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use tokio::sync::{mpsc, oneshot};
+use xenchan_protocol::Lineage;
 use xenchan_protocol::message::{Applied, ApplyResult, GuestFacts};
 
 use super::{Db, EventRetention};
@@ -65,6 +66,7 @@ pub(super) fn run_batch(db: &mut Db, batch: Vec<Job>) {
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     tx: mpsc::UnboundedSender<Job>,
+    lineage: Lineage,
 }
 
 /// Joins the store thread once every [`SqliteStore`] handle is dropped.
@@ -96,6 +98,7 @@ impl SqliteStore {
         retention: EventRetention,
     ) -> Result<(SqliteStore, StoreThread), StoreError> {
         let mut db = Db::open_with(path, history, retention)?;
+        let lineage = db.lineage().clone();
         let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
         let handle = std::thread::Builder::new()
             .name("xenchan-store".into())
@@ -112,7 +115,7 @@ impl SqliteStore {
                 }
             })
             .map_err(StoreError::Thread)?;
-        Ok((SqliteStore { tx }, StoreThread(handle)))
+        Ok((SqliteStore { tx, lineage }, StoreThread(handle)))
     }
 
     /// Runs `f` on the store thread and returns its answer. The events it records name
@@ -142,6 +145,10 @@ impl SqliteStore {
 
 /// Each method copies its borrowed input into a job for the store thread.
 impl Store for SqliteStore {
+    fn lineage(&self) -> &Lineage {
+        &self.lineage
+    }
+
     fn load_all(&self) -> StoreFuture<'_, Vec<DomainRecord>> {
         Box::pin(self.call(Db::load_all))
     }
