@@ -17,6 +17,7 @@ use thiserror::Error;
 
 use crate::defaults;
 use crate::paths::{MAX_SOCKET_PATH, check_socket_path};
+pub use crate::store_config::{Backend, StoreConfig, StoreTimeouts, check_store};
 
 pub use crate::defaults::CONFIG_FILE as DEFAULT_CONFIG_PATH;
 
@@ -73,6 +74,8 @@ pub struct Config {
     pub limits: Limits,
     /// What counts as a lease besides addresses.
     pub leases: Leases,
+    /// Which backend keeps the broker's state (`[store]`: SQLite, or etcd in cluster mode).
+    pub store: StoreConfig,
 }
 
 impl Default for Config {
@@ -91,6 +94,7 @@ impl Default for Config {
             timeouts: Timeouts::default(),
             limits: Limits::default(),
             leases: Leases::default(),
+            store: StoreConfig::default(),
         }
     }
 }
@@ -447,6 +451,7 @@ impl Config {
         range("limits.history", l.history, 1, 100_000)?;
         range("limits.events", l.events, 100, 100_000_000)?;
         range("limits.hook_queue", l.hook_queue, 1, 1_000_000)?;
+        check_store(&self.store, t.request).map_err(|(key, message)| bad(&key, message))?;
         Ok(())
     }
 
@@ -590,6 +595,27 @@ hostname = false
             .unwrap_err()
             .to_string();
         assert!(e.contains("socket_dir"), "{e}");
+    }
+
+    #[test]
+    fn store_section_parses_and_round_trips() {
+        let c = parse(
+            "[store]\nbackend = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\nprefix = \"/t/\"\nhost = \"dom0-a\"\n[store.timeouts]\nhost_ttl = 3000\n",
+        )
+        .unwrap();
+        assert_eq!(c.store.backend, Backend::Etcd);
+        assert_eq!(c.store.host.as_deref(), Some("dom0-a"));
+        assert_eq!(c.store.timeouts.host_ttl, 3000);
+        assert_eq!(c.store.timeouts.request, 5000);
+        assert_eq!(parse(&c.to_toml()).unwrap(), c);
+        let e = parse("[store]\nbackend = \"etcd\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("store.endpoints"), "{e}");
+        let e = parse("[store]\nbackend = \"zk\"").unwrap_err().to_string();
+        assert!(e.contains("zk"), "{e}");
+        let e = parse("[store]\nendpoint = []").unwrap_err().to_string();
+        assert!(e.contains("endpoint"), "{e}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod defaults;
 pub mod hook_config;
 pub mod names;
 pub mod paths;
+mod store_config;
 pub mod types;
 
 pub use client::{Client, ClientError};
