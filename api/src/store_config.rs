@@ -143,7 +143,7 @@ pub fn check_store(s: &StoreConfig, api_request_ms: u64) -> Result<(), (String, 
             return bad(key, format!("{v} ms is out of range 1-3600000"));
         }
     }
-    if t.host_ttl < 2000 || t.host_ttl > 3_600_000 || t.host_ttl % 1000 != 0 {
+    if t.host_ttl < 2000 || t.host_ttl > 3_600_000 || !t.host_ttl.is_multiple_of(1000) {
         return bad(
             "store.timeouts.host_ttl",
             format!(

@@ -155,8 +155,14 @@ async fn a_put_without_a_uuid_is_refused_naming_the_field() {
         return;
     }
     let server = etcd::Etcd::start().await;
-    let d = Dirs::new();
-    let a = TestBroker::start(cluster_config(&d, &server.client_url, "/nouuid/", "dom0-a")).await;
+    let dirs = Dirs::new();
+    let a = TestBroker::start(cluster_config(
+        &dirs,
+        &server.client_url,
+        "/nouuid/",
+        "dom0-a",
+    ))
+    .await;
     let cfg = sample_config("web1.example.com", "192.0.2.10/24");
     let e = a.client.put_config("web1", &cfg, None).await.unwrap_err();
     assert_eq!(e.status(), Some(400), "{e}");
@@ -166,8 +172,8 @@ async fn a_put_without_a_uuid_is_refused_naming_the_field() {
         "{text} {e:?}"
     );
     // With the UUID it is stored; later PUTs through the same broker need none.
-    let u = "6f1c2b1e-0d3a-4c8e-9a51-2b7e0c4d9f10";
-    let v = a.client.put_config("web1", &cfg, Some(u)).await.unwrap();
+    let vm = "6f1c2b1e-0d3a-4c8e-9a51-2b7e0c4d9f10";
+    let v = a.client.put_config("web1", &cfg, Some(vm)).await.unwrap();
     assert_eq!(v.desired_generation, Some(1));
     let cfg2 = sample_config("web1.example.com", "192.0.2.11/24");
     let v = a.client.put_config("web1", &cfg2, None).await.unwrap();
@@ -180,7 +186,7 @@ async fn a_put_without_a_uuid_is_refused_naming_the_field() {
         "{:?}",
         del.released
     );
-    let v = a.client.put_config("web1", &cfg, Some(u)).await.unwrap();
+    let v = a.client.put_config("web1", &cfg, Some(vm)).await.unwrap();
     assert_eq!(v.desired_generation, Some(3), "generations never go back");
     a.stop().await.unwrap();
 }
