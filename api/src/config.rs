@@ -17,6 +17,7 @@ use thiserror::Error;
 
 use crate::defaults;
 use crate::paths::{MAX_SOCKET_PATH, check_socket_path};
+pub use crate::store_config::{Backend, StoreConfig, StoreTimeouts, check_store};
 
 pub use crate::defaults::CONFIG_FILE as DEFAULT_CONFIG_PATH;
 
@@ -75,6 +76,8 @@ pub struct Config {
     pub leases: Leases,
     /// Who may call the control API (roles by group).
     pub control: Control,
+    /// Which backend keeps the broker's state (`[store]`: SQLite, or etcd in cluster mode).
+    pub store: StoreConfig,
 }
 
 impl Default for Config {
@@ -94,6 +97,7 @@ impl Default for Config {
             limits: Limits::default(),
             leases: Leases::default(),
             control: Control::default(),
+            store: StoreConfig::default(),
         }
     }
 }
@@ -513,6 +517,7 @@ impl Config {
                 ));
             }
         }
+        check_store(&self.store, t.request).map_err(|(key, message)| bad(&key, message))?;
         Ok(())
     }
 
@@ -683,6 +688,27 @@ hostname = false
         // Per domain is capped by the whole log.
         let c = parse("[limits]\nevents = 100").unwrap();
         assert_eq!(c.limits.events_per_domain(), 100);
+    }
+
+    #[test]
+    fn store_section_parses_and_round_trips() {
+        let c = parse(
+            "[store]\nbackend = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\nprefix = \"/t/\"\nhost = \"dom0-a\"\n[store.timeouts]\nhost_ttl = 3000\n",
+        )
+        .unwrap();
+        assert_eq!(c.store.backend, Backend::Etcd);
+        assert_eq!(c.store.host.as_deref(), Some("dom0-a"));
+        assert_eq!(c.store.timeouts.host_ttl, 3000);
+        assert_eq!(c.store.timeouts.request, 5000);
+        assert_eq!(parse(&c.to_toml()).unwrap(), c);
+        let e = parse("[store]\nbackend = \"etcd\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("store.endpoints"), "{e}");
+        let e = parse("[store]\nbackend = \"zk\"").unwrap_err().to_string();
+        assert!(e.contains("zk"), "{e}");
+        let e = parse("[store]\nendpoint = []").unwrap_err().to_string();
+        assert!(e.contains("endpoint"), "{e}");
     }
 
     #[test]

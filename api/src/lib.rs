@@ -19,6 +19,7 @@ pub mod hook_config;
 pub mod names;
 pub mod paths;
 pub mod query;
+mod store_config;
 pub mod types;
 
 pub use client::{Client, ClientError};

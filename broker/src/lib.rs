@@ -14,6 +14,7 @@ pub mod cli;
 /// The control API client (moved to the API crate; the path stays for the broker's code).
 pub use xenchan_api::client;
 mod clock;
+mod cluster_sync;
 pub mod config;
 mod discovery;
 mod domains;
@@ -48,7 +49,7 @@ use crate::hooks::Hooks;
 use crate::lock::StateLock;
 use crate::metrics::Metrics;
 use crate::store::sqlite::EventRetention;
-use crate::store::{SqliteStore, Store};
+use crate::store::{EtcdStore, SqliteStore, Store};
 
 /// Why the broker could not start (or stopped on an error).
 #[derive(Debug, Error)]
@@ -147,13 +148,20 @@ pub async fn run(
             per_domain: config.limits.events_per_domain(),
         },
     )?;
-    let store: Arc<dyn Store> = Arc::new(sqlite);
+    let (store, cluster): (Arc<dyn Store>, Option<Arc<EtcdStore>>) = match config.store.backend {
+        config::Backend::Sqlite => (Arc::new(sqlite), None),
+        config::Backend::Etcd => {
+            let etcd = Arc::new(connect_cluster(&config, sqlite).await?);
+            (Arc::clone(&etcd) as Arc<dyn Store>, Some(etcd))
+        }
+    };
     let records = store.load_all().await?;
     tracing::info!(
         domains = records.len(),
         "store loaded from {}",
         config.db_path().display()
     );
+    let stop_sync = CancellationToken::new();
     let metrics = Arc::new(Metrics::default());
     let hooks = Hooks::start(
         config.hooks_dir.clone(),
@@ -171,6 +179,13 @@ pub async fn run(
     ));
     let _ = store.event(None, "start", "broker started").await;
     drop(store);
+    let cluster_sync = cluster.map(|etcd| {
+        tokio::spawn(cluster_sync::run(
+            Arc::clone(&shared),
+            etcd,
+            stop_sync.clone(),
+        ))
+    });
 
     // Bound under a temporary name and renamed once it is 0660: the control socket
     // never exists with the umask's permissions.
@@ -207,6 +222,10 @@ pub async fn run(
     tracing::info!("shutting down");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     stop.cancel();
+    stop_sync.cancel();
+    if let Some(s) = cluster_sync {
+        let _ = s.await;
+    }
     if let Some(d) = discovery {
         let _ = d.await;
     }
@@ -221,4 +240,22 @@ pub async fn run(
     let _ = tokio::time::timeout(config.timeouts.shutdown(), joined).await;
     drop(lock);
     Ok(())
+}
+
+/// Joins the etcd cluster of `[store]` over the local cache (cluster mode).
+async fn connect_cluster(config: &Config, local: SqliteStore) -> Result<EtcdStore, BrokerError> {
+    let cc = store::etcd::cluster_config(config).map_err(|(key, message)| {
+        BrokerError::Config(ConfigFileError::Invalid {
+            path: PathBuf::from("<config>"),
+            key,
+            message,
+        })
+    })?;
+    tracing::info!(
+        endpoints = ?cc.endpoints,
+        prefix = %cc.prefix,
+        host = %cc.host,
+        "joining the etcd cluster"
+    );
+    Ok(EtcdStore::connect(&cc, local).await?)
 }

@@ -49,7 +49,22 @@ impl Cluster {
         name: &str,
         config: &[u8],
     ) -> Result<PutOutcome, ClusterError> {
+        Ok(self.put_desired_detail(uuid, name, config).await?.0)
+    }
+
+    /// [`Cluster::put_desired`], also saying whether a desired configuration existed
+    /// before (a broker answers 201 for a domain new to the cluster, 200 otherwise).
+    pub async fn put_desired_detail(
+        &self,
+        uuid: &Uuid,
+        name: &str,
+        config: &[u8],
+    ) -> Result<(PutOutcome, bool), ClusterError> {
         check_name(name)?;
+        if config.is_empty() {
+            // An empty document is the deletion marker (`delete_desired`).
+            return Err(Invalid::new("config", "", "empty document").into());
+        }
         if config.len() > MAX_CONFIG {
             return Err(Invalid::new(
                 "config",
@@ -71,9 +86,10 @@ impl Cluster {
                     })
                 })
                 .transpose()?;
+            let existed = current.as_ref().is_some_and(|d| !d.config.is_empty());
             let outcome = next_generation(current.as_ref(), name, config);
             let PutOutcome::Changed { generation } = outcome else {
-                return Ok(outcome);
+                return Ok((outcome, existed));
             };
             // Unchanged since we read it, or the write is lost in a race: read again.
             let guard = match &kv {
@@ -89,23 +105,61 @@ impl Cluster {
                 .when([guard])
                 .and_then([TxnOp::put(key.clone(), value, None)]);
             if self.txn(&dl, txn).await?.succeeded() {
-                return Ok(outcome);
+                return Ok((outcome, existed));
             }
             tracing::debug!(%uuid, "desired configuration changed under us, reading again");
         }
     }
 
-    /// The desired configuration of `uuid`, if any.
+    /// Removes the desired configuration of `uuid`. The key keeps its generation with an
+    /// empty document (a tombstone), so the next PUT gets a higher generation than any an
+    /// agent may have applied: generations never go back, even across a delete. `false`
+    /// when there was nothing to remove.
+    pub async fn delete_desired(&self, uuid: &Uuid) -> Result<bool, ClusterError> {
+        let dl = self.deadline("delete_desired");
+        let key = self.keys.domain(uuid, &DomainKey::Desired);
+        loop {
+            let Some(kv) = self.get_kv(&dl, &key).await? else {
+                return Ok(false);
+            };
+            let current =
+                codec::decode_desired(kv.value()).map_err(|reason| ClusterError::Corrupt {
+                    key: key.clone(),
+                    reason,
+                })?;
+            if current.config.is_empty() {
+                return Ok(false);
+            }
+            let value = codec::encode_desired(&Desired {
+                config: Vec::new(),
+                ..current
+            });
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    kv.mod_revision(),
+                )])
+                .and_then([TxnOp::put(key.clone(), value, None)]);
+            if self.txn(&dl, txn).await?.succeeded() {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// The desired configuration of `uuid`, if any (a deleted one is none).
     pub async fn desired(&self, uuid: &Uuid) -> Result<Option<Desired>, ClusterError> {
         let dl = self.deadline("desired");
         let key = self.keys.domain(uuid, &DomainKey::Desired);
-        self.get_kv(&dl, &key)
+        Ok(self
+            .get_kv(&dl, &key)
             .await?
             .map(|kv| {
                 codec::decode_desired(kv.value())
                     .map_err(|reason| ClusterError::Corrupt { key, reason })
             })
-            .transpose()
+            .transpose()?
+            .filter(|d| !d.config.is_empty()))
     }
 }
 

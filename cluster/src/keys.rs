@@ -173,6 +173,11 @@ impl Keyspace {
         format!("{}hosts/{host}", self.prefix)
     }
 
+    /// The cluster's lineage (one for every broker on this prefix).
+    pub fn lineage(&self) -> String {
+        format!("{}lineage", self.prefix)
+    }
+
     /// What `key` is, or `None` for a key this crate never writes (ignored, not trusted).
     pub fn parse(&self, key: &[u8]) -> Option<Key> {
         let key = std::str::from_utf8(key).ok()?;

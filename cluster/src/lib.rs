@@ -49,6 +49,7 @@ mod desired;
 mod error;
 mod keys;
 mod leases;
+mod lineage;
 mod ownership;
 mod watch;
 

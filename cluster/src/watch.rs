@@ -114,6 +114,8 @@ impl Interest {
                     return Some(WatchEvent::DesiredDeleted { uuid });
                 }
                 Some(match codec::decode_desired(value) {
+                    // The deletion marker (`delete_desired`).
+                    Ok(desired) if desired.config.is_empty() => WatchEvent::DesiredDeleted { uuid },
                     Ok(desired) => WatchEvent::Desired { uuid, desired },
                     Err(reason) => WatchEvent::Corrupt {
                         key: key_text(),
@@ -348,5 +350,22 @@ mod tests {
             assert_eq!(got, want, "step {n}: {}", String::from_utf8_lossy(&key));
         }
         assert!(i.owned().is_empty());
+    }
+
+    #[test]
+    fn an_empty_document_is_a_deletion() {
+        let ks = Keyspace::new("/x/").unwrap();
+        let u = Uuid::parse("6f1c2b1e-0d3a-4c8e-9a51-2b7e0c4d9f10").unwrap();
+        let mut i = Interest::new("a", [u.clone()]);
+        let tombstone = codec::encode_desired(&Desired {
+            generation: 3,
+            name: "web1".into(),
+            config: Vec::new(),
+        });
+        let key = ks.domain(&u, &DomainKey::Desired).into_bytes();
+        assert_eq!(
+            i.apply(&ks, true, &key, &tombstone),
+            Some(WatchEvent::DesiredDeleted { uuid: u })
+        );
     }
 }

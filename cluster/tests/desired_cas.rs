@@ -92,3 +92,22 @@ async fn a_foreign_value_is_reported_not_overwritten() {
         "{e}"
     );
 }
+
+/// Every broker on one prefix pushes under one lineage: the first offer wins, even when
+/// two brokers offer theirs at once; another prefix is another lineage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_lineage_offered_is_the_clusters() {
+    require_etcd!();
+    let etcd = Etcd::start().await;
+    let urls = vec![etcd.client_url.clone()];
+    let a = connect(&urls, "/lin/", "dom0-a", quick()).await;
+    let b = connect(&urls, "/lin/", "dom0-b", quick()).await;
+    let (la, lb) = tokio::join!(a.lineage("aaaa"), b.lineage("bbbb"));
+    let (la, lb) = (la.unwrap(), lb.unwrap());
+    assert_eq!(la, lb, "two brokers got different lineages");
+    assert!(la == "aaaa" || la == "bbbb", "{la}");
+    // Later offers (a restart, a new host) read the stored one.
+    assert_eq!(a.lineage("cccc").await.unwrap(), la);
+    let other = connect(&urls, "/lin2/", "dom0-a", quick()).await;
+    assert_eq!(other.lineage("dddd").await.unwrap(), "dddd");
+}

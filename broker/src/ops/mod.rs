@@ -108,6 +108,7 @@ impl From<PutRefusal> for OpError {
         match r {
             PutRefusal::Lease(c) => OpError::Lease(c),
             PutRefusal::TooManyDomains(max) => OpError::TooManyDomains(max),
+            PutRefusal::BadField { path, error } => OpError::BadField { path, error },
         }
     }
 }

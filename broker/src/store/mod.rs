@@ -3,8 +3,8 @@
 //! The rest of the broker (API operations, sessions, the domain registry) talks to a
 //! `dyn Store` and never sees a table: a backend keeps records (desired config, applied
 //! state, facts, last error and result per domain), leases, results and a bounded event
-//! log. [`sqlite`] is the embedded backend; a second one (the etcd cluster store, issue
-//! 19) implements the same trait.
+//! log. [`sqlite`] is the embedded backend; [`etcd`] (cluster mode, issue 19) implements
+//! the same trait over etcd with a SQLite store as its local cache.
 //!
 //! Every method is asynchronous and answers only once its writes are durable: the API
 //! answers a PUT after its commit, and a session reads its next frame only after the
@@ -17,6 +17,7 @@
 //! *cannot answer* returns a [`StoreError`], and [`StoreError::is_unavailable`] tells a
 //! transient outage (try again later) from a broken store.
 
+pub mod etcd;
 mod records;
 pub mod sqlite;
 
@@ -25,6 +26,7 @@ use thiserror::Error;
 use xenchan_protocol::message::{Applied, ApplyResult, GuestFacts};
 
 use crate::leases::{Lease, LeaseConflict};
+pub use etcd::EtcdStore;
 pub use records::{
     Deleted, DesiredConfig, DomainRecord, EventFilter, EventRow, HistoryRow, LastResult, LeaseRow,
     PrepareRefusal, PrepareRequest, Prepared, PutOutcome, PutRefusal, PutRequest,

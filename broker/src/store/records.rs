@@ -164,6 +164,13 @@ pub enum PutRefusal {
     Lease(LeaseConflict),
     /// The broker already manages `limits.max_domains` domains.
     TooManyDomains(usize),
+    /// A request field the backend cannot take (cluster mode: a missing VM UUID).
+    BadField {
+        /// The field (`uuid`).
+        path: String,
+        /// What is wrong with it.
+        error: String,
+    },
 }
 
 /// What a stored delete did.

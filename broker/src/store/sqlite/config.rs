@@ -28,6 +28,31 @@ impl Db {
         &mut self,
         req: &PutRequest<'_>,
     ) -> Result<Result<PutOutcome, PutRefusal>, StoreError> {
+        self.put_config_with(req, None)
+    }
+
+    /// Caches a configuration at the generation the cluster store gave it (etcd mode):
+    /// no lease check (etcd granted them; a cached row of another domain is stale and
+    /// gives way), no domain limit (checked before etcd was written).
+    pub fn put_config_at(
+        &mut self,
+        req: &PutRequest<'_>,
+        generation: u64,
+    ) -> Result<PutOutcome, StoreError> {
+        match self.put_config_with(req, Some(generation))? {
+            Ok(o) => Ok(o),
+            Err(r) => Err(StoreError::Corrupt {
+                domain: req.name.to_string(),
+                message: format!("the cache refused a configuration etcd accepted: {r:?}"),
+            }),
+        }
+    }
+
+    fn put_config_with(
+        &mut self,
+        req: &PutRequest<'_>,
+        forced: Option<u64>,
+    ) -> Result<Result<PutOutcome, PutRefusal>, StoreError> {
         let PutRequest {
             name,
             uuid,
@@ -39,7 +64,15 @@ impl Db {
         let now = now_rfc3339();
         let history = self.history;
         let tx = self.tx()?;
-        if let Some(c) = lease_conflict(&tx, name, leases)? {
+        if forced.is_some() {
+            for l in leases {
+                exec(
+                    &tx,
+                    "DELETE FROM leases WHERE kind = ?1 AND value = ?2 AND domain != ?3",
+                    params![l.kind, l.value, name],
+                )?;
+            }
+        } else if let Some(c) = lease_conflict(&tx, name, leases)? {
             return Ok(Err(PutRefusal::Lease(c)));
         }
         let current: Option<(Option<i64>, Option<String>, Option<String>)> = row(
@@ -53,6 +86,7 @@ impl Db {
         if let Some((Some(g), Some(d), old_uuid)) = &current
             && d == digest.as_str()
             && (uuid.is_none() || uuid == old_uuid.as_deref())
+            && forced.is_none_or(|f| sql_int(f) == *g)
         {
             // Same document: keep the generation, so the agent is not asked again.
             replace_leases(&tx, name, leases, &now)?;
@@ -63,7 +97,7 @@ impl Db {
                 config: config.clone(),
             })));
         }
-        if current.is_none() {
+        if current.is_none() && forced.is_none() {
             let count: i64 = row(&tx, "SELECT count(*) FROM domains", [], |r| r.get(0))?;
             if count as usize >= max_domains {
                 return Ok(Err(PutRefusal::TooManyDomains(max_domains)));
@@ -77,11 +111,11 @@ impl Db {
         )
         .optional()?
         .unwrap_or(0);
-        let generation = last + 1;
+        let generation = forced.map_or(last + 1, sql_int);
         exec(
             &tx,
             "INSERT INTO generations(name, last) VALUES (?1, ?2)
-             ON CONFLICT(name) DO UPDATE SET last = excluded.last",
+             ON CONFLICT(name) DO UPDATE SET last = max(last, excluded.last)",
             params![name, generation],
         )?;
         let json = String::from_utf8(config.canonical_json()).expect("JSON is UTF-8");

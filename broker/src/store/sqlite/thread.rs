@@ -118,6 +118,34 @@ impl SqliteStore {
         Ok((SqliteStore { tx, lineage }, StoreThread(handle)))
     }
 
+    /// Caches a desired configuration whose generation another store (etcd, the cluster
+    /// backend) gave: stored at exactly `generation`, its leases taken from any stale
+    /// cached holder (the authoritative store already granted them).
+    pub async fn put_config_at(
+        &self,
+        req: PutRequest<'_>,
+        generation: u64,
+    ) -> Result<PutOutcome, StoreError> {
+        let name = req.name.to_string();
+        let uuid = req.uuid.map(str::to_string);
+        let config = req.config.clone();
+        let leases = req.leases.to_vec();
+        let max_domains = req.max_domains;
+        self.call(move |db| {
+            db.put_config_at(
+                &PutRequest {
+                    name: &name,
+                    uuid: uuid.as_deref(),
+                    config: &config,
+                    leases: &leases,
+                    max_domains,
+                },
+                generation,
+            )
+        })
+        .await
+    }
+
     /// Runs `f` on the store thread and returns its answer. The events it records name
     /// the API caller being served on this task, if any ([`crate::audit`]).
     pub async fn call<R, F>(&self, f: F) -> Result<R, StoreError>

@@ -1,0 +1,204 @@
+//! Cluster mode's watch (docs/CLUSTER.md): what reaches this broker from etcd.
+//!
+//! A PUT may go through any broker; only the one running the domain talks to its agent.
+//! This task watches the domains this host owns (or is about to receive in a migration)
+//! and brings each new desired configuration into the local cache and the registry, so
+//! the domain's session pushes it, exactly as after a local PUT. When this host becomes
+//! the owner (a claim at prepare, a completed migration, a domain taken after host loss)
+//! it reads the desired configuration from etcd the same way. When etcd is unreachable it
+//! says so and retries; the watch resumes from the last revision seen, so nothing is
+//! missed, and the domains keep being served from the cache meanwhile.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use xenchan_basics::chain;
+use xenchan_cluster::{Desired, Uuid, WatchEvent};
+use xenchan_protocol::config::GuestConfig;
+
+use crate::domains::Shared;
+use crate::leases::leases_of;
+use crate::store::{EtcdStore, PutRequest, Store};
+
+/// Watches etcd until `stop`.
+pub(crate) async fn run(sh: Arc<Shared>, etcd: Arc<EtcdStore>, stop: CancellationToken) {
+    let cluster = Arc::clone(etcd.cluster());
+    let mut lease = cluster.host_lease();
+    // From "now": the state before it is read by `resync` below, which runs after the
+    // watch is set up, so nothing between the two is missed.
+    let from = loop {
+        match cluster.revision().await {
+            Ok(r) => break r + 1,
+            Err(e) => {
+                tracing::warn!("cluster watch waits for etcd: {}", chain(&e));
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
+    let owned = owned_at_start(&etcd).await;
+    let mut watcher = cluster.watch(owned.clone(), from);
+    for uuid in &owned {
+        adopt(&sh, &etcd, uuid).await;
+    }
+    let mut warned = false;
+    loop {
+        let event = tokio::select! {
+            () = stop.cancelled() => return,
+            changed = lease.changed() => {
+                if changed.is_ok() {
+                    // The host lease expired and was granted anew: every ownership key
+                    // of the old one is gone. Claim the domains this host still runs.
+                    let owned: Vec<Uuid> = watcher.interest().owned().iter().cloned().collect();
+                    tracing::warn!(domains = owned.len(), "host lease renewed after expiry: claiming domains again");
+                    for uuid in owned {
+                        if let Err(e) = cluster.claim(&uuid).await {
+                            tracing::warn!(%uuid, "cannot claim again: {}", chain(&e));
+                        }
+                    }
+                }
+                continue;
+            }
+            e = watcher.next() => e,
+        };
+        match event {
+            Ok(e) => {
+                if warned {
+                    tracing::info!("etcd reachable again: cluster watch resumed");
+                    warned = false;
+                }
+                handle(&sh, &etcd, e).await;
+            }
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(
+                        "cluster watch interrupted (serving the cached domains meanwhile): {}",
+                        chain(&e)
+                    );
+                    warned = true;
+                }
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// The cached domains this host owns in etcd (after a restart within the host lease's
+/// TTL the ownership keys are still there; claiming rebinds them to the new lease).
+async fn owned_at_start(etcd: &EtcdStore) -> Vec<Uuid> {
+    let cluster = etcd.cluster();
+    let mut owned = Vec::new();
+    let Ok(records) = etcd.local().load_all().await else {
+        return owned;
+    };
+    for r in records {
+        let Some(uuid) = r.uuid.as_deref().and_then(|u| Uuid::parse(u).ok()) else {
+            continue;
+        };
+        match cluster.ownership(&uuid).await {
+            Ok(o) if o.owner.as_deref() == Some(cluster.host()) => {
+                if cluster.claim(&uuid).await.is_ok() {
+                    owned.push(uuid);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(domain = %r.name, "ownership unknown at start: {}", chain(&e)),
+        }
+    }
+    owned
+}
+
+async fn handle(sh: &Arc<Shared>, etcd: &EtcdStore, event: WatchEvent) {
+    match event {
+        WatchEvent::Desired { uuid, desired } => install(sh, etcd, &uuid, &desired).await,
+        WatchEvent::Acquired { uuid } | WatchEvent::Incoming { uuid } => {
+            adopt(sh, etcd, &uuid).await;
+        }
+        WatchEvent::DesiredDeleted { uuid } => {
+            let Some(name) = etcd.name_of(&uuid) else {
+                return;
+            };
+            let _domain = sh.locks.lock(&name).await;
+            let keep_row = sh.keeps_row_without_config(&name);
+            match etcd.local().delete_config(&name, keep_row).await {
+                Ok(_) => sh.remove_desired(&name),
+                Err(e) => tracing::warn!(domain = %name, "cache: {}", chain(&e)),
+            }
+        }
+        WatchEvent::Lost { uuid, owner } => {
+            let name = etcd.name_of(&uuid).unwrap_or_else(|| uuid.to_string());
+            tracing::info!(domain = %name, %uuid, owner = ?owner, "this host no longer owns the domain");
+            let _ = sh
+                .store
+                .event(
+                    Some(&name),
+                    "ownership",
+                    &format!("lost to {}", owner.as_deref().unwrap_or("nobody")),
+                )
+                .await;
+        }
+        WatchEvent::IncomingEnded { uuid } => {
+            tracing::debug!(%uuid, "incoming migration ended");
+        }
+        WatchEvent::Corrupt { key, reason } => {
+            tracing::warn!(key, "etcd value not written by xenchan, ignored: {reason}");
+        }
+    }
+}
+
+/// Reads the desired configuration of a domain this host now owns or receives.
+async fn adopt(sh: &Arc<Shared>, etcd: &EtcdStore, uuid: &Uuid) {
+    match etcd.cluster().desired(uuid).await {
+        Ok(Some(d)) => install(sh, etcd, uuid, &d).await,
+        Ok(None) => {}
+        Err(e) => tracing::warn!(%uuid, "cannot read the desired configuration: {}", chain(&e)),
+    }
+}
+
+/// Brings a desired configuration from etcd into the cache and the registry (the session
+/// pushes it if the agent has not applied it).
+async fn install(sh: &Arc<Shared>, etcd: &EtcdStore, uuid: &Uuid, desired: &Desired) {
+    let name = etcd.name_of(uuid).unwrap_or_else(|| desired.name.clone());
+    if let Err(e) = crate::paths::check_domain_name(&name) {
+        tracing::warn!(%uuid, "desired configuration in etcd names an unusable domain: {e}");
+        return;
+    }
+    let config = match GuestConfig::from_json(&desired.config) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(domain = %name, %uuid, generation = desired.generation,
+                "desired configuration in etcd is not a valid document: {e}");
+            return;
+        }
+    };
+    let leases = leases_of(&config, sh.config.leases.hostname);
+    let _domain = sh.locks.lock(&name).await;
+    let cached = etcd
+        .local()
+        .put_config_at(
+            PutRequest {
+                name: &name,
+                uuid: Some(uuid.as_str()),
+                config: &config,
+                leases: &leases,
+                max_domains: sh.config.limits.max_domains,
+            },
+            desired.generation,
+        )
+        .await;
+    match cached {
+        Ok(outcome) => {
+            let u = uuid.to_string();
+            etcd.remember_uuid(&name, uuid);
+            sh.install_desired(&name, outcome.desired().clone(), Some(&u));
+            tracing::info!(domain = %name, generation = desired.generation, "desired configuration from etcd");
+        }
+        Err(e) => tracing::warn!(domain = %name, "cache: {}", chain(&e)),
+    }
+}

@@ -1,0 +1,557 @@
+//! The cluster backend (`[store] backend = "etcd"`, docs/CLUSTER.md): a thin adapter of
+//! [`xenchan_cluster`] to the [`Store`] trait, with the SQLite store as this broker's
+//! cache and journal.
+//!
+//! What must be the same on every host lives in etcd, keyed by the VM's UUID (a domain's
+//! identity in cluster mode; its name is for display and the socket path): the desired
+//! configuration with its cluster-wide generation, the VM's leases (taken in one
+//! compare-and-swap transaction, so two brokers never both win an address), what the agent
+//! applied, and which host runs the domain. Every write goes to etcd first and then to the
+//! local SQLite store with the generation etcd gave, so a broker that loses etcd still
+//! serves (and re-attaches) the domains it runs from its cache, while writes answer 503
+//! naming the outage. Reads, results, facts and the event log stay local.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use xenchan_cluster::{Cluster, ClusterConfig, ClusterError, Timeouts, Uuid};
+use xenchan_protocol::message::{Applied, ApplyResult, GuestFacts};
+
+use crate::config::Config;
+use crate::leases::{Lease, LeaseConflict};
+use crate::store::{
+    Deleted, DomainRecord, EventRow, HistoryRow, LeaseRow, PrepareRefusal, PrepareRequest,
+    Prepared, PutOutcome, PutRefusal, PutRequest, SqliteStore, Store, StoreError, StoreFuture,
+};
+
+/// The etcd-backed store.
+#[derive(Debug)]
+pub struct EtcdStore {
+    cluster: Arc<Cluster>,
+    local: SqliteStore,
+    /// Name -> UUID of the domains in the local cache (the cache's key is the name; etcd's
+    /// is the UUID).
+    uuids: Mutex<HashMap<String, Uuid>>,
+    /// The cluster's lineage (every broker on this prefix pushes under it).
+    lineage: xenchan_protocol::Lineage,
+}
+
+/// The cluster configuration of `[store]`; `host` defaults to the machine's hostname.
+///
+/// # Errors
+/// `(key, message)` naming the `[store]` key at fault.
+pub fn cluster_config(config: &Config) -> Result<ClusterConfig, (String, String)> {
+    let s = &config.store;
+    let host = match &s.host {
+        Some(h) => h.clone(),
+        None => nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .ok_or_else(|| {
+                (
+                    "store.host".to_string(),
+                    "unset, and the machine's hostname cannot be read: set it".to_string(),
+                )
+            })?,
+    };
+    let ms = std::time::Duration::from_millis;
+    let c = ClusterConfig {
+        endpoints: s.endpoints.clone(),
+        prefix: s.prefix.clone(),
+        host,
+        timeouts: Timeouts {
+            connect: ms(s.timeouts.connect),
+            request: ms(s.timeouts.request),
+            host_ttl: ms(s.timeouts.host_ttl),
+        },
+    };
+    c.check()
+        .map_err(|e| (format!("store.{}", e.field), e.to_string()))?;
+    Ok(c)
+}
+
+/// The etcd key of a lease (`addr/192.0.2.10`, `host/web1`).
+pub fn lease_key(l: &Lease) -> String {
+    let kind = match l.kind {
+        "address" => "addr",
+        "hostname" => "host",
+        other => other,
+    };
+    format!("{kind}/{}", l.value)
+}
+
+/// The broker's spelling of a lease key (`address 192.0.2.10`).
+fn lease_text(key: &str) -> String {
+    match key.split_once('/') {
+        Some(("addr", v)) => format!("address {v}"),
+        Some(("host", v)) => format!("hostname {v}"),
+        _ => key.to_string(),
+    }
+}
+
+/// A cluster error the caller cannot fix: an outage (503 naming it), or a value in etcd
+/// this broker did not write.
+pub fn store_error(e: ClusterError) -> StoreError {
+    match e {
+        ClusterError::Corrupt { key, reason } => StoreError::Corrupt {
+            domain: key,
+            message: reason,
+        },
+        other => StoreError::Unavailable {
+            backend: "etcd",
+            source: Box::new(other),
+        },
+    }
+}
+
+fn bad_uuid(u: &str) -> PutRefusal {
+    PutRefusal::BadField {
+        path: "uuid".into(),
+        error: format!("{u:?} is not a VM UUID"),
+    }
+}
+
+impl EtcdStore {
+    /// Joins the cluster as `config`'s host, over the already opened local cache.
+    ///
+    /// # Errors
+    /// `Unavailable` when etcd does not answer within `store.timeouts.request`.
+    pub async fn connect(
+        cluster: &ClusterConfig,
+        local: SqliteStore,
+    ) -> Result<EtcdStore, StoreError> {
+        let cluster = Cluster::connect(cluster).await.map_err(store_error)?;
+        // The cluster-wide lineage; the first broker on this prefix offers its own.
+        let offered = local.lineage().as_str().to_string();
+        let text = cluster.lineage(&offered).await.map_err(store_error)?;
+        let lineage =
+            xenchan_protocol::Lineage::try_from(text).map_err(|message| StoreError::Corrupt {
+                domain: "(cluster)".into(),
+                message: format!("the cluster's lineage: {message}"),
+            })?;
+        let store = EtcdStore {
+            cluster: Arc::new(cluster),
+            local,
+            lineage,
+            uuids: Mutex::new(HashMap::new()),
+        };
+        Ok(store)
+    }
+
+    /// The cluster handle (watch, ownership, migration).
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
+    /// The local cache.
+    pub fn local(&self) -> &SqliteStore {
+        &self.local
+    }
+
+    /// The UUID of a cached domain.
+    pub fn uuid_of(&self, name: &str) -> Option<Uuid> {
+        self.uuids.lock().expect("uuid map").get(name).cloned()
+    }
+
+    /// The cached domain with this UUID.
+    pub fn name_of(&self, uuid: &Uuid) -> Option<String> {
+        self.uuids
+            .lock()
+            .expect("uuid map")
+            .iter()
+            .find(|(_, u)| *u == uuid)
+            .map(|(n, _)| n.clone())
+    }
+
+    /// Records that the cached domain `name` is VM `uuid`.
+    pub fn remember_uuid(&self, name: &str, uuid: &Uuid) {
+        self.uuids
+            .lock()
+            .expect("uuid map")
+            .insert(name.to_string(), uuid.clone());
+    }
+
+    fn remember(&self, name: &str, uuid: Option<&str>) {
+        if let Some(u) = uuid.and_then(|u| Uuid::parse(u).ok()) {
+            self.uuids
+                .lock()
+                .expect("uuid map")
+                .insert(name.to_string(), u);
+        }
+    }
+
+    /// Who holds a lease, for an answer: the holder's name when etcd has its desired
+    /// configuration, else its UUID.
+    async fn holder_name(&self, holder: &str) -> String {
+        match Uuid::parse(holder) {
+            Ok(u) => match self.cluster.desired(&u).await {
+                Ok(Some(d)) => d.name,
+                _ => holder.to_string(),
+            },
+            Err(_) => holder.to_string(),
+        }
+    }
+
+    async fn put(&self, req: PutRequest<'_>) -> Result<Result<PutOutcome, PutRefusal>, StoreError> {
+        let known = self.uuid_of(req.name);
+        let uuid = match (req.uuid, &known) {
+            (Some(u), _) => match Uuid::parse(u) {
+                Ok(u) => u,
+                Err(_) => return Ok(Err(bad_uuid(u))),
+            },
+            (None, Some(u)) => u.clone(),
+            (None, None) => {
+                return Ok(Err(PutRefusal::BadField {
+                    path: "uuid".into(),
+                    error: format!(
+                        "domain {} has no VM UUID: in cluster mode (store.backend = \"etcd\") a \
+                         domain's identity is its UUID; give it with ?uuid= on the first PUT",
+                        req.name
+                    ),
+                }));
+            }
+        };
+        if known.is_none() && self.uuids.lock().expect("uuid map").len() >= req.max_domains {
+            return Ok(Err(PutRefusal::TooManyDomains(req.max_domains)));
+        }
+        let keys: Vec<String> = req.leases.iter().map(lease_key).collect();
+        match self.cluster.acquire_leases(&uuid, &keys).await {
+            Ok(_) => {}
+            Err(ClusterError::Conflict { lease, holder }) => {
+                let lease = req
+                    .leases
+                    .iter()
+                    .find(|l| lease_key(l) == lease)
+                    .cloned()
+                    .unwrap_or(Lease {
+                        kind: "lease",
+                        value: lease,
+                        path: ".".into(),
+                    });
+                let holder = self.holder_name(&holder).await;
+                return Ok(Err(PutRefusal::Lease(LeaseConflict { lease, holder })));
+            }
+            Err(ClusterError::Invalid(i)) => {
+                return Ok(Err(PutRefusal::BadField {
+                    path: i.field.to_string(),
+                    error: i.to_string(),
+                }));
+            }
+            Err(e) => return Err(store_error(e)),
+        }
+        let json = req.config.canonical_json();
+        let (outcome, existed) = match self
+            .cluster
+            .put_desired_detail(&uuid, req.name, &json)
+            .await
+        {
+            Ok(o) => o,
+            Err(ClusterError::Invalid(i)) => {
+                return Ok(Err(PutRefusal::BadField {
+                    path: i.field.to_string(),
+                    error: i.to_string(),
+                }));
+            }
+            Err(e) => return Err(store_error(e)),
+        };
+        let generation = outcome.generation();
+        let cached = self
+            .local
+            .put_config_at(
+                PutRequest {
+                    uuid: Some(uuid.as_str()),
+                    ..req
+                },
+                generation,
+            )
+            .await?;
+        self.remember(req.name, Some(uuid.as_str()));
+        let d = cached.desired().clone();
+        Ok(Ok(match outcome {
+            xenchan_cluster::PutOutcome::Unchanged { .. } => PutOutcome::Unchanged(d),
+            xenchan_cluster::PutOutcome::Changed { .. } if existed => PutOutcome::Updated(d),
+            xenchan_cluster::PutOutcome::Changed { .. } => PutOutcome::Created(d),
+        }))
+    }
+
+    async fn conflict(
+        &self,
+        name: &str,
+        wanted: &[Lease],
+    ) -> Result<Option<LeaseConflict>, StoreError> {
+        // Without a known UUID the holder may be this very VM (put through another
+        // broker): the transaction in `put` decides then.
+        let Some(uuid) = self.uuid_of(name) else {
+            return Ok(None);
+        };
+        for l in wanted {
+            let holder = self
+                .cluster
+                .lease_holder(&lease_key(l))
+                .await
+                .map_err(store_error)?;
+            if let Some(h) = holder
+                && h != uuid
+            {
+                let holder = self.holder_name(h.as_str()).await;
+                return Ok(Some(LeaseConflict {
+                    lease: l.clone(),
+                    holder,
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn delete(&self, name: &str, keep_row: bool) -> Result<Deleted, StoreError> {
+        let mut released_cluster = Vec::new();
+        let mut removed_cluster = false;
+        if let Some(uuid) = self.uuid_of(name) {
+            released_cluster = self
+                .cluster
+                .release_leases(&uuid)
+                .await
+                .map_err(store_error)?;
+            removed_cluster = self
+                .cluster
+                .delete_desired(&uuid)
+                .await
+                .map_err(store_error)?;
+        }
+        let local = self.local.delete_config(name, keep_row).await?;
+        self.uuids.lock().expect("uuid map").remove(name);
+        let mut released: Vec<String> = released_cluster.iter().map(|k| lease_text(k)).collect();
+        for l in local.released {
+            if !released.contains(&l) {
+                released.push(l);
+            }
+        }
+        released.sort();
+        Ok(Deleted {
+            removed: local.removed || removed_cluster,
+            released,
+        })
+    }
+
+    async fn do_prepare(
+        &self,
+        req: PrepareRequest<'_>,
+    ) -> Result<Result<Prepared, PrepareRefusal>, StoreError> {
+        let prepared = match self.local.prepare(req).await? {
+            Ok(p) => p,
+            Err(r) => return Ok(Err(r)),
+        };
+        if req.check_only {
+            return Ok(Ok(prepared));
+        }
+        self.remember(req.name, prepared.uuid.as_deref());
+        if let Some(uuid) = self.uuid_of(req.name) {
+            // The domain runs here now: this host owns it, unless a migration to here is
+            // prepared (ownership moves at `complete`) or another host runs it.
+            match self.cluster.claim(&uuid).await {
+                Ok(()) => {}
+                Err(ClusterError::NotOwner { owner, .. }) => {
+                    tracing::warn!(domain = %req.name, %uuid, owner = ?owner,
+                        "domain prepared here while another host owns it (ownership moves when a migration completes)");
+                }
+                Err(e) => return Err(store_error(e)),
+            }
+        }
+        Ok(Ok(prepared))
+    }
+
+    async fn do_release(&self, name: &str) -> Result<Option<bool>, StoreError> {
+        let released = self.local.release(name).await?;
+        if let Some(uuid) = self.uuid_of(name)
+            && let Err(e) = self.cluster.disown(&uuid).await
+        {
+            // Stopping a VM must not fail on an outage; the host lease bounds how long
+            // the stale ownership lasts if this broker goes away.
+            tracing::warn!(domain = %name, %uuid, "cannot give up ownership in etcd: {}",
+                xenchan_basics::chain(&e));
+        }
+        Ok(released)
+    }
+
+    /// Records what the agent applied in etcd (best effort, in the background: a session
+    /// never waits on etcd; the local store has it either way).
+    fn publish_applied(&self, name: &str, generation: u64, digest: String, lineage: String) {
+        let Some(uuid) = self.uuid_of(name) else {
+            return;
+        };
+        let cluster = Arc::clone(&self.cluster);
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let a = xenchan_cluster::Applied {
+                lineage,
+                generation,
+                digest,
+            };
+            if let Err(e) = cluster.record_applied(&uuid, &a).await {
+                tracing::debug!(domain = %name, "applied state not recorded in etcd: {}",
+                    xenchan_basics::chain(&e));
+            }
+        });
+    }
+}
+
+impl Store for EtcdStore {
+    fn lineage(&self) -> &xenchan_protocol::Lineage {
+        &self.lineage
+    }
+
+    fn load_all(&self) -> StoreFuture<'_, Vec<DomainRecord>> {
+        Box::pin(async move {
+            let records = self.local.load_all().await?;
+            for r in &records {
+                self.remember(&r.name, r.uuid.as_deref());
+            }
+            Ok(records)
+        })
+    }
+
+    fn lease_conflict<'a>(
+        &'a self,
+        name: &'a str,
+        wanted: &'a [Lease],
+    ) -> StoreFuture<'a, Option<LeaseConflict>> {
+        Box::pin(self.conflict(name, wanted))
+    }
+
+    fn put_config<'a>(
+        &'a self,
+        req: PutRequest<'a>,
+    ) -> StoreFuture<'a, Result<PutOutcome, PutRefusal>> {
+        Box::pin(self.put(req))
+    }
+
+    fn delete_config<'a>(&'a self, name: &'a str, keep_row: bool) -> StoreFuture<'a, Deleted> {
+        Box::pin(self.delete(name, keep_row))
+    }
+
+    fn forget_unconfigured<'a>(&'a self, name: &'a str) -> StoreFuture<'a, ()> {
+        self.local.forget_unconfigured(name)
+    }
+
+    fn prepare<'a>(
+        &'a self,
+        req: PrepareRequest<'a>,
+    ) -> StoreFuture<'a, Result<Prepared, PrepareRefusal>> {
+        Box::pin(self.do_prepare(req))
+    }
+
+    fn release<'a>(&'a self, name: &'a str) -> StoreFuture<'a, Option<bool>> {
+        Box::pin(self.do_release(name))
+    }
+
+    fn record_applied<'a>(
+        &'a self,
+        name: &'a str,
+        applied: Option<&'a Applied>,
+        reported_uuid: Option<&'a str>,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.local
+                .record_applied(name, applied, reported_uuid)
+                .await?;
+            if let Some(a) = applied {
+                self.publish_applied(
+                    name,
+                    a.generation,
+                    a.digest.to_string(),
+                    a.lineage
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                );
+            }
+            Ok(())
+        })
+    }
+
+    fn record_result<'a>(
+        &'a self,
+        name: &'a str,
+        result: &'a ApplyResult,
+    ) -> StoreFuture<'a, String> {
+        Box::pin(async move {
+            let at = self.local.record_result(name, result).await?;
+            if result.all_ok() {
+                self.publish_applied(
+                    name,
+                    result.generation,
+                    result.digest.to_string(),
+                    String::new(),
+                );
+            }
+            Ok(at)
+        })
+    }
+
+    fn record_facts<'a>(&'a self, name: &'a str, facts: &'a GuestFacts) -> StoreFuture<'a, ()> {
+        self.local.record_facts(name, facts)
+    }
+
+    fn set_error<'a>(&'a self, name: &'a str, error: Option<&'a str>) -> StoreFuture<'a, ()> {
+        self.local.set_error(name, error)
+    }
+
+    fn event<'a>(
+        &'a self,
+        domain: Option<&'a str>,
+        kind: &'a str,
+        detail: &'a str,
+    ) -> StoreFuture<'a, ()> {
+        self.local.event(domain, kind, detail)
+    }
+
+    fn recent_events(&self, n: usize) -> StoreFuture<'_, Vec<EventRow>> {
+        self.local.recent_events(n)
+    }
+
+    fn leases(&self) -> StoreFuture<'_, Vec<LeaseRow>> {
+        self.local.leases()
+    }
+
+    fn history<'a>(&'a self, name: &'a str) -> StoreFuture<'a, Vec<HistoryRow>> {
+        self.local.history(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_keys_round_trip_to_the_brokers_spelling() {
+        for (kind, value, key) in [
+            ("address", "192.0.2.10", "addr/192.0.2.10"),
+            ("address", "2001:db8::1", "addr/2001:db8::1"),
+            ("hostname", "web1.example.com", "host/web1.example.com"),
+        ] {
+            let l = Lease {
+                kind,
+                value: value.into(),
+                path: "x".into(),
+            };
+            assert_eq!(lease_key(&l), key);
+            assert_eq!(lease_text(key), l.to_string());
+            assert!(xenchan_cluster::check_lease(key).is_ok(), "{key}");
+        }
+    }
+
+    #[test]
+    fn store_keys_are_named_in_config_errors() {
+        let mut c = Config::default();
+        c.store.backend = crate::config::Backend::Etcd;
+        c.store.endpoints = vec!["http://127.0.0.1:2379".into()];
+        c.store.host = Some("dom0-a".into());
+        let cc = cluster_config(&c).unwrap();
+        assert_eq!(cc.host, "dom0-a");
+        assert_eq!(cc.timeouts.host_ttl, std::time::Duration::from_secs(10));
+        c.store.host = None;
+        assert!(!cluster_config(&c).unwrap().host.is_empty());
+        c.store.prefix = "nope".into();
+        assert_eq!(cluster_config(&c).unwrap_err().0, "store.prefix");
+    }
+}
