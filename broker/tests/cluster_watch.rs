@@ -13,6 +13,15 @@ use xenchan_broker::config::{Backend, Config};
 
 const U: &str = "6f1c2b1e-0d3a-4c8e-9a51-2b7e0c4d9f10";
 
+/// The domain's agent reports its VM's UUID: in cluster mode every domain has one
+/// recorded, and identity fails closed (an agent reporting none gets nothing).
+fn vm_peer() -> PeerOptions {
+    PeerOptions {
+        uuid: Some(U.to_string()),
+        ..PeerOptions::default()
+    }
+}
+
 fn cluster_config(dirs: &Dirs, url: &str, prefix: &str, host: &str) -> Config {
     let mut c = dirs.config();
     c.store.backend = Backend::Etcd;
@@ -48,7 +57,7 @@ async fn a_put_through_another_broker_reaches_the_owner_and_its_agent() {
         ..PrepareRequest::default()
     };
     a.client.prepare("web1", &req).await.unwrap();
-    let peer = TestPeer::start(&da.sockets(), "web1", PeerOptions::default());
+    let peer = TestPeer::start(&da.sockets(), "web1", vm_peer());
 
     // The PUT goes through b, which does not run it.
     let cfg = sample_config("web1.example.com", "192.0.2.10/24");
@@ -96,7 +105,7 @@ async fn an_etcd_outage_refuses_writes_naming_it_and_serves_running_domains() {
     a.client.prepare("web1", &req).await.unwrap();
     let cfg = sample_config("web1.example.com", "192.0.2.10/24");
     a.client.put_config("web1", &cfg, Some(U)).await.unwrap();
-    let mut peer = TestPeer::start(&da.sockets(), "web1", PeerOptions::default());
+    let mut peer = TestPeer::start(&da.sockets(), "web1", vm_peer());
     peer.wait("the config", |r| r.results == 1).await;
 
     server.kill();
@@ -112,7 +121,7 @@ async fn an_etcd_outage_refuses_writes_naming_it_and_serves_running_domains() {
     let v = a.client.get_domain("web1").await.unwrap();
     assert_eq!(v.desired_generation, Some(1));
     peer.remove();
-    let peer = TestPeer::start(&da.sockets(), "web1", PeerOptions::default());
+    let peer = TestPeer::start(&da.sockets(), "web1", vm_peer());
     peer.wait("re-attached during the outage", |r| !r.hellos.is_empty())
         .await;
     a.wait_domain("web1", "configured again", |v| {
