@@ -11,7 +11,6 @@
 //! # Ok(()) }
 //! ```
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,7 +23,11 @@ use tokio::net::UnixStream;
 use xenchan_protocol::config::GuestConfig;
 
 use crate::paths::MAX_SOCKET_PATH;
-use crate::types::{ApiError, DeleteResult, DomainView, Health, PrepareRequest, ReleaseResult};
+use crate::query::{DomainQuery, EventQuery, NEXT_CURSOR_HEADER, encode};
+use crate::types::{
+    ApiError, DeleteResult, DomainPage, DomainView, EventPage, Health, PrepareRequest,
+    ReleaseResult,
+};
 
 /// Default deadline of one request.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -92,17 +95,28 @@ pub struct Client {
     timeout: Duration,
 }
 
-/// Percent-encodes a path segment or query value (everything but unreserved characters).
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
+/// A success's JSON, or the error document of a refusal.
+fn decode<T: serde::de::DeserializeOwned>(
+    status: StatusCode,
+    bytes: &[u8],
+) -> Result<T, ClientError> {
+    if status.is_success() {
+        serde_json::from_slice(bytes).map_err(|source| ClientError::Decode {
+            status: status.as_u16(),
+            source,
+        })
+    } else {
+        let error = serde_json::from_slice::<ApiError>(bytes).unwrap_or_else(|_| {
+            ApiError::msg(format!(
+                "{status}: {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).trim()
+            ))
+        });
+        Err(ClientError::Api {
+            status: status.as_u16(),
+            error,
+        })
     }
-    out
 }
 
 impl Client {
@@ -133,6 +147,17 @@ impl Client {
         path_and_query: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
+        let (status, _, body) = self.request_full(method, path_and_query, body).await?;
+        Ok((status, body))
+    }
+
+    /// [`Client::request`] with the response headers.
+    async fn request_full(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, hyper::HeaderMap, Bytes), ClientError> {
         if self.socket.as_os_str().len() > MAX_SOCKET_PATH {
             return Err(ClientError::PathTooLong(self.socket.clone()));
         }
@@ -146,7 +171,7 @@ impl Client {
         method: Method,
         path_and_query: &str,
         body: Option<Vec<u8>>,
-    ) -> Result<(StatusCode, Bytes), ClientError> {
+    ) -> Result<(StatusCode, hyper::HeaderMap, Bytes), ClientError> {
         let stream =
             UnixStream::connect(&self.socket)
                 .await
@@ -173,6 +198,7 @@ impl Client {
         let result = async {
             let resp = sender.send_request(req).await.map_err(ClientError::Http)?;
             let status = resp.status();
+            let headers = resp.headers().clone();
             let body = Limited::new(resp.into_body(), MAX_RESPONSE)
                 .collect()
                 .await
@@ -181,7 +207,7 @@ impl Client {
                     Err(_) => ClientError::TooLarge,
                 })?
                 .to_bytes();
-            Ok((status, body))
+            Ok((status, headers, body))
         }
         .await;
         driver.abort();
@@ -194,24 +220,8 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<T, ClientError> {
-        let (status, bytes) = self.request(method, path, body).await?;
-        if status.is_success() {
-            serde_json::from_slice(&bytes).map_err(|source| ClientError::Decode {
-                status: status.as_u16(),
-                source,
-            })
-        } else {
-            let error = serde_json::from_slice::<ApiError>(&bytes).unwrap_or_else(|_| {
-                ApiError::msg(format!(
-                    "{status}: {}",
-                    String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).trim()
-                ))
-            });
-            Err(ClientError::Api {
-                status: status.as_u16(),
-                error,
-            })
-        }
+        let (status, _, bytes) = self.request_full(method, path, body).await?;
+        decode(status, &bytes)
     }
 
     /// `GET /v1/health`.
@@ -222,6 +232,38 @@ impl Client {
     /// `GET /v1/domains`.
     pub async fn list(&self) -> Result<Vec<DomainView>, ClientError> {
         self.call(Method::GET, "/v1/domains", None).await
+    }
+
+    /// `GET /v1/domains?...`: the domains that pass `query`'s filters, by name, one page
+    /// (all of them when `query.limit` is `None`).
+    pub async fn list_page(&self, query: &DomainQuery) -> Result<DomainPage, ClientError> {
+        let q = query.to_query();
+        let path = if q.is_empty() {
+            "/v1/domains".to_string()
+        } else {
+            format!("/v1/domains?{q}")
+        };
+        let (status, headers, bytes) = self.request_full(Method::GET, &path, None).await?;
+        let domains: Vec<DomainView> = decode(status, &bytes)?;
+        let next_cursor = headers
+            .get(NEXT_CURSOR_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        Ok(DomainPage {
+            domains,
+            next_cursor,
+        })
+    }
+
+    /// `GET /v1/events?...`: one page of the event log, newest first.
+    pub async fn events(&self, query: &EventQuery) -> Result<EventPage, ClientError> {
+        let q = query.to_query();
+        let path = if q.is_empty() {
+            "/v1/events".to_string()
+        } else {
+            format!("/v1/events?{q}")
+        };
+        self.call(Method::GET, &path, None).await
     }
 
     /// `GET /v1/domains/{name}`.

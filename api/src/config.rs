@@ -73,6 +73,8 @@ pub struct Config {
     pub limits: Limits,
     /// What counts as a lease besides addresses.
     pub leases: Leases,
+    /// Who may call the control API (roles by group).
+    pub control: Control,
 }
 
 impl Default for Config {
@@ -91,6 +93,7 @@ impl Default for Config {
             timeouts: Timeouts::default(),
             limits: Limits::default(),
             leases: Leases::default(),
+            control: Control::default(),
         }
     }
 }
@@ -257,8 +260,12 @@ pub struct Limits {
     pub hook_stderr: usize,
     /// Older configurations kept per domain in the generation history.
     pub history: usize,
-    /// Rows kept in the event log.
+    /// Rows kept in the event log, all domains together. Past it, the domains with the
+    /// most events lose their oldest first (a quiet domain keeps its history).
     pub events: usize,
+    /// Rows kept in the event log per domain (broker-wide events count as one domain;
+    /// at most `events`): a noisy domain drops its own oldest events, never another's.
+    pub events_per_domain: usize,
     /// Hook runs waiting for the background hook runner; more are dropped and counted.
     pub hook_queue: usize,
 }
@@ -274,8 +281,16 @@ impl Default for Limits {
             hook_stderr: 4096,
             history: 20,
             events: 100_000,
+            events_per_domain: 1000,
             hook_queue: 1024,
         }
+    }
+}
+
+impl Limits {
+    /// The per-domain event bound in effect: `events_per_domain`, at most `events`.
+    pub fn events_per_domain(&self) -> usize {
+        self.events_per_domain.min(self.events)
     }
 }
 
@@ -290,6 +305,27 @@ pub struct Leases {
 impl Default for Leases {
     fn default() -> Self {
         Leases { hostname: true }
+    }
+}
+
+/// Roles on the control socket (docs/API.md, "Roles"). The broker reads the caller's
+/// uid, gid and pid from the connection (`SO_PEERCRED`) and its supplementary groups from
+/// the process (or the group database); root and the broker's own user are operators.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Control {
+    /// Members may make every call.
+    pub operator_group: String,
+    /// Members may make GET calls (domains, events, health, metrics).
+    pub read_only_group: String,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Control {
+            operator_group: defaults::OPERATOR_GROUP.to_string(),
+            read_only_group: defaults::READ_ONLY_GROUP.to_string(),
+        }
     }
 }
 
@@ -446,7 +482,28 @@ impl Config {
         range("limits.hook_stderr", l.hook_stderr, 64, 1024 * 1024)?;
         range("limits.history", l.history, 1, 100_000)?;
         range("limits.events", l.events, 100, 100_000_000)?;
+        range(
+            "limits.events_per_domain",
+            l.events_per_domain,
+            10,
+            100_000_000,
+        )?;
         range("limits.hook_queue", l.hook_queue, 1, 1_000_000)?;
+        for (key, g) in [
+            ("control.operator_group", &self.control.operator_group),
+            ("control.read_only_group", &self.control.read_only_group),
+        ] {
+            if g.is_empty()
+                || g.len() > 64
+                || g.chars()
+                    .any(|c| c.is_control() || c == ':' || c.is_whitespace())
+            {
+                return Err(bad(
+                    key,
+                    format!("`{}` is not a group name", g.escape_debug()),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -590,6 +647,33 @@ hostname = false
             .unwrap_err()
             .to_string();
         assert!(e.contains("socket_dir"), "{e}");
+    }
+
+    #[test]
+    fn control_roles_and_event_retention_keys() {
+        let c = parse("[control]\noperator_group = \"ops\"\nread_only_group = \"mon\"\n[limits]\nevents = 5000\nevents_per_domain = 50").unwrap();
+        assert_eq!(c.control.operator_group, "ops");
+        assert_eq!(c.control.read_only_group, "mon");
+        assert_eq!(c.limits.events_per_domain, 50);
+        assert_eq!(parse(&c.to_toml()).unwrap(), c);
+        let d = Config::default();
+        assert_eq!(d.control.operator_group, "xenchan");
+        assert_eq!(d.control.read_only_group, "xenchan-ro");
+        let e = parse("[control]\noperator_group = \"a b\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("control.operator_group"), "{e}");
+        let e = parse("[control]\nadmin_group = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("admin_group"), "{e}");
+        let e = parse("[limits]\nevents_per_domain = 1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limits.events_per_domain"), "{e}");
+        // Per domain is capped by the whole log.
+        let c = parse("[limits]\nevents = 100").unwrap();
+        assert_eq!(c.limits.events_per_domain(), 100);
     }
 
     #[test]

@@ -15,3 +15,9 @@ pub const STATE_DIR: &str = "/var/lib/xenchan";
 
 /// Folder of hook executables.
 pub const HOOKS_DIR: &str = "/etc/xenchan/hooks";
+
+/// The group of operators (every control API call); the package creates it.
+pub const OPERATOR_GROUP: &str = "xenchan";
+
+/// The group of read-only callers (GET calls and metrics); the package creates it.
+pub const READ_ONLY_GROUP: &str = "xenchan-ro";

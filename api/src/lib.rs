@@ -6,6 +6,7 @@
 //! - [`client::Client`]: an async client over the control unix socket;
 //! - [`names`]: [`DomainName`], [`VmUuid`] and [`SocketPath`], validated on parse;
 //! - [`paths`]: the same checks as plain functions, for code that keeps a `&str`;
+//! - [`query`]: the query strings of the list endpoints (filters and paging);
 //! - [`defaults`]: the default locations (control socket, socket folder, state...);
 //! - [`config`]: the broker's configuration-file schema, the contract between the broker
 //!   that reads `broker.toml` and the tools that write one;
@@ -17,6 +18,7 @@ pub mod defaults;
 pub mod hook_config;
 pub mod names;
 pub mod paths;
+pub mod query;
 pub mod types;
 
 pub use client::{Client, ClientError};

@@ -263,3 +263,90 @@ pub struct ReleaseResult {
     /// unknown or already released domain (still a success).
     pub released: bool,
 }
+
+/// A role on the control socket (docs/API.md, "Roles").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// GET calls: domains, events, health, metrics.
+    ReadOnly,
+    /// Every call.
+    Operator,
+}
+
+impl Role {
+    /// The wire name (`read-only`, `operator`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::ReadOnly => "read-only",
+            Role::Operator => "operator",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The body of a 403: the role the call needs and who asked. Read as an [`ApiError`] it
+/// is the `error` sentence (the other fields are ignored there).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forbidden {
+    /// What went wrong, in one sentence (names the role and the uid).
+    pub error: String,
+    /// The role the call needs.
+    pub role: Role,
+    /// The caller's uid.
+    pub uid: u32,
+}
+
+/// Who made the API call that caused an event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallerView {
+    /// The caller's uid (`SO_PEERCRED`).
+    pub uid: u32,
+    /// Its process id at the time of the call.
+    pub pid: Option<i32>,
+    /// Its command name (`/proc/<pid>/comm`), when the broker could read it.
+    pub comm: Option<String>,
+}
+
+/// One entry of the event log (`GET /v1/events`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventView {
+    /// Its position in the log (grows with every event).
+    pub id: u64,
+    /// When (RFC 3339, UTC).
+    pub at: String,
+    /// The domain it is about (`null`: the broker itself, e.g. `start`).
+    pub domain: Option<String>,
+    /// What happened (`config`, `delete`, `prepare`, `release`, `result`, `error`...).
+    pub kind: String,
+    /// The details.
+    pub detail: String,
+    /// The API caller that caused it (`null`: the broker's own doing, e.g. a result
+    /// from a guest).
+    #[serde(default)]
+    pub caller: Option<CallerView>,
+}
+
+/// `GET /v1/events`: one page, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventPage {
+    /// The events.
+    pub events: Vec<EventView>,
+    /// Pass as `cursor` for the next (older) page; `null`: this was the last one.
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /v1/domains` with paging: one page, by name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DomainPage {
+    /// The domains.
+    pub domains: Vec<DomainView>,
+    /// Pass as `cursor` for the next page (the `x-next-cursor` header); `null`: this was
+    /// the last one.
+    pub next_cursor: Option<String>,
+}

@@ -1,7 +1,8 @@
 //! Synchronous hooks in the manner of libvirt's: every executable in the hooks folder is
 //! called as `hook <domain> <event> <phase> <extra|->` with the domain's JSON on stdin,
-//! under a deadline (the hook's process group is killed past it), and its stderr is kept
-//! up to a bound. Hooks are never run while a lock the API needs is held; a hook that
+//! under a deadline (`timeouts.hook`, for all the hooks of one call together: the hook
+//! running past it is killed with its process group, and the kill logged), and its stderr
+//! is kept up to a bound. Hooks are never run while a lock the API needs is held; a hook that
 //! calls back into the broker's API therefore works, though it should not need to.
 //!
 //! `prepare begin` hooks run before a configuration is accepted and a failure aborts it;
@@ -41,8 +42,11 @@ pub struct HookFailure {
     pub hook: String,
     /// Exit status, signal, timeout or spawn error.
     pub reason: String,
-    /// What it wrote on stderr (bounded, trimmed).
+    /// What it wrote on stderr (bounded, trimmed; for a killed hook, what it wrote
+    /// before).
     pub stderr: String,
+    /// It ran past the deadline and was killed.
+    pub timed_out: bool,
 }
 
 impl std::fmt::Display for HookFailure {
@@ -114,10 +118,13 @@ impl Hooks {
         }
     }
 
-    /// Runs every hook for `call` in name order and stops at the first failure.
+    /// Runs every hook for `call` in name order and stops at the first failure. The
+    /// hooks share one deadline (`timeouts.hook`), so the API request waiting for them
+    /// (`timeouts.request`, longer) always gets their verdict, however many there are.
     pub async fn run(&self, call: &HookCall) -> Result<(), HookFailure> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
         for hook in self.list() {
-            let r = run_one(&hook, call, self.timeout, self.stderr_limit).await;
+            let r = run_one(&hook, call, deadline, self.timeout, self.stderr_limit).await;
             self.metrics.hook(r.is_ok());
             r?;
         }
@@ -153,9 +160,14 @@ fn list_hooks(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// After a hook exits, how long its stderr may stay open (a background child holding
+/// it) before the broker stops reading and answers with what it has.
+const STDERR_GRACE: Duration = Duration::from_millis(200);
+
 async fn run_one(
     hook: &Path,
     call: &HookCall,
+    deadline: tokio::time::Instant,
     timeout: Duration,
     stderr_limit: usize,
 ) -> Result<(), HookFailure> {
@@ -167,6 +179,7 @@ async fn run_one(
         hook: name.clone(),
         reason,
         stderr,
+        timed_out: false,
     };
     let extra = if call.extra.is_empty() {
         "-"
@@ -194,31 +207,45 @@ async fn run_one(
         }
     });
     let mut stderr = child.stderr.take();
-    let read_err = async move {
-        let mut kept = Vec::new();
-        if let Some(s) = stderr.as_mut() {
-            let mut buf = [0u8; 4096];
-            loop {
-                match s.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        let room = stderr_limit.saturating_sub(kept.len());
-                        kept.extend_from_slice(&buf[..n.min(room)]);
+    // Kept outside the reading future, so a killed hook's stderr so far is still there.
+    let mut kept = Vec::new();
+    let status = {
+        let read_err = async {
+            if let Some(s) = stderr.as_mut() {
+                let mut buf = [0u8; 4096];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            let room = stderr_limit.saturating_sub(kept.len());
+                            kept.extend_from_slice(&buf[..n.min(room)]);
+                        }
                     }
                 }
             }
+        };
+        let mut read_err = std::pin::pin!(read_err);
+        let mut read_done = false;
+        let waited = tokio::time::timeout_at(deadline, async {
+            loop {
+                tokio::select! {
+                    s = child.wait() => break s,
+                    () = &mut read_err, if !read_done => read_done = true,
+                }
+            }
+        })
+        .await;
+        if waited.is_ok() && !read_done {
+            // The hook is done; a child it left behind may hold stderr open: what it
+            // wrote so far is its answer.
+            let _ = tokio::time::timeout(STDERR_GRACE, &mut read_err).await;
         }
-        kept
+        waited
     };
-    let outcome = tokio::time::timeout(timeout, async {
-        let (status, err) = tokio::join!(child.wait(), read_err);
-        (status, err)
-    })
-    .await;
     writer.abort();
-    match outcome {
-        Ok((Ok(status), err)) => {
-            let text = clean_stderr(&err, stderr_limit);
+    let text = clean_stderr(&kept, stderr_limit);
+    match status {
+        Ok(Ok(status)) => {
             if status.success() {
                 Ok(())
             } else if let Some(code) = status.code() {
@@ -227,7 +254,7 @@ async fn run_one(
                 Err(fail(format!("was killed ({status})"), text))
             }
         }
-        Ok((Err(e), _)) => Err(fail(format!("could not be waited for: {e}"), String::new())),
+        Ok(Err(e)) => Err(fail(format!("could not be waited for: {e}"), String::new())),
         Err(_) => {
             if let Some(pid) = pid {
                 // The whole group: a shell hook's children must not outlive it.
@@ -237,10 +264,22 @@ async fn run_one(
                 );
             }
             let _ = child.kill().await;
-            Err(fail(
-                format!("timed out after {} ms and was killed", timeout.as_millis()),
-                String::new(),
-            ))
+            tracing::warn!(
+                hook = %hook.display(),
+                pid = ?pid,
+                domain = %call.domain,
+                event = call.event,
+                phase = call.phase,
+                "hook killed: it ran past timeouts.hook ({} ms)",
+                timeout.as_millis()
+            );
+            Err(HookFailure {
+                timed_out: true,
+                ..fail(
+                    format!("timed out after {} ms and was killed", timeout.as_millis()),
+                    text,
+                )
+            })
         }
     }
 }

@@ -9,6 +9,7 @@
 //! [`cli::Args`] is the binary's command line.
 
 pub mod api;
+pub mod audit;
 pub mod cli;
 /// The control API client (moved to the API crate; the path stays for the broker's code).
 pub use xenchan_api::client;
@@ -46,6 +47,7 @@ use crate::domains::Shared;
 use crate::hooks::Hooks;
 use crate::lock::StateLock;
 use crate::metrics::Metrics;
+use crate::store::sqlite::EventRetention;
 use crate::store::{SqliteStore, Store};
 
 /// Why the broker could not start (or stopped on an error).
@@ -137,10 +139,13 @@ pub async fn run(
         tracing::warn!("{warning}");
     }
 
-    let (sqlite, store_thread) = SqliteStore::open(
+    let (sqlite, store_thread) = SqliteStore::open_with(
         &config.db_path(),
         config.limits.history,
-        config.limits.events,
+        EventRetention {
+            total: config.limits.events,
+            per_domain: config.limits.events_per_domain(),
+        },
     )?;
     let store: Arc<dyn Store> = Arc::new(sqlite);
     let records = store.load_all().await?;

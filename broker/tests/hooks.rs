@@ -1,11 +1,18 @@
-//! Hooks: a failing prepare hook aborts the config with its stderr; every lifecycle
-//! event calls the hooks with the documented arguments and the domain's JSON; a hung
-//! hook is killed at its deadline; other failures are counted, not fatal.
+//! Hooks: a failing prepare hook aborts the config with its stderr (422, however slow
+//! and whatever it leaves running); every lifecycle event calls the hooks with the
+//! documented arguments and the domain's JSON; a hung hook is killed at its deadline
+//! (504 naming it, and a log line); other failures are counted, not fatal.
 
 mod support;
 
-use support::{DEADLINE, Dirs, PeerOptions, TestBroker, TestPeer, sample_config, wait_until};
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::{
+    DEADLINE, Dirs, PeerOptions, TestBroker, TestPeer, sample_config, wait_until, write_config,
+};
 use xenchan_broker::api::types::DomainState;
+use xenchan_broker::client::Client;
 use xenchan_broker::client::ClientError;
 
 fn metric(text: &str, name: &str) -> u64 {
@@ -163,13 +170,118 @@ async fn a_hung_prepare_hook_is_killed_at_its_deadline_and_blocks_nobody() {
         "{:?}",
         t.elapsed()
     );
-    let ClientError::Api { status: 422, error } = e else {
+    let ClientError::Api { status: 504, error } = e else {
         panic!("{e}")
     };
     assert!(
-        error.error.contains("timed out after 1500 ms"),
+        error
+            .error
+            .contains("prepare hook 10-hang did not finish within timeouts.hook (1500 ms)"),
         "{}",
         error.error
     );
     broker.stop().await.unwrap();
+}
+
+/// The shipped deadlines (hook 5 s < request 8 s): a prepare hook that takes its time
+/// and then says no, and leaves a child holding its stderr, is a 422 with its message,
+/// not a request timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_refusing_hook_is_422_with_its_stderr() {
+    let dirs = Dirs::new();
+    dirs.hook(
+        "10-slow-no",
+        "sleep 2; echo \"no capacity for $1 on this host\" >&2; sleep 3 & exit 1",
+    );
+    let mut config = dirs.config();
+    let defaults = xenchan_broker::config::Timeouts::default();
+    config.timeouts.hook = defaults.hook;
+    config.timeouts.request = defaults.request;
+    let broker = TestBroker::start(config).await;
+    let t = std::time::Instant::now();
+    let e = broker
+        .client
+        .put_config("web1", &sample_config("web1", "192.0.2.74/24"), None)
+        .await
+        .unwrap_err();
+    let ClientError::Api { status, error } = e else {
+        panic!("{e}")
+    };
+    assert_eq!(status, 422, "{}", error.error);
+    assert_eq!(
+        error.error,
+        "prepare hook refused: no capacity for web1 on this host"
+    );
+    // Answered when the hook exited, not when its child let go of stderr.
+    assert!(
+        t.elapsed() < Duration::from_millis(4500),
+        "{:?}",
+        t.elapsed()
+    );
+    broker.stop().await.unwrap();
+}
+
+/// A hook sleeping past `timeouts.hook` is killed: the caller gets 504 naming it and
+/// what it said before, and the broker's log says which hook it killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overrunning_hook_is_504_naming_it_and_its_kill_is_logged() {
+    let dirs = Dirs::new();
+    dirs.hook(
+        "20-overrun",
+        "[ \"$2 $3\" = 'prepare begin' ] || exit 0; echo 'asking the IPAM' >&2; exec sleep 60",
+    );
+    let mut config = dirs.config();
+    config.timeouts.hook = 1000;
+    let path = write_config(dirs.root.path(), &config);
+    let log_path = dirs.root.path().join("broker.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_xenchan-broker"))
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the broker binary");
+    let client = Client::new(&config.control_socket).with_timeout(Duration::from_secs(10));
+    wait_until("the child broker's API", DEADLINE, || {
+        let c = client.clone();
+        async move { c.health().await.ok() }
+    })
+    .await;
+    let e = client
+        .put_config("web2", &sample_config("web2", "192.0.2.75/24"), None)
+        .await
+        .unwrap_err();
+    let ClientError::Api { status, error } = e else {
+        panic!("{e}")
+    };
+    assert_eq!(status, 504, "{}", error.error);
+    assert_eq!(
+        error.error,
+        "prepare hook 20-overrun did not finish within timeouts.hook (1000 ms) and was \
+         killed; its stderr: asking the IPAM"
+    );
+    // Nothing was stored.
+    assert_eq!(
+        client.get_domain("web2").await.unwrap_err().status(),
+        Some(404)
+    );
+    let line = wait_until("the kill in the broker's log", DEADLINE, || {
+        let p = log_path.clone();
+        async move {
+            let text = std::fs::read_to_string(&p).ok()?;
+            text.lines()
+                .find(|l| l.contains("hook killed"))
+                .map(str::to_string)
+        }
+    })
+    .await;
+    assert!(line.contains("20-overrun"), "{line}");
+    assert!(line.contains("web2"), "{line}");
+    assert!(line.contains("1000 ms"), "{line}");
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
 }

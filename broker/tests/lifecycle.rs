@@ -330,3 +330,34 @@ async fn a_channel_path_outside_the_socket_folder_is_used_for_the_connection() {
     broker.stop().await.unwrap();
     assert_eq!(peer.record().max_open, 1);
 }
+
+/// A VM undefined (`virsh undefine`) and defined again under another name keeps its
+/// UUID: the refusal says how to clear the old registration, and doing so works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uuid_still_registered_to_an_undefined_vm_says_how_to_clear_it() {
+    let dirs = Dirs::new();
+    let broker = TestBroker::start(dirs.config()).await;
+    let c = &broker.client;
+    c.prepare("old-name", &request(Some(U1), None))
+        .await
+        .unwrap();
+    let (status, err) = api_error(
+        c.prepare("new-name", &request(Some(U1), None))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(status, 409);
+    assert!(
+        err.error
+            .contains("clear it with `xenchan domain rm old-name`"),
+        "{}",
+        err.error
+    );
+    c.delete("old-name").await.unwrap();
+    let v = c
+        .prepare("new-name", &request(Some(U1), None))
+        .await
+        .unwrap();
+    assert_eq!(v.uuid.as_deref(), Some(U1));
+    broker.stop().await.unwrap();
+}

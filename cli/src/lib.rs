@@ -21,6 +21,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use xenchan_api::client::{Client, ClientError};
+use xenchan_api::query::{self, DomainQuery, EventQuery};
+use xenchan_api::types::DomainState;
 use xenchan_api::{DomainName, VmUuid};
 use xenchan_basics::{Exit, chain};
 use xenchan_protocol::config::{
@@ -43,10 +45,12 @@ Examples:
       --address 192.0.2.10/24 --gateway 192.0.2.1 --dns 192.0.2.53 \\
       --ssh-key-file ~/.ssh/id_ed25519.pub
   xenchan domain list
+  xenchan domain ls --state failed --prefix web
   xenchan domain get web1 --json | jq .state
   xenchan domain push web1
   xenchan domain rm web1
   xenchan status
+  xenchan events --domain web1 --since 1h
   xenchan registry check org.example.cloud.agent.1
   xenchan xl-channel web1 --xl-4.17-workaround >> /etc/xen/web1.cfg
   xenchan hook web1 prepare begin - < web1.xml     (what a libvirt hook runs)
@@ -56,8 +60,11 @@ Exit codes:
   2  usage error (bad options)
   65 bad data: the broker refused the request (400 invalid config, 404 unknown domain,
      409 lease conflict, 422 prepare hook refused), or a local file is not valid
-  69 the broker is unavailable (socket missing, refused, timed out, 5xx)
+  69 the broker is unavailable (socket missing, refused, timed out, 5xx; 504: a
+     prepare hook overran and was killed)
   74 I/O error (reading a file, a broken exchange)
+  77 no permission: the call needs a role you do not have (403; groups xenchan for
+     operators, xenchan-ro for read-only)
   78 configuration error (unusable socket path, bad registry files)"
 )]
 pub struct Cli {
@@ -102,6 +109,9 @@ pub enum Command {
     Domain(Box<DomainCommand>),
     /// Show the broker's health and how many domains are in each state.
     Status,
+    /// Show the event log: what happened to which domain, and which caller did it.
+    #[command(after_help = EVENTS_HELP)]
+    Events(EventsArgs),
     #[command(about = xenchan_registry::cli::ABOUT, after_help = xenchan_registry::cli::AFTER_HELP)]
     /// Channel-name registry.
     #[command(subcommand)]
@@ -141,8 +151,9 @@ held by another domain; prepare hook refused); 69 broker unavailable; 74 unreada
         /// The domain (its socket file stem).
         name: String,
     },
-    /// List every domain the broker knows.
-    List,
+    /// List the domains the broker knows (all, or those the filters pass).
+    #[command(visible_alias = "ls", after_help = LIST_HELP)]
+    List(ListArgs),
     /// Remove a domain's configuration and release its leases (safe to repeat).
     Rm {
         /// The domain.
@@ -159,6 +170,115 @@ held by another domain; prepare hook refused); 69 broker unavailable; 74 unreada
         /// The domain.
         name: String,
     },
+}
+
+const LIST_HELP: &str = "\
+Read-only callers (group xenchan-ro) may list. With --limit, the list is one page:
+the command prints the --cursor of the next page on stderr when there is one.
+
+Examples:
+  xenchan domain ls
+  xenchan domain ls --state failed
+  xenchan domain ls --prefix web --limit 100
+  xenchan domain ls --prefix web --limit 100 --cursor web0100";
+
+/// `xenchan domain list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only domains in this state (pending, connecting, handshaking, pushing, configured,
+    /// failed, unresponsive, identity-mismatch, version-mismatch, error, idle).
+    #[arg(long, value_name = "STATE", value_parser = parse_state)]
+    state: Option<DomainState>,
+    /// Only domains whose name starts with this.
+    #[arg(long, value_name = "TEXT")]
+    prefix: Option<String>,
+    /// At most this many domains (one page).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    limit: Option<u64>,
+    /// Continue after this name (the cursor the previous page printed).
+    #[arg(long, value_name = "NAME")]
+    cursor: Option<DomainName>,
+}
+
+fn parse_state(s: &str) -> Result<DomainState, String> {
+    DomainState::ALL
+        .into_iter()
+        .find(|d| d.as_str() == s)
+        .ok_or_else(|| {
+            let all: Vec<&str> = DomainState::ALL.iter().map(|d| d.as_str()).collect();
+            format!("not a state (one of: {})", all.join(", "))
+        })
+}
+
+const EVENTS_HELP: &str = "\
+Events are listed oldest first, the newest last; each names the API caller that
+caused it (uid, command and pid), or `-` for the broker's own doing (results from
+guests, start, stop). The broker keeps limits.events_per_domain events per domain
+and limits.events in all (docs/BROKER.md). Read-only callers may read them.
+
+Times (--since, --until) are RFC 3339 in UTC (2026-01-02T03:04:05Z) or an age:
+30s, 10m, 2h, 7d.
+
+Examples:
+  xenchan events
+  xenchan events --domain web1 --since 1h
+  xenchan events --kind config --limit 500
+  xenchan events --domain - --kind start     (the broker's own events)
+  xenchan events --follow --domain web1";
+
+/// `xenchan events`.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only this domain's events (`-`: the broker's own).
+    #[arg(long, value_name = "NAME")]
+    domain: Option<String>,
+    /// Only events of this kind (config, delete, prepare, release, result, error...).
+    #[arg(long, value_name = "KIND")]
+    kind: Option<String>,
+    /// Only events at or after this time (RFC 3339 UTC, or an age: 10m, 2h, 7d).
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// Only events before this time (RFC 3339 UTC, or an age).
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
+    /// Show the newest N events that pass the filters.
+    #[arg(long, default_value_t = 50, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1000))]
+    limit: u64,
+    /// Older events: the cursor printed after a page.
+    #[arg(long, value_name = "CURSOR")]
+    cursor: Option<String>,
+    /// Keep printing new events as they are recorded (every second) until interrupted.
+    #[arg(long, conflicts_with = "cursor")]
+    follow: bool,
+}
+
+/// A `--since`/`--until` value: an RFC 3339 UTC time, or an age (`30s`, `10m`, `2h`,
+/// `7d`) before `now_ms`.
+fn instant_arg(flag: &str, v: &str, now_ms: i64) -> Result<String, Failure> {
+    let bad = || {
+        Failure::new(
+            Exit::Usage,
+            format!(
+                "{flag} `{}`: expected an RFC 3339 UTC time (2026-01-02T03:04:05Z) or an age (30s, 10m, 2h, 7d)",
+                v.escape_debug()
+            ),
+        )
+    };
+    if let Some(unit) = v.chars().last().filter(|c| "smhd".contains(*c))
+        && let Ok(n) = v[..v.len() - 1].parse::<i64>()
+        && n >= 0
+    {
+        let per = match unit {
+            's' => 1000,
+            'm' => 60_000,
+            'h' => 3_600_000,
+            _ => 86_400_000,
+        };
+        return Ok(query::instant_from_unix_millis(
+            now_ms.saturating_sub(n.saturating_mul(per)),
+        ));
+    }
+    query::normalize_instant(v).map_err(|_| bad())
 }
 
 /// `xenchan domain set`. Every option parses into the protocol crate's typed field, so a
@@ -251,6 +371,7 @@ impl From<ClientError> for Failure {
             ClientError::Api { status, .. } if *status >= 500 || *status == 408 => {
                 Exit::Unavailable
             }
+            ClientError::Api { status: 403, .. } => Exit::NoPerm,
             ClientError::Api { .. } => Exit::DataErr,
             ClientError::Http(_) | ClientError::Decode { .. } | ClientError::TooLarge => {
                 Exit::IoErr
@@ -481,12 +602,21 @@ async fn run_domain(client: &Client, json: bool, cmd: DomainCommand) -> Result<(
                 output::domain(&mut out, &v).map_err(out_err)?;
             }
         }
-        DomainCommand::List => {
-            let list = client.list().await?;
+        DomainCommand::List(a) => {
+            let q = DomainQuery {
+                state: a.state,
+                prefix: a.prefix,
+                limit: a.limit.map(|n| n as usize),
+                cursor: a.cursor.map(|c| c.as_str().to_string()),
+            };
+            let page = client.list_page(&q).await?;
             if json {
-                print_json(&mut out, &list)?;
+                print_json(&mut out, &page.domains)?;
             } else {
-                output::domain_table(&mut out, &list).map_err(out_err)?;
+                output::domain_table(&mut out, &page.domains).map_err(out_err)?;
+            }
+            if let Some(next) = &page.next_cursor {
+                eprintln!("xenchan: more domains follow: --cursor {next}");
             }
         }
         DomainCommand::Rm { name } => {
@@ -551,6 +681,78 @@ async fn run_domain(client: &Client, json: bool, cmd: DomainCommand) -> Result<(
     Ok(())
 }
 
+async fn run_events(client: &Client, json: bool, a: EventsArgs) -> Result<(), Failure> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let mut q = EventQuery {
+        domain: a.domain,
+        kind: a.kind,
+        since: a
+            .since
+            .as_deref()
+            .map(|v| instant_arg("--since", v, now_ms))
+            .transpose()?,
+        until: a
+            .until
+            .as_deref()
+            .map(|v| instant_arg("--until", v, now_ms))
+            .transpose()?,
+        limit: Some(a.limit as usize),
+        cursor: a.cursor,
+    };
+    let mut out = std::io::stdout().lock();
+    let page = client.events(&q).await?;
+    if json && !a.follow {
+        return print_json(&mut out, &page);
+    }
+    let print = |out: &mut dyn Write, events: &[xenchan_api::types::EventView], header: bool| {
+        if json {
+            // One event per line, oldest first (JSON lines, for tools that follow).
+            for e in events.iter().rev() {
+                let line = serde_json::to_string(e).expect("API types serialise");
+                writeln!(out, "{line}").map_err(out_err)?;
+            }
+            Ok(())
+        } else {
+            output::event_table(out, events, header).map_err(out_err)
+        }
+    };
+    print(&mut out, &page.events, !a.follow || !page.events.is_empty())?;
+    if !a.follow {
+        if let Some(next) = &page.next_cursor {
+            eprintln!("xenchan: older events: --cursor {next}");
+        }
+        return Ok(());
+    }
+    out.flush().map_err(out_err)?;
+    // Follow: ask for what is newer than the last event seen, every second. The log
+    // is newest first, so a burst of more than a page between two polls is read page by
+    // page back to the last one seen.
+    let mut last = page.events.first().map_or(0, |e| e.id);
+    q.limit = Some(query::MAX_EVENT_LIMIT);
+    q.since = None;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut fresh = Vec::new();
+        q.cursor = None;
+        loop {
+            let p = client.events(&q).await?;
+            let done = p.next_cursor.is_none() || p.events.iter().any(|e| e.id <= last);
+            fresh.extend(p.events.into_iter().filter(|e| e.id > last));
+            if done {
+                break;
+            }
+            q.cursor = p.next_cursor;
+        }
+        if let Some(newest) = fresh.first() {
+            last = newest.id;
+            print(&mut out, &fresh, false)?;
+            out.flush().map_err(out_err)?;
+        }
+    }
+}
+
 async fn run_status(client: &Client, json: bool) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
     let health = client.health().await?;
@@ -605,6 +807,7 @@ pub fn main() -> ExitCode {
                 match cmd {
                     Command::Domain(d) => run_domain(&client, cli.json, *d).await,
                     Command::Status => run_status(&client, cli.json).await,
+                    Command::Events(a) => run_events(&client, cli.json, a).await,
                     Command::Registry(_) | Command::Hook(_) | Command::XlChannel(_) => {
                         unreachable!("handled above")
                     }

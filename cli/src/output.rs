@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::io::{self, Write};
 
-use xenchan_api::types::{DomainState, DomainView, Health};
+use xenchan_api::types::{DomainState, DomainView, EventView, Health};
 
 /// Writes rows as left-aligned columns separated by two spaces.
 fn table(out: &mut dyn Write, rows: &[Vec<String>]) -> io::Result<()> {
@@ -51,6 +51,45 @@ fn short_error(e: Option<&String>) -> String {
             }
         }
     }
+}
+
+/// `xenchan events`: oldest first, as a log reads.
+pub fn event_table(out: &mut dyn Write, events: &[EventView], header: bool) -> io::Result<()> {
+    let mut rows = Vec::new();
+    if header {
+        if events.is_empty() {
+            return writeln!(out, "no events");
+        }
+        rows.push(
+            ["ID", "AT", "DOMAIN", "KIND", "CALLER", "DETAIL"]
+                .map(String::from)
+                .to_vec(),
+        );
+    }
+    for e in events.iter().rev() {
+        let caller = e.caller.as_ref().map_or_else(
+            || "-".to_string(),
+            |c| {
+                let mut s = format!("uid {}", c.uid);
+                if let Some(comm) = &c.comm {
+                    let _ = write!(s, " {}", clean(comm));
+                }
+                if let Some(pid) = c.pid {
+                    let _ = write!(s, "[{pid}]");
+                }
+                s
+            },
+        );
+        rows.push(vec![
+            e.id.to_string(),
+            e.at.clone(),
+            e.domain.as_deref().map_or_else(|| "-".to_string(), clean),
+            clean(&e.kind),
+            caller,
+            clean(&e.detail),
+        ]);
+    }
+    table(out, &rows)
 }
 
 /// `xenchan domain list`.

@@ -283,3 +283,68 @@ async fn exit_codes() {
     .await;
     broker.stop().await.unwrap();
 }
+
+/// `xenchan events --follow --json` prints each new event as a JSON line as it is
+/// recorded; `--since` takes an age.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_follow_prints_new_events_as_they_come() {
+    use tokio::io::AsyncBufReadExt;
+    let dirs = Dirs::new();
+    let config = dirs.config();
+    let sock = config.control_socket.clone();
+    let broker = TestBroker::start(config).await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_xenchan"))
+        .env("XENCHAN_SOCKET", &sock)
+        .args(["events", "--follow", "--json", "--domain", "f1"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // Let it read the (empty) log first, then cause two events.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    for host in ["f1a", "f1b"] {
+        broker
+            .client
+            .put_config("f1", &sample_config(host, "192.0.2.90/24"), None)
+            .await
+            .unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let line = tokio::time::timeout(DEADLINE, lines.next_line())
+            .await
+            .expect("a followed event in time")
+            .unwrap()
+            .expect("the follower is still running");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        got.push(v);
+    }
+    assert_eq!(got[0]["kind"], "config");
+    assert!(
+        got[0]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("generation 1 ")
+    );
+    assert!(
+        got[1]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("generation 2 ")
+    );
+    assert!(got[0]["caller"]["uid"].is_u64());
+    child.kill().await.unwrap();
+
+    let o = xenchan(&sock, &["events", "--since", "1h", "--kind", "config"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).lines().count(),
+        3,
+        "a header and two events: {}",
+        text(&o)
+    );
+    let o = xenchan(&sock, &["events", "--since", "yesterday"]).await;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    broker.stop().await.unwrap();
+}

@@ -3,17 +3,22 @@
 //! Bounded everywhere: request heads (`limits.max_header`), bodies (`limits.max_body`),
 //! concurrent connections (`limits.max_connections`), one request per connection, and a
 //! deadline on each request (`timeouts.request`).
+//!
+//! Each connection's peer credentials ([`roles::peer`]) ride along with its request; the
+//! `guard` layer refuses a call the caller's role does not allow (403) and serves the
+//! others in the caller's audit scope ([`crate::audit`]), so the events they cause name
+//! the caller.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+use axum::{Extension, Router};
 use http_body_util::BodyExt;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -25,11 +30,16 @@ use tokio_util::sync::CancellationToken;
 use xenchan_basics::chain;
 use xenchan_protocol::config::{ConfigError, GuestConfig};
 
-use crate::api::types::{ApiError, Health, PrepareRequest};
+use crate::api::roles::{self, Roles};
+use crate::api::types::{
+    ApiError, DomainView, EventPage, EventView, Forbidden, Health, PrepareRequest,
+};
+use crate::audit::{self, Caller};
 use crate::domains::Shared;
 use crate::ops::{self, OpError, Prepare, PutConfig};
 use crate::paths::{canonical_uuid, check_domain_name};
-use crate::store::PutOutcome;
+use crate::store::{EventFilter, PutOutcome};
+use xenchan_api::query::{DomainQuery, EventQuery, NEXT_CURSOR_HEADER, QueryError};
 
 /// An error response.
 #[derive(Debug)]
@@ -73,6 +83,7 @@ impl From<OpError> for Fail {
                 Some(name.clone()),
             ),
             OpError::HookRefused(_) => (StatusCode::UNPROCESSABLE_ENTITY, None, None),
+            OpError::HookTimedOut { .. } => (StatusCode::GATEWAY_TIMEOUT, None, None),
             OpError::NothingToPush(_) => (StatusCode::NOT_FOUND, None, None),
             OpError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, None, None),
         };
@@ -104,11 +115,14 @@ fn valid_name(name: &str) -> Result<(), Fail> {
     check_domain_name(name).map_err(|e| fail(StatusCode::BAD_REQUEST, e))
 }
 
-/// The routes, over `shared`.
+/// The routes, over `shared`. Every request must carry its connection's [`Caller`] as
+/// an extension ([`serve`] adds it); one without is refused.
 pub fn router(shared: Arc<Shared>) -> Router {
     let request_timeout = shared.config.timeouts.request();
+    let roles = Arc::new(Roles::resolve(&shared.config.control));
     Router::new()
         .route("/v1/health", get(health))
+        .route("/v1/events", get(events))
         .route("/v1/domains", get(list))
         .route("/v1/domains/{name}", get(get_domain).delete(delete_domain))
         .route("/v1/domains/{name}/config", put(put_config))
@@ -118,6 +132,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(roles, guard))
         .layer(middleware::from_fn_with_state(
             (request_timeout, Arc::clone(&shared)),
             deadline,
@@ -139,6 +154,47 @@ async fn deadline(
         )
         .into_response(),
     }
+}
+
+/// Refuses a call the caller's role does not allow (403 naming the role and the uid),
+/// and serves the others as made by the caller (their events name it).
+async fn guard(State(roles): State<Arc<Roles>>, req: Request, next: Next) -> Response {
+    let Some(caller) = req.extensions().get::<Caller>().cloned() else {
+        return fail(
+            StatusCode::FORBIDDEN,
+            "the caller's credentials are unknown (not a unix socket connection)",
+        )
+        .into_response();
+    };
+    let need = roles::needed_role(req.method());
+    let have = roles.role_of(caller.uid, caller.gid, &caller.groups);
+    if !roles::allows(have, need) {
+        let what = format!("{} {}", req.method(), req.uri().path());
+        let error = roles.refusal(&caller, have, need, &what);
+        tracing::warn!(uid = caller.uid, pid = ?caller.pid, comm = ?caller.comm, "refused: {error}");
+        return json(
+            StatusCode::FORBIDDEN,
+            &Forbidden {
+                error,
+                role: need,
+                uid: caller.uid,
+            },
+        );
+    }
+    audit::scope(caller, next.run(req)).await
+}
+
+/// A 400 naming the query parameter at fault.
+fn bad_query(e: QueryError) -> Fail {
+    Fail(
+        StatusCode::BAD_REQUEST,
+        ApiError {
+            error: e.to_string(),
+            path: Some(e.param),
+            errors: Vec::new(),
+            domain: None,
+        },
+    )
 }
 
 async fn not_found(req: Request) -> Fail {
@@ -182,8 +238,85 @@ async fn metrics(State(sh): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
-async fn list(State(sh): State<Arc<Shared>>) -> Response {
-    json(StatusCode::OK, &sh.views())
+/// `GET /v1/domains[?state=&prefix=&limit=&cursor=]`: by name; the cursor of the next
+/// page, if any, in the `x-next-cursor` header (the body stays the plain list).
+async fn list(State(sh): State<Arc<Shared>>, RawQuery(q): RawQuery) -> Result<Response, Fail> {
+    let query = DomainQuery::parse(q.as_deref().unwrap_or("")).map_err(bad_query)?;
+    let (page, next) = page_of_domains(sh.views(), &query);
+    let mut resp = json(StatusCode::OK, &page);
+    if let Some(next) = next
+        && let Ok(v) = header::HeaderValue::from_str(&next)
+    {
+        resp.headers_mut().insert(NEXT_CURSOR_HEADER, v);
+    }
+    Ok(resp)
+}
+
+/// The page of `views` that `query` asks for, and the cursor of the next one.
+fn page_of_domains(
+    mut views: Vec<DomainView>,
+    query: &DomainQuery,
+) -> (Vec<DomainView>, Option<String>) {
+    views.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut page: Vec<DomainView> = views
+        .into_iter()
+        .filter(|v| query.cursor.as_deref().is_none_or(|c| v.name.as_str() > c))
+        .filter(|v| query.matches(&v.name, v.state))
+        .collect();
+    let next = match query.limit {
+        Some(n) if page.len() > n => {
+            page.truncate(n);
+            page.last().map(|v| v.name.clone())
+        }
+        _ => None,
+    };
+    (page, next)
+}
+
+/// `GET /v1/events[?domain=&kind=&since=&until=&limit=&cursor=]`: newest first.
+async fn events(State(sh): State<Arc<Shared>>, RawQuery(q): RawQuery) -> Result<Response, Fail> {
+    let query = EventQuery::parse(q.as_deref().unwrap_or("")).map_err(bad_query)?;
+    let size = query.page_size();
+    let filter = EventFilter {
+        // `-`: the broker's own events (no domain).
+        domain: query.domain.clone().map(|d| (d != "-").then_some(d)),
+        kind: query.kind.clone(),
+        since: query.since.clone(),
+        until: query.until.clone(),
+        before_id: query.cursor.as_deref().and_then(|c| c.parse().ok()),
+        // One more than the page, to know whether another page follows.
+        limit: size + 1,
+    };
+    let mut rows = sh
+        .store
+        .events(&filter)
+        .await
+        .map_err(|e| Fail::from(ops::OpError::from(e)))?;
+    let more = rows.len() > size;
+    rows.truncate(size);
+    let next_cursor = if more {
+        rows.last().map(|r| r.id.to_string())
+    } else {
+        None
+    };
+    let events = rows
+        .into_iter()
+        .map(|r| EventView {
+            id: r.id,
+            at: r.at,
+            domain: r.domain,
+            kind: r.kind,
+            detail: r.detail,
+            caller: r.caller,
+        })
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        &EventPage {
+            events,
+            next_cursor,
+        },
+    ))
 }
 
 async fn get_domain(
@@ -390,13 +523,19 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>, stop: Cancellati
                 }
             },
         };
-        let svc = TowerToHyperService::new(router.clone());
+        let router = router.clone();
         let stop = stop.clone();
         let header_timeout = cfg.timeouts.request();
         let grace = cfg.timeouts.shutdown();
         let max_buf = cfg.limits.max_header.max(8192);
         conns.spawn(async move {
             let _permit = permit;
+            // Read here, not in the accept loop: /proc reads are quick but not free.
+            let Some(caller) = roles::peer(&stream) else {
+                tracing::warn!("control connection without peer credentials: closed");
+                return;
+            };
+            let svc = TowerToHyperService::new(router.layer(Extension(caller)));
             let mut builder = http1::Builder::new();
             builder
                 .timer(TokioTimer::new())

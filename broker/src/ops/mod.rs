@@ -46,8 +46,12 @@ pub enum OpError {
     /// The broker already manages `limits.max_domains` domains.
     #[error("the broker already manages limits.max_domains = {0} domains")]
     TooManyDomains(usize),
-    /// Another registered domain has the VM UUID.
-    #[error("VM {uuid} is registered as domain {holder}")]
+    /// Another registered domain has the VM UUID (typically: the VM was undefined, e.g.
+    /// `virsh undefine`, and defined again under another name).
+    #[error(
+        "VM {uuid} is registered as domain {holder}; if {holder} no longer exists (the VM \
+         was undefined and defined again), clear it with `xenchan domain rm {holder}`"
+    )]
     UuidTaken {
         /// The UUID.
         uuid: String,
@@ -57,7 +61,8 @@ pub enum OpError {
     /// The domain's agent is connected under another VM UUID.
     #[error(
         "domain {name} is registered as VM {recorded} and its agent is connected; \
-         it cannot become VM {asked} (release it first)"
+         it cannot become VM {asked} (stop the old VM, or clear the registration with \
+         `xenchan domain rm {name}`)"
     )]
     UuidChanged {
         /// The domain.
@@ -70,6 +75,19 @@ pub enum OpError {
     /// A `prepare begin` hook said no.
     #[error("prepare hook refused: {0}")]
     HookRefused(String),
+    /// A `prepare begin` hook ran past `timeouts.hook` and was killed.
+    #[error(
+        "prepare hook {hook} did not finish within timeouts.hook ({after_ms} ms) and was killed{}",
+        if stderr.is_empty() { String::new() } else { format!("; its stderr: {stderr}") }
+    )]
+    HookTimedOut {
+        /// The hook's file name.
+        hook: String,
+        /// `timeouts.hook`, in milliseconds.
+        after_ms: u64,
+        /// What it wrote on stderr before (bounded).
+        stderr: String,
+    },
     /// `POST .../push` for a domain without a configuration.
     #[error("domain {0} has no configuration to push")]
     NothingToPush(String),
@@ -127,6 +145,13 @@ async fn prepare_hooks(
     if let Err(f) = sh.hooks.run(&call).await {
         tracing::warn!(domain = %name, "prepare refused: {f}");
         sh.metrics.error(ErrorKind::Hook);
+        if f.timed_out {
+            return Err(OpError::HookTimedOut {
+                hook: f.hook,
+                after_ms: sh.config.timeouts.hook,
+                stderr: f.stderr,
+            });
+        }
         let detail = if f.stderr.is_empty() {
             f.to_string()
         } else {

@@ -26,7 +26,7 @@ use xenchan_protocol::message::{Applied, ApplyResult, GuestFacts};
 
 use crate::leases::{Lease, LeaseConflict};
 pub use records::{
-    Deleted, DesiredConfig, DomainRecord, EventRow, HistoryRow, LastResult, LeaseRow,
+    Deleted, DesiredConfig, DomainRecord, EventFilter, EventRow, HistoryRow, LastResult, LeaseRow,
     PrepareRefusal, PrepareRequest, Prepared, PutOutcome, PutRefusal, PutRequest,
 };
 pub use sqlite::{SqliteStore, StoreThread};
@@ -153,6 +153,25 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// The last `n` events, newest last.
     fn recent_events(&self, n: usize) -> StoreFuture<'_, Vec<EventRow>>;
+
+    /// The events `filter` asks for, newest first (`GET /v1/events`). Events are
+    /// recorded with the caller of the API call that caused them ([`crate::audit`]):
+    /// a backend reads [`crate::audit::current`] when it records one.
+    ///
+    /// The default filters the last `filter.limit`-bounded window of
+    /// [`Store::recent_events`] in memory (at most 100,000 events); a backend with an
+    /// index should answer it itself.
+    fn events<'a>(&'a self, filter: &'a EventFilter) -> StoreFuture<'a, Vec<EventRow>> {
+        Box::pin(async move {
+            let mut rows = self.recent_events(100_000).await?;
+            rows.reverse();
+            Ok(rows
+                .into_iter()
+                .filter(|r| filter.matches(r))
+                .take(filter.limit)
+                .collect())
+        })
+    }
 
     /// The leases held, by kind and value.
     fn leases(&self) -> StoreFuture<'_, Vec<LeaseRow>>;

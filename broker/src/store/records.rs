@@ -8,7 +8,7 @@ use xenchan_protocol::Digest;
 use xenchan_protocol::config::GuestConfig;
 use xenchan_protocol::message::{Applied, GuestFacts};
 
-use crate::api::types::{ItemView, Lifecycle};
+use crate::api::types::{CallerView, ItemView, Lifecycle};
 use crate::leases::{Lease, LeaseConflict};
 
 /// A domain's desired configuration at one generation.
@@ -59,6 +59,8 @@ pub struct DomainRecord {
 /// One entry of the event log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventRow {
+    /// Its position in the log (grows with every event).
+    pub id: u64,
     /// When (RFC 3339).
     pub at: String,
     /// The domain it is about, if any.
@@ -67,6 +69,37 @@ pub struct EventRow {
     pub kind: String,
     /// The details.
     pub detail: String,
+    /// The API caller whose call caused it (`None`: the broker's own doing).
+    pub caller: Option<CallerView>,
+}
+
+/// Which events [`crate::store::Store::events`] answers: newest first, each field
+/// narrowing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventFilter {
+    /// `Some(Some(d))`: domain `d`'s; `Some(None)`: the broker's own (no domain).
+    pub domain: Option<Option<String>>,
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// At or after this instant (RFC 3339 as recorded, `...mmmZ`).
+    pub since: Option<String>,
+    /// Before this instant.
+    pub until: Option<String>,
+    /// Only ids below this (the paging cursor).
+    pub before_id: Option<u64>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+impl EventFilter {
+    /// Whether `row` passes (all but `limit`).
+    pub fn matches(&self, row: &EventRow) -> bool {
+        self.domain.as_ref().is_none_or(|d| *d == row.domain)
+            && self.kind.as_ref().is_none_or(|k| *k == row.kind)
+            && self.since.as_ref().is_none_or(|s| row.at >= *s)
+            && self.until.as_ref().is_none_or(|u| row.at < *u)
+            && self.before_id.is_none_or(|b| row.id < b)
+    }
 }
 
 /// One lease held.

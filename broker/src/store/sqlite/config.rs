@@ -3,7 +3,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 use xenchan_protocol::config::GuestConfig;
 
-use super::{Db, exec, insert_event, row, sql_int};
+use super::{Db, exec, row, sql_int};
 use crate::clock::now_rfc3339;
 use crate::leases::{Lease, LeaseConflict, first_conflict, leases_of};
 use crate::store::{
@@ -108,7 +108,7 @@ impl Db {
             params![name, uuid, generation, digest.as_str(), json, now],
         )?;
         replace_leases(&tx, name, leases, &now)?;
-        insert_event(
+        self.insert_event(
             &tx,
             Some(name),
             "config",
@@ -165,7 +165,7 @@ impl Db {
             exec(&tx, "DELETE FROM items WHERE name = ?1", [name])?;
         }
         if removed || !released.is_empty() {
-            insert_event(&tx, Some(name), "delete", &released.join(", "))?;
+            self.insert_event(&tx, Some(name), "delete", &released.join(", "))?;
         }
         tx.commit()?;
         self.after_event();
@@ -281,7 +281,7 @@ impl Db {
             |r| r.get(0),
         )?;
         let held: Vec<String> = leases.iter().map(ToString::to_string).collect();
-        insert_event(
+        self.insert_event(
             &tx,
             Some(name),
             "prepare",
@@ -328,7 +328,7 @@ impl Db {
             exec(&tx, "DELETE FROM items WHERE name = ?1", [name])?;
             exec(&tx, "DELETE FROM leases WHERE domain = ?1", [name])?;
         }
-        insert_event(
+        self.insert_event(
             &tx,
             Some(name),
             "release",

@@ -10,23 +10,28 @@
 //! Tables ([`schema`]): `domains` (desired config, applied state, facts, last error),
 //! `history` (past desired configs per generation), `generations` (a counter per name
 //! that never goes back, even across a delete), `items` (the last result per item),
-//! `leases` (address/hostname -> domain) and `events` (a bounded log). The queries are
+//! `leases` (address/hostname -> domain) and `events` (a log bounded per domain and in
+//! all, each event with the API caller that caused it; [`retention`]). The queries are
 //! split by who asks: [`config`] (the API's writes) and [`reports`] (what sessions
 //! report, and reads).
 
 mod config;
 mod reports;
+mod retention;
 mod schema;
 mod thread;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::path::Path;
 
 use rusqlite::{Connection, Params, Row, params};
 use xenchan_protocol::ItemStatus;
 
 use super::StoreError;
+use crate::api::types::CallerView;
 use crate::clock::now_rfc3339;
+pub use retention::EventRetention;
 pub use thread::{SqliteStore, StoreThread};
 
 /// The synchronous side of the store, used on the store thread.
@@ -34,8 +39,19 @@ pub use thread::{SqliteStore, StoreThread};
 pub struct Db {
     conn: Connection,
     history: usize,
-    events: usize,
-    events_since_prune: usize,
+    retention: EventRetention,
+    /// Events kept per domain (`None`: broker-wide), as far as this connection knows:
+    /// counted up on insert, set from the table when pruned (an undone insert only makes
+    /// a prune come early).
+    event_counts: HashMap<Option<String>, usize>,
+    /// Their sum.
+    events_total: usize,
+    /// The total above which the whole log is pruned next.
+    events_next_global: usize,
+    /// Domains that got an event since the last [`Db::after_event`].
+    events_touched: RefCell<Vec<Option<String>>>,
+    /// The API caller of the job running now (set by [`SqliteStore::call`]).
+    caller: Option<CallerView>,
     /// A batch transaction is open (see [`run_batch`]).
     batch_open: Cell<bool>,
     /// `total_changes` when the batch transaction began: equal now means the batch has
@@ -126,8 +142,18 @@ fn status_from_str(s: &str) -> ItemStatus {
 }
 
 impl Db {
-    /// Opens (creating if needed) the database at `path`.
+    /// Opens (creating if needed) the database at `path`, keeping `events` events in all
+    /// (and the default share per domain, see [`EventRetention::total`]).
     pub fn open(path: &Path, history: usize, events: usize) -> Result<Db, StoreError> {
+        Db::open_with(path, history, EventRetention::total(events))
+    }
+
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open_with(
+        path: &Path,
+        history: usize,
+        retention: EventRetention,
+    ) -> Result<Db, StoreError> {
         let conn = Connection::open(path)?;
         // WAL keeps readers off the writer's way; FULL makes every commit durable, which is
         // what "a config accepted by the API is never lost" and "a result received is
@@ -141,14 +167,20 @@ impl Db {
         conn.execute_batch(schema::SCHEMA)?;
         schema::migrate(&conn)?;
         conn.pragma_update(None, "user_version", 2)?;
-        Ok(Db {
+        let mut db = Db {
             conn,
             history,
-            events,
-            events_since_prune: 0,
+            retention,
+            event_counts: HashMap::new(),
+            events_total: 0,
+            events_next_global: 0,
+            events_touched: RefCell::new(Vec::new()),
+            caller: None,
             batch_open: Cell::new(false),
             batch_changes: Cell::new(0),
-        })
+        };
+        db.count_events()?;
+        Ok(db)
     }
 
     /// Starts the transaction of a job's writes (see [`JobTx`]).
@@ -164,31 +196,34 @@ impl Db {
         })
     }
 
-    fn after_event(&mut self) {
-        self.events_since_prune += 1;
-        if self.events_since_prune >= 256 {
-            self.events_since_prune = 0;
-            let _ = exec(
-                &self.conn,
-                "DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?1",
-                [sql_int(self.events)],
-            );
-        }
+    /// Appends to the event log, with the caller of the job's API call if any.
+    fn insert_event(
+        &self,
+        conn: &Connection,
+        domain: Option<&str>,
+        kind: &str,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        let c = self.caller.as_ref();
+        exec(
+            conn,
+            "INSERT INTO events(at, domain, kind, detail, caller_uid, caller_pid, caller_comm)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                now_rfc3339(),
+                domain,
+                kind,
+                detail,
+                c.map(|c| c.uid),
+                c.and_then(|c| c.pid),
+                c.and_then(|c| c.comm.as_deref())
+            ],
+        )?;
+        self.events_touched
+            .borrow_mut()
+            .push(domain.map(str::to_string));
+        Ok(())
     }
-}
-
-fn insert_event(
-    conn: &Connection,
-    domain: Option<&str>,
-    kind: &str,
-    detail: &str,
-) -> Result<(), StoreError> {
-    exec(
-        conn,
-        "INSERT INTO events(at, domain, kind, detail) VALUES (?1, ?2, ?3, ?4)",
-        params![now_rfc3339(), domain, kind, detail],
-    )?;
-    Ok(())
 }
 
 #[cfg(test)]

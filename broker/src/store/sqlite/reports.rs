@@ -7,11 +7,12 @@ use rusqlite::{Connection, OptionalExtension, params};
 use xenchan_protocol::message::{Applied, ApplyResult, GuestFacts};
 use xenchan_protocol::{Digest, ItemStatus};
 
-use super::{Db, exec, insert_event, sql_int, status_from_str};
-use crate::api::types::{ItemView, Lifecycle};
+use super::{Db, exec, sql_int, status_from_str};
+use crate::api::types::{CallerView, ItemView, Lifecycle};
 use crate::clock::now_rfc3339;
 use crate::store::{
-    DesiredConfig, DomainRecord, EventRow, HistoryRow, LastResult, LeaseRow, StoreError,
+    DesiredConfig, DomainRecord, EventFilter, EventRow, HistoryRow, LastResult, LeaseRow,
+    StoreError,
 };
 
 impl Db {
@@ -219,7 +220,7 @@ impl Db {
             .iter()
             .filter(|i| i.status == ItemStatus::Failed)
             .count();
-        insert_event(
+        self.insert_event(
             &tx,
             Some(name),
             "result",
@@ -257,7 +258,7 @@ impl Db {
             params![name, error],
         )?;
         if let Some(e) = error {
-            insert_event(&self.conn, Some(name), "error", e)?;
+            self.insert_event(&self.conn, Some(name), "error", e)?;
             self.after_event();
         }
         Ok(())
@@ -270,26 +271,72 @@ impl Db {
         kind: &str,
         detail: &str,
     ) -> Result<(), StoreError> {
-        insert_event(&self.conn, domain, kind, detail)?;
+        self.insert_event(&self.conn, domain, kind, detail)?;
         self.after_event();
         Ok(())
     }
 
     /// The last `n` events, newest last.
     pub fn recent_events(&mut self, n: usize) -> Result<Vec<EventRow>, StoreError> {
-        let mut rows: Vec<_> = self
-            .conn
-            .prepare("SELECT at, domain, kind, detail FROM events ORDER BY id DESC LIMIT ?1")?
-            .query_map([sql_int(n)], |r| {
-                Ok(EventRow {
-                    at: r.get(0)?,
-                    domain: r.get(1)?,
-                    kind: r.get(2)?,
-                    detail: r.get(3)?,
-                })
-            })?
-            .collect::<Result<_, _>>()?;
+        let mut rows = self.events(&EventFilter {
+            domain: None,
+            kind: None,
+            since: None,
+            until: None,
+            before_id: None,
+            limit: n,
+        })?;
         rows.reverse();
+        Ok(rows)
+    }
+
+    /// The events `filter` asks for, newest first.
+    pub fn events(&mut self, filter: &EventFilter) -> Result<Vec<EventRow>, StoreError> {
+        // One statement for every combination: an absent filter is a NULL that passes.
+        // `?2` says whether `?1` filters (a NULL domain is the broker's own events).
+        let (by_domain, domain) = match &filter.domain {
+            Some(d) => (true, d.as_deref()),
+            None => (false, None),
+        };
+        let rows = self
+            .conn
+            .prepare_cached(
+                "SELECT id, at, domain, kind, detail, caller_uid, caller_pid, caller_comm
+                 FROM events
+                 WHERE (?2 = 0 OR domain IS ?1)
+                   AND (?3 IS NULL OR kind = ?3)
+                   AND (?4 IS NULL OR at >= ?4)
+                   AND (?5 IS NULL OR at < ?5)
+                   AND (?6 IS NULL OR id < ?6)
+                 ORDER BY id DESC LIMIT ?7",
+            )?
+            .query_map(
+                params![
+                    domain,
+                    by_domain,
+                    filter.kind,
+                    filter.since,
+                    filter.until,
+                    filter.before_id.map(sql_int),
+                    sql_int(filter.limit)
+                ],
+                |r| {
+                    let uid: Option<i64> = r.get(5)?;
+                    Ok(EventRow {
+                        id: r.get::<_, i64>(0)?.cast_unsigned(),
+                        at: r.get(1)?,
+                        domain: r.get(2)?,
+                        kind: r.get(3)?,
+                        detail: r.get(4)?,
+                        caller: uid.map(|uid| CallerView {
+                            uid: u32::try_from(uid).unwrap_or(u32::MAX),
+                            pid: r.get::<_, Option<i32>>(6).ok().flatten(),
+                            comm: r.get::<_, Option<String>>(7).ok().flatten(),
+                        }),
+                    })
+                },
+            )?
+            .collect::<Result<_, _>>()?;
         Ok(rows)
     }
 

@@ -57,7 +57,10 @@ CREATE TABLE IF NOT EXISTS events (
     at TEXT NOT NULL,
     domain TEXT,
     kind TEXT NOT NULL,
-    detail TEXT NOT NULL
+    detail TEXT NOT NULL,
+    caller_uid INTEGER,
+    caller_pid INTEGER,
+    caller_comm TEXT
 );
 ";
 
@@ -113,5 +116,31 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
             return Err(e.into());
         }
     }
+    // The caller of the API call that caused an event (older rows: none), and the index
+    // of per-domain retention and of `GET /v1/events?domain=` (made after the rebuild
+    // above, which would drop it).
+    let columns: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('events')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for (column, ddl) in [
+        (
+            "caller_uid",
+            "ALTER TABLE events ADD COLUMN caller_uid INTEGER",
+        ),
+        (
+            "caller_pid",
+            "ALTER TABLE events ADD COLUMN caller_pid INTEGER",
+        ),
+        (
+            "caller_comm",
+            "ALTER TABLE events ADD COLUMN caller_comm TEXT",
+        ),
+    ] {
+        if !columns.iter().any(|c| c == column) {
+            conn.execute_batch(ddl)?;
+        }
+    }
+    conn.execute_batch("CREATE INDEX IF NOT EXISTS events_by_domain ON events(domain, id)")?;
     Ok(())
 }

@@ -479,3 +479,103 @@ fn the_trait_object_reads_its_own_committed_writes() {
     drop(store);
     thread.join();
 }
+
+/// A database made before events had callers keeps its rows (caller `None`), gets the
+/// columns and the per-domain index, and records callers from then on.
+#[test]
+fn events_of_an_older_database_get_the_caller_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE events (id INTEGER PRIMARY KEY, at TEXT NOT NULL,
+                domain TEXT, kind TEXT NOT NULL, detail TEXT NOT NULL);
+             INSERT INTO events(at, domain, kind, detail) VALUES ('t1', 'a', 'config', 'old');",
+        )
+        .unwrap();
+    }
+    let mut db = Db::open(&path, 3, 1000).unwrap();
+    db.caller = Some(crate::api::types::CallerView {
+        uid: 1001,
+        pid: Some(42),
+        comm: Some("curl".into()),
+    });
+    db.event(Some("a"), "delete", "new").unwrap();
+    db.caller = None;
+    let rows = db.recent_events(10).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].caller, None);
+    let c = rows[1].caller.as_ref().unwrap();
+    assert_eq!(
+        (c.uid, c.pid, c.comm.as_deref()),
+        (1001, Some(42), Some("curl"))
+    );
+    let index: Option<String> = db
+        .conn
+        .query_row(
+            "SELECT name FROM sqlite_schema WHERE name = 'events_by_domain'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .unwrap();
+    assert!(index.is_some());
+    drop(db);
+    let mut db = Db::open(&path, 3, 1000).unwrap();
+    assert_eq!(db.recent_events(10).unwrap().len(), 2);
+}
+
+/// Per-domain and total bounds: a flood from one domain trims only that domain; past
+/// the total, the domains with the most events lose theirs first and a quiet domain
+/// keeps its few.
+#[test]
+fn event_retention_takes_from_the_noisiest_domains_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::open_with(
+        &dir.path().join("db"),
+        3,
+        EventRetention {
+            total: 100,
+            per_domain: 50,
+        },
+    )
+    .unwrap();
+    let count = |db: &mut Db, d: &str| {
+        db.events(&crate::store::EventFilter {
+            domain: Some(Some(d.to_string())),
+            kind: None,
+            since: None,
+            until: None,
+            before_id: None,
+            limit: 100_000,
+        })
+        .unwrap()
+    };
+    for i in 0..3 {
+        db.event(Some("quiet"), "config", &format!("q{i}")).unwrap();
+    }
+    for i in 0..1000 {
+        db.event(Some("noisy"), "error", &format!("n{i}")).unwrap();
+    }
+    let noisy = count(&mut db, "noisy");
+    assert!((50..=56).contains(&noisy.len()), "{}", noisy.len());
+    assert_eq!(noisy[0].detail, "n999", "the newest stay");
+    assert_eq!(count(&mut db, "quiet").len(), 3);
+    // Many busy domains together: over the total, trimmed from the top.
+    for d in 0..30 {
+        for i in 0..20 {
+            db.event(Some(&format!("busy{d}")), "result", &format!("{i}"))
+                .unwrap();
+        }
+    }
+    let total: usize = db.event_counts.values().sum();
+    assert!(total <= 100 + 256, "{total}");
+    let all = db.recent_events(100_000).unwrap();
+    assert_eq!(all.len(), total);
+    assert_eq!(
+        count(&mut db, "quiet").len(),
+        3,
+        "the quiet domain keeps its events"
+    );
+}

@@ -6,11 +6,11 @@ use std::path::Path;
 use tokio::sync::{mpsc, oneshot};
 use xenchan_protocol::message::{Applied, ApplyResult, GuestFacts};
 
-use super::Db;
+use super::{Db, EventRetention};
 use crate::leases::{Lease, LeaseConflict};
 use crate::store::{
-    Deleted, DomainRecord, EventRow, HistoryRow, LeaseRow, PrepareRefusal, PrepareRequest,
-    Prepared, PutOutcome, PutRefusal, PutRequest, Store, StoreError, StoreFuture,
+    Deleted, DomainRecord, EventFilter, EventRow, HistoryRow, LeaseRow, PrepareRefusal,
+    PrepareRequest, Prepared, PutOutcome, PutRefusal, PutRequest, Store, StoreError, StoreFuture,
 };
 
 /// A job runs on the store thread and returns how to deliver its answer, which is
@@ -79,13 +79,23 @@ impl StoreThread {
 }
 
 impl SqliteStore {
-    /// Opens the database at `path` and starts its thread.
+    /// Opens the database at `path` and starts its thread, keeping `events` events
+    /// (and the default share per domain, [`EventRetention::total`]).
     pub fn open(
         path: &Path,
         history: usize,
         events: usize,
     ) -> Result<(SqliteStore, StoreThread), StoreError> {
-        let mut db = Db::open(path, history, events)?;
+        SqliteStore::open_with(path, history, EventRetention::total(events))
+    }
+
+    /// Opens the database at `path` and starts its thread.
+    pub fn open_with(
+        path: &Path,
+        history: usize,
+        retention: EventRetention,
+    ) -> Result<(SqliteStore, StoreThread), StoreError> {
+        let mut db = Db::open_with(path, history, retention)?;
         let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
         let handle = std::thread::Builder::new()
             .name("xenchan-store".into())
@@ -105,15 +115,19 @@ impl SqliteStore {
         Ok((SqliteStore { tx }, StoreThread(handle)))
     }
 
-    /// Runs `f` on the store thread and returns its answer.
+    /// Runs `f` on the store thread and returns its answer. The events it records name
+    /// the API caller being served on this task, if any ([`crate::audit`]).
     pub async fn call<R, F>(&self, f: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
         F: FnOnce(&mut Db) -> Result<R, StoreError> + Send + 'static,
     {
+        let caller = crate::audit::current().map(|c| c.view());
         let (reply, answer) = oneshot::channel();
         let job: Job = Box::new(move |db| {
+            db.caller = caller;
             let answer = f(db);
+            db.caller = None;
             Box::new(move |commit: Option<StoreError>| {
                 let _ = reply.send(match commit {
                     Some(e) => answer.and(Err(e)),
@@ -241,6 +255,11 @@ impl Store for SqliteStore {
 
     fn recent_events(&self, n: usize) -> StoreFuture<'_, Vec<EventRow>> {
         Box::pin(self.call(move |db| db.recent_events(n)))
+    }
+
+    fn events<'a>(&'a self, filter: &'a EventFilter) -> StoreFuture<'a, Vec<EventRow>> {
+        let filter = filter.clone();
+        Box::pin(self.call(move |db| db.events(&filter)))
     }
 
     fn leases(&self) -> StoreFuture<'_, Vec<LeaseRow>> {
