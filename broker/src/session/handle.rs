@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use xenchan_protocol::message::{Applied, ApplyResult, GuestFacts};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::api::types::{DomainState, ItemView};
+use crate::budget::Budget;
 use crate::clock::now_rfc3339;
 use crate::config::{Config, Limits, Timeouts};
 use crate::domains::{Desired, Shared};
@@ -101,6 +104,7 @@ impl DomainHandle {
     /// memory, and marks the domain connected. A store failure is counted and logged:
     /// the agent says it again in its next hello.
     pub async fn record_hello(&self, applied: Option<&Applied>, uuid: Option<String>) {
+        self.shared.spend_budget(&self.name, Budget::Writes).await;
         if let Err(e) = self
             .shared
             .store
@@ -120,6 +124,7 @@ impl DomainHandle {
     /// Records a result durably before anything else (a result received is never
     /// lost), then in memory: its items, and its generation as the applied one.
     pub async fn record_result(&self, r: &ApplyResult) {
+        self.shared.spend_budget(&self.name, Budget::Writes).await;
         let at = match self.shared.store.record_result(&self.name, r).await {
             Ok(at) => at,
             Err(e) => {
@@ -147,6 +152,7 @@ impl DomainHandle {
 
     /// Records the guest's facts durably and in memory.
     pub async fn record_facts(&self, f: GuestFacts) {
+        self.shared.spend_budget(&self.name, Budget::Writes).await;
         if self
             .shared
             .store
@@ -157,6 +163,16 @@ impl DomainHandle {
             self.shared.metrics.error(ErrorKind::Store);
         }
         self.shared.update(&self.name, |s| s.facts(f));
+    }
+
+    /// Waits for a token of the domain's `budget` and takes it (`crate::budget`): while
+    /// the domain is over budget the session does nothing else, so its socket is not
+    /// read (backpressure). Ends early when `stop` is cancelled.
+    pub async fn spend(&self, budget: Budget, stop: &CancellationToken) {
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = self.shared.spend_budget(&self.name, budget) => {}
+        }
     }
 
     /// Queues a notification hook (`add` / `end` or `failed` and the generation...).

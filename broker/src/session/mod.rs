@@ -27,6 +27,7 @@ use xenchan_protocol::message::{Applied, Body, ConfigPush, ErrorCode, ErrorRepor
 use xenchan_protocol::{DecodeStats, Envelope, FrameCodec, Nonce, Role};
 
 use crate::api::types::DomainState;
+use crate::budget::Budget;
 use crate::domains::Desired;
 use crate::metrics::ErrorKind;
 use crate::transport::refuse_extra;
@@ -230,7 +231,11 @@ impl<'a> Session<'a> {
                     self.domain.metrics().error(ErrorKind::Read);
                     Err(self.over(&format!("read failed: {}", xenchan_basics::chain(&e))))
                 }
-                Event::Frame(Some(Ok(env))) => self.on_message(env, &mut write, desired).await,
+                Event::Frame(Some(Ok(env))) => {
+                    // The frames budget (issue 18): over it, the next read waits here.
+                    self.domain.spend(Budget::Frames, stop).await;
+                    self.on_message(env, &mut write, desired).await
+                }
                 Event::Desired => {
                     let _ = desired.borrow_and_update();
                     self.evaluate(&mut write, desired).await
@@ -361,6 +366,7 @@ impl<'a> Session<'a> {
                     digest: cfg.digest.clone(),
                     ..ConfigPush::new(cfg.generation, cfg.config.clone())
                 };
+                self.domain.spend(Budget::Pushes, &self.stop).await;
                 self.domain.metrics().push();
                 tracing::info!(
                     domain = self.name,
