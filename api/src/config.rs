@@ -278,8 +278,31 @@ pub struct Limits {
     /// Rows kept in the event log per domain (broker-wide events count as one domain;
     /// at most `events`): a noisy domain drops its own oldest events, never another's.
     pub events_per_domain: usize,
-    /// Hook runs waiting for the background hook runner; more are dropped and counted.
+    /// Hook runs waiting for the background hook runner, all domains together. Past it,
+    /// the domain with the most queued runs loses its oldest (counted per domain).
     pub hook_queue: usize,
+    /// Hook runs waiting per domain; a domain past it drops its own oldest run (counted),
+    /// never another domain's.
+    pub hook_queue_per_domain: usize,
+    /// Per-domain budgets (docs/BROKER.md, "Budgets"): a domain may make the broker
+    /// handle at most `<budget>_burst + <budget>_per_sec × t` of each in any span `t`;
+    /// past it its socket is not read until the bucket refills (it is `throttled`).
+    /// Frames read from the guest, per second.
+    pub frames_per_sec: u32,
+    /// Frames read from the guest, in a burst.
+    pub frames_burst: u32,
+    /// Store writes a guest's frames cause (hello, result, facts), per second.
+    pub writes_per_sec: u32,
+    /// Store writes, in a burst.
+    pub writes_burst: u32,
+    /// Configurations pushed, per second.
+    pub pushes_per_sec: u32,
+    /// Configurations pushed, in a burst.
+    pub pushes_burst: u32,
+    /// Notification hook runs, per second.
+    pub hooks_per_sec: u32,
+    /// Notification hook runs, in a burst.
+    pub hooks_burst: u32,
 }
 
 impl Default for Limits {
@@ -295,6 +318,15 @@ impl Default for Limits {
             events: 100_000,
             events_per_domain: 1000,
             hook_queue: 1024,
+            hook_queue_per_domain: 32,
+            frames_per_sec: 50,
+            frames_burst: 200,
+            writes_per_sec: 10,
+            writes_burst: 50,
+            pushes_per_sec: 2,
+            pushes_burst: 10,
+            hooks_per_sec: 2,
+            hooks_burst: 20,
         }
     }
 }

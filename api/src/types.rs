@@ -176,6 +176,20 @@ pub struct DomainView {
     /// The Xen domain id the session is attached to (`discovery = "xenstore"`).
     #[serde(default)]
     pub domid: Option<u32>,
+    /// Set while the domain has run out of one of its budgets (`[limits]`,
+    /// docs/BROKER.md "Budgets"): the broker reads its socket no faster than the budget
+    /// refills. `null`: within every budget.
+    #[serde(default)]
+    pub throttled: Option<Throttled>,
+}
+
+/// Why a domain is throttled (`DomainView::throttled`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Throttled {
+    /// The budget it ran out of: `frames`, `writes`, `pushes` or `hooks`.
+    pub budget: String,
+    /// Since when (RFC 3339, UTC).
+    pub since: String,
 }
 
 /// `GET /v1/health`.

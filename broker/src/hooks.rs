@@ -6,17 +6,22 @@
 //! calls back into the broker's API therefore works, though it should not need to.
 //!
 //! `prepare begin` hooks run before a configuration is accepted and a failure aborts it;
-//! every other event runs on a background runner whose queue is bounded (a full queue
-//! drops the run, logs and counts it).
+//! every other event is a notification, run on a background runner from one bounded queue
+//! per domain, taken round-robin across domains ([`FairQueue`]): one domain's flood
+//! of notifications never drops nor delays another domain's beyond one run per domain
+//! ahead of it. A domain past its own bound (`limits.hook_queue_per_domain`) drops its
+//! own oldest run; all queues together past `limits.hook_queue` drop the oldest run of the
+//! domain with the most queued. Every drop is logged with the domain and counted.
 
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
 
@@ -66,34 +71,151 @@ pub struct Hooks {
     timeout: Duration,
     stderr_limit: usize,
     metrics: Arc<Metrics>,
-    queue: mpsc::Sender<HookCall>,
+    queue: Arc<Mutex<FairQueue>>,
+    wake: Arc<Notify>,
+}
+
+/// What a push onto a [`FairQueue`] dropped to make room, if anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dropped {
+    /// The domain whose run was dropped.
+    pub domain: String,
+    /// Runs that domain has had dropped in all.
+    pub count: u64,
+}
+
+/// Notification runs queued per domain, taken round-robin across domains. Plain data:
+/// the runner and `notify` share it under a short lock.
+#[derive(Debug)]
+pub struct FairQueue {
+    per_domain: usize,
+    total: usize,
+    queued: usize,
+    queues: HashMap<String, VecDeque<HookCall>>,
+    /// Domains with something queued, in turn order (each at most once).
+    turn: VecDeque<String>,
+    /// Runs dropped so far, per domain (for the log).
+    drops: HashMap<String, u64>,
+}
+
+impl FairQueue {
+    /// Bounds: `per_domain` runs per domain, `total` in all (each at least 1).
+    pub fn new(per_domain: usize, total: usize) -> FairQueue {
+        FairQueue {
+            per_domain: per_domain.max(1),
+            total: total.max(1),
+            queued: 0,
+            queues: HashMap::new(),
+            turn: VecDeque::new(),
+            drops: HashMap::new(),
+        }
+    }
+
+    /// Runs queued in all.
+    pub fn len(&self) -> usize {
+        self.queued
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.queued == 0
+    }
+
+    /// Queues `call`. A domain at its own bound loses its own oldest run; a full queue
+    /// loses the oldest run of the domain with the most queued (ties: the caller's own,
+    /// so a flooding domain pays for itself first). Says what was dropped.
+    pub fn push(&mut self, call: HookCall) -> Option<Dropped> {
+        let own = self.queues.get(&call.domain).map_or(0, VecDeque::len);
+        let victim = if own >= self.per_domain {
+            Some(call.domain.clone())
+        } else if self.queued >= self.total {
+            self.queues
+                .iter()
+                .max_by_key(|(d, q)| (q.len(), **d == call.domain))
+                .map(|(d, _)| d.clone())
+        } else {
+            None
+        };
+        let dropped = victim.and_then(|d| self.drop_oldest(&d));
+        let q = self.queues.entry(call.domain.clone()).or_default();
+        if q.is_empty() {
+            self.turn.push_back(call.domain.clone());
+        }
+        q.push_back(call);
+        self.queued += 1;
+        dropped
+    }
+
+    fn drop_oldest(&mut self, domain: &str) -> Option<Dropped> {
+        let q = self.queues.get_mut(domain)?;
+        q.pop_front()?;
+        self.queued -= 1;
+        if q.is_empty() {
+            self.queues.remove(domain);
+            self.turn.retain(|d| d != domain);
+        }
+        Some(self.count_drop(domain))
+    }
+
+    /// Counts a run of `domain` dropped (here or before queueing).
+    pub fn count_drop(&mut self, domain: &str) -> Dropped {
+        let n = self.drops.entry(domain.to_string()).or_insert(0);
+        *n += 1;
+        Dropped {
+            domain: domain.to_string(),
+            count: *n,
+        }
+    }
+
+    /// The next run: the oldest of the domain whose turn it is; that domain goes to the
+    /// back of the turn if it has more.
+    pub fn pop(&mut self) -> Option<HookCall> {
+        let domain = self.turn.pop_front()?;
+        let q = self.queues.get_mut(&domain)?;
+        let call = q.pop_front();
+        if q.is_empty() {
+            self.queues.remove(&domain);
+        } else {
+            self.turn.push_back(domain);
+        }
+        if call.is_some() {
+            self.queued -= 1;
+        }
+        call
+    }
 }
 
 impl Hooks {
     /// Hooks from `dir`, each run bounded by `timeout`, keeping `stderr_limit` bytes of
-    /// stderr; starts the background runner (on the current runtime) with a queue of
-    /// `queue` calls.
+    /// stderr; starts the background runner (on the current runtime) with queues of
+    /// `per_domain` calls per domain and `queue` in all.
     pub fn start(
         dir: PathBuf,
         timeout: Duration,
         stderr_limit: usize,
         queue: usize,
+        per_domain: usize,
         metrics: Arc<Metrics>,
     ) -> Hooks {
-        let (tx, mut rx) = mpsc::channel::<HookCall>(queue.max(1));
         let hooks = Hooks {
             dir,
             timeout,
             stderr_limit,
             metrics,
-            queue: tx,
+            queue: Arc::new(Mutex::new(FairQueue::new(per_domain, queue))),
+            wake: Arc::new(Notify::new()),
         };
         let runner = hooks.clone();
-        // The runner holds a clone of the sender through `runner`, so it would never see
-        // the channel close; it is aborted with the runtime instead, which is fine:
-        // background hooks are notifications.
+        // Aborted with the runtime, which is fine: background hooks are notifications.
         tokio::spawn(async move {
-            while let Some(call) = rx.recv().await {
+            loop {
+                let next = runner.lock_queue().pop();
+                let Some(call) = next else {
+                    // `notify_one` stores a permit: a push between the pop and here is
+                    // not missed.
+                    runner.wake.notified().await;
+                    continue;
+                };
                 if let Err(f) = runner.run(&call).await {
                     tracing::warn!(domain = %call.domain, event = call.event, phase = call.phase, "{f}");
                 }
@@ -102,19 +224,46 @@ impl Hooks {
         hooks
     }
 
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, FairQueue> {
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts and logs a notification of `domain` dropped before it was queued (`why`).
+    pub fn dropped(&self, domain: &str, why: &str) {
+        let d = self.lock_queue().count_drop(domain);
+        self.log_drop(&d, why);
+    }
+
+    fn log_drop(&self, d: &Dropped, why: &str) {
+        self.metrics.hook_dropped();
+        // The first drop of a domain and then one in a hundred: a flood must not become
+        // a log flood.
+        if d.count == 1 || d.count.is_multiple_of(100) {
+            tracing::warn!(
+                domain = %d.domain,
+                dropped = d.count,
+                "a notification hook run of this domain was dropped: {why}"
+            );
+        }
+    }
+
     /// The executables of the hooks folder, by name. A missing folder has none.
     pub fn list(&self) -> Vec<PathBuf> {
         list_hooks(&self.dir)
     }
 
-    /// Queues a notification hook run; never waits. A full queue drops it (counted).
+    /// Queues a notification hook run; never waits. A full queue drops a run of the
+    /// domain with the most queued (counted, logged) — see [`FairQueue::push`].
     pub fn notify(&self, call: HookCall) {
         if self.list().is_empty() {
             return;
         }
-        if self.queue.try_send(call).is_err() {
-            tracing::warn!("hook queue full: a hook run was dropped");
-            self.metrics.hook_dropped();
+        let dropped = self.lock_queue().push(call);
+        self.wake.notify_one();
+        if let Some(d) = dropped {
+            self.log_drop(&d, "the hook queue is full (limits.hook_queue_per_domain for one domain, limits.hook_queue in all)");
         }
     }
 
@@ -325,6 +474,7 @@ mod tests {
             Duration::from_millis(timeout_ms),
             64,
             4,
+            4,
             Arc::new(Metrics::default()),
         )
     }
@@ -388,6 +538,134 @@ mod tests {
         let mut c = call();
         c.stdin = vec![b'x'; 1 << 20];
         h.run(&c).await.unwrap();
+    }
+
+    fn note(domain: &str, n: u32) -> HookCall {
+        HookCall {
+            domain: domain.into(),
+            event: "add",
+            phase: "end",
+            extra: n.to_string(),
+            stdin: Vec::new(),
+        }
+    }
+
+    fn order(q: &mut FairQueue) -> Vec<String> {
+        std::iter::from_fn(|| q.pop())
+            .map(|c| format!("{}{}", c.domain, c.extra))
+            .collect()
+    }
+
+    #[test]
+    fn the_queue_takes_domains_in_turn() {
+        let mut q = FairQueue::new(10, 100);
+        for n in 0..4 {
+            assert_eq!(q.push(note("a", n)), None);
+        }
+        assert_eq!(q.push(note("b", 0)), None);
+        assert_eq!(q.push(note("c", 0)), None);
+        assert_eq!(q.push(note("b", 1)), None);
+        assert_eq!(q.len(), 7);
+        assert_eq!(order(&mut q), ["a0", "b0", "c0", "a1", "b1", "a2", "a3"]);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_flooding_domain_drops_only_its_own() {
+        // (per domain, total, pushes, expected order, expected drops by domain)
+        type Case = (
+            usize,
+            usize,
+            &'static [(&'static str, u32)],
+            &'static [&'static str],
+            &'static [(&'static str, u64)],
+        );
+        let cases: &[Case] = &[
+            // Past its own bound, a domain loses its own oldest.
+            (
+                2,
+                100,
+                &[("f", 0), ("f", 1), ("g", 0), ("f", 2), ("f", 3)],
+                &["f2", "g0", "f3"],
+                &[("f", 2)],
+            ),
+            // The whole queue full: the domain with the most queued pays, not the
+            // newcomer.
+            (
+                10,
+                4,
+                &[("f", 0), ("f", 1), ("f", 2), ("g", 0), ("h", 0)],
+                &["f1", "g0", "h0", "f2"],
+                &[("f", 1)],
+            ),
+            // Ties go against the caller itself.
+            (
+                10,
+                2,
+                &[("f", 0), ("g", 0), ("g", 1)],
+                &["f0", "g1"],
+                &[("g", 1)],
+            ),
+        ];
+        for (i, (per, total, pushes, want, drops)) in cases.iter().enumerate() {
+            let mut q = FairQueue::new(*per, *total);
+            let mut got_drops: HashMap<String, u64> = HashMap::new();
+            for (d, n) in *pushes {
+                if let Some(x) = q.push(note(d, *n)) {
+                    got_drops.insert(x.domain, x.count);
+                }
+            }
+            assert_eq!(order(&mut q), *want, "case {i}");
+            let want_drops: HashMap<String, u64> =
+                drops.iter().map(|(d, n)| ((*d).to_string(), *n)).collect();
+            assert_eq!(got_drops, want_drops, "case {i}");
+        }
+    }
+
+    #[tokio::test]
+    async fn one_domains_flood_does_not_drop_anothers_notifications() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        write_hook(
+            dir.path(),
+            "10-log",
+            &format!("echo \"$1 $4\" >> {}", log.display()),
+        );
+        let metrics = Arc::new(Metrics::default());
+        let h = Hooks::start(
+            dir.path().to_path_buf(),
+            Duration::from_secs(5),
+            64,
+            16,
+            4,
+            Arc::clone(&metrics),
+        );
+        for n in 0..200 {
+            h.notify(note("flood", n));
+            if n % 50 == 0 {
+                h.notify(note("good", n));
+            }
+        }
+        let t = std::time::Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let good: Vec<&str> = text.lines().filter(|l| l.starts_with("good")).collect();
+            if good.len() == 4 {
+                assert_eq!(good, ["good 0", "good 50", "good 100", "good 150"]);
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(20), "good runs: {good:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let text = m_render(&metrics);
+        assert!(
+            text.contains("xenchan_hook_runs_total{result=\"dropped\"} 196"),
+            "200 flood runs, 4 kept: {text}"
+        );
+    }
+
+    fn m_render(m: &Metrics) -> String {
+        m.render(&[], 0)
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod budget;
 pub mod cli;
 /// The control API client (moved to the API crate; the path stays for the broker's code).
 pub use xenchan_api::client;
@@ -168,6 +169,7 @@ pub async fn run(
         config.timeouts.hook(),
         config.limits.hook_stderr,
         config.limits.hook_queue,
+        config.limits.hook_queue_per_domain,
         Arc::clone(&metrics),
     );
     let shared = Arc::new(Shared::new(

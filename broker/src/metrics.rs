@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use xenchan_protocol::{DecodeStats, ItemStatus};
 
 use crate::api::types::DomainState;
+use crate::budget::Budget;
 
 /// Kinds of errors counted in `xenchan_errors_total{kind=...}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,6 +190,10 @@ pub struct Metrics {
     hooks_ok: AtomicU64,
     hooks_failed: AtomicU64,
     hooks_dropped: AtomicU64,
+    /// Times a domain became throttled, by budget ([`Budget::ALL`] order).
+    throttled_total: [AtomicU64; 4],
+    /// Domains throttled right now (set before each render).
+    throttled_now: AtomicU64,
     api_requests: AtomicU64,
     xenstore_connected: AtomicU64,
     xenstore_connections: AtomicU64,
@@ -274,6 +279,17 @@ impl Metrics {
     pub fn hook_dropped(&self) {
         self.hooks_dropped.fetch_add(1, Ordering::Relaxed);
         self.error(ErrorKind::Hook);
+    }
+
+    /// A domain became throttled on `budget`.
+    pub fn throttled(&self, budget: Budget) {
+        let i = Budget::ALL.iter().position(|b| *b == budget).unwrap_or(0);
+        self.throttled_total[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sets the number of domains throttled now (the registry counts them).
+    pub fn set_throttled_now(&self, n: u64) {
+        self.throttled_now.store(n, Ordering::Relaxed);
     }
 
     /// The xenstore connection (xenstore discovery) came up or went away.
@@ -435,6 +451,26 @@ impl Metrics {
         );
         head(
             &mut o,
+            "xenchan_throttled_total",
+            "counter",
+            "Times a domain ran out of a budget and was throttled, by budget.",
+        );
+        for (i, b) in Budget::ALL.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "xenchan_throttled_total{{budget=\"{b}\"}} {}",
+                c(&self.throttled_total[i])
+            );
+        }
+        head(
+            &mut o,
+            "xenchan_throttled_domains",
+            "gauge",
+            "Domains throttled right now (over a budget).",
+        );
+        let _ = writeln!(o, "xenchan_throttled_domains {}", c(&self.throttled_now));
+        head(
+            &mut o,
             "xenchan_api_requests_total",
             "counter",
             "Control API requests served.",
@@ -488,6 +524,9 @@ mod tests {
         m.xenstore_connected(true);
         m.dropped(DropReason::ResultUnchanged);
         m.session_write(SessionWrite::Facts);
+        m.throttled(Budget::Writes);
+        m.throttled(Budget::Frames);
+        m.set_throttled_now(1);
         let t = m.render(&[(DomainState::Configured, 2)], 3);
         for line in [
             "xenchan_domains 3",
@@ -505,6 +544,10 @@ mod tests {
             "xenchan_frames_dropped_total{reason=\"result_unchanged\"} 1",
             "xenchan_frames_dropped_total{reason=\"facts_coalesced\"} 0",
             "xenchan_session_writes_total{kind=\"facts\"} 1",
+            "xenchan_throttled_total{budget=\"frames\"} 1",
+            "xenchan_throttled_total{budget=\"writes\"} 1",
+            "xenchan_throttled_total{budget=\"hooks\"} 0",
+            "xenchan_throttled_domains 1",
         ] {
             assert!(t.lines().any(|l| l == line), "missing {line}\n{t}");
         }

@@ -159,6 +159,12 @@ pub fn domain(out: &mut dyn Write, d: &DomainView) -> io::Result<()> {
             opt(d.last_error.as_ref().map(|e| clean(e))),
         ],
     ];
+    if let Some(t) = &d.throttled {
+        rows.push(vec![
+            "throttled:".into(),
+            clean(&format!("over its {} budget since {}", t.budget, t.since)),
+        ]);
+    }
     if let Some(f) = &d.facts {
         rows.push(vec![
             "guest:".into(),

@@ -229,6 +229,7 @@ async fn health(State(sh): State<Arc<Shared>>) -> Response {
 
 async fn metrics(State(sh): State<Arc<Shared>>) -> Response {
     let (domains, _) = sh.counts();
+    sh.metrics.set_throttled_now(sh.throttled_count());
     let text = sh.metrics.render(&sh.states(), domains);
     (
         StatusCode::OK,

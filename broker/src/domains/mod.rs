@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use xenchan_protocol::message::GuestFacts;
 
 use crate::api::types::{DomainState, DomainView, ItemView, Lifecycle};
+use crate::budget::{Budget, Budgets, Mark};
 use crate::config::{Config, Mode};
 use crate::hooks::{HookCall, Hooks};
 use crate::metrics::{ErrorKind, Metrics};
@@ -118,6 +119,10 @@ struct Slot {
     /// A domid whose session `release` stopped: xenstore discovery does not attach it
     /// again (the VM is gone, xenstore just has not said so yet).
     released_domid: Option<u32>,
+    /// Budgets (created at the first take; kept across reconnects, so reconnecting does
+    /// not refill them) and when the domain was last marked throttled, for the API.
+    budgets: Option<Budgets>,
+    throttled_since: Option<String>,
 }
 
 /// Hook notifications collected under the lock and sent after it is dropped (a hook's
@@ -141,6 +146,8 @@ impl Slot {
             lifecycle: None,
             channel_path: None,
             released_domid: None,
+            budgets: None,
+            throttled_since: None,
         }
     }
 
@@ -201,6 +208,14 @@ impl Slot {
                 .map(|a| a.path.clone())
                 .or_else(|| self.channel_path.clone()),
             domid: self.attached.as_ref().and_then(|a| a.domid),
+            throttled: self
+                .budgets
+                .as_ref()
+                .and_then(|b| b.throttled_at(std::time::Instant::now()))
+                .map(|t| crate::api::types::Throttled {
+                    budget: t.budget.to_string(),
+                    since: self.throttled_since.clone().unwrap_or_default(),
+                }),
         }
     }
 }
@@ -385,11 +400,85 @@ impl Shared {
         }
     }
 
+    /// Takes one token of `name`'s `budget` now: `Ok`, or how long until there is one.
+    /// Marks the domain throttled (API, metrics, log) when refused, and clears the mark
+    /// when the budget that set it gives again. An unknown domain has no budget to spend.
+    pub fn take_budget(&self, name: &str, budget: Budget) -> Result<(), std::time::Duration> {
+        let now = std::time::Instant::now();
+        let (r, mark) = {
+            let mut slots = self.slots();
+            let Some(slot) = slots.get_mut(name) else {
+                return Ok(());
+            };
+            let b = slot
+                .budgets
+                .get_or_insert_with(|| Budgets::from_limits(&self.config.limits, now));
+            let (r, mark) = b.take(budget, now);
+            match mark {
+                Mark::Entered(_) => slot.throttled_since = Some(crate::clock::now_rfc3339()),
+                Mark::Left => slot.throttled_since = None,
+                Mark::Same => {}
+            }
+            (r, mark)
+        };
+        match mark {
+            Mark::Entered(b) => {
+                self.metrics.throttled(b);
+                tracing::warn!(
+                    domain = name,
+                    budget = b.as_str(),
+                    "domain throttled: over its {b} budget (limits.{b}_per_sec / limits.{b}_burst); its socket is read as the budget refills"
+                );
+            }
+            Mark::Left => {
+                tracing::info!(
+                    domain = name,
+                    budget = budget.as_str(),
+                    "domain no longer throttled"
+                );
+            }
+            Mark::Same => {}
+        }
+        r
+    }
+
+    /// Waits until `name` has a token of `budget` and takes it (backpressure: the caller
+    /// does nothing for that domain meanwhile). Ends early at shutdown.
+    pub async fn spend_budget(&self, name: &str, budget: Budget) {
+        while let Err(wait) = self.take_budget(name, budget) {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                () = tokio::time::sleep(wait.min(std::time::Duration::from_secs(1))) => {}
+            }
+        }
+    }
+
+    /// Domains throttled now (the `xenchan_throttled_domains` gauge).
+    pub fn throttled_count(&self) -> u64 {
+        let now = std::time::Instant::now();
+        self.slots()
+            .values()
+            .filter(|s| {
+                s.budgets
+                    .as_ref()
+                    .and_then(|b| b.throttled_at(now))
+                    .is_some()
+            })
+            .count() as u64
+    }
+
     /// Queues a notification hook with the domain's current view on stdin.
     pub fn notify_hook(&self, name: &str, event: &'static str, phase: &'static str, extra: String) {
         // No hook to run (the usual case): skip serialising the view, which holds the
         // whole configuration (7% of the broker's CPU per pushed domain otherwise).
         if self.hooks.list().is_empty() {
+            return;
+        }
+        // A notification cannot wait (it is queued from wherever the event happened):
+        // past its hooks budget a domain's own notification is dropped and counted.
+        if self.take_budget(name, Budget::Hooks).is_err() {
+            self.hooks
+                .dropped(name, "over its hooks budget (limits.hooks_per_sec)");
             return;
         }
         let stdin = self.view(name).map_or_else(

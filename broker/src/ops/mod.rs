@@ -187,6 +187,7 @@ fn empty_view(name: &str) -> DomainView {
         lifecycle: None,
         socket: None,
         domid: None,
+        throttled: None,
     }
 }
 

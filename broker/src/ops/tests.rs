@@ -35,6 +35,7 @@ fn fixture() -> Fixture {
         Duration::from_secs(5),
         1024,
         8,
+        8,
         Arc::clone(&metrics),
     );
     let sh = Arc::new(Shared::new(

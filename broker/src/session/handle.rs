@@ -8,7 +8,10 @@ use std::sync::Arc;
 use xenchan_protocol::Lineage;
 use xenchan_protocol::message::{Applied, ApplyResult, GuestFacts};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::api::types::{DomainState, ItemView};
+use crate::budget::Budget;
 use crate::clock::now_rfc3339;
 use crate::config::{Config, Limits, Timeouts};
 use crate::domains::{Desired, Shared};
@@ -130,6 +133,7 @@ impl DomainHandle {
     /// memory, and marks the domain connected. A store failure is counted and logged:
     /// the agent says it again in its next hello.
     pub async fn record_hello(&self, applied: Option<&Applied>, uuid: Option<String>) {
+        self.shared.spend_budget(&self.name, Budget::Writes).await;
         self.shared.metrics.session_write(SessionWrite::Applied);
         if let Err(e) = self
             .shared
@@ -150,6 +154,7 @@ impl DomainHandle {
     /// Records a result durably before anything else (a result received is never
     /// lost), then in memory: its items, and its generation as the applied one.
     pub async fn record_result(&self, r: &ApplyResult) {
+        self.shared.spend_budget(&self.name, Budget::Writes).await;
         self.shared.metrics.session_write(SessionWrite::Result);
         let at = match self.shared.store.record_result(&self.name, r).await {
             Ok(at) => at,
@@ -178,6 +183,7 @@ impl DomainHandle {
 
     /// Records the guest's facts durably and in memory.
     pub async fn record_facts(&self, f: GuestFacts) {
+        self.shared.spend_budget(&self.name, Budget::Writes).await;
         self.shared.metrics.session_write(SessionWrite::Facts);
         if self
             .shared
@@ -189,6 +195,16 @@ impl DomainHandle {
             self.shared.metrics.error(ErrorKind::Store);
         }
         self.shared.update(&self.name, |s| s.facts(f));
+    }
+
+    /// Waits for a token of the domain's `budget` and takes it (`crate::budget`): while
+    /// the domain is over budget the session does nothing else, so its socket is not
+    /// read (backpressure). Ends early when `stop` is cancelled.
+    pub async fn spend(&self, budget: Budget, stop: &CancellationToken) {
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = self.shared.spend_budget(&self.name, budget) => {}
+        }
     }
 
     /// Queues a notification hook (`add` / `end` or `failed` and the generation...).

@@ -28,6 +28,7 @@ use xenchan_protocol::message::{Applied, Body, ConfigPush, ErrorCode, ErrorRepor
 use xenchan_protocol::{DecodeStats, Envelope, FrameCodec, Nonce, Role};
 
 use crate::api::types::DomainState;
+use crate::budget::Budget;
 use crate::domains::Desired;
 use crate::metrics::ErrorKind;
 use crate::transport::refuse_extra;
@@ -285,7 +286,11 @@ impl<'a> Session<'a> {
                     self.domain.metrics().error(ErrorKind::Read);
                     Err(self.over(&format!("read failed: {}", xenchan_basics::chain(&e))))
                 }
-                Event::Frame(Some(Ok(env))) => self.on_message(env, &mut write, desired).await,
+                Event::Frame(Some(Ok(env))) => {
+                    // The frames budget (issue 18): over it, the next read waits here.
+                    self.domain.spend(Budget::Frames, stop).await;
+                    self.on_message(env, &mut write, desired).await
+                }
                 Event::Desired => {
                     let _ = desired.borrow_and_update();
                     self.evaluate(&mut write, desired).await
@@ -477,6 +482,7 @@ impl<'a> Session<'a> {
                 if forced && d.force_order {
                     push = push.forced();
                 }
+                self.domain.spend(Budget::Pushes, &self.stop).await;
                 self.domain.metrics().push();
                 tracing::info!(
                     domain = self.name,

@@ -61,6 +61,11 @@ pub enum Behaviour {
     Garbage,
     /// Sends this many bytes without a newline, then stays silent.
     NoDelimiter(usize),
+    /// Speaks the protocol correctly and floods (issue 18): answers the broker's hello,
+    /// then sends valid `result` frames (for the last generation pushed, else 1) and
+    /// `facts` frames (a new hostname each time, so none is a repeat) as fast as the
+    /// socket takes them. `hostile_bytes` counts the frames sent.
+    Flood,
 }
 
 /// What the agent says about itself.
@@ -376,6 +381,12 @@ async fn serve(stream: UnixStream, state: Arc<PeerState>) {
                 () = &mut kicked => {}
             }
         }
+        Behaviour::Flood => {
+            tokio::select! {
+                () = flood(read, write, &state, &opts) => {}
+                () = &mut kicked => {}
+            }
+        }
     }
     wait_for_close(probe).await;
     let open = {
@@ -384,6 +395,87 @@ async fn serve(stream: UnixStream, state: Arc<PeerState>) {
         live.len() as u32
     };
     state.update(|r| r.open = open);
+}
+
+/// [`Behaviour::Flood`].
+async fn flood(
+    read: tokio::net::unix::OwnedReadHalf,
+    write: tokio::net::unix::OwnedWriteHalf,
+    state: &PeerState,
+    opts: &PeerOptions,
+) {
+    let mut frames = FramedRead::new(read, FrameCodec::default());
+    let mut out = FramedWrite::new(write, FrameCodec::default());
+    let mut rules = SessionRules::new(Role::Agent);
+    let mut answers = 0usize;
+    // The broker's hello first: a flood is of valid frames in a real session.
+    loop {
+        let Some(Ok(env)) = frames.next().await else {
+            return;
+        };
+        if matches!(rules.classify(&env), Verdict::NewSession | Verdict::Accept)
+            && matches!(env.body, Body::Hello(_))
+        {
+            if !answer_hello(env, &mut rules, &mut out, state, opts, &mut answers).await {
+                return;
+            }
+            break;
+        }
+    }
+    let session = rules.current().cloned();
+    let default = sample_config("flood", "192.0.2.250/24");
+    let pushed: Mutex<(u64, xenchan_protocol::Digest, Vec<String>)> =
+        Mutex::new((1, default.digest(), default.items()));
+    // Reads what the broker sends (pushes, pings), so its writes never block; the
+    // flood does not wait for any of it.
+    let drain = async {
+        while let Some(Ok(env)) = frames.next().await {
+            if let Body::Config(push) = env.body {
+                state.update(|r| r.configs.push(push.clone()));
+                *pushed.lock().unwrap() = (push.generation, push.digest, push.config.items());
+            }
+        }
+    };
+    let send = async {
+        let mut n: u64 = 0;
+        loop {
+            let (generation, digest, items) = pushed.lock().unwrap().clone();
+            let result = Body::Result(ApplyResult {
+                generation,
+                digest,
+                items: items
+                    .into_iter()
+                    .map(|i| ItemResult::new(i, ItemStatus::Applied))
+                    .collect(),
+            });
+            let facts = Body::Facts(GuestFacts {
+                agent: "test-peer 0".into(),
+                os: "Test OS 1".into(),
+                kernel: "6.1.0-test".into(),
+                hostname: format!("flood-{n}"),
+                interfaces: Vec::new(),
+                host_keys: Vec::new(),
+            });
+            for body in [result, facts] {
+                if out
+                    .send(&Envelope::new(Role::Agent, session.clone(), body))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                n += 1;
+            }
+            state.update(|r| {
+                r.results += 1;
+                r.hostile_bytes = n;
+            });
+        }
+    };
+    tokio::select! {
+        () = drain => {}
+        () = send => {}
+    }
 }
 
 /// Whether the broker has closed its end of a connection, now.
