@@ -8,12 +8,13 @@ V_HOSTNAME=xenchan-virtio            # pushed
 V_MAC2=00:16:3e:5e:00:02             # the second NIC, configured by the agent
 V_CIDR=192.0.2.10/24
 V_OTHER=org.example.other.1          # a hot-plugged port that is not ours
+V_UUID=5e5e0a1c-3b7d-4c2e-8f90-1a2b3c4d5e6f  # QEMU -uuid: the guest's DMI product_uuid
 
 virtio_qemu_start() {
   local serial=$1
   VM_LOG=$VT_LOGS/virtio-qemu.log
   rm -f "$V_QMP"
-  spawn "$VM_LOG" qemu-system-x86_64 -name "$V_NAME" -accel tcg -cpu max -smp 2 -m 1024 \
+  spawn "$VM_LOG" qemu-system-x86_64 -name "$V_NAME" -uuid "$V_UUID" -accel tcg -cpu max -smp 2 -m 1024 \
     -display none -monitor none -serial "file:$serial" \
     -kernel "$IMAGES/vmlinuz" -initrd "$IMAGES/initrd.img" \
     -append "root=/dev/vda rw console=ttyS0 net.ifnames=0" \
@@ -115,13 +116,18 @@ EOF
   wait_for "broker answers on its control socket" 30 1 api_healthy || fail "the broker did not come up"
 
   make_doc "$V_DIR/doc.json" "$V_HOSTNAME" "$V_MAC2" "$V_CIDR"
-  api_set "$V_NAME" "$V_DIR/doc.json"
+  # The UUID is recorded: identity fails closed, so the push only happens when the agent
+  # reads the same one (on KVM from /sys/class/dmi/id/product_uuid).
+  api_set "$V_NAME" "$V_DIR/doc.json" "$V_UUID"
   wait_for "the agent's result is in the broker's API" 90 1 domain_settled "$V_NAME" ||
     fail "no result for the pushed configuration: $(brief "$(api_domain "$V_NAME")")"
   local j
   j=$(api_domain "$V_NAME")
   virtio_expected_network "$j"
   expect_items "$j" "hostname=applied network:lan=$V_NET user:cloud=applied"
+  [ "$(json_get "$j" .reported_uuid)" = "$V_UUID" ] ||
+    fail "the agent reports UUID '$(json_get "$j" .reported_uuid)', want $V_UUID (QEMU -uuid, DMI product_uuid)"
+  log "the agent reports the DMI UUID $V_UUID, the one recorded"
   V_GEN=$(json_get "$j" .applied_generation)
 
   # From the host, as cloud, with the pushed key.
@@ -146,7 +152,7 @@ virtio_repush() {
   local p r j
   p=$(api_metric xenchan_pushes_total)
   r=$(api_metric xenchan_results_total)
-  api_set "$V_NAME" "$V_DIR/doc.json"
+  api_set "$V_NAME" "$V_DIR/doc.json" "$V_UUID"
   sleep 3
   j=$(api_domain "$V_NAME")
   [ "$(json_get "$j" .desired_generation)" = "$V_GEN" ] || fail "the same document got a new generation: $(json_get "$j" .desired_generation)"
