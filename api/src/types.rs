@@ -181,6 +181,12 @@ pub struct DomainView {
     /// refills. `null`: within every budget.
     #[serde(default)]
     pub throttled: Option<Throttled>,
+    /// Notification hook runs of this domain dropped since the broker started: past its
+    /// own queue bound (`limits.hook_queue_per_domain`), its hooks budget, or as the
+    /// domain with the most queued when every queue together was full. Another domain's
+    /// flood never counts here.
+    #[serde(default)]
+    pub hooks_dropped: u64,
 }
 
 /// Why a domain is throttled (`DomainView::throttled`).

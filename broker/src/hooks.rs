@@ -236,6 +236,16 @@ impl Hooks {
         self.log_drop(&d, why);
     }
 
+    /// Runs of `domain` dropped so far (`DomainView::hooks_dropped`).
+    pub fn dropped_of(&self, domain: &str) -> u64 {
+        self.lock_queue().drops.get(domain).copied().unwrap_or(0)
+    }
+
+    /// Every domain's drop count, for a listing (one lock for all of them).
+    pub fn drop_counts(&self) -> HashMap<String, u64> {
+        self.lock_queue().drops.clone()
+    }
+
     fn log_drop(&self, d: &Dropped, why: &str) {
         self.metrics.hook_dropped();
         // The first drop of a domain and then one in a hundred: a flood must not become
@@ -662,6 +672,10 @@ mod tests {
             text.contains("xenchan_hook_runs_total{result=\"dropped\"} 196"),
             "200 flood runs, 4 kept: {text}"
         );
+        // The drops are the flooding domain's own, per domain as the API shows them.
+        assert_eq!(h.dropped_of("flood"), 196);
+        assert_eq!(h.dropped_of("good"), 0);
+        assert_eq!(h.drop_counts().get("flood"), Some(&196));
     }
 
     fn m_render(m: &Metrics) -> String {

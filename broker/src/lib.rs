@@ -30,6 +30,8 @@ pub use xenchan_api::paths;
 mod session;
 pub mod store;
 mod transport;
+/// The control socket's ACL rule, public for the role tests (cli/tests/roles.rs).
+pub use transport::acl;
 
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
@@ -193,6 +195,15 @@ pub async fn run(
     // never exists with the umask's permissions.
     let listener = transport::bind_socket_with_mode(&config.control_socket, 0o660)
         .map_err(BrokerError::Control)?;
+    // The socket's group is the operators'; read-only callers get in by an ACL entry.
+    let ro = &config.control.read_only_group;
+    if let Ok(Some(g)) = nix::unistd::Group::from_name(ro) {
+        for problem in
+            transport::acl::open_socket_to_group(&config.control_socket, g.gid.as_raw(), ro)
+        {
+            tracing::warn!("control.read_only_group: {problem}");
+        }
+    }
     let stop = CancellationToken::new();
     let server = tokio::spawn(api::serve(listener, Arc::clone(&shared), stop.clone()));
 

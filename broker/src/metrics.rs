@@ -126,13 +126,16 @@ pub enum SessionWrite {
     Result,
     /// Facts.
     Facts,
+    /// An error (the agent's `error` frame, or one the session met).
+    Error,
 }
 
 impl SessionWrite {
-    const ALL: [SessionWrite; 3] = [
+    const ALL: [SessionWrite; 4] = [
         SessionWrite::Applied,
         SessionWrite::Result,
         SessionWrite::Facts,
+        SessionWrite::Error,
     ];
 
     fn as_str(self) -> &'static str {
@@ -140,6 +143,7 @@ impl SessionWrite {
             SessionWrite::Applied => "applied",
             SessionWrite::Result => "result",
             SessionWrite::Facts => "facts",
+            SessionWrite::Error => "error",
         }
     }
 }
@@ -186,7 +190,7 @@ pub struct Metrics {
     skipped: [AtomicU64; 8],
     errors: [AtomicU64; 14],
     dropped: [AtomicU64; 5],
-    session_writes: [AtomicU64; 3],
+    session_writes: [AtomicU64; 4],
     hooks_ok: AtomicU64,
     hooks_failed: AtomicU64,
     hooks_dropped: AtomicU64,

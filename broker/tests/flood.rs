@@ -187,6 +187,22 @@ async fn flooding_guests_are_held_to_their_budgets_and_a_good_one_is_not_hurt() 
             .collect::<Vec<_>>()
     );
 
+    // Drops are counted per domain: none of the good domain's; the flooders' add up to
+    // at least what the broker-wide counter said a moment earlier (the flood goes on).
+    let good_view = client.get_domain("good").await.unwrap();
+    assert_eq!(good_view.hooks_dropped, 0, "{good_view:?}");
+    let listed = client.list().await.unwrap();
+    let flooders_dropped: u64 = listed
+        .iter()
+        .filter(|v| v.name.starts_with("flood"))
+        .map(|v| v.hooks_dropped)
+        .sum();
+    assert!(
+        flooders_dropped >= dropped,
+        "per-domain drops {flooders_dropped} < broker-wide {dropped}"
+    );
+    eprintln!("hook runs dropped per flooder (list): {flooders_dropped} in all");
+
     // Frames: every domain (the good one too) at most burst + rate × t; what a session
     // has decoded but not yet handled is one frame more.
     let domains = (FLOODERS + 1) as u64;
@@ -209,6 +225,23 @@ async fn flooding_guests_are_held_to_their_budgets_and_a_good_one_is_not_hurt() 
         FLOODERS as u64,
         "{m}"
     );
+    // Store writes of sessions (applied states, results, facts, errors: the flooders'
+    // error reports are all different, so none is dropped as a repeat): at most the
+    // writes budget per domain.
+    let writes: u64 = ["applied", "result", "facts", "error"]
+        .iter()
+        .map(|k| metric(&m, &format!("xenchan_session_writes_total{{kind=\"{k}\"}}")))
+        .sum();
+    let writes_bound = domains * bound(limits.writes_burst, limits.writes_per_sec, secs);
+    assert!(
+        writes <= writes_bound,
+        "{writes} session store writes, bound {writes_bound}"
+    );
+    assert!(
+        metric(&m, "xenchan_session_writes_total{kind=\"error\"}") > 0,
+        "the flooders' error reports were recorded (within budget): {m}"
+    );
+
     // Pushes: the good domain's generations, and at most the budget per flooder.
     let pushes_bound =
         generation + FLOODERS as u64 * bound(limits.pushes_burst, limits.pushes_per_sec, secs);

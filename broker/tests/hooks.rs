@@ -285,3 +285,62 @@ async fn an_overrunning_hook_is_504_naming_it_and_its_kill_is_logged() {
     child.start_kill().unwrap();
     let _ = child.wait().await;
 }
+
+/// Drops are counted per domain and shown on the domain: a domain whose notifications
+/// outrun its queue bound has its own runs dropped and counted, a calm neighbour none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_notifications_are_counted_on_their_own_domain() {
+    let dirs = Dirs::new();
+    let log = dirs.root.path().join("hook.log");
+    // Notifications (not `prepare begin`, which a PUT waits for) take 300 ms each.
+    dirs.hook(
+        "10-slow",
+        &format!(
+            "[ \"$2 $3\" = 'prepare begin' ] && exit 0\n\
+             sleep 0.3; echo \"$1 $2 $3 $4\" >> {log}",
+            log = log.display()
+        ),
+    );
+    let mut config = dirs.config();
+    config.limits.hook_queue_per_domain = 1;
+    let broker = TestBroker::start(config).await;
+    for g in 0..8 {
+        broker
+            .client
+            .put_config(
+                "busy",
+                &sample_config("busy", &format!("192.0.2.{}/24", 10 + g)),
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    broker
+        .client
+        .put_config("calm", &sample_config("calm", "192.0.2.90/24"), None)
+        .await
+        .unwrap();
+    let busy = broker.client.get_domain("busy").await.unwrap();
+    let calm = broker.client.get_domain("calm").await.unwrap();
+    // 8 notifications, one running and one queued at a time: at least 5 dropped.
+    assert!(busy.hooks_dropped >= 5, "{busy:?}");
+    assert_eq!(calm.hooks_dropped, 0, "{calm:?}");
+    let m = broker.client.metrics().await.unwrap();
+    assert_eq!(
+        metric(&m, "xenchan_hook_runs_total{result=\"dropped\"}"),
+        busy.hooks_dropped,
+        "{m}"
+    );
+    // The calm domain's notification still ran.
+    wait_until("calm's notification", DEADLINE, || {
+        let log = log.clone();
+        async move {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("calm prepare end")
+                .then_some(())
+        }
+    })
+    .await;
+    broker.stop().await.unwrap();
+}

@@ -165,6 +165,15 @@ pub fn domain(out: &mut dyn Write, d: &DomainView) -> io::Result<()> {
             clean(&format!("over its {} budget since {}", t.budget, t.since)),
         ]);
     }
+    if d.hooks_dropped > 0 {
+        rows.push(vec![
+            "hooks dropped:".into(),
+            format!(
+                "{} notification hook runs (its queue bound or hooks budget; the broker log names each spell)",
+                d.hooks_dropped
+            ),
+        ]);
+    }
     if let Some(f) = &d.facts {
         rows.push(vec![
             "guest:".into(),

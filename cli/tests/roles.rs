@@ -57,16 +57,25 @@ async fn xenchan_as(bin: &Path, socket: &Path, who: &As, args: &[&str]) -> (Outp
                 .arg(&bin);
             c
         };
-        let child = cmd
-            .env("XENCHAN_SOCKET", &socket)
+        cmd.env("XENCHAN_SOCKET", &socket)
             .env_remove("XENCHAN_REGISTRY_DIR")
             .current_dir("/")
             .args(&args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stderr(std::process::Stdio::piped());
+        // ETXTBSY: another test copying its binary had the file open for writing when
+        // a fork of ours inherited that descriptor; it is closed at that child's exec.
+        let mut tries = 0;
+        let child = loop {
+            match cmd.spawn() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                r => break r.unwrap(),
+            }
+        };
         let pid = child.id();
         (child.wait_with_output().unwrap(), pid)
     })
@@ -263,4 +272,84 @@ fn which_setpriv() -> bool {
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success())
+}
+
+/// The packaged layout: the socket's folder is 0750 and both are the operators' group
+/// (the unit's `RuntimeDirectory`, `Group=`), nothing opened by hand. A member of only
+/// the read-only group still reads, through the ACL entries the broker adds at start;
+/// a caller in neither group cannot even connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_read_only_group_reaches_the_packaged_socket_through_an_acl() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let ((op_name, op_gid), (ro_name, ro_gid)) = two_spare_groups().unwrap();
+    let dirs = Dirs::new();
+    std::fs::set_permissions(dirs.root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let probe = dirs.root.path().join("acl-probe");
+    std::fs::write(&probe, b"").unwrap();
+    if let Err(e) = xenchan_broker::acl::grant_group(&probe, ro_gid, xenchan_broker::acl::R) {
+        eprintln!("skipped: the test folder's file system takes no ACL ({e})");
+        return;
+    }
+    let run = dirs.root.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    std::os::unix::fs::chown(&run, Some(0), Some(op_gid)).unwrap();
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let mut config = dirs.config();
+    config.control_socket = run.join("broker.sock");
+    config.control.operator_group = op_name;
+    config.control.read_only_group = ro_name;
+    let sock = config.control_socket.clone();
+    let broker = TestBroker::start(config).await;
+    // What the unit's Group= gives the socket.
+    std::os::unix::fs::chown(&sock, None, Some(op_gid)).unwrap();
+    assert_eq!(
+        std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
+        0o660
+    );
+    assert_eq!(
+        xenchan_broker::acl::group_perm(&sock, ro_gid).unwrap(),
+        Some(xenchan_broker::acl::R | xenchan_broker::acl::W)
+    );
+    assert_eq!(
+        xenchan_broker::acl::group_perm(&run, ro_gid).unwrap(),
+        Some(xenchan_broker::acl::X)
+    );
+    let bin = public_binary(dirs.root.path());
+
+    let read_only = As {
+        uid: READ_ONLY_UID,
+        gid: ro_gid,
+        groups: vec![],
+    };
+    let (o, _) = xenchan_as(&bin, &sock, &read_only, &["domain", "ls"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let set = ["domain", "set", "web1", "--hostname", "web1.example"];
+    let (o, _) = xenchan_as(&bin, &sock, &read_only, &set).await;
+    assert_eq!(o.status.code(), Some(77), "{}", text(&o));
+
+    let operator = As {
+        uid: OPERATOR_UID,
+        gid: op_gid,
+        groups: vec![],
+    };
+    let (o, _) = xenchan_as(&bin, &sock, &operator, &set).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+    // Neither group: the file system refuses the connection before the broker is asked.
+    let nobody = As {
+        uid: NOBODY_UID,
+        gid: NO_ROLE_GID,
+        groups: vec![],
+    };
+    let (o, _) = xenchan_as(&bin, &sock, &nobody, &["domain", "ls"]).await;
+    assert_ne!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("ermission denied"),
+        "{}",
+        text(&o)
+    );
+    broker.stop().await.unwrap();
 }

@@ -2,8 +2,9 @@
 //! credentials from the connection, [`peer`]), which role that gives ([`Roles::role_of`])
 //! and which role a call needs ([`needed_role`]).
 //!
-//! The socket's mode and group are the first gate (0660, the unit's group): only callers
-//! that can open it get here. The roles tell apart those that may: read-only callers
+//! The socket's mode and group are the first gate (0660, the unit's group, plus an ACL
+//! entry for the read-only group: transport/acl.rs): only callers that can open it get
+//! here. The roles tell apart those that may: read-only callers
 //! (monitoring, dashboards) get the GET calls, operators everything.
 
 use std::ffi::CString;
@@ -104,8 +105,8 @@ pub fn allows(have: Option<Role>, need: Role) -> bool {
 }
 
 /// The caller at the other end of `stream`: uid, gid and pid from `SO_PEERCRED`, the
-/// command name and supplementary groups from `/proc/<pid>` when readable (the unit's
-/// `ProtectProc=invisible` hides other users' processes), else the groups of the uid in
+/// command name and supplementary groups from `/proc/<pid>` when readable (with
+/// `ProtectProc=invisible` other users' processes are hidden), else the groups of the uid in
 /// the group database. `None` if the kernel gives no credentials.
 pub fn peer(stream: &UnixStream) -> Option<Caller> {
     let cred = stream.peer_cred().ok()?;

@@ -216,6 +216,8 @@ impl Slot {
                     budget: t.budget.to_string(),
                     since: self.throttled_since.clone().unwrap_or_default(),
                 }),
+            // Filled in by Shared, which holds the hook queues.
+            hooks_dropped: 0,
         }
     }
 }
@@ -303,13 +305,23 @@ impl Shared {
 
     /// A domain's view, if the broker knows the domain.
     pub fn view(&self, name: &str) -> Option<DomainView> {
-        self.slots().get(name).map(|s| s.view(name))
+        let mut v = self.slots().get(name).map(|s| s.view(name))?;
+        v.hooks_dropped = self.hooks.dropped_of(name);
+        Some(v)
     }
 
     /// Every domain's view, by name.
     pub fn views(&self) -> Vec<DomainView> {
         let slots = self.slots();
-        let mut v: Vec<_> = slots.iter().map(|(n, s)| s.view(n)).collect();
+        let drops = self.hooks.drop_counts();
+        let mut v: Vec<_> = slots
+            .iter()
+            .map(|(n, s)| {
+                let mut v = s.view(n);
+                v.hooks_dropped = drops.get(n).copied().unwrap_or(0);
+                v
+            })
+            .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }

@@ -188,6 +188,7 @@ fn empty_view(name: &str) -> DomainView {
         socket: None,
         domid: None,
         throttled: None,
+        hooks_dropped: 0,
     }
 }
 

@@ -119,8 +119,11 @@ impl DomainHandle {
         v
     }
 
-    /// Records an error durably and in memory.
+    /// Records an error durably and in memory. A store write like any other: charged to
+    /// the writes budget, so a guest repeating different errors pays for each.
     pub async fn record_error(&self, kind: ErrorKind, error: String) {
+        self.shared.spend_budget(&self.name, Budget::Writes).await;
+        self.shared.metrics.session_write(SessionWrite::Error);
         self.shared.record_error(&self.name, kind, error).await;
     }
 

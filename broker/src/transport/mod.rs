@@ -7,11 +7,13 @@
 //! - listen mode ([`run_listen`]): the broker owns the socket and serves one backend
 //!   connection at a time, refusing extra ones;
 //! - [`socket`]: binding a listening socket safely (never replacing a file that is not a
-//!   socket; optionally appearing only with its final mode).
+//!   socket; optionally appearing only with its final mode);
+//! - [`acl`]: letting the read-only group reach the control socket by an ACL entry.
 //!
 //! Each connection is handed to [`session::serve`], which runs the protocol on it and
 //! says how it ended; this module only decides whether and when to connect again.
 
+pub mod acl;
 mod socket;
 
 use std::path::{Path, PathBuf};

@@ -62,9 +62,9 @@ pub enum Behaviour {
     /// Sends this many bytes without a newline, then stays silent.
     NoDelimiter(usize),
     /// Speaks the protocol correctly and floods (issue 18): answers the broker's hello,
-    /// then sends valid `result` frames (for the last generation pushed, else 1) and
-    /// `facts` frames (a new hostname each time, so none is a repeat) as fast as the
-    /// socket takes them. `hostile_bytes` counts the frames sent.
+    /// then sends valid `result` frames (for the last generation pushed, else 1),
+    /// `facts` frames (a new hostname each time, so none is a repeat) and `error` frames
+    /// (a new message each time) as fast as the socket takes them. `hostile_bytes` counts the frames sent.
     Flood,
 }
 
@@ -456,7 +456,13 @@ async fn flood(
                 interfaces: Vec::new(),
                 host_keys: Vec::new(),
             });
-            for body in [result, facts] {
+            // An error report with a new message each time: never a repeat, so each one
+            // would be an event row if the broker did not charge it to the writes budget.
+            let error = Body::Error(ErrorReport {
+                code: ErrorCode::Other,
+                message: format!("flood error {n}"),
+            });
+            for body in [result, facts, error] {
                 if out
                     .send(&Envelope::new(Role::Agent, session.clone(), body))
                     .await
