@@ -12,8 +12,11 @@ setup:
 ## against simulated Xen domains (xenchan-sim plays QEMU, udev and xenstore).
 ## Options: make demo DEMO_ARGS="--domains 10 --scenario reboot --keep"
 DEMO_ARGS ?=
+## It builds what `make test` builds (one build serves both: the first run takes longer,
+## the tests then start at once) and runs target/debug/xenchan-sim.
 demo: setup
-	$(CARGO) run --locked -q -p xenchan-sim -- demo $(DEMO_ARGS)
+	$(CARGO) build --locked -q --workspace --bins --tests
+	"$${CARGO_TARGET_DIR:-target}/debug/xenchan-sim" demo $(DEMO_ARGS)
 
 ## Every test of the workspace (unit, property, integration, end-to-end).
 test: setup

@@ -141,8 +141,15 @@ pub fn workspace_dir() -> Option<PathBuf> {
     .then_some(ws)
 }
 
-/// Runs `cargo build --bins -p <packages>` in `workspace` so the binaries land in
-/// `profile_dir` (`target/<profile>`).
+/// Builds the binaries so they land in `profile_dir` (`target/<profile>`).
+///
+/// A debug build is `cargo build --workspace --bins --tests`: the same units, with the
+/// same features, as `make test` (`cargo test --workspace`) and `make demo`, so after
+/// either it is a no-op. `--bins -p <packages>` alone resolves features without the
+/// dev-dependencies (proptest turns on more of getrandom and regex-syntax, the bench
+/// more of nix): every crate above those would be compiled a second time, which cost a
+/// cold CI run about ten minutes. Other profiles (the bench's release build) build only
+/// `packages`.
 pub fn build(workspace: &Path, profile_dir: &Path, packages: &[&str]) -> Result<(), BinariesError> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(&cargo);
@@ -151,8 +158,16 @@ pub fn build(workspace: &Path, profile_dir: &Path, packages: &[&str]) -> Result<
         .arg("build")
         .arg("--locked")
         .arg("--bins");
-    for p in packages {
-        cmd.arg("-p").arg(p);
+    let debug = matches!(
+        profile_dir.file_name().and_then(|n| n.to_str()),
+        Some("debug") | None
+    );
+    if debug {
+        cmd.arg("--workspace").arg("--tests");
+    } else {
+        for p in packages {
+            cmd.arg("-p").arg(p);
+        }
     }
     match profile_dir.file_name().and_then(|n| n.to_str()) {
         Some("debug") | None => {}

@@ -334,13 +334,26 @@ async fn an_older_generation_of_a_restored_store_is_refused_shown_and_forced() {
     assert_eq!(g.hostname(), "two\n", "the guest kept generation 2");
     let v = b.client.get_domain(DOMAIN).await.unwrap();
     assert_eq!(v.state, DomainState::StaleGeneration);
-    // A plain re-push is refused the same way (it is not the override)...
-    b.client.push(DOMAIN).await.unwrap();
-    b.until("refused again", |v| v.state == DomainState::StaleGeneration)
-        .await;
-    // ...the operator's force is applied.
+    // A plain re-push is refused the same way (it is not the override); the operator's
+    // force comes while that push is still on its way (held at the relay), so the
+    // broker waits for its answer, and only then sends the forced one.
     let sent_before = g.relay.with(|s| s.configs_sent().len());
+    g.relay.set_gate(Gate::CloseAtConfig);
+    b.client.push(DOMAIN).await.unwrap();
+    g.relay
+        .wait(
+            "the plain push held",
+            xenchan_e2e::relay::State::holds_a_config,
+        )
+        .await;
     b.client.push_force(DOMAIN).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        g.relay.with(|s| s.configs_sent().len()),
+        sent_before + 1,
+        "the forced push waits for the answer to the one in flight"
+    );
+    g.relay.set_gate(Gate::Open);
     b.until("generation 1 forced", |v| {
         v.state == DomainState::Configured && v.applied_generation == Some(1)
     })

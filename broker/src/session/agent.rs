@@ -56,7 +56,14 @@ impl Session<'_> {
                 self.unanswered = 0;
                 match env.body {
                     Body::Hello(h) => self.on_hello(h, write, desired).await,
-                    Body::Result(r) => self.on_result(r, desired).await,
+                    // After an answer, decide again and act: an operator's `push --force`
+                    // that came while this push was in flight (it waited, AwaitResult)
+                    // is due now. Only setting the state would show `pushing` with
+                    // nothing sent, for good.
+                    Body::Result(r) => {
+                        self.on_result(r, desired).await?;
+                        self.evaluate(write, desired).await
+                    }
                     Body::Facts(f) => {
                         self.on_facts(f).await;
                         Ok(())
@@ -64,9 +71,10 @@ impl Session<'_> {
                     Body::Pong { .. } => {
                         if self.phase == Phase::Ready && self.handshook {
                             // Back from unresponsive, if it was.
-                            self.refresh_state(desired);
+                            self.evaluate(write, desired).await
+                        } else {
+                            Ok(())
                         }
-                        Ok(())
                     }
                     Body::Ping { id } => {
                         self.send(write, Body::Pong { id }, self.timeouts().keepalive())
@@ -74,7 +82,7 @@ impl Session<'_> {
                     }
                     Body::Error(e) => {
                         self.on_agent_error(e).await;
-                        Ok(())
+                        self.evaluate(write, desired).await
                     }
                     Body::Bye { reason } => {
                         Err(self.over(&format!("the agent said bye ({reason})")))
