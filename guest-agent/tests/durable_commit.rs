@@ -94,8 +94,9 @@ fn statuses(r: &ApplyResult) -> Vec<ItemStatus> {
 /// Names in the folders of `files` that are not the files themselves (temporaries).
 fn strays(files: &[PathBuf]) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for f in files {
-        let dir = f.parent().unwrap();
+    let dirs: std::collections::BTreeSet<&Path> =
+        files.iter().map(|f| f.parent().unwrap()).collect();
+    for dir in dirs {
         for e in std::fs::read_dir(dir).unwrap() {
             let p = e.unwrap().path();
             if p.file_name()
@@ -159,4 +160,183 @@ async fn a_repush_rewrites_nothing_and_a_change_replaces_every_file() {
         "temporary files left"
     );
     agent.stop().await.unwrap();
+}
+
+/// The real agent binary, killed (SIGKILL) when dropped, so that a failing test leaves
+/// no agent behind.
+struct Agent(std::process::Child);
+
+impl Agent {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The real agent binary on `pty`, under `guest`'s root.
+fn spawn_agent(guest: &Guest, pty: &Pty) -> Agent {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_xenchan-agent"))
+        .arg("--device")
+        .arg(&pty.path)
+        .arg("--root")
+        .arg(&guest.root)
+        .arg("--state-dir")
+        .arg(guest.path("var/lib/xenchan-agent"))
+        .arg("--registry-dir")
+        .arg(guest.path("etc/xenchan/registry.d"))
+        .args(["--network-renderer", "networkd", "--no-live-hostname"])
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn xenchan-agent");
+    Agent(child)
+}
+
+/// The four files of the document (the state file aside).
+fn contents(guest: &Guest) -> Vec<String> {
+    files(guest)[..4]
+        .iter()
+        .map(|f| String::from_utf8(std::fs::read(f).unwrap()).unwrap())
+        .collect()
+}
+
+fn variant(generation: u64) -> usize {
+    usize::from(generation % 2 == 1)
+}
+
+/// SIGKILL at spread-out moments of a push, over and over: every file is always one
+/// variant's complete content (never a mix, never cut short), the state file always
+/// parses, never names a generation whose files are not all in place, and never forgets
+/// one whose result reached the broker. The moments are spread over the push's own
+/// duration, measured first, so that some kills land between the first rename and the
+/// state file's (the run says how many left temporary files behind: killed mid-commit).
+#[tokio::test]
+async fn kill_9_at_any_moment_of_a_push_leaves_old_or_new_files_and_keeps_what_was_acknowledged() {
+    let guest = Guest::new();
+    let nic = guest.path("sys/class/net/enX0");
+    std::fs::create_dir_all(nic.join("device")).unwrap();
+    std::fs::write(nic.join("address"), format!("{MAC}\n")).unwrap();
+
+    // What each variant's files hold, and how long a push takes here.
+    let mut expected = vec![Vec::new(); 2];
+    let mut took = std::time::Duration::ZERO;
+    let pty0 = pty();
+    let mut agent = spawn_agent(&guest, &pty0);
+    let mut broker = Broker::new(pty0);
+    broker.handshake().await;
+    for generation in 1..=6 {
+        let t = std::time::Instant::now();
+        let r = broker
+            .push(generation, &config(&doc(variant(generation))))
+            .await;
+        took = took.max(t.elapsed());
+        assert!(r.all_ok(), "{r:?}");
+        if generation <= 2 {
+            expected[variant(generation)] = contents(&guest);
+        }
+    }
+    agent.kill();
+    assert_ne!(expected[0], expected[1]);
+
+    let mut acked = 6;
+    let mut generation = 6;
+    let mut mid_commit = 0;
+    let rounds = 40;
+    for round in 0..rounds {
+        // Start, handshake, push the next generation, kill after a delay within it.
+        let p = pty();
+        let mut agent = spawn_agent(&guest, &p);
+        let mut broker = Broker::new(p);
+        let (_, hello) = broker.handshake().await;
+        let applied = hello
+            .applied
+            .expect("applied generation in the hello")
+            .generation;
+        assert!(
+            applied >= acked,
+            "round {round}: generation {acked} was acknowledged, the agent reports {applied}"
+        );
+        if applied != generation {
+            // The last push was killed before its state file: the broker pushes again.
+            assert!(
+                broker
+                    .push(generation, &config(&doc(variant(generation))))
+                    .await
+                    .all_ok()
+            );
+        }
+        assert_eq!(
+            contents(&guest),
+            expected[variant(generation)],
+            "round {round}"
+        );
+        acked = generation;
+
+        generation += 1;
+        let nonce = broker.rules.current().cloned().unwrap();
+        let push = xenchan_protocol::message::ConfigPush::new(
+            generation,
+            config(&doc(variant(generation))),
+        );
+        broker
+            .send(&xenchan_protocol::Envelope::new(
+                xenchan_protocol::Role::Broker,
+                Some(nonce.clone()),
+                xenchan_protocol::Body::Config(push),
+            ))
+            .await;
+        let delay = took.mul_f64(f64::from(round) / f64::from(rounds) * 1.5);
+        std::thread::sleep(delay);
+        agent.kill();
+        // A result already written before the kill reached the broker: acknowledged.
+        let until = tokio::time::Instant::now() + std::time::Duration::from_millis(50);
+        while let Some(m) = broker.next_until(until).await {
+            if m.session.as_ref() == Some(&nonce)
+                && matches!(&m.body, xenchan_protocol::Body::Result(r) if r.generation == generation)
+            {
+                acked = generation;
+            }
+        }
+
+        // On disk: each file one variant's complete content; the state file whole.
+        let now = contents(&guest);
+        for (i, f) in now.iter().enumerate() {
+            assert!(
+                *f == expected[0][i] || *f == expected[1][i],
+                "round {round}: {} is neither variant: {f:?}",
+                files(&guest)[i].display(),
+            );
+        }
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&files(&guest)[4]).unwrap())
+                .expect("the state file parses");
+        let saved = state["generation"].as_u64().unwrap();
+        assert!(
+            saved >= acked,
+            "round {round}: acknowledged {acked}, saved {saved}"
+        );
+        if saved == generation {
+            assert_eq!(
+                now,
+                expected[variant(generation)],
+                "round {round}: state before files"
+            );
+        }
+        let stray = strays(&files(&guest));
+        if !stray.is_empty() {
+            mid_commit += 1;
+            for s in stray {
+                std::fs::remove_file(s).unwrap();
+            }
+        }
+    }
+    eprintln!(
+        "{rounds} kills, {mid_commit} left temporary files (killed while staging or committing)"
+    );
 }
