@@ -179,9 +179,13 @@ impl Drop for Agent {
     }
 }
 
-/// The real agent binary on `pty`, under `guest`'s root.
+/// The real agent binary on `pty`, under `guest`'s root: this build's, or the one
+/// `XENCHAN_AGENT_BIN` names (a static or `--profile agent` build, say).
 fn spawn_agent(guest: &Guest, pty: &Pty) -> Agent {
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_xenchan-agent"))
+    let bin = std::env::var_os("XENCHAN_AGENT_BIN")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| env!("CARGO_BIN_EXE_xenchan-agent").into(), PathBuf::from);
+    let child = std::process::Command::new(bin)
         .arg("--device")
         .arg(&pty.path)
         .arg("--root")
@@ -225,7 +229,7 @@ async fn kill_9_at_any_moment_of_a_push_leaves_old_or_new_files_and_keeps_what_w
 
     // What each variant's files hold, and how long a push takes here.
     let mut expected = vec![Vec::new(); 2];
-    let mut took = std::time::Duration::ZERO;
+    let mut took = Vec::new();
     let pty0 = pty();
     let mut agent = spawn_agent(&guest, &pty0);
     let mut broker = Broker::new(pty0);
@@ -235,7 +239,7 @@ async fn kill_9_at_any_moment_of_a_push_leaves_old_or_new_files_and_keeps_what_w
         let r = broker
             .push(generation, &config(&doc(variant(generation))))
             .await;
-        took = took.max(t.elapsed());
+        took.push(t.elapsed());
         assert!(r.all_ok(), "{r:?}");
         if generation <= 2 {
             expected[variant(generation)] = contents(&guest);
@@ -243,6 +247,9 @@ async fn kill_9_at_any_moment_of_a_push_leaves_old_or_new_files_and_keeps_what_w
     }
     agent.kill();
     assert_ne!(expected[0], expected[1]);
+    // The median: one push slowed down by a busy machine must not stretch every delay.
+    took.sort();
+    let took = took[took.len() / 2];
 
     let mut acked = 6;
     let mut generation = 6;
@@ -337,6 +344,6 @@ async fn kill_9_at_any_moment_of_a_push_leaves_old_or_new_files_and_keeps_what_w
         }
     }
     eprintln!(
-        "{rounds} kills, {mid_commit} left temporary files (killed while staging or committing)"
+        "median push {took:?}; {rounds} kills, {mid_commit} left temporary files (killed while staging or committing)"
     );
 }
