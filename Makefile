@@ -56,8 +56,8 @@ test-vm: deb
 	vmtest/run.sh $(VMTEST_ARGS)
 
 ## The guest agent daemon linked statically against musl, with the small `agent` profile
-## and without libudev (only xenchan-agent-consoles needs it): 2.5 MiB idle RSS against
-## 4.5 MiB for the release build (docs/PERFORMANCE.md, "Agent idle RSS"). Binary in
+## and without libudev (only xenchan-agent-consoles needs it): 2.3 MiB idle RSS against
+## 4.3 MiB for the dynamic --profile agent build (docs/PERFORMANCE.md, "Agent idle RSS"). Binary in
 ## target/x86_64-unknown-linux-musl/agent/. Needs: rustup target add x86_64-unknown-linux-musl
 AGENT_TARGET ?= x86_64-unknown-linux-musl
 agent-static:
