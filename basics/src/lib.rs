@@ -4,12 +4,14 @@
 //! - [`error::chain`]: an error and its causes on one line, for logs and stderr;
 //! - [`signal::shutdown`] (feature `signal`): the SIGTERM/SIGINT future daemons stop on;
 //! - [`backoff::Backoff`]: capped exponential backoff with jitter, for every reconnect loop;
-//! - [`atomic::write_atomic`]: temp file, fsync, rename, fsync the folder.
+//! - [`atomic::write_atomic`]: temp file, fsync, rename, fsync the folder;
+//! - [`commit::Batch`]: many files made durable together, renamed, each folder synced once.
 //!
 //! Kept small on purpose: no async runtime unless asked for, no logging set-up.
 
 pub mod atomic;
 pub mod backoff;
+pub mod commit;
 pub mod error;
 pub mod exit;
 #[cfg(feature = "signal")]

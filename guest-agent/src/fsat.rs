@@ -23,6 +23,7 @@ use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{FileStat, Mode, SFlag};
 use nix::unistd::{Gid, Uid, UnlinkatFlags};
+use xenchan_basics::commit::{Batch, Pending};
 
 /// Owner and permission bits a file or folder must have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,6 +201,62 @@ pub(crate) fn write_atomic_at(
         return Err(e);
     }
     dir.sync_all()
+}
+
+/// Writes `contents` to a temporary file in `dir` (owned and moded as `owner`) and stages
+/// it in `batch` to replace `name` at the push's commit; `shown` names the file in
+/// errors. Nothing is fsynced or renamed here: [`Batch::commit`] does that for every file
+/// of the push at once.
+pub(crate) fn stage_at(
+    batch: &Batch,
+    dir: &File,
+    name: &OsStr,
+    contents: &[u8],
+    owner: Owner,
+    shown: &str,
+) -> io::Result<()> {
+    check_name(name)?;
+    let tmp = format!(
+        ".{}.xenchan-{}-{:08x}",
+        name.to_string_lossy(),
+        std::process::id(),
+        rand::random::<u32>()
+    );
+    let tmp = OsStr::new(&tmp);
+    let mut f = open_at(
+        dir,
+        tmp,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL,
+        0o600,
+    )?;
+    let written = (|| {
+        f.write_all(contents)?;
+        set_owner_mode(&f, owner)?;
+        Ok::<_, io::Error>(())
+    })();
+    if let Err(e) = written {
+        let _ = unlink_at(dir, tmp);
+        return Err(e);
+    }
+    batch
+        .stage(dir, name, tmp, f, contents.to_vec(), Path::new(shown))
+        .map_err(|e| io::Error::new(e.source.kind(), e.to_string()))
+}
+
+/// The content `name` in `dir` will have once `batch` is committed, if an earlier step
+/// of the push staged something for it (`Some(None)`: its removal), else what is on
+/// disk now (`None` when it does not exist).
+pub(crate) fn current_at(
+    batch: &Batch,
+    dir: &File,
+    name: &OsStr,
+    limit: u64,
+) -> io::Result<Option<Vec<u8>>> {
+    match batch.pending(dir, name) {
+        Some(Pending::Content(c)) => Ok(Some(c)),
+        Some(Pending::Removed) => Ok(None),
+        None => read_file_at(dir, name, limit),
+    }
 }
 
 /// How a path walk failed.

@@ -15,6 +15,7 @@ mod boot;
 pub mod cli;
 mod coalesce;
 pub mod console_setup;
+#[cfg(feature = "consoles")]
 pub mod consoles;
 mod device;
 mod discovery;

@@ -25,6 +25,7 @@ use xenchan_protocol::{
 };
 
 use xenchan_basics::Backoff;
+use xenchan_basics::commit::Batch;
 
 use crate::apply::{self, Applier, ApplyContext};
 use crate::coalesce::Coalesce;
@@ -663,21 +664,18 @@ impl Session<'_> {
         let opts = Arc::clone(&self.core.opts);
         let appliers = Arc::clone(&self.core.appliers);
         let previous = self.core.applied.clone();
-        let config = push.config.clone();
+        let store = self.core.store.clone();
+        let pushed = push.clone();
         let deadline = self.opts().timing.apply_timeout;
         let applied = tokio::time::timeout(
             deadline,
             tokio::task::spawn_blocking(move || {
-                let ctx = ApplyContext {
-                    opts: &opts,
-                    previous: previous.as_ref(),
-                };
-                apply::apply_config(&appliers, &ctx, &config)
+                apply_and_commit(&appliers, &opts, previous.as_ref(), &pushed, &store)
             }),
         )
         .await;
-        let (items, appliers) = match applied {
-            Ok(Ok(done)) => done,
+        let state = match applied {
+            Ok(Ok(state)) => state,
             failure => {
                 let why = match failure {
                     Err(_) => {
@@ -700,10 +698,33 @@ impl Session<'_> {
                     .as_ref()
                     .map(|a| a.appliers.clone())
                     .unwrap_or_default();
-                (items, kept)
+                let state = AppliedState {
+                    generation: push.generation,
+                    digest: push.digest.clone(),
+                    lineage: push.lineage.clone(),
+                    items: with_unsupported(items, &push),
+                    appliers: kept,
+                };
+                if !self
+                    .core
+                    .applied
+                    .as_ref()
+                    .is_some_and(|prev| same_outcome(prev, &state))
+                {
+                    let batch = Batch::new();
+                    if let Err(e) = self
+                        .core
+                        .store
+                        .stage(&state, &batch)
+                        .and_then(|()| batch.commit().map(drop).map_err(io::Error::other))
+                    {
+                        error!(dir = %self.core.store.dir().display(), error = %e, "cannot save what was applied");
+                    }
+                }
+                state
             }
         };
-        for item in &items {
+        for item in &state.items {
             match item.status {
                 ItemStatus::Failed => {
                     warn!(item = %item.item, reason = item.reason.as_deref().unwrap_or(""), "item failed");
@@ -714,25 +735,7 @@ impl Session<'_> {
                 s => info!(item = %item.item, status = s.as_str(), "item done"),
             }
         }
-        let items = with_unsupported(items, &push);
-        let state = AppliedState {
-            generation: push.generation,
-            digest: push.digest.clone(),
-            lineage: push.lineage.clone(),
-            items: items.clone(),
-            appliers,
-        };
-        // A re-push of what is in place leaves even the state file alone.
-        if self
-            .core
-            .applied
-            .as_ref()
-            .is_some_and(|prev| same_outcome(prev, &state))
-        {
-            debug!("nothing changed; state file left as it is");
-        } else if let Err(e) = self.core.store.save(&state) {
-            error!(dir = %self.core.store.dir().display(), error = %e, "cannot save what was applied");
-        }
+        let items = state.items.clone();
         self.core.applied = Some(state);
         if let Some(l) = &self.core.links {
             l.clear_boot();
@@ -781,6 +784,64 @@ fn link_fixes(
     c: &xenchan_netconf::LinkChanges,
 ) -> bool {
     !waiting.is_empty() && (c.overflowed || c.appeared.iter().any(|m| waiting.contains(m)))
+}
+
+/// Applies `push` and makes it durable in one commit (blocking): every applier stages
+/// the files it changes, then the state file is staged behind a barrier (it must never
+/// say a configuration is in place before its files are), then one commit fsyncs every
+/// temporary file, renames the files, syncs their folders, and renames the state file.
+/// A re-push of what is in place leaves even the state file alone. A commit that fails
+/// before the state file fails every item that changed something, naming the file; a
+/// failure on the state file itself is logged (the broker then pushes again after a
+/// restart, which changes nothing).
+fn apply_and_commit(
+    appliers: &[Box<dyn Applier>],
+    opts: &AgentOptions,
+    previous: Option<&AppliedState>,
+    push: &ConfigPush,
+    store: &StateStore,
+) -> AppliedState {
+    let batch = Batch::new();
+    let ctx = ApplyContext {
+        opts,
+        previous,
+        batch: &batch,
+    };
+    let (items, states) = apply::apply_config(appliers, &ctx, &push.config);
+    let mut state = AppliedState {
+        generation: push.generation,
+        digest: push.digest.clone(),
+        lineage: push.lineage.clone(),
+        items: with_unsupported(items, push),
+        appliers: states,
+    };
+    if previous.is_some_and(|prev| same_outcome(prev, &state)) {
+        debug!("nothing changed; state file left as it is");
+    } else {
+        batch.barrier();
+        if let Err(e) = store.stage(&state, &batch) {
+            error!(dir = %store.dir().display(), error = %e, "cannot save what was applied");
+        }
+    }
+    match batch.commit() {
+        Ok(done) => {
+            debug!(
+                files = done.files,
+                removed = done.removed,
+                folders_synced = done.dir_syncs,
+                "push committed"
+            );
+        }
+        Err(e) if e.path.starts_with(store.dir()) => {
+            error!(dir = %store.dir().display(), error = %xenchan_basics::chain(&e), "cannot save what was applied");
+        }
+        Err(e) => {
+            let why = xenchan_basics::chain(&e);
+            error!(error = %why, "the push's files could not all be put in place");
+            xenchan_netconf::fail_changed(&mut state.items, &why);
+        }
+    }
+    state
 }
 
 /// The applier's results followed by one `unsupported` entry per item or field of the

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tracing::warn;
+use xenchan_basics::commit::Batch;
 use xenchan_protocol::message::Applied;
 use xenchan_protocol::{Digest, ItemResult, Lineage};
 
@@ -50,7 +51,7 @@ impl AppliedState {
 }
 
 /// The state folder.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct StateStore {
     dir: PathBuf,
 }
@@ -88,12 +89,15 @@ impl StateStore {
         }
     }
 
-    /// Saves `state` atomically (mode 0600, owned like the folder).
-    pub(crate) fn save(&self, state: &AppliedState) -> io::Result<()> {
+    /// Stages `state` in `batch` (mode 0600, owned like the folder), to replace the state
+    /// file when the batch is committed.
+    pub(crate) fn stage(&self, state: &AppliedState, batch: &Batch) -> io::Result<()> {
         let dir = fsat::open_dir(&self.dir)?;
         let meta = dir.metadata()?;
         let bytes = serde_json::to_vec_pretty(state).map_err(io::Error::other)?;
-        fsat::write_atomic_at(
+        let shown = self.dir.join(STATE_FILE);
+        fsat::stage_at(
+            batch,
             &dir,
             OsStr::new(STATE_FILE),
             &bytes,
@@ -102,6 +106,7 @@ impl StateStore {
                 gid: meta.gid(),
                 mode: 0o600,
             },
+            &shown.to_string_lossy(),
         )
     }
 

@@ -1,5 +1,7 @@
 //! Files we own: written atomically and only when their content changes, recognised by
-//! [`MARKER`], removed only when they carry it.
+//! [`MARKER`], removed only when they carry it. Writes and removals are staged in the
+//! push's [`Batch`] (one durable commit for every file of the push); what an earlier step
+//! of the same push staged counts as the file's content.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read};
@@ -8,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 use xenchan_basics::atomic;
+use xenchan_basics::commit::{Batch, Pending};
 
 /// The text of the header comment in every file we write (after `# `).
 pub const MARKER: &str = "Managed by xenchan-agent; do not edit (changes are overwritten)";
@@ -93,9 +96,23 @@ pub(crate) fn read_regular(path: &Path) -> Result<Option<(Vec<u8>, u32)>, FileEr
     Ok(Some((buf, meta.permissions().mode() & 0o7777)))
 }
 
-/// Writes `content` to `path` with `mode`, atomically, unless it already holds exactly
-/// that. An existing file without our marker is refused.
-pub(crate) fn write_ours(path: &Path, content: &[u8], mode: u32) -> Result<Outcome, FileError> {
+/// Stages `content` for `path` with `mode` in `batch`, unless it already holds exactly
+/// that (or an earlier step of the push staged exactly that). An existing file without
+/// our marker is refused.
+pub(crate) fn write_ours(
+    path: &Path,
+    content: &[u8],
+    mode: u32,
+    batch: &Batch,
+) -> Result<Outcome, FileError> {
+    match batch.pending_path(path) {
+        Some(Pending::Content(staged)) if staged == content => return Ok(Outcome::Unchanged),
+        Some(_) => {
+            batch.stage_path(path, content, mode)?;
+            return Ok(Outcome::Written);
+        }
+        None => {}
+    }
     if let Some((old, old_mode)) = read_regular(path)? {
         if !has_marker(&old) {
             return Err(FileError::NotOurs(path.to_path_buf()));
@@ -109,7 +126,7 @@ pub(crate) fn write_ours(path: &Path, content: &[u8], mode: u32) -> Result<Outco
             return Ok(Outcome::Written);
         }
     }
-    atomic::write_atomic(path, content, mode)?;
+    batch.stage_path(path, content, mode)?;
     Ok(Outcome::Written)
 }
 
@@ -117,16 +134,19 @@ fn sync_dir(dir: &Path) -> Result<(), FileError> {
     atomic::sync_dir(dir).map_err(FileError::from)
 }
 
-/// Removes `path` if it carries our marker. `Ok(false)`: there was nothing to remove.
-pub(crate) fn remove_ours(path: &Path) -> Result<bool, FileError> {
+/// Stages the removal of `path` in `batch` if it carries our marker. `Ok(false)`: there
+/// was nothing to remove.
+pub(crate) fn remove_ours(path: &Path, batch: &Batch) -> Result<bool, FileError> {
+    if batch.pending_path(path) == Some(Pending::Removed) {
+        return Ok(false);
+    }
     let Some((content, _)) = read_regular(path)? else {
         return Ok(false);
     };
     if !has_marker(&content) {
         return Err(FileError::NotOurs(path.to_path_buf()));
     }
-    fs::remove_file(path).map_err(io_err("remove", path))?;
-    sync_dir(path.parent().unwrap_or(Path::new("/")))?;
+    batch.stage_remove_path(path)?;
     Ok(true)
 }
 
@@ -147,21 +167,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("sub/x.conf");
         let body = format!("{}a=1\n", header());
+        let batch = Batch::new();
         assert_eq!(
-            write_ours(&p, body.as_bytes(), 0o600).unwrap(),
+            write_ours(&p, body.as_bytes(), 0o600, &batch).unwrap(),
             Outcome::Written
         );
+        // Staged, not yet in place; a second write of the same bytes sees the staged ones.
+        assert!(!p.exists());
+        assert_eq!(
+            write_ours(&p, body.as_bytes(), 0o600, &batch).unwrap(),
+            Outcome::Unchanged
+        );
+        batch.commit().unwrap();
         assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o600);
         let ino = fs::metadata(&p).unwrap().ino();
         assert_eq!(
-            write_ours(&p, body.as_bytes(), 0o600).unwrap(),
+            write_ours(&p, body.as_bytes(), 0o600, &batch).unwrap(),
             Outcome::Unchanged
         );
+        assert!(batch.is_empty());
         assert_eq!(fs::metadata(&p).unwrap().ino(), ino, "not rewritten");
         // Same content, wrong mode: fixed in place.
         fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
         assert_eq!(
-            write_ours(&p, body.as_bytes(), 0o600).unwrap(),
+            write_ours(&p, body.as_bytes(), 0o600, &batch).unwrap(),
             Outcome::Written
         );
         assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o600);
@@ -169,13 +198,19 @@ mod tests {
         let foreign = dir.path().join("theirs.conf");
         fs::write(&foreign, "a=2\n").unwrap();
         assert!(matches!(
-            write_ours(&foreign, body.as_bytes(), 0o644),
+            write_ours(&foreign, body.as_bytes(), 0o644, &batch),
             Err(FileError::NotOurs(_))
         ));
-        assert!(matches!(remove_ours(&foreign), Err(FileError::NotOurs(_))));
+        assert!(matches!(
+            remove_ours(&foreign, &batch),
+            Err(FileError::NotOurs(_))
+        ));
         assert_eq!(fs::read_to_string(&foreign).unwrap(), "a=2\n");
-        assert!(remove_ours(&p).unwrap());
-        assert!(!remove_ours(&p).unwrap());
+        assert!(remove_ours(&p, &batch).unwrap());
+        assert!(p.exists(), "removed before the commit");
+        assert!(!remove_ours(&p, &batch).unwrap());
+        batch.commit().unwrap();
+        assert!(!p.exists());
         // No temporary files left behind.
         assert_eq!(fs::read_dir(dir.path().join("sub")).unwrap().count(), 0);
     }
@@ -187,7 +222,10 @@ mod tests {
         fs::write(&target, format!("{}x\n", header())).unwrap();
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&target, &link).unwrap();
-        assert!(matches!(remove_ours(&link), Err(FileError::NotRegular(_))));
+        assert!(matches!(
+            remove_ours(&link, &Batch::new()),
+            Err(FileError::NotRegular(_))
+        ));
         assert!(target.exists());
     }
 }

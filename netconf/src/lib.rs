@@ -28,7 +28,7 @@ mod reconcile;
 mod render;
 mod state;
 
-pub use apply::apply;
+pub use apply::{apply, apply_in, fail_changed};
 pub use detect::{
     ResolvConf, choose_renderer, detect_renderer, manager_running, resolv_conf_status,
 };

@@ -52,8 +52,8 @@ fn apply_hostname(ctx: &ApplyContext<'_>, name: &Hostname) -> Result<bool, Strin
         .map_err(|e| format!("{}: {}", etc_path.display(), fsat::describe(&e)))?;
     let short = name.short();
     let mut changed =
-        replace_if_different(&etc, "hostname", |_| format!("{short}\n").into_bytes())?;
-    changed |= replace_if_different(&etc, "hosts", |old| {
+        replace_if_different(ctx, &etc, "hostname", |_| format!("{short}\n").into_bytes())?;
+    changed |= replace_if_different(ctx, &etc, "hosts", |old| {
         render_hosts(
             old.unwrap_or(b"127.0.0.1\tlocalhost\n"),
             name.as_str(),
@@ -72,10 +72,11 @@ fn apply_hostname(ctx: &ApplyContext<'_>, name: &Hostname) -> Result<bool, Strin
     Ok(changed)
 }
 
-/// Rewrites `/etc/<name>` with `render(old contents)` when that differs; keeps the
-/// file's owner and mode (a new file gets the folder's owner and 0644). A symlink there
-/// is refused rather than replaced by a file.
+/// Rewrites `/etc/<name>` with `render(old contents)` when that differs (staged in the
+/// push's batch); keeps the file's owner and mode (a new file gets the folder's owner
+/// and 0644). A symlink there is refused rather than replaced by a file.
 fn replace_if_different(
+    ctx: &ApplyContext<'_>,
     etc: &File,
     name: &str,
     render: impl FnOnce(Option<&[u8]>) -> Vec<u8>,
@@ -103,13 +104,14 @@ fn replace_if_different(
             }
         }
     };
-    let old = fsat::read_file_at(etc, os, ETC_FILE_LIMIT)
+    let old = fsat::current_at(ctx.batch, etc, os, ETC_FILE_LIMIT)
         .map_err(|e| format!("{path}: {}", fsat::describe(&e)))?;
     let new = render(old.as_deref());
     if old.as_deref() == Some(new.as_slice()) {
         return Ok(false);
     }
-    fsat::write_atomic_at(etc, os, &new, owner).map_err(|e| format!("cannot write {path}: {e}"))?;
+    fsat::stage_at(ctx.batch, etc, os, &new, owner, &path)
+        .map_err(|e| format!("cannot write {path}: {e}"))?;
     Ok(true)
 }
 

@@ -9,6 +9,7 @@ use std::fs::File;
 
 use nix::fcntl::OFlag;
 use nix::sys::stat::SFlag;
+use xenchan_basics::commit::Batch;
 
 use crate::fsat::{self, Owner};
 
@@ -87,8 +88,9 @@ pub fn render_managed_block(old: &[u8], keys: &[&str]) -> Result<Vec<u8>, String
 }
 
 /// Makes `<ssh>/authorized_keys` hold `keys` in its managed block, owned by `uid:gid`
-/// with mode 0600. Returns whether anything changed.
+/// with mode 0600 (a new content is staged in `batch`). Returns whether anything changed.
 pub(crate) fn write_authorized_keys(
+    batch: &Batch,
     ssh: &File,
     keys: &[&str],
     uid: u32,
@@ -114,18 +116,19 @@ pub(crate) fn write_authorized_keys(
             return Err(format!("{shown} has {} hard links; refused", st.st_nlink));
         }
     }
-    let old = fsat::read_file_at(ssh, name, KEYS_FILE_LIMIT)
+    let old = fsat::current_at(batch, ssh, name, KEYS_FILE_LIMIT)
         .map_err(|e| format!("{shown}: {}", fsat::describe(&e)))?;
     let new = render_managed_block(old.as_deref().unwrap_or_default(), keys)?;
     match old {
         None if keys.is_empty() => Ok(false),
+        Some(old) if old == new && batch.pending(ssh, name).is_some() => Ok(false),
         Some(old) if old == new => {
             let f = fsat::open_at(ssh, name, OFlag::O_RDONLY | OFlag::O_NONBLOCK, 0)
                 .map_err(|e| format!("{shown}: {}", fsat::describe(&e)))?;
             fsat::set_owner_mode(&f, owner).map_err(|e| format!("{shown}: {e}"))
         }
         _ => {
-            fsat::write_atomic_at(ssh, name, &new, owner)
+            fsat::stage_at(batch, ssh, name, &new, owner, shown)
                 .map_err(|e| format!("cannot write {shown}: {e}"))?;
             Ok(true)
         }

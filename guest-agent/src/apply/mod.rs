@@ -1,8 +1,12 @@
 //! Appliers: each configuration item kind is applied by its own module behind the
-//! [`Applier`] trait. Every write goes under the guest root, atomically (temporary file in
-//! the same folder, fsync, rename, fsync the folder), with the right owner and mode, and
-//! only when the content differs: a re-push of what is in place touches no file and
-//! answers `unchanged`.
+//! [`Applier`] trait. Every write goes under the guest root, atomically, with the right
+//! owner and mode, and only when the content differs: a re-push of what is in place
+//! touches no file and answers `unchanged`. The files of a push are staged in one
+//! [`Batch`] (temporary files written beside them) and made durable together in one
+//! commit after the last applier (see `xenchan_basics::commit`); an applier that must have
+//! its files in place before it goes on (to reload a service) commits early. The user
+//! database (passwd, shadow, group) and sudoers files are still written one at a time,
+//! each under its own lock or check.
 
 mod accounts;
 pub(crate) mod command;
@@ -19,6 +23,7 @@ pub mod write_files;
 use std::collections::BTreeMap;
 
 use serde_json::Value;
+use xenchan_basics::commit::Batch;
 use xenchan_protocol::{GuestConfig, ItemResult, ItemStatus};
 
 use crate::options::AgentOptions;
@@ -38,6 +43,8 @@ pub struct ApplyContext<'a> {
     pub opts: &'a AgentOptions,
     /// What was applied before, if anything.
     pub previous: Option<&'a AppliedState>,
+    /// The push's files, staged for its one durable commit.
+    pub batch: &'a Batch,
 }
 
 impl ApplyContext<'_> {

@@ -55,7 +55,8 @@ impl Applier for NetworkApplier {
                 .map_err(|e| warn!(error = %e, "ignoring unreadable saved network state"))
                 .ok()
         });
-        let (items, state) = xenchan_netconf::apply(&Self::options(ctx), config, previous.as_ref());
+        let (items, state) =
+            xenchan_netconf::apply_in(&Self::options(ctx), config, previous.as_ref(), ctx.batch);
         let state = serde_json::to_value(&state)
             .map_err(|e| warn!(error = %e, "cannot save the network state"))
             .ok();

@@ -6,19 +6,30 @@ use std::fs::File;
 
 use nix::fcntl::OFlag;
 use nix::sys::stat::SFlag;
+use xenchan_basics::commit::{Batch, Pending};
 
 use crate::fsat::{self, Owner};
 
-/// Makes `dir/name` a regular file holding `bytes` owned and moded as `owner`; returns
-/// whether anything changed. A symlink, folder, device or hard-linked file in its place
+/// Makes `dir/name` a regular file holding `bytes` owned and moded as `owner` (a new
+/// content staged in `batch`, for the push's commit); returns whether anything changed. A symlink, folder, device or hard-linked file in its place
 /// is refused (never followed, never replaced); `shown` names it in messages.
 pub(crate) fn put_file(
+    batch: &Batch,
     dir: &File,
     name: &OsStr,
     bytes: &[u8],
     owner: Owner,
     shown: &str,
 ) -> Result<bool, String> {
+    match batch.pending(dir, name) {
+        Some(Pending::Content(c)) if c == bytes => return Ok(false),
+        Some(_) => {
+            fsat::stage_at(batch, dir, name, bytes, owner, shown)
+                .map_err(|e| format!("cannot write {shown}: {e}"))?;
+            return Ok(true);
+        }
+        None => {}
+    }
     let st = fsat::lstat_at(dir, name).map_err(|e| format!("{shown}: {}", fsat::describe(&e)))?;
     if let Some(st) = &st {
         match fsat::kind(st) {
@@ -40,7 +51,7 @@ pub(crate) fn put_file(
             return fsat::set_owner_mode(&f, owner).map_err(|e| format!("{shown}: {e}"));
         }
     }
-    fsat::write_atomic_at(dir, name, bytes, owner)
+    fsat::stage_at(batch, dir, name, bytes, owner, shown)
         .map_err(|e| format!("cannot write {shown}: {e}"))?;
     Ok(true)
 }

@@ -179,7 +179,7 @@ impl Applier for TimeApplier {
             }
         }
         if let Some(tz) = time.and_then(|t| t.timezone.as_ref()) {
-            items.push(match apply_timezone(&ctx.opts.root, tz) {
+            items.push(match apply_timezone(ctx, tz) {
                 Ok(changed) => ItemResult::new("time:timezone", status(changed)),
                 Err(e) => ItemResult::failed("time:timezone", e),
             });
@@ -219,6 +219,7 @@ fn apply_ntp(ctx: &ApplyContext<'_>, svc: TimeService, ntp: &Ntp) -> ItemResult 
         let d = fsat::walk_dirs(&root, Path::new(dir), Some(0o755)).map_err(|e| e.to_string())?;
         let owner = root_owner(&root, 0o644)?;
         put_file(
+            ctx.batch,
             &d,
             OsStr::new(name),
             render(svc, ntp).as_bytes(),
@@ -229,9 +230,19 @@ fn apply_ntp(ctx: &ApplyContext<'_>, svc: TimeService, ntp: &Ntp) -> ItemResult 
     match run() {
         Ok(false) => ItemResult::new(item, ItemStatus::Unchanged),
         Ok(true) => {
-            // Tell the running service; when it is not running yet it reads the file
-            // when it starts, so a failed reload is reported but the item stands.
+            // Tell the running service, once the file is in place (committed early);
+            // when it is not running yet it reads the file when it starts, so a failed
+            // reload is reported but the item stands.
             let note = if ctx.opts.is_live_root() {
+                if let Err(e) = ctx.batch.commit() {
+                    return ItemResult::failed(
+                        item,
+                        format!(
+                            "the file could not be put in place: {}",
+                            xenchan_basics::chain(&e)
+                        ),
+                    );
+                }
                 reload(svc).err()
             } else {
                 None
@@ -269,7 +280,8 @@ fn zone_exists(root: &Path, tz: &Timezone) -> bool {
         && &magic == b"TZif"
 }
 
-fn apply_timezone(root_path: &Path, tz: &Timezone) -> Result<bool, String> {
+fn apply_timezone(ctx: &ApplyContext<'_>, tz: &Timezone) -> Result<bool, String> {
+    let root_path = ctx.opts.root.as_path();
     if !zone_exists(root_path, tz) {
         return Err(format!(
             "unknown time zone `{tz}`: the guest has no /{ZONEINFO}/{tz} (is tzdata installed?)"
@@ -280,6 +292,7 @@ fn apply_timezone(root_path: &Path, tz: &Timezone) -> Result<bool, String> {
     let target = format!("/{ZONEINFO}/{tz}");
     let mut changed = set_symlink(&etc, "localtime", &target)?;
     changed |= put_file(
+        ctx.batch,
         &etc,
         OsStr::new("timezone"),
         format!("{tz}\n").as_bytes(),

@@ -185,7 +185,7 @@ fn apply_user(ctx: &ApplyContext<'_>, user: &User, st: &mut UsersState) -> Resul
     let mut changed = created;
     changed |= apply_account(ctx, &root, &etc, user, st)?;
     let home = open_home(&root, entry)?;
-    changed |= write_keys(&home, &keys)?;
+    changed |= write_keys(ctx, &home, &keys)?;
     Ok(changed)
 }
 
@@ -197,10 +197,10 @@ fn drop_keys(ctx: &ApplyContext<'_>, name: &str) -> Result<bool, String> {
         return Ok(false);
     };
     let home = open_home(&root, entry)?;
-    write_keys(&home, &[])
+    write_keys(ctx, &home, &[])
 }
 
-fn write_keys(home: &Home, keys: &[&str]) -> Result<bool, String> {
+fn write_keys(ctx: &ApplyContext<'_>, home: &Home, keys: &[&str]) -> Result<bool, String> {
     let ssh_name = OsStr::new(".ssh");
     let (uid, gid) = (home.entry.uid, home.entry.gid);
     let mut changed = false;
@@ -229,7 +229,7 @@ fn write_keys(home: &Home, keys: &[&str]) -> Result<bool, String> {
         )
         .map_err(|e| format!("~{}/.ssh: {e}", home.entry.name))?;
     }
-    changed |= write_authorized_keys(&ssh, keys, uid, gid)?;
+    changed |= write_authorized_keys(ctx.batch, &ssh, keys, uid, gid)?;
     Ok(changed)
 }
 

@@ -131,6 +131,7 @@ fn write_one(ctx: &ApplyContext<'_>, f: &WriteFile) -> Result<bool, String> {
     };
     let dir = fsat::walk_dirs(&root, parent, Some(0o755)).map_err(|e| e.to_string())?;
     put_file(
+        ctx.batch,
         &dir,
         OsStr::new(name),
         &bytes,

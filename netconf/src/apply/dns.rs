@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use tracing::warn;
 use xenchan_basics::chain;
+use xenchan_basics::commit::Batch;
 use xenchan_protocol::config::{Ethernet, InterfaceId};
 use xenchan_protocol::{ItemResult, ItemStatus};
 
@@ -38,8 +39,9 @@ pub(super) fn apply(
     ifaces: &[Iface],
     ethernets: &BTreeMap<InterfaceId, Ethernet>,
     prev: &NetState,
+    batch: &Batch,
 ) -> Dns {
-    let (result, resolv_state, text) = decide(root, mgr, wanted, ifaces, ethernets, prev);
+    let (result, resolv_state, text) = decide(root, mgr, wanted, ifaces, ethernets, prev, batch);
     Dns {
         result,
         resolv_state,
@@ -56,6 +58,7 @@ fn decide(
     ifaces: &[Iface],
     ethernets: &BTreeMap<InterfaceId, Ethernet>,
     prev: &NetState,
+    batch: &Batch,
 ) -> Outcome3 {
     let renderer = mgr.renderer();
     // Every interface's DNS settings, whatever happened to the interface: resolv.conf is
@@ -84,7 +87,7 @@ fn decide(
         && let Some(rs) = &prev.resolv_conf
         && status == ResolvConf::Ours
     {
-        match restore_resolv(root, rs) {
+        match restore_resolv(root, rs, batch) {
             Ok(()) => resolv_state = None,
             Err(e) => warn!(error = %e, "cannot put the original resolv.conf back; will retry"),
         }
@@ -122,7 +125,7 @@ fn decide(
         } else if resolv_state.is_none() {
             resolv_state = Some(ResolvState { backup: None });
         }
-        return match files::write_ours(&path, f.content.as_bytes(), f.mode) {
+        return match files::write_ours(&path, f.content.as_bytes(), f.mode, batch) {
             Ok(o) => (
                 Some(ItemResult::new(
                     item,
@@ -211,12 +214,14 @@ fn decide(
 }
 
 /// Puts the resolv.conf we replaced back (or removes ours if there was none).
-fn restore_resolv(root: &Path, rs: &ResolvState) -> Result<(), String> {
+fn restore_resolv(root: &Path, rs: &ResolvState, batch: &Batch) -> Result<(), String> {
     let path = root.join("etc/resolv.conf");
     match &rs.backup {
         Some(b) if crate::state::safe_relative(b) && root.join(b).exists() => {
             files::rename(&root.join(b), &path).map_err(|e| chain(&e))
         }
-        _ => files::remove_ours(&path).map(drop).map_err(|e| chain(&e)),
+        _ => files::remove_ours(&path, batch)
+            .map(drop)
+            .map_err(|e| chain(&e)),
     }
 }

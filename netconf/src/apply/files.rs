@@ -7,6 +7,7 @@ use std::path::Path;
 
 use tracing::{debug, warn};
 use xenchan_basics::chain;
+use xenchan_basics::commit::Batch;
 
 use super::Iface;
 use crate::files::{self, FileError, Outcome};
@@ -23,6 +24,8 @@ pub(super) struct Written {
 
 /// Step 2: preflight, render, validate, write, for every interface still standing. A
 /// failed interface keeps its previous files (and its previous part of a shared file).
+/// Writes are staged in `batch` (the push's one durable commit).
+#[allow(clippy::too_many_arguments)] // the steps' shared context, passed as it is
 pub(super) fn write(
     mgr: &dyn Manager,
     root: &Path,
@@ -31,6 +34,7 @@ pub(super) fn write(
     ifaces: &mut [Iface],
     prev: &NetState,
     nl: &mut Option<&mut Netlink>,
+    batch: &Batch,
 ) -> Written {
     let mut out = Written {
         files: Vec::new(),
@@ -63,7 +67,7 @@ pub(super) fn write(
                 let plan = it.plan.as_ref();
                 match mgr
                     .validate(tools, &f, plan)
-                    .and_then(|()| write_file(root, &f))
+                    .and_then(|()| write_file(root, &f, batch))
                 {
                     Ok(o) => {
                         if o == Outcome::Written {
@@ -95,13 +99,14 @@ pub(super) fn write(
         }
     }
     if shared && !out.sections.is_empty() {
-        write_shared(mgr, root, tools, ifaces, prev, nl, &mut out);
+        write_shared(mgr, root, tools, ifaces, prev, nl, &mut out, batch);
     }
     out
 }
 
 /// The one file shared by all interfaces (netplan): validated and written as a whole, so
 /// a refusal fails every interface that was still standing.
+#[allow(clippy::too_many_arguments)] // the steps' shared context, passed as it is
 fn write_shared(
     mgr: &dyn Manager,
     root: &Path,
@@ -110,12 +115,13 @@ fn write_shared(
     prev: &NetState,
     nl: &mut Option<&mut Netlink>,
     out: &mut Written,
+    batch: &Batch,
 ) {
     let secs: Vec<&str> = out.sections.values().map(String::as_str).collect();
     let Some(f) = mgr.assemble(&secs) else { return };
     match mgr
         .validate(tools, &f, None)
-        .and_then(|()| write_file(root, &f))
+        .and_then(|()| write_file(root, &f, batch))
     {
         Ok(_) => {
             for it in ifaces.iter_mut().filter(|i| i.ok()) {
@@ -141,8 +147,9 @@ fn write_shared(
     }
 }
 
-fn write_file(root: &Path, f: &RenderedFile) -> Result<Outcome, String> {
-    files::write_ours(&root.join(&f.path), f.content.as_bytes(), f.mode).map_err(|e| chain(&e))
+fn write_file(root: &Path, f: &RenderedFile, batch: &Batch) -> Result<Outcome, String> {
+    files::write_ours(&root.join(&f.path), f.content.as_bytes(), f.mode, batch)
+        .map_err(|e| chain(&e))
 }
 
 /// Step 3: files of ours that are no longer needed are removed, unless they belong to an
@@ -154,6 +161,7 @@ pub(super) fn prune(
     ifaces: &mut [Iface],
     prev: &NetState,
     written: &Written,
+    batch: &Batch,
 ) -> Vec<OwnedFile> {
     let failed: BTreeSet<String> = ifaces
         .iter()
@@ -181,7 +189,7 @@ pub(super) fn prune(
             kept.push(f.clone());
             continue;
         }
-        match files::remove_ours(&root.join(&f.path)) {
+        match files::remove_ours(&root.join(&f.path), batch) {
             Ok(removed) => {
                 debug!(path = %f.path.display(), removed, "dropped a file we no longer need");
                 if removed

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
 use xenchan_basics::chain;
+use xenchan_basics::commit::Batch;
 use xenchan_protocol::config::{Ethernet, InterfaceId};
 use xenchan_protocol::{GuestConfig, ItemResult, ItemStatus};
 
@@ -60,17 +61,50 @@ impl Iface {
     }
 }
 
-/// Applies the `network:<id>` and `dns` items of `config` to the guest, blocking.
+/// Applies the `network:<id>` and `dns` items of `config` to the guest, blocking, its
+/// files made durable in one commit before it returns (see [`apply_in`]). A commit that
+/// fails fails every item that changed something, naming the file and the step.
+pub fn apply(
+    opts: &NetOptions,
+    config: &GuestConfig,
+    previous: Option<&NetState>,
+) -> (Vec<ItemResult>, NetState) {
+    let batch = Batch::new();
+    let (mut results, state) = apply_in(opts, config, previous, &batch);
+    if let Err(e) = batch.commit() {
+        fail_changed(&mut results, &chain(&e));
+    }
+    (results, state)
+}
+
+/// Every `applied` item becomes `failed`: its files did not all reach the disk.
+pub fn fail_changed(results: &mut [ItemResult], why: &str) {
+    for r in results
+        .iter_mut()
+        .filter(|r| r.status == ItemStatus::Applied)
+    {
+        *r = ItemResult::failed(
+            r.item.clone(),
+            format!("the changed files could not be put in place: {why}"),
+        );
+    }
+}
+
+/// Applies the `network:<id>` and `dns` items of `config` to the guest, blocking; the
+/// files it writes or removes are staged in `batch`, which the caller commits (with the
+/// other files of the push). When the running network manager must be told, the batch
+/// is committed first, so that the manager reads the new files.
 ///
 /// Returns one result per such item, in [`GuestConfig::items`] order, and the state to
 /// persist and hand back next time (`previous`): the files we own and what we set live.
 /// Nothing listed in `previous` that the new configuration still needs is touched
 /// needlessly: a re-apply of the same configuration writes no file and answers
 /// `unchanged`.
-pub fn apply(
+pub fn apply_in(
     opts: &NetOptions,
     config: &GuestConfig,
     previous: Option<&NetState>,
+    batch: &Batch,
 ) -> (Vec<ItemResult>, NetState) {
     let prev = previous.cloned().unwrap_or_default();
     let empty = BTreeMap::new();
@@ -95,7 +129,16 @@ pub fn apply(
             .clone()
             .or_else(|| (root == Path::new("/")).then(|| PathBuf::from("/"))),
     );
-    let written = files::write(mgr, root, &tools, go_live, &mut ifaces, &prev, &mut nl_live);
+    let written = files::write(
+        mgr,
+        root,
+        &tools,
+        go_live,
+        &mut ifaces,
+        &prev,
+        &mut nl_live,
+        batch,
+    );
 
     // An earlier reload failed: do it again even if the files are unchanged.
     for it in &mut ifaces {
@@ -107,7 +150,7 @@ pub fn apply(
             it.changed();
         }
     }
-    let kept = files::prune(root, renderer, &mut ifaces, &prev, &written);
+    let kept = files::prune(root, renderer, &mut ifaces, &prev, &written, batch);
 
     if opts.reload
         && opts.netns.is_none()
@@ -115,11 +158,20 @@ pub fn apply(
         && renderer != Renderer::None
         && mgr.running(root)
     {
-        reload(mgr, &mut ifaces);
+        // The manager reads the files: they go in place (durably) before it is told.
+        match batch.commit() {
+            Ok(_) => reload(mgr, &mut ifaces),
+            Err(e) => {
+                let why = format!("the changed files could not be put in place: {}", chain(&e));
+                for it in ifaces.iter_mut().filter(|i| matches!(i.result, Ok(true))) {
+                    it.fail(why.clone(), nl_live.as_deref_mut());
+                }
+            }
+        }
     }
 
     let dns_item = config.items().iter().any(|i| i == "dns");
-    let dns = dns::apply(root, mgr, dns_item, &ifaces, ethernets, &prev);
+    let dns = dns::apply(root, mgr, dns_item, &ifaces, ethernets, &prev, batch);
 
     let mut state = NetState {
         renderer,
