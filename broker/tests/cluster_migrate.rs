@@ -438,3 +438,62 @@ async fn a_lost_hosts_domain_restarted_elsewhere_is_claimed_and_not_pushed_again
     assert_eq!(peer_b.record().configs.len(), 1);
     b.stop().await.unwrap();
 }
+
+/// A migration completed early (libvirt's qemu driver runs `started` on the destination
+/// before the memory is copied) and then failed: the destination releases the domain,
+/// and the source, still running it, takes it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completed_migration_that_fails_returns_the_domain_to_the_source() {
+    require_etcd!();
+    let server = etcd::Etcd::start().await;
+    let url = server.client_url.clone();
+    let (da, db) = (Dirs::new(), Dirs::new());
+    let a = TestBroker::start(cluster_config(&da, &url, "/m5/", "dom0-a")).await;
+    let b = TestBroker::start(cluster_config(&db, &url, "/m5/", "dom0-b")).await;
+    let obs = observer(&url, "/m5/").await;
+    let peer_a = running_on_a(&a.client, &da, &obs).await;
+
+    b.client
+        .migrate_prepare(U, &MigratePrepareRequest::default())
+        .await
+        .unwrap();
+    b.client.prepare("web1", &uuid_req()).await.unwrap();
+    b.client.migrate_complete(U).await.unwrap();
+    owner_is(&obs, Some("dom0-b")).await;
+    // The migration fails after all: libvirt stops the destination's domain.
+    b.client.release("web1").await.unwrap();
+    owner_is(&obs, Some("dom0-a")).await;
+    // a serves it again: a PUT through b reaches a's agent, once.
+    let cfg2 = sample_config("web1.example.com", "192.0.2.10/25");
+    b.client.put_config("web1", &cfg2, None).await.unwrap();
+    peer_a.wait("generation 2 on a", |r| r.results == 2).await;
+    lease_still_held(&b.client, "after the failed hand-off").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(peer_a.record().configs.len(), 2);
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_outage_refuses_migration_steps_naming_it() {
+    require_etcd!();
+    let mut server = etcd::Etcd::start().await;
+    let url = server.client_url.clone();
+    let db = Dirs::new();
+    let b = TestBroker::start(cluster_config(&db, &url, "/m6/", "dom0-b")).await;
+    server.kill();
+    let e = b
+        .client
+        .migrate_prepare(U, &MigratePrepareRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(503), "{e:?}");
+    let text = api_error(&e).error.clone();
+    assert!(
+        text.contains("etcd") && text.contains(&url),
+        "the 503 names etcd and its endpoint: {text}"
+    );
+    let e = b.client.migrate_complete(U).await.unwrap_err();
+    assert_eq!(e.status(), Some(503), "{e:?}");
+    b.stop().await.unwrap();
+}
