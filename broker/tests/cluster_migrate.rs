@@ -145,6 +145,7 @@ async fn prepare_then_complete_moves_the_domain_and_pushes_nothing_again() {
     let mut peer_a = running_on_a(&a.client, &da, &obs).await;
 
     // prepare on the destination: b is incoming, a still owns, the domain shows on b.
+    let rev0 = obs.revision().await.unwrap();
     let step = b
         .client
         .migrate_prepare(U, &MigratePrepareRequest::default())
@@ -159,6 +160,7 @@ async fn prepare_then_complete_moves_the_domain_and_pushes_nothing_again() {
         (Some("dom0-a"), Some("dom0-b"), true)
     );
     assert_eq!(step.name.as_deref(), Some("web1"));
+    let rev1 = obs.revision().await.unwrap();
     owner_is(&obs, Some("dom0-a")).await;
     let v = b.client.get_domain("web1").await.unwrap();
     assert_eq!(v.desired_generation, Some(1), "{v:?}");
@@ -188,7 +190,13 @@ async fn prepare_then_complete_moves_the_domain_and_pushes_nothing_again() {
     lease_still_held(&b.client, "during the migration, through b").await;
 
     // complete: ownership moves to b.
+    let rev2 = obs.revision().await.unwrap();
     let step = b.client.migrate_complete(U).await.unwrap();
+    eprintln!(
+        "etcd revisions: prepare {}, complete {}",
+        rev1 - rev0,
+        obs.revision().await.unwrap() - rev2
+    );
     assert_eq!(
         (
             step.owner.as_deref(),
