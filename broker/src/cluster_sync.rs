@@ -78,9 +78,13 @@ pub(crate) async fn run(sh: Arc<Shared>, etcd: Arc<EtcdStore>, stop: Cancellatio
             }
             r = requests.recv() => {
                 match r {
-                    Some(SyncRequest::Wait(uuid)) => wait_for(&etcd, &mut watcher, uuid).await,
+                    // The prepare read the current configuration (`refresh`); the
+                    // watch follows it from now on.
+                    Some(SyncRequest::Wait(uuid)) if !watcher.interest().owned().contains(&uuid) => {
+                        wait_for(&etcd, &mut watcher, uuid).await;
+                    }
                     Some(SyncRequest::Forget(uuid)) => watcher.interest_mut().stop_waiting(&uuid),
-                    None => {}
+                    Some(SyncRequest::Wait(_)) | None => {}
                 }
                 continue;
             }
@@ -244,6 +248,20 @@ pub(crate) async fn drop_cached(sh: &Shared, etcd: &EtcdStore, name: &str) {
         Ok(_) => sh.remove_desired(name),
         Err(e) => tracing::warn!(domain = %name, "cache: {}", chain(&e)),
     }
+}
+
+/// A domain starts here (lifecycle prepare): its desired configuration is read from etcd
+/// before its session starts, so that what this host cached long ago (a PUT through it,
+/// the VM's last run here) is never what it pushes. An outage only logs: the cache
+/// serves.
+pub(crate) async fn refresh(sh: &Arc<Shared>, etcd: &EtcdStore, name: &str, uuid: &str) {
+    let Ok(uuid) = Uuid::parse(uuid) else {
+        return;
+    };
+    if etcd.uuid_of(name).is_none() {
+        etcd.remember_uuid(name, &uuid);
+    }
+    adopt(sh, etcd, &uuid).await;
 }
 
 /// Reads the desired configuration of a domain this host now owns or receives.

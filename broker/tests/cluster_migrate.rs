@@ -409,6 +409,17 @@ async fn a_lost_hosts_domain_restarted_elsewhere_is_claimed_and_not_pushed_again
     let obs = observer(&url, "/m4/").await;
     let mut peer_a = running_on_a(&a.client, &da, &obs).await;
     owner_is(&obs, Some("dom0-a")).await;
+    // A PUT through b (cached there at generation 2), then one through a (3): b's cache
+    // is stale, and must not be what b pushes when the VM comes to it.
+    let cfg = |n: u8| sample_config("web1.example.com", &format!("192.0.2.10/{n}"));
+    b.client
+        .put_config("web1", &cfg(25), Some(U))
+        .await
+        .unwrap();
+    let v = a.client.put_config("web1", &cfg(26), None).await.unwrap();
+    assert_eq!(v.desired_generation, Some(3));
+    peer_a.wait("generation 3 on a", |r| r.results == 3).await;
+    applied_in_etcd(&obs, 3).await;
 
     // Host a dies; the VM is restarted on b at once (within a's lease TTL), its agent
     // keeping what it applied.
@@ -426,22 +437,21 @@ async fn a_lost_hosts_domain_restarted_elsewhere_is_claimed_and_not_pushed_again
     b.wait_domain("web1", "configured on b", |v| {
         v.connected
             && v.state == DomainState::Configured
-            && v.desired_generation == Some(1)
-            && v.applied_generation == Some(1)
+            && v.desired_generation == Some(3)
+            && v.applied_generation == Some(3)
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         peer_b.record().configs.len(),
         0,
-        "b pushed what the agent had applied"
+        "b pushed to an agent that had applied the current generation"
     );
     lease_still_held(&b.client, "after the host loss").await;
-    // The desired state survived the host: the next PUT is generation 2, pushed once.
-    let cfg2 = sample_config("web1.example.com", "192.0.2.10/25");
-    let v = b.client.put_config("web1", &cfg2, None).await.unwrap();
-    assert_eq!(v.desired_generation, Some(2));
-    peer_b.wait("generation 2", |r| r.results == 1).await;
+    // The desired state survived the host: the next PUT is generation 4, pushed once.
+    let v = b.client.put_config("web1", &cfg(27), None).await.unwrap();
+    assert_eq!(v.desired_generation, Some(4));
+    peer_b.wait("generation 4", |r| r.results == 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(peer_b.record().configs.len(), 1);
     b.stop().await.unwrap();

@@ -80,8 +80,11 @@ impl Interest {
         self.waiting.remove(uuid);
     }
 
+    /// Whose desired configurations are followed: the domains this host owns, receives,
+    /// or runs while waiting for their owner to go (so that its cache is current when it
+    /// claims them).
     fn watches(&self, uuid: &Uuid) -> bool {
-        self.owned.contains(uuid) || self.incoming.contains(uuid)
+        self.owned.contains(uuid) || self.incoming.contains(uuid) || self.waiting.contains(uuid)
     }
 
     /// One etcd event (`value` is empty for a delete). Pure.
@@ -391,10 +394,22 @@ mod tests {
         let ks = Keyspace::new("/x/").unwrap();
         let u = Uuid::parse("6f1c2b1e-0d3a-4c8e-9a51-2b7e0c4d9f10").unwrap();
         let owner = ks.domain(&u, &DomainKey::Owner).into_bytes();
+        let desired_key = ks.domain(&u, &DomainKey::Desired).into_bytes();
+        let desired = codec::encode_desired(&Desired {
+            generation: 4,
+            name: "web1".into(),
+            config: b"{}".to_vec(),
+        });
         let mut i = Interest::new("b", []);
-        // Not waiting: another host's departure is no news.
+        // Not waiting: another host's departure and its PUTs are no news.
         assert_eq!(i.apply(&ks, false, &owner, &[]), None);
+        assert_eq!(i.apply(&ks, true, &desired_key, &desired), None);
         i.wait_for(u.clone());
+        // Waiting: the desired configuration is followed, so the cache is current.
+        assert!(matches!(
+            i.apply(&ks, true, &desired_key, &desired),
+            Some(WatchEvent::Desired { .. })
+        ));
         // Another owner taking over is not an orphan; its departure is.
         assert_eq!(i.apply(&ks, true, &owner, b"c"), None);
         assert_eq!(
