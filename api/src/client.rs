@@ -25,8 +25,8 @@ use xenchan_protocol::config::GuestConfig;
 use crate::paths::MAX_SOCKET_PATH;
 use crate::query::{DomainQuery, EventQuery, NEXT_CURSOR_HEADER, encode};
 use crate::types::{
-    ApiError, DeleteResult, DomainPage, DomainView, EventPage, Health, PrepareRequest,
-    ReleaseResult,
+    ApiError, DeleteResult, DomainPage, DomainView, EventPage, Health, MigratePrepareRequest,
+    MigrationView, PrepareRequest, ReleaseResult,
 };
 
 /// Default deadline of one request.
@@ -354,6 +354,46 @@ impl Client {
             Method::POST,
             &format!("/v1/domains/{}/release", encode(name)),
             Some(b"{}".to_vec()),
+        )
+        .await
+    }
+
+    /// `POST /v1/domains/{uuid}/migrate/prepare` (cluster mode), on the destination: a
+    /// migration of the VM to this broker's host is registered while the source still
+    /// owns it, and the domain appears here. 409 names the owner or the pending
+    /// migration; 400 with the embedded store (migration needs etcd).
+    pub async fn migrate_prepare(
+        &self,
+        uuid: &str,
+        request: &MigratePrepareRequest,
+    ) -> Result<MigrationView, ClientError> {
+        let body = serde_json::to_vec(request).expect("a migrate request serialises");
+        self.call(
+            Method::POST,
+            &format!("/v1/domains/{}/migrate/prepare", encode(uuid)),
+            Some(body),
+        )
+        .await
+    }
+
+    /// `POST /v1/domains/{uuid}/migrate/complete` (cluster mode), on the destination:
+    /// ownership moves to this broker's host. 409 when no migration to here is prepared.
+    pub async fn migrate_complete(&self, uuid: &str) -> Result<MigrationView, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/v1/domains/{}/migrate/complete", encode(uuid)),
+            Some(Vec::new()),
+        )
+        .await
+    }
+
+    /// `POST /v1/domains/{uuid}/migrate/cancel` (cluster mode), on the destination: the
+    /// prepared migration is forgotten and the source keeps the domain.
+    pub async fn migrate_cancel(&self, uuid: &str) -> Result<MigrationView, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/v1/domains/{}/migrate/cancel", encode(uuid)),
+            Some(Vec::new()),
         )
         .await
     }

@@ -381,3 +381,34 @@ pub struct DomainPage {
     /// the last one.
     pub next_cursor: Option<String>,
 }
+
+/// `POST /v1/domains/{uuid}/migrate/prepare`: optional body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigratePrepareRequest {
+    /// The domain's name on this host (libvirt's); default: the name of its desired
+    /// configuration in etcd. Needed when etcd has none.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// The answer of `POST /v1/domains/{uuid}/migrate/{prepare,complete,cancel}`: where the
+/// domain's ownership stands after the call (cluster mode, docs/CLUSTER.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationView {
+    /// The VM UUID (lowercase).
+    pub uuid: String,
+    /// The domain's name on this host, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// This broker's host (`[store] host`).
+    pub host: String,
+    /// The host owning the domain after the call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// The prepared destination after the call, if a migration is still prepared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incoming: Option<String>,
+    /// Whether the call changed anything (false: it had been done already).
+    pub changed: bool,
+}

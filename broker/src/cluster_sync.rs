@@ -17,14 +17,20 @@ use xenchan_basics::chain;
 use xenchan_cluster::{Desired, Uuid, WatchEvent};
 use xenchan_protocol::config::GuestConfig;
 
+use crate::api::types::Lifecycle;
 use crate::domains::Shared;
 use crate::leases::leases_of;
+use crate::store::etcd::SyncRequest;
 use crate::store::{EtcdStore, PutRequest, Store};
 
 /// Watches etcd until `stop`.
 pub(crate) async fn run(sh: Arc<Shared>, etcd: Arc<EtcdStore>, stop: CancellationToken) {
     let cluster = Arc::clone(etcd.cluster());
     let mut lease = cluster.host_lease();
+    let Some(mut requests) = etcd.take_sync_requests() else {
+        tracing::error!("cluster watch started twice: the second one does nothing");
+        return;
+    };
     // From "now": the state before it is read by `resync` below, which runs after the
     // watch is set up, so nothing between the two is missed.
     let from = loop {
@@ -39,10 +45,13 @@ pub(crate) async fn run(sh: Arc<Shared>, etcd: Arc<EtcdStore>, stop: Cancellatio
             }
         }
     };
-    let owned = owned_at_start(&etcd).await;
+    let (owned, waiting) = owned_at_start(&etcd).await;
     let mut watcher = cluster.watch(owned.clone(), from);
     for uuid in &owned {
         adopt(&sh, &etcd, uuid).await;
+    }
+    for uuid in waiting {
+        wait_for(&etcd, &mut watcher, uuid).await;
     }
     let mut warned = false;
     loop {
@@ -51,14 +60,31 @@ pub(crate) async fn run(sh: Arc<Shared>, etcd: Arc<EtcdStore>, stop: Cancellatio
             changed = lease.changed() => {
                 if changed.is_ok() {
                     // The host lease expired and was granted anew: every ownership key
-                    // of the old one is gone. Claim the domains this host still runs.
-                    let owned: Vec<Uuid> = watcher.interest().owned().iter().cloned().collect();
-                    tracing::warn!(domains = owned.len(), "host lease renewed after expiry: claiming domains again");
-                    for uuid in owned {
+                    // of the old one is gone (the watch may already have reported them
+                    // lost). Claim the domains this host still owns or runs.
+                    let mut again: Vec<Uuid> = watcher.interest().owned().iter().cloned().collect();
+                    again.extend(running_here(&sh, &etcd));
+                    again.sort();
+                    again.dedup();
+                    tracing::warn!(domains = again.len(), "host lease renewed after expiry: claiming domains again");
+                    for uuid in again {
                         if let Err(e) = cluster.claim(&uuid).await {
                             tracing::warn!(%uuid, "cannot claim again: {}", chain(&e));
+                            watcher.interest_mut().wait_for(uuid);
                         }
                     }
+                }
+                continue;
+            }
+            r = requests.recv() => {
+                match r {
+                    // The prepare read the current configuration (`refresh`); the
+                    // watch follows it from now on.
+                    Some(SyncRequest::Wait(uuid)) if !watcher.interest().owned().contains(&uuid) => {
+                        wait_for(&etcd, &mut watcher, uuid).await;
+                    }
+                    Some(SyncRequest::Forget(uuid)) => watcher.interest_mut().stop_waiting(&uuid),
+                    Some(SyncRequest::Wait(_)) | None => {}
                 }
                 continue;
             }
@@ -70,7 +96,7 @@ pub(crate) async fn run(sh: Arc<Shared>, etcd: Arc<EtcdStore>, stop: Cancellatio
                     tracing::info!("etcd reachable again: cluster watch resumed");
                     warned = false;
                 }
-                handle(&sh, &etcd, e).await;
+                handle(&sh, &etcd, &mut watcher, e).await;
             }
             Err(e) => {
                 if !warned {
@@ -90,45 +116,91 @@ pub(crate) async fn run(sh: Arc<Shared>, etcd: Arc<EtcdStore>, stop: Cancellatio
 }
 
 /// The cached domains this host owns in etcd (after a restart within the host lease's
-/// TTL the ownership keys are still there; claiming rebinds them to the new lease).
-async fn owned_at_start(etcd: &EtcdStore) -> Vec<Uuid> {
+/// TTL the ownership keys are still there; claiming rebinds them to the new lease), and
+/// those it runs (prepared, not released) that another host owns: waited for.
+async fn owned_at_start(etcd: &EtcdStore) -> (Vec<Uuid>, Vec<Uuid>) {
     let cluster = etcd.cluster();
-    let mut owned = Vec::new();
+    let (mut owned, mut waiting) = (Vec::new(), Vec::new());
     let Ok(records) = etcd.local().load_all().await else {
-        return owned;
+        return (owned, waiting);
     };
     for r in records {
         let Some(uuid) = r.uuid.as_deref().and_then(|u| Uuid::parse(u).ok()) else {
             continue;
         };
+        let runs_here = r.lifecycle == Some(Lifecycle::Running);
         match cluster.ownership(&uuid).await {
-            Ok(o) if o.owner.as_deref() == Some(cluster.host()) => {
-                if cluster.claim(&uuid).await.is_ok() {
-                    owned.push(uuid);
+            Ok(o)
+                if o.owner.as_deref() == Some(cluster.host())
+                    || (o.owner.is_none() && runs_here) =>
+            {
+                match cluster.claim(&uuid).await {
+                    Ok(()) => owned.push(uuid),
+                    Err(_) if runs_here => waiting.push(uuid),
+                    Err(_) => {}
                 }
             }
+            Ok(_) if runs_here => waiting.push(uuid),
             Ok(_) => {}
             Err(e) => tracing::warn!(domain = %r.name, "ownership unknown at start: {}", chain(&e)),
         }
     }
-    owned
+    (owned, waiting)
 }
 
-async fn handle(sh: &Arc<Shared>, etcd: &EtcdStore, event: WatchEvent) {
+/// The UUIDs of the domains running here (prepared and not released, or with a live
+/// session).
+fn running_here(sh: &Shared, etcd: &EtcdStore) -> Vec<Uuid> {
+    sh.views()
+        .into_iter()
+        .filter(|v| v.lifecycle == Some(Lifecycle::Running) || v.connected)
+        .filter_map(|v| {
+            etcd.uuid_of(&v.name)
+                .or_else(|| v.uuid.as_deref().and_then(|u| Uuid::parse(u).ok()))
+        })
+        .collect()
+}
+
+/// Whether the domain `uuid` runs here.
+fn runs_here(sh: &Shared, etcd: &EtcdStore, uuid: &Uuid) -> bool {
+    etcd.name_of(uuid)
+        .and_then(|n| sh.view(&n))
+        .is_some_and(|v| v.lifecycle == Some(Lifecycle::Running) || v.connected)
+}
+
+/// Waits for the owner of a domain running here to give it up; claims once now, so that
+/// an owner gone before the watch knew is not missed.
+async fn wait_for(etcd: &EtcdStore, watcher: &mut xenchan_cluster::Watcher, uuid: Uuid) {
+    watcher.interest_mut().wait_for(uuid.clone());
+    claim_orphan(etcd, &uuid).await;
+}
+
+/// Claims a domain running here that nobody owns (its host was lost, or it gave it up);
+/// the watch then reports it acquired and the desired configuration is read.
+async fn claim_orphan(etcd: &EtcdStore, uuid: &Uuid) {
+    match etcd.cluster().claim(uuid).await {
+        Ok(()) => tracing::info!(%uuid, "claimed a domain running here that nobody owned"),
+        Err(xenchan_cluster::ClusterError::NotOwner { owner, .. }) => {
+            tracing::debug!(%uuid, ?owner, "still owned elsewhere: waiting");
+        }
+        Err(e) => tracing::warn!(%uuid, "cannot claim: {}", chain(&e)),
+    }
+}
+
+async fn handle(
+    sh: &Arc<Shared>,
+    etcd: &EtcdStore,
+    watcher: &mut xenchan_cluster::Watcher,
+    event: WatchEvent,
+) {
     match event {
         WatchEvent::Desired { uuid, desired } => install(sh, etcd, &uuid, &desired).await,
         WatchEvent::Acquired { uuid } | WatchEvent::Incoming { uuid } => {
             adopt(sh, etcd, &uuid).await;
         }
         WatchEvent::DesiredDeleted { uuid } => {
-            let Some(name) = etcd.name_of(&uuid) else {
-                return;
-            };
-            let _domain = sh.locks.lock(&name).await;
-            let keep_row = sh.keeps_row_without_config(&name);
-            match etcd.local().delete_config(&name, keep_row).await {
-                Ok(_) => sh.remove_desired(&name),
-                Err(e) => tracing::warn!(domain = %name, "cache: {}", chain(&e)),
+            if let Some(name) = etcd.name_of(&uuid) {
+                drop_cached(sh, etcd, &name).await;
             }
         }
         WatchEvent::Lost { uuid, owner } => {
@@ -142,6 +214,21 @@ async fn handle(sh: &Arc<Shared>, etcd: &EtcdStore, event: WatchEvent) {
                     &format!("lost to {}", owner.as_deref().unwrap_or("nobody")),
                 )
                 .await;
+            if runs_here(sh, etcd, &uuid) {
+                // Still running here: after a migration away, until its `release`; or
+                // this host's lease expired. Take it back if nobody else holds it.
+                watcher.interest_mut().wait_for(uuid.clone());
+                if owner.is_none() {
+                    claim_orphan(etcd, &uuid).await;
+                }
+            }
+        }
+        WatchEvent::Orphaned { uuid } => {
+            if runs_here(sh, etcd, &uuid) {
+                claim_orphan(etcd, &uuid).await;
+            } else {
+                watcher.interest_mut().stop_waiting(&uuid);
+            }
         }
         WatchEvent::IncomingEnded { uuid } => {
             tracing::debug!(%uuid, "incoming migration ended");
@@ -152,8 +239,33 @@ async fn handle(sh: &Arc<Shared>, etcd: &EtcdStore, event: WatchEvent) {
     }
 }
 
+/// Drops the cached desired configuration of a domain (deleted in etcd, or a migration
+/// to here that was cancelled: this host no longer follows it).
+pub(crate) async fn drop_cached(sh: &Shared, etcd: &EtcdStore, name: &str) {
+    let _domain = sh.locks.lock(name).await;
+    let keep_row = sh.keeps_row_without_config(name);
+    match etcd.local().delete_config(name, keep_row).await {
+        Ok(_) => sh.remove_desired(name),
+        Err(e) => tracing::warn!(domain = %name, "cache: {}", chain(&e)),
+    }
+}
+
+/// A domain starts here (lifecycle prepare): its desired configuration is read from etcd
+/// before its session starts, so that what this host cached long ago (a PUT through it,
+/// the VM's last run here) is never what it pushes. An outage only logs: the cache
+/// serves.
+pub(crate) async fn refresh(sh: &Arc<Shared>, etcd: &EtcdStore, name: &str, uuid: &str) {
+    let Ok(uuid) = Uuid::parse(uuid) else {
+        return;
+    };
+    if etcd.uuid_of(name).is_none() {
+        etcd.remember_uuid(name, &uuid);
+    }
+    adopt(sh, etcd, &uuid).await;
+}
+
 /// Reads the desired configuration of a domain this host now owns or receives.
-async fn adopt(sh: &Arc<Shared>, etcd: &EtcdStore, uuid: &Uuid) {
+pub(crate) async fn adopt(sh: &Arc<Shared>, etcd: &EtcdStore, uuid: &Uuid) {
     match etcd.cluster().desired(uuid).await {
         Ok(Some(d)) => install(sh, etcd, uuid, &d).await,
         Ok(None) => {}
@@ -163,7 +275,7 @@ async fn adopt(sh: &Arc<Shared>, etcd: &EtcdStore, uuid: &Uuid) {
 
 /// Brings a desired configuration from etcd into the cache and the registry (the session
 /// pushes it if the agent has not applied it).
-async fn install(sh: &Arc<Shared>, etcd: &EtcdStore, uuid: &Uuid, desired: &Desired) {
+pub(crate) async fn install(sh: &Arc<Shared>, etcd: &EtcdStore, uuid: &Uuid, desired: &Desired) {
     let name = etcd.name_of(uuid).unwrap_or_else(|| desired.name.clone());
     if let Err(e) = crate::paths::check_domain_name(&name) {
         tracing::warn!(%uuid, "desired configuration in etcd names an unusable domain: {e}");

@@ -16,7 +16,12 @@
 //!   aborts the start when the broker *refuses* (a lease or UUID conflict, a prepare hook
 //!   that says no (422) or overruns (504)); an *unreachable* broker or an unreadable XML
 //!   follows `on_unreachable` / `on_bad_xml` (default: warn and go on);
-//! - at `release end`, releases it (`POST /v1/domains/{name}/release`); never fails;
+//! - at `release end`, releases it (`POST /v1/domains/{name}/release`); never fails (a
+//!   broker in cluster mode cancels a migration to here that never ran);
+//! - at `migrate begin` (an incoming migration, on the destination), prepares the
+//!   hand-off (`POST /v1/domains/{uuid}/migrate/prepare`, cluster mode) and aborts the
+//!   migration when the broker refuses it; at `started begin`, completes a prepared one
+//!   (`.../migrate/complete`); never fails there (libvirt would kill the domain);
 //! - at `reconnect begin` / `attach begin` (libvirtd restarted with running domains),
 //!   registers again but never fails: a failing reconnect hook makes libvirtd kill the
 //!   running domain.
@@ -69,15 +74,31 @@ confirms the domain's leases and runs its own prepare hooks. If it refuses (4xx:
 UUID or lease conflict, 422 a prepare hook said no; or 504: a prepare hook overran), \
 this exits 65 with the reason on stderr and libvirt aborts the start.
 
-`start begin`, `started begin`, `stopped end`: nothing. The broker finds the channel \
-socket when QEMU makes it, and sees it close.
+`start begin`, `stopped end`: nothing. The broker finds the channel socket when QEMU \
+makes it, and sees it close.
 
 `release end`: release the domain (POST /v1/domains/{name}/release): its session stops, \
 its desired configuration stays. Never fails the operation.
 
-`migrate begin`, `restore begin`: nothing, and no output (the XML stays as it is). The \
-`prepare begin` that follows registers the domain (on the destination host for a \
-migration; the source host's `release end` releases it there).
+`migrate begin` (on the destination of a migration): no output (the XML stays as it \
+is). With a broker in cluster mode ([store] backend = \"etcd\"), prepare the hand-off \
+(POST /v1/domains/{uuid}/migrate/prepare): this host becomes the incoming one while the \
+source keeps the domain. If the broker refuses (409: the source does not own the VM, or \
+a migration to another host is prepared), this exits 65 and libvirt does not migrate. \
+A broker with the embedded store answers that migration needs etcd: nothing to do. The \
+`prepare begin` that follows registers the domain on the destination; the source \
+host's `release end` releases it there.
+
+`started begin` after `migrate begin` (cluster mode): complete the hand-off (POST \
+/v1/domains/{uuid}/migrate/complete): ownership moves to this host. Without a prepared \
+migration (an ordinary start, or the embedded store) nothing changes. Never fails: a \
+failing `started` hook makes libvirt kill the domain (a refusal is warned about; an \
+unreachable broker was already reported at `prepare begin`). If this migration then fails, \
+the destination's `release end` gives the domain up and the source, still running it, \
+takes it back; a `release end` on the destination before any `started` cancels the \
+prepared migration (the source keeps the domain).
+
+`restore begin`: nothing, and no output (the XML stays as it is).
 
 `reconnect begin`, `attach begin` (libvirtd restarted with running domains): register \
 again, but never fail: a failing reconnect hook makes libvirtd kill the domain.
@@ -250,6 +271,10 @@ pub enum Action {
     Reattach,
     /// Release the domain; never fail (unless strict).
     Release,
+    /// An incoming migration: prepare the hand-off; a refusal aborts the migration.
+    MigrateIn,
+    /// The domain runs: complete a prepared hand-off; never fail.
+    Started,
     /// Nothing.
     Nothing,
 }
@@ -261,6 +286,8 @@ impl Action {
             ("prepare", "begin") => Action::Prepare,
             ("reconnect" | "attach", "begin") => Action::Reattach,
             ("release", "end") => Action::Release,
+            ("migrate", "begin") => Action::MigrateIn,
+            ("started", "begin") => Action::Started,
             _ => Action::Nothing,
         }
     }
@@ -323,7 +350,7 @@ pub fn run(socket: &Path, args: &HookArgs) -> ExitCode {
         // once; reconnect and release go on with the defaults (failing them cannot help:
         // a failing reconnect makes libvirtd kill the domain).
         let maybe_ours = xml.as_ref().map_or(true, |x| !x.channels.is_empty());
-        if action == Action::Prepare && maybe_ours {
+        if matches!(action, Action::Prepare | Action::MigrateIn) && maybe_ours {
             reporter.say(
                 Severity::Error,
                 &format!(
@@ -399,6 +426,50 @@ pub fn run(socket: &Path, args: &HookArgs) -> ExitCode {
                     Exit::Ok.into()
                 }
             }
+        }
+        Action::MigrateIn => match migrate(socket, channel, domain, xml, Step::Prepare, end) {
+            Ok(()) => Exit::Ok.into(),
+            Err(Problem::Refused(why)) => {
+                reporter.say(
+                    Severity::Error,
+                    &format!("the xenchan broker refused the migration of domain {shown} to this host: {why}"),
+                );
+                Exit::DataErr.into()
+            }
+            Err(Problem::Unavailable(why)) if s.abort_unreachable => {
+                reporter.say(
+                    Severity::Error,
+                    &format!("migration of domain {shown} aborted (on_unreachable = \"abort\" or --strict): {why}"),
+                );
+                Exit::Unavailable.into()
+            }
+            Err(Problem::BadInput(why)) if s.abort_bad_xml => {
+                reporter.say(
+                    Severity::Error,
+                    &format!("migration of domain {shown} aborted (on_bad_xml = \"abort\" or --strict): cannot read its domain XML: {why}"),
+                );
+                Exit::DataErr.into()
+            }
+            Err(Problem::Unavailable(why) | Problem::BadInput(why)) => {
+                reporter.say(
+                    Severity::Warning,
+                    &format!("the migration of domain {shown} goes on without the hand-off being prepared at the xenchan broker: {why} (this host takes the domain over when the source gives it up)"),
+                );
+                Exit::Ok.into()
+            }
+        },
+        Action::Started => {
+            // An unreachable broker or an unreadable XML was already reported by the
+            // `prepare begin` of this very start; only a broker's refusal is news.
+            if let Err(Problem::Refused(why)) =
+                migrate(socket, channel, domain, xml, Step::Complete, end)
+            {
+                reporter.say(
+                    Severity::Warning,
+                    &format!("cannot complete the migration of domain {shown} to this host at the xenchan broker (the domain keeps running; this host takes it over when the source gives it up): {why}"),
+                );
+            }
+            Exit::Ok.into()
         }
         Action::Release => match release(socket, channel, domain, &xml, end) {
             Ok(()) => Exit::Ok.into(),
@@ -500,8 +571,77 @@ fn release(
     )
 }
 
+/// A migration step the hook takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Prepare,
+    Complete,
+}
+
+/// Whether a refusal of a migration step means "nothing to hand off" rather than "no":
+/// the embedded store (400 naming `store.backend`), nobody owning the VM at prepare
+/// (409 on `owner` naming no host: the destination's `prepare` claims it), no migration
+/// prepared at complete (409 on `incoming`: an ordinary start).
+fn nothing_to_hand_off(step: Step, status: StatusCode, e: &ApiError) -> bool {
+    match (step, status.as_u16(), e.path.as_deref()) {
+        (_, 400, Some("store.backend")) | (Step::Complete, 409, Some("incoming")) => true,
+        (Step::Prepare, 409, Some("owner")) => e.domain.is_none(),
+        _ => false,
+    }
+}
+
+/// `migrate begin` / `started begin`: the hand-off step for a domain with our channel.
+fn migrate(
+    socket: &Path,
+    channel: &str,
+    domain: &str,
+    xml: Result<DomainXml, String>,
+    step: Step,
+    end: Instant,
+) -> Result<(), Problem> {
+    let xml = xml.map_err(Problem::BadInput)?;
+    if xml.channels_named(channel).next().is_none() {
+        return Ok(());
+    }
+    let Some(uuid) = xml.uuid.as_deref() else {
+        return Err(Problem::BadInput(
+            "the domain XML has no <uuid>: in cluster mode the UUID is the domain's identity"
+                .into(),
+        ));
+    };
+    if xenchan_api::paths::check_domain_name(domain).is_err() {
+        return Ok(()); // never registered by this hook: nothing to hand off
+    }
+    let (path, body) = match step {
+        Step::Prepare => (
+            format!("/v1/domains/{uuid}/migrate/prepare"),
+            serde_json::to_vec(&json!({ "name": domain })).expect("JSON serialises"),
+        ),
+        Step::Complete => (format!("/v1/domains/{uuid}/migrate/complete"), Vec::new()),
+    };
+    let (status, bytes) = post(socket, &path, body, end)?;
+    if let Ok(e) = serde_json::from_slice::<ApiError>(&bytes)
+        && !status.is_success()
+        && nothing_to_hand_off(step, status, &e)
+    {
+        return Ok(());
+    }
+    verdict(socket, &path, status, &bytes)
+}
+
 /// POSTs `body` to `path` within the time left until `end`.
 fn call(socket: &Path, path: &str, body: Vec<u8>, end: Instant) -> Result<(), Problem> {
+    let (status, bytes) = post(socket, path, body, end)?;
+    verdict(socket, path, status, &bytes)
+}
+
+/// POSTs `body` to `path` within the time left until `end`: the status and the body.
+fn post(
+    socket: &Path,
+    path: &str,
+    body: Vec<u8>,
+    end: Instant,
+) -> Result<(StatusCode, hyper::body::Bytes), Problem> {
     let left = end.saturating_duration_since(Instant::now());
     if left.is_zero() {
         return Err(Problem::Unavailable(
@@ -516,17 +656,21 @@ fn call(socket: &Path, path: &str, body: Vec<u8>, end: Instant) -> Result<(), Pr
     let answer = rt.block_on(client.request(Method::POST, path, Some(body)));
     // The runtime has no task left but a connection driver; do not wait for it.
     rt.shutdown_background();
-    let (status, bytes) = answer.map_err(|e| {
+    answer.map_err(|e| {
         let mut why = chain(&e);
         if matches!(e, ClientError::Timeout(_)) {
             why.push_str(" (the hook's deadline)");
         }
         Problem::Unavailable(why)
-    })?;
+    })
+}
+
+/// The broker's answer as the hook's outcome.
+fn verdict(socket: &Path, path: &str, status: StatusCode, bytes: &[u8]) -> Result<(), Problem> {
     if status.is_success() {
         return Ok(());
     }
-    let error = serde_json::from_slice::<ApiError>(&bytes).map_or_else(
+    let error = serde_json::from_slice::<ApiError>(bytes).map_or_else(
         |_| {
             String::from_utf8_lossy(&bytes[..bytes.len().min(512)])
                 .trim()
@@ -563,16 +707,60 @@ mod tests {
         assert_eq!(Action::of("release", "end"), Action::Release);
         assert_eq!(Action::of("reconnect", "begin"), Action::Reattach);
         assert_eq!(Action::of("attach", "begin"), Action::Reattach);
+        assert_eq!(Action::of("migrate", "begin"), Action::MigrateIn);
+        assert_eq!(Action::of("started", "begin"), Action::Started);
         for (op, sub) in [
             ("start", "begin"),
-            ("started", "begin"),
             ("stopped", "end"),
-            ("migrate", "begin"),
+            ("migrate", "end"),
             ("restore", "begin"),
             ("prepare", "end"),
             ("frobnicate", "-"),
         ] {
             assert_eq!(Action::of(op, sub), Action::Nothing, "{op} {sub}");
+        }
+    }
+
+    #[test]
+    fn benign_migration_refusals_are_nothing_to_hand_off() {
+        let e = |path: &str, domain: Option<&str>| ApiError {
+            error: "x".into(),
+            path: Some(path.into()),
+            errors: Vec::new(),
+            domain: domain.map(str::to_string),
+        };
+        let c = StatusCode::CONFLICT;
+        let table = [
+            (
+                Step::Prepare,
+                StatusCode::BAD_REQUEST,
+                e("store.backend", None),
+                true,
+            ),
+            (
+                Step::Complete,
+                StatusCode::BAD_REQUEST,
+                e("store.backend", None),
+                true,
+            ),
+            (Step::Prepare, c, e("owner", None), true),
+            (Step::Prepare, c, e("owner", Some("dom0-c")), false),
+            (Step::Prepare, c, e("incoming", Some("dom0-c")), false),
+            (Step::Complete, c, e("incoming", None), true),
+            (Step::Complete, c, e("owner", Some("dom0-c")), false),
+            (
+                Step::Prepare,
+                StatusCode::BAD_REQUEST,
+                e("uuid", None),
+                false,
+            ),
+        ];
+        for (step, status, err, want) in table {
+            assert_eq!(
+                nothing_to_hand_off(step, status, &err),
+                want,
+                "{step:?} {status} {err:?}"
+            );
         }
     }
 

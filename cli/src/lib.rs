@@ -22,7 +22,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use xenchan_api::client::{Client, ClientError};
 use xenchan_api::query::{self, DomainQuery, EventQuery};
-use xenchan_api::types::DomainState;
+use xenchan_api::types::{DomainState, MigratePrepareRequest};
 use xenchan_api::{DomainName, VmUuid};
 use xenchan_basics::{Exit, chain};
 use xenchan_protocol::config::{
@@ -165,6 +165,9 @@ held by another domain; prepare hook refused); 69 broker unavailable; 74 unreada
         /// The domain.
         name: String,
     },
+    /// Migration hand-off between hosts (cluster mode, `[store] backend = "etcd"`).
+    #[command(subcommand, after_help = MIGRATE_HELP)]
+    Migrate(MigrateCommand),
     /// Push the desired configuration again, even if the agent reports it applied.
     Push {
         /// Override the generation order: the agent applies the configuration even if
@@ -174,6 +177,55 @@ held by another domain; prepare hook refused); 69 broker unavailable; 74 unreada
         force: bool,
         /// The domain.
         name: String,
+    },
+}
+
+const MIGRATE_HELP: &str = "\
+Cluster mode only (the broker's [store] backend = \"etcd\", docs/CLUSTER.md); with the
+embedded store every step is refused (400 naming store.backend). Run each step on the
+DESTINATION host's broker, naming the VM by its UUID. The libvirt hook does this by
+itself (`xenchan hook --help`); these commands are for other orchestrators and repairs.
+The VM's address and hostname leases stay held throughout: no step takes or gives any.
+
+  prepare   the destination registers as the incoming host while the source still
+            owns the domain; the domain shows on the destination (refused, 409, when
+            the source does not own it or another destination is prepared)
+  complete  ownership moves to the destination (409 when no migration to it is
+            prepared); the destination's broker then serves the domain, pushing
+            nothing its agent already applied
+  cancel    the prepared migration is forgotten; the source keeps the domain
+
+Examples:
+  xenchan domain migrate prepare 2c1f0a9e-5b7d-4e38-9f43-0e8c7d1b6a20
+  xenchan domain migrate prepare --name web1 2c1f0a9e-5b7d-4e38-9f43-0e8c7d1b6a20
+  xenchan domain migrate complete 2c1f0a9e-5b7d-4e38-9f43-0e8c7d1b6a20
+  xenchan domain migrate cancel 2c1f0a9e-5b7d-4e38-9f43-0e8c7d1b6a20
+
+Exit codes: 0 done (or done already); 65 refused (the message names the owner or the
+pending migration, or the field); 69 broker or etcd unavailable.";
+
+/// `xenchan domain migrate ...`.
+#[derive(Debug, Subcommand)]
+pub enum MigrateCommand {
+    /// On the destination: register this host as the incoming one; the source keeps
+    /// the domain until `complete`.
+    Prepare {
+        /// The domain's name on this host (default: the name of its desired
+        /// configuration in etcd; needed when it has none).
+        #[arg(long, value_name = "NAME")]
+        name: Option<DomainName>,
+        /// The VM's UUID.
+        uuid: VmUuid,
+    },
+    /// On the destination: move ownership here (the VM runs here now).
+    Complete {
+        /// The VM's UUID.
+        uuid: VmUuid,
+    },
+    /// On the destination: forget the prepared migration; the source keeps the domain.
+    Cancel {
+        /// The VM's UUID.
+        uuid: VmUuid,
     },
 }
 
@@ -661,6 +713,43 @@ async fn run_domain(client: &Client, json: bool, cmd: DomainCommand) -> Result<(
             }
             for l in &kh.lines {
                 writeln!(out, "{l}").map_err(out_err)?;
+            }
+        }
+        DomainCommand::Migrate(m) => {
+            let (step, v) = match m {
+                MigrateCommand::Prepare { name, uuid } => {
+                    let req = MigratePrepareRequest {
+                        name: name.map(|n| n.as_str().to_string()),
+                    };
+                    (
+                        "prepare",
+                        client.migrate_prepare(uuid.as_str(), &req).await?,
+                    )
+                }
+                MigrateCommand::Complete { uuid } => {
+                    ("complete", client.migrate_complete(uuid.as_str()).await?)
+                }
+                MigrateCommand::Cancel { uuid } => {
+                    ("cancel", client.migrate_cancel(uuid.as_str()).await?)
+                }
+            };
+            if json {
+                print_json(&mut out, &v)?;
+            } else {
+                writeln!(
+                    out,
+                    "{} ({}): migrate {step} {}; owner {}, incoming {}",
+                    v.name.as_deref().unwrap_or("-"),
+                    v.uuid,
+                    if v.changed {
+                        "done"
+                    } else {
+                        "was done already"
+                    },
+                    v.owner.as_deref().unwrap_or("none"),
+                    v.incoming.as_deref().unwrap_or("none"),
+                )
+                .map_err(out_err)?;
             }
         }
         DomainCommand::Push { name, force } => {

@@ -524,13 +524,38 @@ async fn an_unreachable_broker_does_not_abort_unless_strict() {
         assert_exit(&o, 0);
     }
 
-    // Operations that need nothing never contact the broker: strict and brokerless, they
-    // still succeed silently, with nothing on stdout (migrate/restore keep the XML).
+    // An incoming migration (`migrate begin`) follows on_unreachable like a prepare:
+    // strict, the migration is aborted; else it goes on, warned, with nothing on stdout
+    // (libvirt would take it as a replacement XML).
+    let (o, _) = hook(Run::new(
+        &sock,
+        &["--strict", "web1", "migrate", "begin", "-"],
+        xml.clone(),
+    ))
+    .await;
+    assert_exit(&o, 69);
+    assert!(o.stdout.is_empty(), "{}", text(&o));
+    let (o, _) = hook(Run::new(
+        &sock,
+        &["web1", "migrate", "begin", "-"],
+        xml.clone(),
+    ))
+    .await;
+    assert_exit(&o, 0);
+    assert!(o.stdout.is_empty(), "{}", text(&o));
+    assert!(
+        stderr(&o).contains("migration of domain web1 goes on"),
+        "{}",
+        text(&o)
+    );
+
+    // Operations that need nothing (or whose problem `prepare begin` already reported,
+    // `started`) succeed silently, strict and brokerless, with nothing on stdout
+    // (restore keeps the XML).
     for (op, sub) in [
         ("start", "begin"),
         ("started", "begin"),
         ("stopped", "end"),
-        ("migrate", "begin"),
         ("restore", "begin"),
         ("prepare", "end"),
         ("some-future-op", "-"),

@@ -30,6 +30,9 @@ pub enum WatchEvent {
     /// The migration to this host ended (completed: `Acquired` came just before; else
     /// cancelled or its preparer's lease expired).
     IncomingEnded { uuid: Uuid },
+    /// Nobody owns a domain this host waits for (it runs here while another host owned
+    /// it: that host gave it up, or its lease expired): claim it now.
+    Orphaned { uuid: Uuid },
     /// A value of a watched domain is not what this crate writes: said, not dropped.
     Corrupt { key: String, reason: String },
 }
@@ -40,6 +43,8 @@ pub struct Interest {
     host: String,
     owned: BTreeSet<Uuid>,
     incoming: BTreeSet<Uuid>,
+    /// Domains running here that another host owns: their owner's departure is news.
+    waiting: BTreeSet<Uuid>,
 }
 
 impl Interest {
@@ -48,6 +53,7 @@ impl Interest {
             host: host.to_string(),
             owned: owned.into_iter().collect(),
             incoming: BTreeSet::new(),
+            waiting: BTreeSet::new(),
         }
     }
 
@@ -55,8 +61,30 @@ impl Interest {
         &self.owned
     }
 
+    /// The domains this host waits to claim.
+    pub fn waiting(&self) -> &BTreeSet<Uuid> {
+        &self.waiting
+    }
+
+    /// The domain runs here but another host owns it: report `Orphaned` when its owner
+    /// key goes away. The caller claims once after this call, so that an owner gone
+    /// before it is not missed.
+    pub fn wait_for(&mut self, uuid: Uuid) {
+        if !self.owned.contains(&uuid) {
+            self.waiting.insert(uuid);
+        }
+    }
+
+    /// The domain no longer runs here (released): its owner's departure is no news.
+    pub fn stop_waiting(&mut self, uuid: &Uuid) {
+        self.waiting.remove(uuid);
+    }
+
+    /// Whose desired configurations are followed: the domains this host owns, receives,
+    /// or runs while waiting for their owner to go (so that its cache is current when it
+    /// claims them).
     fn watches(&self, uuid: &Uuid) -> bool {
-        self.owned.contains(uuid) || self.incoming.contains(uuid)
+        self.owned.contains(uuid) || self.incoming.contains(uuid) || self.waiting.contains(uuid)
     }
 
     /// One etcd event (`value` is empty for a delete). Pure.
@@ -88,13 +116,16 @@ impl Interest {
                     None
                 };
                 if owner.as_deref() == Some(self.host.as_str()) {
+                    self.waiting.remove(&uuid);
                     self.owned
                         .insert(uuid.clone())
                         .then_some(WatchEvent::Acquired { uuid })
+                } else if self.owned.remove(&uuid) {
+                    Some(WatchEvent::Lost { uuid, owner })
+                } else if owner.is_none() && self.waiting.contains(&uuid) {
+                    Some(WatchEvent::Orphaned { uuid })
                 } else {
-                    self.owned
-                        .remove(&uuid)
-                        .then_some(WatchEvent::Lost { uuid, owner })
+                    None
                 }
             }
             DomainKey::Incoming => {
@@ -183,6 +214,11 @@ impl Cluster {
 impl Watcher {
     pub fn interest(&self) -> &Interest {
         &self.interest
+    }
+
+    /// The interest, to add or drop domains this host waits for.
+    pub fn interest_mut(&mut self) -> &mut Interest {
+        &mut self.interest
     }
 
     /// The next event. `Unavailable` when etcd cannot be reached to (re)open the watch
@@ -345,11 +381,54 @@ mod tests {
                 WatchEvent::Lost { .. } => "lost",
                 WatchEvent::Incoming { .. } => "incoming",
                 WatchEvent::IncomingEnded { .. } => "incoming-ended",
+                WatchEvent::Orphaned { .. } => "orphaned",
                 WatchEvent::Corrupt { .. } => "corrupt",
             });
             assert_eq!(got, want, "step {n}: {}", String::from_utf8_lossy(&key));
         }
         assert!(i.owned().is_empty());
+    }
+
+    #[test]
+    fn a_waiting_host_learns_when_the_owner_goes() {
+        let ks = Keyspace::new("/x/").unwrap();
+        let u = Uuid::parse("6f1c2b1e-0d3a-4c8e-9a51-2b7e0c4d9f10").unwrap();
+        let owner = ks.domain(&u, &DomainKey::Owner).into_bytes();
+        let desired_key = ks.domain(&u, &DomainKey::Desired).into_bytes();
+        let desired = codec::encode_desired(&Desired {
+            generation: 4,
+            name: "web1".into(),
+            config: b"{}".to_vec(),
+        });
+        let mut i = Interest::new("b", []);
+        // Not waiting: another host's departure and its PUTs are no news.
+        assert_eq!(i.apply(&ks, false, &owner, &[]), None);
+        assert_eq!(i.apply(&ks, true, &desired_key, &desired), None);
+        i.wait_for(u.clone());
+        // Waiting: the desired configuration is followed, so the cache is current.
+        assert!(matches!(
+            i.apply(&ks, true, &desired_key, &desired),
+            Some(WatchEvent::Desired { .. })
+        ));
+        // Another owner taking over is not an orphan; its departure is.
+        assert_eq!(i.apply(&ks, true, &owner, b"c"), None);
+        assert_eq!(
+            i.apply(&ks, false, &owner, &[]),
+            Some(WatchEvent::Orphaned { uuid: u.clone() })
+        );
+        // Claimed: no longer waiting, owned.
+        assert_eq!(
+            i.apply(&ks, true, &owner, b"b"),
+            Some(WatchEvent::Acquired { uuid: u.clone() })
+        );
+        assert!(i.waiting().is_empty());
+        // Owned domains are never waited for; released ones stop being.
+        i.wait_for(u.clone());
+        assert!(i.waiting().is_empty());
+        let mut j = Interest::new("b", []);
+        j.wait_for(u.clone());
+        j.stop_waiting(&u);
+        assert_eq!(j.apply(&ks, false, &owner, &[]), None);
     }
 
     #[test]

@@ -32,7 +32,8 @@ use xenchan_protocol::config::{ConfigError, GuestConfig};
 
 use crate::api::roles::{self, Roles};
 use crate::api::types::{
-    ApiError, DomainView, EventPage, EventView, Forbidden, Health, PrepareRequest,
+    ApiError, DomainView, EventPage, EventView, Forbidden, Health, MigratePrepareRequest,
+    PrepareRequest,
 };
 use crate::audit::{self, Caller};
 use crate::domains::Shared;
@@ -86,6 +87,8 @@ impl From<OpError> for Fail {
             OpError::HookTimedOut { .. } => (StatusCode::GATEWAY_TIMEOUT, None, None),
             OpError::NothingToPush(_) => (StatusCode::NOT_FOUND, None, None),
             OpError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, None, None),
+            OpError::NeedsCluster => (StatusCode::BAD_REQUEST, Some("store.backend".into()), None),
+            OpError::Migration(c) => migration_refusal(c),
         };
         Fail(
             status,
@@ -97,6 +100,21 @@ impl From<OpError> for Fail {
             },
         )
     }
+}
+
+/// A lock-manager refusal: 409 with `domain` naming the host that owns the domain (or
+/// the destination prepared instead), `path` what stands in the way.
+fn migration_refusal(
+    c: &xenchan_cluster::ClusterError,
+) -> (StatusCode, Option<String>, Option<String>) {
+    use xenchan_cluster::ClusterError as C;
+    let (path, host) = match c {
+        C::NotOwner { owner, .. } => ("owner", owner.clone()),
+        C::NoMigration { incoming, .. } => ("incoming", incoming.clone()),
+        C::MigrationPending { incoming, .. } => ("incoming", Some(incoming.clone())),
+        _ => ("uuid", None),
+    };
+    (StatusCode::CONFLICT, Some(path.into()), host)
 }
 
 fn bad_config(e: ConfigError) -> Fail {
@@ -129,6 +147,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/domains/{name}/push", post(push))
         .route("/v1/domains/{name}/prepare", post(prepare))
         .route("/v1/domains/{name}/release", post(release))
+        // `{name}` is the VM UUID here: in cluster mode the UUID is a domain's identity.
+        .route("/v1/domains/{name}/migrate/{step}", post(migrate))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -528,6 +548,70 @@ async fn release(
         }
     }
     Ok(json(StatusCode::OK, &ops::do_release(&sh, name).await?))
+}
+
+/// `POST /v1/domains/{uuid}/migrate/{prepare,complete,cancel}` (cluster mode): the
+/// migration hand-off with libvirt's lock-manager meanings (docs/API.md).
+async fn migrate(
+    State(sh): State<Arc<Shared>>,
+    Path((uuid, step)): Path<(String, String)>,
+    body: Body,
+) -> Result<Response, Fail> {
+    let uuid = canonical_uuid(&uuid).ok_or_else(|| {
+        bad_field(
+            "uuid",
+            format!(
+                "`{}` is not a VM UUID (expected 8-4-4-4-12 hex digits): migration calls name \
+                 the domain by its UUID",
+                uuid.escape_debug()
+            ),
+        )
+    })?;
+    let bytes = read_body(body, sh.config.limits.max_body).await?;
+    let done = match step.as_str() {
+        "prepare" => {
+            let req: MigratePrepareRequest = if blank(&bytes) {
+                MigratePrepareRequest::default()
+            } else {
+                serde_json::from_slice(&bytes).map_err(|e| {
+                    fail(
+                        StatusCode::BAD_REQUEST,
+                        format!("invalid migrate prepare request: {e}"),
+                    )
+                })?
+            };
+            ops::do_migrate_prepare(&sh, &uuid, req.name).await?
+        }
+        "complete" | "cancel" => {
+            if !blank(&bytes)
+                && !bytes
+                    .iter()
+                    .copied()
+                    .filter(|b| !b.is_ascii_whitespace())
+                    .eq(*b"{}")
+            {
+                return Err(fail(
+                    StatusCode::BAD_REQUEST,
+                    format!("migrate {step} takes no request body (or `{{}}`)"),
+                ));
+            }
+            if step == "complete" {
+                ops::do_migrate_complete(&sh, &uuid).await?
+            } else {
+                ops::do_migrate_cancel(&sh, &uuid).await?
+            }
+        }
+        other => {
+            return Err(fail(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no such migration step `{}` (prepare, complete or cancel)",
+                    other.escape_debug()
+                ),
+            ));
+        }
+    };
+    Ok(json(StatusCode::OK, &done))
 }
 
 /// Serves the API on `listener` until `stop`, then lets running requests finish

@@ -59,6 +59,10 @@ pub async fn do_prepare(sh: &Arc<Shared>, req: Prepare) -> Result<DomainView, Op
         prospective.socket.clone_from(&channel_path);
     }
     prepare_hooks(sh, &name, "-".into(), &prospective).await?;
+    if let (Some(etcd), Some(u)) = (sh.store.as_cluster(), uuid.as_deref()) {
+        // Cluster mode: the current desired configuration, before the session can start.
+        crate::cluster_sync::refresh(sh, etcd, &name, u).await;
+    }
     {
         let _domain = sh.locks.lock(&name).await;
         let done = sh

@@ -14,12 +14,14 @@
 mod config;
 mod lifecycle;
 mod locks;
+mod migrate;
 
 use thiserror::Error;
 
 pub use config::{PutConfig, do_delete, do_push, do_put_config};
 pub use lifecycle::{Prepare, do_prepare, do_release};
 pub use locks::DomainLocks;
+pub use migrate::{do_migrate_cancel, do_migrate_complete, do_migrate_prepare};
 
 use crate::api::types::{DomainState, DomainView};
 use crate::domains::Shared;
@@ -94,6 +96,16 @@ pub enum OpError {
     /// The store could not answer.
     #[error("the broker's store failed")]
     Store(#[source] StoreError),
+    /// A migration call with the embedded store.
+    #[error(
+        "migration needs the etcd backend ([store] backend = \"etcd\", docs/CLUSTER.md): \
+         with the embedded store no other host can know the domain"
+    )]
+    NeedsCluster,
+    /// The lock-manager rules refuse the migration step (the error names the owner, or
+    /// the migration prepared instead).
+    #[error("migration refused")]
+    Migration(#[source] xenchan_cluster::ClusterError),
 }
 
 impl From<StoreError> for OpError {

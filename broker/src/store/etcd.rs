@@ -14,6 +14,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::mpsc;
+
 use xenchan_cluster::{Cluster, ClusterConfig, ClusterError, Timeouts, Uuid};
 use xenchan_protocol::message::{Applied, ApplyResult, GuestFacts};
 
@@ -34,6 +36,21 @@ pub struct EtcdStore {
     uuids: Mutex<HashMap<String, Uuid>>,
     /// The cluster's lineage (every broker on this prefix pushes under it).
     lineage: xenchan_protocol::Lineage,
+    /// Requests to the cluster watch (`cluster_sync`), and their receiving end until
+    /// the watch task takes it.
+    sync_tx: mpsc::UnboundedSender<SyncRequest>,
+    sync_rx: Mutex<Option<mpsc::UnboundedReceiver<SyncRequest>>>,
+}
+
+/// What the lifecycle calls ask of the cluster watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncRequest {
+    /// The domain runs here but another host owns it: claim it when that host gives it
+    /// up or its lease expires (a migration's destination, a domain restarted here
+    /// after its host was lost).
+    Wait(Uuid),
+    /// The domain no longer runs here.
+    Forget(Uuid),
 }
 
 /// The cluster configuration of `[store]`; `host` defaults to the machine's hostname.
@@ -129,11 +146,14 @@ impl EtcdStore {
                 domain: "(cluster)".into(),
                 message: format!("the cluster's lineage: {message}"),
             })?;
+        let (sync_tx, sync_rx) = mpsc::unbounded_channel();
         let store = EtcdStore {
             cluster: Arc::new(cluster),
             local,
             lineage,
             uuids: Mutex::new(HashMap::new()),
+            sync_tx,
+            sync_rx: Mutex::new(Some(sync_rx)),
         };
         Ok(store)
     }
@@ -141,6 +161,21 @@ impl EtcdStore {
     /// The cluster handle (watch, ownership, migration).
     pub fn cluster(&self) -> &Arc<Cluster> {
         &self.cluster
+    }
+
+    /// The requests of the lifecycle calls to the cluster watch (taken once, by it).
+    pub(crate) fn take_sync_requests(&self) -> Option<mpsc::UnboundedReceiver<SyncRequest>> {
+        self.sync_rx.lock().expect("sync receiver").take()
+    }
+
+    fn ask_sync(&self, r: SyncRequest) {
+        // The watch task lives as long as the broker; after it stopped nobody waits.
+        let _ = self.sync_tx.send(r);
+    }
+
+    /// Forgets the cached copy of a domain this host neither runs nor receives.
+    pub fn forget_uuid(&self, name: &str) {
+        self.uuids.lock().expect("uuid map").remove(name);
     }
 
     /// The local cache.
@@ -351,8 +386,12 @@ impl EtcdStore {
             match self.cluster.claim(&uuid).await {
                 Ok(()) => {}
                 Err(ClusterError::NotOwner { owner, .. }) => {
+                    // A migration's destination (ownership moves at `complete`), or a
+                    // domain restarted here while its lost host's lease has not expired
+                    // yet: the watch claims it when the owner key goes.
                     tracing::warn!(domain = %req.name, %uuid, owner = ?owner,
-                        "domain prepared here while another host owns it (ownership moves when a migration completes)");
+                        "domain prepared here while another host owns it: claimed when that host gives it up (migration complete, release, or its etcd lease expiring)");
+                    self.ask_sync(SyncRequest::Wait(uuid));
                 }
                 Err(e) => return Err(store_error(e)),
             }
@@ -362,13 +401,24 @@ impl EtcdStore {
 
     async fn do_release(&self, name: &str) -> Result<Option<bool>, StoreError> {
         let released = self.local.release(name).await?;
-        if let Some(uuid) = self.uuid_of(name)
-            && let Err(e) = self.cluster.disown(&uuid).await
-        {
-            // Stopping a VM must not fail on an outage; the host lease bounds how long
-            // the stale ownership lasts if this broker goes away.
-            tracing::warn!(domain = %name, %uuid, "cannot give up ownership in etcd: {}",
-                xenchan_basics::chain(&e));
+        if let Some(uuid) = self.uuid_of(name) {
+            self.ask_sync(SyncRequest::Forget(uuid.clone()));
+            // A VM that stops here while a migration to here is prepared is a failed
+            // migration (libvirt's `release end` on the destination): the source keeps
+            // it. Then give up what this host owns. Stopping a VM must not fail on an
+            // outage; the host lease bounds how long a stale key lasts.
+            let host = self.cluster.host().to_string();
+            match self.cluster.cancel_migrate(&uuid, &host).await {
+                Ok(true) => tracing::info!(domain = %name, %uuid,
+                    "released during an incoming migration: migration cancelled, the source keeps the domain"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(domain = %name, %uuid,
+                    "cannot cancel the incoming migration in etcd: {}", xenchan_basics::chain(&e)),
+            }
+            if let Err(e) = self.cluster.disown(&uuid).await {
+                tracing::warn!(domain = %name, %uuid, "cannot give up ownership in etcd: {}",
+                    xenchan_basics::chain(&e));
+            }
         }
         Ok(released)
     }
@@ -398,6 +448,10 @@ impl EtcdStore {
 impl Store for EtcdStore {
     fn lineage(&self) -> &xenchan_protocol::Lineage {
         &self.lineage
+    }
+
+    fn as_cluster(&self) -> Option<&EtcdStore> {
+        Some(self)
     }
 
     fn load_all(&self) -> StoreFuture<'_, Vec<DomainRecord>> {

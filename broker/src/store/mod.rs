@@ -91,6 +91,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// generation of the history it applied from (a restored backup, a stale broker).
     fn lineage(&self) -> &xenchan_protocol::Lineage;
 
+    /// The cluster backend, when this store is one (`[store] backend = "etcd"`): what
+    /// the migration calls need. `None` for the embedded store.
+    fn as_cluster(&self) -> Option<&EtcdStore> {
+        None
+    }
+
     /// Every stored domain, by name.
     fn load_all(&self) -> StoreFuture<'_, Vec<DomainRecord>>;
 
