@@ -195,6 +195,10 @@ pub struct Metrics {
     /// Domains throttled right now (set before each render).
     throttled_now: AtomicU64,
     api_requests: AtomicU64,
+    /// The store's durable commits (set before each render; the store counts them).
+    store_commits: AtomicU64,
+    /// Whether the store counts its commits (the SQLite backend does).
+    store_counts_commits: std::sync::atomic::AtomicBool,
     xenstore_connected: AtomicU64,
     xenstore_connections: AtomicU64,
 }
@@ -299,6 +303,14 @@ impl Metrics {
         }
         self.xenstore_connected
             .store(u64::from(up), Ordering::Relaxed);
+    }
+
+    /// Sets the store's durable commits so far (`None`: the backend does not count them,
+    /// and the metric is not shown).
+    pub fn set_store_commits(&self, n: Option<u64>) {
+        self.store_counts_commits
+            .store(n.is_some(), Ordering::Relaxed);
+        self.store_commits.store(n.unwrap_or(0), Ordering::Relaxed);
     }
 
     /// An API request was served.
@@ -476,6 +488,15 @@ impl Metrics {
             "Control API requests served.",
         );
         let _ = writeln!(o, "xenchan_api_requests_total {}", c(&self.api_requests));
+        if self.store_counts_commits.load(Ordering::Relaxed) {
+            head(
+                &mut o,
+                "xenchan_store_commits_total",
+                "counter",
+                "Durable store commits that wrote something (each an fsync; writes committed together count once).",
+            );
+            let _ = writeln!(o, "xenchan_store_commits_total {}", c(&self.store_commits));
+        }
         head(
             &mut o,
             "xenchan_xenstore_connected",

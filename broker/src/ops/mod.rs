@@ -11,13 +11,16 @@
 //! API), then take the domain's lock ([`DomainLocks`]) for the store write and the
 //! registry update, so memory ends in the order the store committed.
 
+mod bulk;
 mod config;
 mod lifecycle;
 mod locks;
 
 use thiserror::Error;
+use xenchan_protocol::config::ConfigError;
 
-pub use config::{PutConfig, do_delete, do_push, do_put_config};
+pub use bulk::{BulkHead, do_put_configs, read_items};
+pub use config::{PutConfig, PutDone, do_delete, do_push, do_put_config};
 pub use lifecycle::{Prepare, do_prepare, do_release};
 pub use locks::DomainLocks;
 
@@ -40,6 +43,15 @@ pub enum OpError {
         /// What is wrong with it.
         error: String,
     },
+    /// The configuration document is refused (every problem found).
+    #[error("invalid configuration: {0}")]
+    Config(ConfigError),
+    /// An item of a bulk PUT that was not started: the request's deadline was too near.
+    #[error(
+        "not attempted: the request's deadline (timeouts.request) came before this item's \
+         turn; nothing was stored for it, send it again"
+    )]
+    NotAttempted,
     /// A lease of the configuration is held by another domain.
     #[error("{0}")]
     Lease(LeaseConflict),
