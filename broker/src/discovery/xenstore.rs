@@ -62,13 +62,16 @@ struct Params {
     rescan_every: Duration,
 }
 
+/// One domid's news: what xenstore shows there now (`None`: nothing for the broker).
+pub type Change = (u32, Option<Found>);
+
 /// What the xenstore thread tells the async side.
 #[derive(Debug)]
 pub enum Update {
     /// Every domain xenstore shows (after connecting, and on each full rescan).
     Snapshot(Vec<Found>),
-    /// What changed, per domid (`None`: nothing for the broker there any more).
-    Changed(Vec<(u32, Option<Found>)>),
+    /// What changed, per domid.
+    Changed(Vec<Change>),
 }
 
 /// Starts xenstore discovery: the xenstore thread and the task that applies its
@@ -260,7 +263,7 @@ struct Picture {
 
 impl Picture {
     /// Records what `domid` is now; returns the change for the async side, if any.
-    fn set(&mut self, domid: u32, now: Option<Seen>) -> Option<(u32, Option<Found>)> {
+    fn set(&mut self, domid: u32, now: Option<Seen>) -> Option<Change> {
         let before = match now {
             Some(s) => self.seen.insert(domid, s),
             None => self.seen.remove(&domid),
@@ -377,28 +380,44 @@ fn follow_xenstore(
             continue;
         }
         let before = client.requests();
-        let changes = follow_events(client, &p.channel, notes, &mut picture, &dirty)?;
-        metrics.xenstore_events(events, client.requests() - before);
+        let (changes, more) = follow_events(client, &p.channel, notes, &mut picture, dirty)?;
+        metrics.xenstore_events(events + more, client.requests() - before);
         if !changes.is_empty() {
             let _ = tx.send(Update::Changed(changes));
         }
     }
 }
 
-/// Reads what `dirty` names and returns what changed for the broker.
+/// Reads what `dirty` names and returns what changed for the broker, and how many more
+/// events it took in on the way.
 fn follow_events(
     client: &mut Client,
     channel: &str,
     notes: &mut Notes,
     picture: &mut Picture,
-    dirty: &Dirty,
-) -> Result<Vec<(u32, Option<Found>)>, XsError> {
-    let mut read: BTreeSet<u32> = dirty.domids.clone();
+    mut dirty: Dirty,
+) -> Result<(Vec<Change>, u64), XsError> {
+    let mut more = 0;
     let mut gone: Vec<u32> = Vec::new();
     if dirty.membership {
         let listed = list_domids(client)?;
+        // Events that came before the listing's answer are about changes it already
+        // shows (xenstore answers and notifies in order on one connection): a toolstack
+        // step that landed meanwhile costs one read of its domain, not two. A domain's
+        // event still means reading that domain (below); a membership one is covered.
+        // Only those the client queued while it waited for the answer: one read from
+        // the socket now could be newer than the listing.
+        for _ in 0..client.queued_events() {
+            let Some(e) = client.wait_event(Duration::ZERO)? else {
+                break;
+            };
+            more += 1;
+            let mut d = Dirty::default();
+            d.add(&e.path);
+            dirty.domids.extend(d.domids);
+        }
         gone.extend(picture.seen.keys().filter(|d| !listed.contains(d)));
-        read.extend(
+        dirty.domids.extend(
             listed
                 .iter()
                 .filter(|d| matches!(picture.seen.get(d), None | Some(Seen::Unfinished))),
@@ -409,14 +428,16 @@ fn follow_events(
         notes.forget(domid);
         changes.extend(picture.set(domid, None));
     }
-    for domid in read {
+    // Events that arrive from here on are handled by the next pass: a change made while
+    // a domain is being read must make it read again.
+    for domid in dirty.domids {
         let now = read_domain(client, channel, notes, domid)?;
         if now.is_none() {
             notes.forget(domid);
         }
         changes.extend(picture.set(domid, now));
     }
-    Ok(changes)
+    Ok((changes, more))
 }
 
 /// Log lines about one domain are written once, not on every read.
