@@ -760,6 +760,35 @@ fn scale_section(
             None,
             "",
         );
+        let bulk = sum(&|p| p.bulk_configure_s);
+        report.add(
+            &s,
+            "bulk PUT: first request to every result recorded",
+            "s",
+            bulk,
+            (n >= 10_000).then(|| Target::below("< 3 s", 3.0, bulk.as_ref())),
+            format!(
+                "a second configuration per domain (updates), {} per request, {} requests at a time",
+                scale::BULK_CHUNK,
+                scale::BULK_CONCURRENCY
+            ),
+        );
+        report.add(
+            &s,
+            "bulk PUT: configurations answered per second",
+            "1/s",
+            sum(&|p| p.n as f64 / p.bulk_put_s),
+            None,
+            "",
+        );
+        report.add(
+            &s,
+            "bulk PUT: CPU",
+            "s",
+            sum(&|p| p.cpu_bulk_s),
+            None,
+            "user + system, until every result recorded",
+        );
         report.add(
             &s,
             "sockets appear to every session handshook",

@@ -344,7 +344,7 @@ async fn grow_to(broker: &TestBroker, xs: &Server, qemu: &Path, n: u32) {
 /// Issue 16: an `@introduceDomain`/`@releaseDomain` (and the backend nodes a toolstack
 /// writes with it) costs xenstore requests for that domain only, not a rescan of every
 /// running domain: the cost of one domain created and destroyed is the same with 10 and
-/// with 200 others running. (A full rescan reads about ten nodes per running domain.)
+/// with 200 others running. (A full rescan reads about seven nodes per running domain.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_costs_requests_for_its_domain_only() {
     let dirs = Dirs::new();
@@ -368,7 +368,7 @@ async fn an_event_costs_requests_for_its_domain_only() {
     // Reading one domain takes 7 requests (its backend folder, the channel's name,
     // connection and path, the domain's name, vm and uuid) and listing the backend
     // folder one; the events of one toolstack step may arrive in two batches, so a
-    // domain may be read twice. A rescan of 200 domains would be about 2,000.
+    // domain may be read twice. A rescan of 200 domains is about 1,400.
     assert!(
         small.0 > 0 && small.1 > 0,
         "the broker counts its xenstore requests: {small:?}"
