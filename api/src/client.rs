@@ -25,8 +25,8 @@ use xenchan_protocol::config::GuestConfig;
 use crate::paths::MAX_SOCKET_PATH;
 use crate::query::{DomainQuery, EventQuery, NEXT_CURSOR_HEADER, encode};
 use crate::types::{
-    ApiError, DeleteResult, DomainPage, DomainView, EventPage, Health, MigratePrepareRequest,
-    MigrationView, PrepareRequest, ReleaseResult,
+    ApiError, BulkItem, BulkResult, DeleteResult, DomainPage, DomainView, EventPage, Health,
+    MigratePrepareRequest, MigrationView, PrepareRequest, ReleaseResult,
 };
 
 /// Default deadline of one request.
@@ -296,6 +296,20 @@ impl Client {
             path.push_str(&encode(u));
         }
         self.call(Method::PUT, &path, Some(json.to_vec())).await
+    }
+
+    /// `PUT /v1/domains`: many configurations in one request, each answered on its own
+    /// (a refused item fails only itself: look at each result's `status`). The request
+    /// itself fails only when it cannot be read at all (413: more than
+    /// `limits.max_bulk` items or `limits.max_bulk_body` bytes; 400: not a JSON array).
+    pub async fn put_configs(&self, items: &[BulkItem]) -> Result<BulkResult, ClientError> {
+        let body = serde_json::to_vec(items).expect("bulk items serialise");
+        self.put_configs_json(body).await
+    }
+
+    /// `PUT /v1/domains` with a raw JSON array of items (the broker validates each).
+    pub async fn put_configs_json(&self, json: Vec<u8>) -> Result<BulkResult, ClientError> {
+        self.call(Method::PUT, "/v1/domains", Some(json)).await
     }
 
     /// `DELETE /v1/domains/{name}`.

@@ -264,6 +264,11 @@ pub struct Limits {
     pub max_domains: usize,
     /// Largest control-API request body, in bytes.
     pub max_body: usize,
+    /// Most configurations in one bulk PUT (`PUT /v1/domains`).
+    pub max_bulk: usize,
+    /// Largest bulk PUT body, in bytes (each configuration in it still fits in one
+    /// protocol frame, `max_frame`).
+    pub max_bulk_body: usize,
     /// Largest control-API request head (request line and headers), in bytes.
     pub max_header: usize,
     /// Most control-API connections served at once.
@@ -311,6 +316,8 @@ impl Default for Limits {
             max_frame: xenchan_protocol::MAX_FRAME_DEFAULT,
             max_domains: 20_000,
             max_body: 1024 * 1024,
+            max_bulk: 1000,
+            max_bulk_body: 16 * 1024 * 1024,
             max_header: 16 * 1024,
             max_connections: 64,
             hook_stderr: 4096,
@@ -522,6 +529,13 @@ impl Config {
         range("limits.max_frame", l.max_frame, 1024, 16 * 1024 * 1024)?;
         range("limits.max_domains", l.max_domains, 1, 1_000_000)?;
         range("limits.max_body", l.max_body, 1024, 64 * 1024 * 1024)?;
+        range("limits.max_bulk", l.max_bulk, 1, 100_000)?;
+        range(
+            "limits.max_bulk_body",
+            l.max_bulk_body,
+            1024,
+            256 * 1024 * 1024,
+        )?;
         range("limits.max_header", l.max_header, 8192, 1024 * 1024)?;
         range("limits.max_connections", l.max_connections, 1, 65_536)?;
         range("limits.hook_stderr", l.hook_stderr, 64, 1024 * 1024)?;

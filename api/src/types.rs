@@ -412,3 +412,94 @@ pub struct MigrationView {
     /// Whether the call changed anything (false: it had been done already).
     pub changed: bool,
 }
+
+/// One item of `PUT /v1/domains` (the bulk PUT): what `PUT /v1/domains/{name}/config
+/// [?uuid=]` takes, in one document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkItem {
+    /// The domain.
+    pub name: String,
+    /// The VM UUID to record (the single PUT's `?uuid=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    /// The configuration document (docs/PROTOCOL.md), validated as the single PUT does.
+    pub config: serde_json::Value,
+}
+
+impl BulkItem {
+    /// An item for `config`.
+    pub fn new(name: impl Into<String>, uuid: Option<String>, config: &GuestConfig) -> BulkItem {
+        BulkItem {
+            name: name.into(),
+            uuid,
+            config: serde_json::to_value(config).expect("a GuestConfig always serialises"),
+        }
+    }
+}
+
+/// What a bulk PUT did with one of its items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BulkOutcome {
+    /// The domain had no configuration (a single PUT's 201).
+    Created,
+    /// A new generation replaced the configuration.
+    Updated,
+    /// The same document again: nothing changed, nothing is pushed.
+    Unchanged,
+}
+
+/// The answer for one item of a bulk PUT: what the single PUT of it would have answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BulkItemResult {
+    /// The item's position in the request (from 0).
+    pub index: usize,
+    /// The domain (`null` when the item named none usable).
+    pub name: Option<String>,
+    /// The VM UUID given with it (lowercase), if any.
+    #[serde(default)]
+    pub uuid: Option<String>,
+    /// The status the single PUT would have answered: 201, 200, or an error status
+    /// (docs/API.md, "Errors").
+    pub status: u16,
+    /// On success: created, updated or unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<BulkOutcome>,
+    /// On success: the desired generation now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    /// On success: the digest of the desired configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// On failure: what went wrong, in one sentence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// On failure: the field at fault (as in [`ApiError::path`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// On failure: every problem of a refused configuration.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+    /// On failure: the other domain (a lease or UUID held elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+}
+
+impl BulkItemResult {
+    /// Whether the item's configuration is stored (2xx).
+    pub fn ok(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+/// `PUT /v1/domains`: one result per item, in the request's order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BulkResult {
+    /// Items stored (created, updated or unchanged).
+    pub succeeded: usize,
+    /// Items refused.
+    pub failed: usize,
+    /// Per item.
+    pub results: Vec<BulkItemResult>,
+}

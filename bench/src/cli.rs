@@ -11,7 +11,7 @@ use xenchan_basics::Exit;
 use crate::bins::Bins;
 use crate::report::{self, LoadSampler, Machine, Report, Target, loadavg};
 use crate::stats::Summary;
-use crate::{codec, compare, footprint, hotplug, latency, procfs, scale};
+use crate::{codec, compare, footprint, hotplug, latency, procfs, scale, xs_discovery};
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 
@@ -35,6 +35,9 @@ Sections (all by default, in this order):
   scale      the broker against N socket-served guests (another process): handshakes, RSS per
              idle session, time from the first PUT to N results recorded, CPU (and the share
              of the broker's store thread)
+  xenstore   xenstore discovery at N = 100, 1,000 domains (the simulator's xenstore): xenstore
+             requests per domain created and destroyed, per watch event, and of one full
+             rescan (counted by the broker, not timed)
 
 Latency and hotplug run twice: with their temporary folders in --tmp (a disk, where fsync \
 costs what the disk makes it cost) and in --tmpfs (fsync is free: the software's own cost).
@@ -71,6 +74,7 @@ enum Section {
     Latency,
     Hotplug,
     Scale,
+    Xenstore,
 }
 
 /// The command line.
@@ -96,6 +100,10 @@ struct Args {
     /// Measured end-to-end iterations per guest and folder [default: 100; quick: 30].
     #[arg(long, value_name = "N")]
     iterations: Option<usize>,
+
+    /// Domain counts for the xenstore section [default: 100,1000].
+    #[arg(long, value_name = "N", value_delimiter = ',')]
+    xenstore_n: Vec<usize>,
 
     /// Hotplugs per folder [default: 15; quick: 5].
     #[arg(long, value_name = "N")]
@@ -263,6 +271,18 @@ pub fn main() -> ExitCode {
             eprintln!("== scale ({side})");
             let r = scale_section(&args, b, rt.handle(), rep);
             section(&format!("scale ({side})"), r, rep);
+        }
+    }
+    if want(Section::Xenstore) {
+        for &(side, b) in &sides {
+            let rep = if side == "baseline" {
+                &mut base_report
+            } else {
+                &mut report
+            };
+            eprintln!("== xenstore discovery ({side})");
+            let r = xenstore_section(&args, b, rt.handle(), rep);
+            section(&format!("xenstore discovery ({side})"), r, rep);
         }
     }
     report.machine.load_end = loadavg();
@@ -595,6 +615,97 @@ fn hotplug_section(
     Ok(())
 }
 
+fn xenstore_section(
+    args: &Args,
+    bins: &Bins,
+    rt: &tokio::runtime::Handle,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let ns: Vec<usize> = if args.xenstore_n.is_empty() {
+        vec![100, 1000]
+    } else {
+        args.xenstore_n.clone()
+    };
+    let rounds = if args.quick { 10 } else { 20 };
+    let mut points = Vec::new();
+    for &n in &ns {
+        eprintln!("   N = {n}");
+        let p = xs_discovery::run(rt, bins, &args.tmp, n, rounds)
+            .with_context(|| format!("N = {n}"))?;
+        let s = format!("xenstore discovery N={n}");
+        report.add(
+            &s,
+            "xenstore requests per domain created beside N",
+            "",
+            Summary::of(&p.create),
+            None,
+            "introduce + channel backend, one at a time, until the API shows its domid",
+        );
+        report.add(
+            &s,
+            "xenstore requests per domain destroyed beside N",
+            "",
+            Summary::of(&p.destroy),
+            None,
+            "release, until the API forgets it",
+        );
+        report.add(
+            &s,
+            format!("xenstore requests per watch event, creating {n} domains"),
+            "",
+            Some(Summary::single(p.fill_per_event)),
+            None,
+            format!("{} events", p.fill_events),
+        );
+        report.add(
+            &s,
+            format!("xenstore requests per watch event, destroying {n} domains"),
+            "",
+            Some(Summary::single(p.drain_per_event)),
+            None,
+            "",
+        );
+        report.add(
+            &s,
+            "xenstore requests of one full rescan (what every event cost before)",
+            "",
+            p.rescan.map(Summary::single),
+            None,
+            "the periodic safety net; also on connecting and after dropped events",
+        );
+        points.push(p);
+    }
+    if let [.., a, b] = points.as_slice() {
+        // Per watch event over the N domains created and destroyed (a domain created
+        // beside N is read once or twice, as the toolstack's writes reach the broker in
+        // one batch or two: its rows show 8 or 15 at any N).
+        let per_event = |p: &xs_discovery::Point| {
+            (p.fill_per_event * p.fill_events as f64 + p.drain_per_event * p.drain_events as f64)
+                / (p.fill_events + p.drain_events).max(1) as f64
+        };
+        let g = per_event(b) / per_event(a);
+        let gs = (!g.is_nan()).then(|| Summary::single(g));
+        report.add(
+            "xenstore discovery growth",
+            format!("requests per watch event, N={} over N={}", b.n, a.n),
+            "x",
+            gs,
+            Some(Target::below("flat (< 1.5x)", 1.5, gs.as_ref())),
+            "1.0: an event costs the same whatever N",
+        );
+        let r = b.rescan.unwrap_or(f64::NAN) / a.rescan.unwrap_or(f64::NAN);
+        report.add(
+            "xenstore discovery growth",
+            format!("one full rescan, N={} over N={} (for comparison)", b.n, a.n),
+            "x",
+            (!r.is_nan()).then(|| Summary::single(r)),
+            None,
+            "what every event cost before issue 16: linear in N",
+        );
+    }
+    Ok(())
+}
+
 fn scale_section(
     args: &Args,
     bins: &Bins,
@@ -648,6 +759,35 @@ fn scale_section(
             sum(&|p| p.n as f64 / p.put_s),
             None,
             "",
+        );
+        let bulk = sum(&|p| p.bulk_configure_s);
+        report.add(
+            &s,
+            "bulk PUT: first request to every result recorded",
+            "s",
+            bulk,
+            (n >= 10_000).then(|| Target::below("< 3 s", 3.0, bulk.as_ref())),
+            format!(
+                "a second configuration per domain (updates), {} per request, {} requests at a time",
+                scale::BULK_CHUNK,
+                scale::BULK_CONCURRENCY
+            ),
+        );
+        report.add(
+            &s,
+            "bulk PUT: configurations answered per second",
+            "1/s",
+            sum(&|p| p.n as f64 / p.bulk_put_s),
+            None,
+            "",
+        );
+        report.add(
+            &s,
+            "bulk PUT: CPU",
+            "s",
+            sum(&|p| p.cpu_bulk_s),
+            None,
+            "user + system, until every result recorded",
         );
         report.add(
             &s,

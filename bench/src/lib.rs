@@ -9,7 +9,8 @@
 //! - [`hotplug`]: from the channel's `/dev/xen-channel` link appearing to the result
 //!   recorded by the broker;
 //! - [`footprint`]: the agent's start-up time, idle memory and binary size;
-//! - [`codec`]: decoder throughput.
+//! - [`codec`]: decoder throughput;
+//! - [`xs_discovery`]: xenstore discovery's requests per event at N domains.
 
 pub mod bins;
 pub mod child;
@@ -29,6 +30,7 @@ pub mod scale;
 pub mod stats;
 pub mod swarm;
 pub mod wire;
+pub mod xs_discovery;
 
 /// Keeps a temporary folder (and says where) when a measurement failed or
 /// `XENCHAN_BENCH_KEEP` is set, so that its logs can be read; removes it otherwise.

@@ -8,7 +8,10 @@
 //!    domain is `idle` (handshook, nothing to push). RSS then gives memory per idle
 //!    session: (RSS with N idle sessions - baseline) / N;
 //! 3. a configuration per domain through the API (PUT, 16 at a time): timed from the
-//!    first PUT until the broker has recorded N results (`xenchan_results_total`).
+//!    first PUT until the broker has recorded N results (`xenchan_results_total`);
+//! 4. a second configuration per domain (other addresses) through the bulk PUT
+//!    (`PUT /v1/domains`, [`BULK_CHUNK`] per request, [`BULK_CONCURRENCY`] requests at a
+//!    time): timed from the first request until N more results are recorded.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -29,6 +32,12 @@ use crate::swarm::domain_name;
 
 /// Concurrent PUT requests (the API serves 64 connections at once by default).
 pub const PUT_CONCURRENCY: usize = 16;
+
+/// Configurations per bulk PUT request (the broker's default `limits.max_bulk`).
+pub const BULK_CHUNK: usize = 1000;
+
+/// Concurrent bulk PUT requests.
+pub const BULK_CONCURRENCY: usize = 4;
 
 /// Domains per swarm process: each holds a listener and a connection per domain, and
 /// RLIMIT_NOFILE cannot always be raised past 20,000 (no CAP_SYS_RESOURCE in containers).
@@ -63,6 +72,12 @@ pub struct Point {
     /// Of which the store thread's (SQLite and its fsyncs), if the broker names it
     /// [`STORE_THREAD`].
     pub cpu_store_configure_s: Option<f64>,
+    /// Phase 4: first bulk request until N more results recorded, seconds.
+    pub bulk_configure_s: f64,
+    /// Phase 4: first bulk request until the last was answered, seconds.
+    pub bulk_put_s: f64,
+    /// Phase 4: broker CPU seconds.
+    pub cpu_bulk_s: f64,
 }
 
 /// The name of the broker's store thread.
@@ -283,6 +298,79 @@ async fn measure(
     let m = procfs::memory(pid)?;
     p.rss_after_kib = m.rss_kib;
     p.hwm_kib = m.hwm_kib;
+
+    // Phase 4: a second configuration per domain, through the bulk PUT.
+    let items: Vec<xenchan_api::types::BulkItem> = (1..=n)
+        .map(|i| {
+            let name = domain_name(PREFIX, i);
+            let cfg = crate::configs::scale_config(i + n, &name, &key);
+            xenchan_api::types::BulkItem::new(name, None, &cfg)
+        })
+        .collect();
+    let chunks: Arc<Vec<Vec<u8>>> = Arc::new(
+        items
+            .chunks(BULK_CHUNK)
+            .map(|c| serde_json::to_vec(c).expect("bulk items serialise"))
+            .collect(),
+    );
+    drop(items);
+    // A broker from before the bulk PUT (a baseline build) answers 405: no figure.
+    let probe = client.put_configs(&[]).await;
+    if probe.as_ref().is_err_and(|e| e.status() == Some(405)) {
+        eprintln!("   this broker has no bulk PUT (405): phase 4 skipped");
+        p.bulk_configure_s = f64::NAN;
+        p.bulk_put_s = f64::NAN;
+        p.cpu_bulk_s = f64::NAN;
+        drop(swarms);
+        return Ok(p);
+    }
+    probe.context("probing the bulk PUT")?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let cpu4 = procfs::cpu_seconds(pid)?;
+    eprintln!("   configuring {n} domains again through the bulk PUT");
+    let t_bulk = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..BULK_CONCURRENCY.min(chunks.len()) {
+        let (client, chunks, next) = (client.clone(), Arc::clone(&chunks), Arc::clone(&next));
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let chunk = next.fetch_add(1, Ordering::Relaxed);
+                if chunk >= chunks.len() {
+                    return anyhow::Ok(());
+                }
+                let answer = client
+                    .put_configs_json(chunks[chunk].clone())
+                    .await
+                    .with_context(|| format!("bulk PUT {chunk}"))?;
+                if answer.failed > 0 {
+                    let bad = answer.results.iter().find(|one| !one.ok());
+                    bail!(
+                        "bulk PUT {chunk}: {} items refused, e.g. {bad:?}",
+                        answer.failed
+                    );
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    p.bulk_put_s = t_bulk.elapsed().as_secs_f64();
+    let t_done = wait_metric(
+        client,
+        "xenchan_results_total",
+        2 * n as u64,
+        budget,
+        Duration::from_millis(20),
+        &mut alive,
+    )
+    .await?;
+    p.bulk_configure_s = t_done.duration_since(t_bulk).as_secs_f64();
+    p.cpu_bulk_s = procfs::cpu_seconds(pid)? - cpu4;
+    eprintln!(
+        "   {n} more results recorded after {:.2} s (bulk)",
+        p.bulk_configure_s
+    );
     drop(swarms);
     Ok(p)
 }

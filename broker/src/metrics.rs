@@ -199,8 +199,18 @@ pub struct Metrics {
     /// Domains throttled right now (set before each render).
     throttled_now: AtomicU64,
     api_requests: AtomicU64,
+    /// The store's durable commits (set before each render; the store counts them).
+    store_commits: AtomicU64,
+    /// Whether the store counts its commits (the SQLite backend does).
+    store_counts_commits: std::sync::atomic::AtomicBool,
     xenstore_connected: AtomicU64,
     xenstore_connections: AtomicU64,
+    /// xenstore requests of discovery: for watch events, and for full rescans.
+    xenstore_requests_event: AtomicU64,
+    xenstore_requests_rescan: AtomicU64,
+    /// Watch events discovery handled, and full rescans it made.
+    xenstore_events: AtomicU64,
+    xenstore_rescans: AtomicU64,
 }
 
 impl Metrics {
@@ -303,6 +313,28 @@ impl Metrics {
         }
         self.xenstore_connected
             .store(u64::from(up), Ordering::Relaxed);
+    }
+
+    /// Sets the store's durable commits so far (`None`: the backend does not count them,
+    /// and the metric is not shown).
+    pub fn set_store_commits(&self, n: Option<u64>) {
+        self.store_counts_commits
+            .store(n.is_some(), Ordering::Relaxed);
+        self.store_commits.store(n.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// xenstore discovery handled `events` watch events with `requests` requests.
+    pub fn xenstore_events(&self, events: u64, requests: u64) {
+        self.xenstore_events.fetch_add(events, Ordering::Relaxed);
+        self.xenstore_requests_event
+            .fetch_add(requests, Ordering::Relaxed);
+    }
+
+    /// xenstore discovery read every domain again, with `requests` requests.
+    pub fn xenstore_rescan(&self, requests: u64) {
+        self.xenstore_rescans.fetch_add(1, Ordering::Relaxed);
+        self.xenstore_requests_rescan
+            .fetch_add(requests, Ordering::Relaxed);
     }
 
     /// An API request was served.
@@ -480,6 +512,15 @@ impl Metrics {
             "Control API requests served.",
         );
         let _ = writeln!(o, "xenchan_api_requests_total {}", c(&self.api_requests));
+        if self.store_counts_commits.load(Ordering::Relaxed) {
+            head(
+                &mut o,
+                "xenchan_store_commits_total",
+                "counter",
+                "Durable store commits that wrote something (each an fsync; writes committed together count once).",
+            );
+            let _ = writeln!(o, "xenchan_store_commits_total {}", c(&self.store_commits));
+        }
         head(
             &mut o,
             "xenchan_xenstore_connected",
@@ -501,6 +542,44 @@ impl Metrics {
             o,
             "xenchan_xenstore_connections_total {}",
             c(&self.xenstore_connections)
+        );
+        head(
+            &mut o,
+            "xenchan_xenstore_events_total",
+            "counter",
+            "xenstore watch events handled by discovery.",
+        );
+        let _ = writeln!(
+            o,
+            "xenchan_xenstore_events_total {}",
+            c(&self.xenstore_events)
+        );
+        head(
+            &mut o,
+            "xenchan_xenstore_rescans_total",
+            "counter",
+            "Full xenstore rescans by discovery (on connecting, after lost events, and the periodic safety net).",
+        );
+        let _ = writeln!(
+            o,
+            "xenchan_xenstore_rescans_total {}",
+            c(&self.xenstore_rescans)
+        );
+        head(
+            &mut o,
+            "xenchan_xenstore_requests_total",
+            "counter",
+            "xenstore requests made by discovery, by cause (watch events, full rescans).",
+        );
+        let _ = writeln!(
+            o,
+            "xenchan_xenstore_requests_total{{cause=\"event\"}} {}",
+            c(&self.xenstore_requests_event)
+        );
+        let _ = writeln!(
+            o,
+            "xenchan_xenstore_requests_total{{cause=\"rescan\"}} {}",
+            c(&self.xenstore_requests_rescan)
         );
         o
     }

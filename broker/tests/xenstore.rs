@@ -275,3 +275,107 @@ async fn xenstore_going_away_and_coming_back() {
     assert_eq!(db.uuid.as_deref(), Some(U2));
     broker.stop().await.unwrap();
 }
+
+fn vm_uuid(d: u32) -> String {
+    format!("00000000-0000-4000-8000-{d:012x}")
+}
+
+/// A domain as a toolstack makes it: introduced, then its channel's backend.
+fn create_vm(xs: &Server, qemu: &Path, d: u32) {
+    xs.introduce_domain(d, &format!("vm{d}"), &vm_uuid(d))
+        .unwrap();
+    xs.add_channel(d, 1, CHANNEL, qemu.join(format!("vm{d}.sock")))
+        .unwrap();
+}
+
+async fn event_requests(c: &Client) -> u64 {
+    metric(c, "xenchan_xenstore_requests_total{cause=\"event\"}").await
+}
+
+/// Creates and destroys one domain at a time, `rounds` times from domid `first`, and
+/// returns the median xenstore requests the broker made per create and per destroy.
+async fn churn(
+    broker: &TestBroker,
+    xs: &Server,
+    qemu: &Path,
+    first: u32,
+    rounds: u32,
+) -> (u64, u64) {
+    let c = &broker.client;
+    let (mut ups, mut downs) = (Vec::new(), Vec::new());
+    for d in first..first + rounds {
+        let name = format!("vm{d}");
+        let before = event_requests(c).await;
+        create_vm(xs, qemu, d);
+        broker
+            .wait_domain(&name, "discovered", |v| v.domid == Some(d))
+            .await;
+        let mid = event_requests(c).await;
+        xs.release_domain(d).unwrap();
+        wait_until("the domain forgotten", DEADLINE, || {
+            let name = name.clone();
+            async move { c.get_domain(&name).await.is_err().then_some(()) }
+        })
+        .await;
+        ups.push(mid - before);
+        downs.push(event_requests(c).await - mid);
+    }
+    ups.sort_unstable();
+    downs.sort_unstable();
+    (ups[ups.len() / 2], downs[downs.len() / 2])
+}
+
+/// Runs domains 1..=n (those not running yet are created) and waits until the broker
+/// lists them all.
+async fn grow_to(broker: &TestBroker, xs: &Server, qemu: &Path, n: u32) {
+    for d in 1..=n {
+        if xs.read(&layout::domain_path(d)).unwrap().is_none() {
+            create_vm(xs, qemu, d);
+        }
+    }
+    let c = &broker.client;
+    let n = n as usize;
+    wait_until("every domain discovered", DEADLINE, || async move {
+        (c.list().await.unwrap_or_default().len() == n).then_some(())
+    })
+    .await;
+}
+
+/// Issue 16: an `@introduceDomain`/`@releaseDomain` (and the backend nodes a toolstack
+/// writes with it) costs xenstore requests for that domain only, not a rescan of every
+/// running domain: the cost of one domain created and destroyed is the same with 10 and
+/// with 200 others running. (A full rescan reads about seven nodes per running domain.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_costs_requests_for_its_domain_only() {
+    let dirs = Dirs::new();
+    let (mut config, xs_sock, qemu) = setup(&dirs);
+    // No session connects (no QEMU behind the sockets): retry slowly, and keep the
+    // periodic rescan out of the way (it is counted apart anyway).
+    config.timeouts.reconnect_min = 5000;
+    config.timeouts.reconnect_max = 30_000;
+    let xs = Server::new();
+    let _xs_listener = xs.listen(&xs_sock, 0).unwrap();
+    let broker = TestBroker::start(config).await;
+
+    grow_to(&broker, &xs, &qemu, 10).await;
+    let small = churn(&broker, &xs, &qemu, 10_001, 5).await;
+    grow_to(&broker, &xs, &qemu, 200).await;
+    let large = churn(&broker, &xs, &qemu, 20_001, 5).await;
+    eprintln!(
+        "xenstore requests per domain created / destroyed: {} / {} with 10 running, {} / {} with 200",
+        small.0, small.1, large.0, large.1
+    );
+    // Reading one domain takes 7 requests (its backend folder, the channel's name,
+    // connection and path, the domain's name, vm and uuid) and listing the backend
+    // folder one; the events of one toolstack step may arrive in two batches, so a
+    // domain may be read twice. A rescan of 200 domains is about 1,400.
+    assert!(
+        small.0 > 0 && small.1 > 0,
+        "the broker counts its xenstore requests: {small:?}"
+    );
+    assert!(
+        large.0 < 40 && large.1 < 20 && large.0 <= 3 * small.0 && large.1 <= 3 * small.1,
+        "the cost of an event grows with the domains running: {small:?} with 10, {large:?} with 200"
+    );
+    broker.stop().await.expect("clean stop");
+}

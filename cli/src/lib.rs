@@ -5,6 +5,7 @@
 //! The command line is [`Cli`] (also used to generate the man pages and shell
 //! completions); the binary calls [`main`].
 
+mod bulk;
 pub mod domain_xml;
 pub mod hook;
 pub mod known_hosts;
@@ -22,7 +23,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use xenchan_api::client::{Client, ClientError};
 use xenchan_api::query::{self, DomainQuery, EventQuery};
-use xenchan_api::types::{DomainState, MigratePrepareRequest};
+use xenchan_api::types::{BulkResult, DomainState, MigratePrepareRequest};
 use xenchan_api::{DomainName, VmUuid};
 use xenchan_basics::{Exit, chain};
 use xenchan_protocol::config::{
@@ -32,6 +33,8 @@ use xenchan_protocol::config::{
 
 /// Largest file read for --file and --ssh-key-file.
 const MAX_INPUT: u64 = 4 * 1024 * 1024;
+/// Largest file of many configurations read (`domain set --file` without a name).
+const MAX_BULK_INPUT: u64 = 256 * 1024 * 1024;
 
 /// Operate xenchan: set, inspect and push guest configurations through the broker.
 #[derive(Debug, Parser)]
@@ -136,15 +139,26 @@ docs/PROTOCOL.md, section `The configuration document`: hostname, network
 interface, one user). The broker validates it, takes its leases (every address, and
 the hostname unless disabled) and pushes it to the guest.
 
+Without NAME, --file holds many configurations, sent with the bulk PUT and each
+answered on its own: a JSON array of {\"name\", \"uuid\", \"config\"} items (config: the
+document above; uuid optional), or such items one per document (JSON Lines, or
+objects one after the other). One line per item is printed; the command exits
+non-zero (65, or 69 if an item was not attempted or the store failed) when any item
+was refused, and names them. Items go --batch at a time (the broker's
+limits.max_bulk, 1000 by default).
+
 Examples:
   xenchan domain set web1 --file web1.json
   xenchan domain set web1 --file - < web1.json
+  xenchan domain set --file domains.json
+  xenchan domain set --file domains.jsonl --batch 500
   xenchan domain set web1 --hostname web1 --mac 00:16:3e:00:00:01 --address 192.0.2.10/24
   xenchan domain set web1 --hostname web1 --ssh-key-file key.pub --user cloud --create-user
   xenchan domain set web1 --file web1.json --uuid 2c1f0a9e-5b7d-4e38-9f43-0e8c7d1b6a20
 
-Exit codes: 0 accepted; 65 refused (invalid: the message names the field; lease
-held by another domain; prepare hook refused); 69 broker unavailable; 74 unreadable file.")]
+Exit codes: 0 accepted (every item, with a bulk file); 65 refused (invalid: the
+message names the field; lease held by another domain; prepare hook refused); 69
+broker unavailable; 74 unreadable file.")]
     Set(Box<SetArgs>),
     /// Show one domain: state, desired vs applied generation, items, facts.
     Get {
@@ -342,14 +356,22 @@ fn instant_arg(flag: &str, v: &str, now_ms: i64) -> Result<String, Failure> {
 /// bad value is refused with the option's name before anything is sent.
 #[derive(Debug, Args)]
 pub struct SetArgs {
-    /// The domain (its socket file stem, e.g. web1 for web1.sock).
-    name: DomainName,
+    /// The domain (its socket file stem, e.g. web1 for web1.sock). Without it, --file
+    /// holds many configurations, each naming its domain.
+    #[arg(required_unless_present = "file")]
+    name: Option<DomainName>,
 
     /// The VM's UUID; the agent must report the same one or nothing is pushed.
-    #[arg(long, value_name = "UUID")]
+    #[arg(long, value_name = "UUID", requires = "name")]
     uuid: Option<VmUuid>,
 
-    /// A whole configuration document (JSON); `-` reads standard input.
+    /// Items per bulk request (a file of many configurations, without NAME).
+    #[arg(long, value_name = "N", default_value_t = bulk::DEFAULT_BATCH,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    batch: u64,
+
+    /// A whole configuration document (JSON), or without NAME a file of many (see
+    /// below); `-` reads standard input.
     #[arg(long, short = 'f', value_name = "FILE", conflicts_with_all = [
         "hostname", "mac", "address", "gateway", "dns", "search", "mtu", "dhcp4",
         "ssh_key_file", "create_user"
@@ -455,26 +477,100 @@ impl From<ClientError> for Failure {
 }
 
 fn read_bounded(path: &Path) -> Result<Vec<u8>, Failure> {
+    read_bounded_to(path, MAX_INPUT)
+}
+
+/// Sends `items` with the bulk PUT, `batch` per request, and prints each one's answer
+/// (or, with `--json`, every result as one document). Fails naming the refused items.
+async fn set_many(
+    client: &Client,
+    json: bool,
+    out: &mut dyn Write,
+    items: Vec<serde_json::Value>,
+    batch: usize,
+) -> Result<(), Failure> {
+    let total = items.len();
+    let mut all = BulkResult {
+        succeeded: 0,
+        failed: 0,
+        results: Vec::with_capacity(total),
+    };
+    let mut start = 0;
+    let mut rest = items.into_iter().peekable();
+    while rest.peek().is_some() {
+        let chunk: Vec<serde_json::Value> = rest.by_ref().take(batch).collect();
+        let n = chunk.len();
+        let body = serde_json::to_vec(&chunk).expect("JSON values serialise");
+        let res = client.put_configs_json(body).await.map_err(|e| {
+            let mut f = Failure::from(e);
+            if start > 0 {
+                let _ = write!(
+                    f.message,
+                    "\n  items 0-{} were sent and answered above; {} were not sent",
+                    start - 1,
+                    total - start
+                );
+            }
+            f
+        })?;
+        for mut r in res.results {
+            r.index += start;
+            if !json {
+                bulk::print_result(out, &r).map_err(out_err)?;
+            }
+            all.results.push(r);
+        }
+        all.succeeded += res.succeeded;
+        all.failed += res.failed;
+        start += n;
+    }
+    if json {
+        print_json(out, &all)?;
+    }
+    let refused = bulk::refused_names(&all.results);
+    if refused.is_empty() {
+        return Ok(());
+    }
+    let retry = all
+        .results
+        .iter()
+        .any(|r| !r.ok() && (r.status >= 500 || r.status == 408));
+    let code = if retry {
+        Exit::Unavailable
+    } else {
+        Exit::DataErr
+    };
+    Err(Failure::new(
+        code,
+        format!(
+            "{} of {total} configurations refused: {}",
+            refused.len(),
+            refused.join(", ")
+        ),
+    ))
+}
+
+fn read_bounded_to(path: &Path, max: u64) -> Result<Vec<u8>, Failure> {
     let io = |e: std::io::Error| {
         Failure::new(Exit::IoErr, format!("cannot read {}: {e}", path.display()))
     };
     let mut buf = Vec::new();
     if path == Path::new("-") {
         std::io::stdin()
-            .take(MAX_INPUT + 1)
+            .take(max + 1)
             .read_to_end(&mut buf)
             .map_err(io)?;
     } else {
         std::fs::File::open(path)
             .map_err(io)?
-            .take(MAX_INPUT + 1)
+            .take(max + 1)
             .read_to_end(&mut buf)
             .map_err(io)?;
     }
-    if buf.len() as u64 > MAX_INPUT {
+    if buf.len() as u64 > max {
         return Err(Failure::new(
             Exit::DataErr,
-            format!("{} is larger than {MAX_INPUT} bytes", path.display()),
+            format!("{} is larger than {max} bytes", path.display()),
         ));
     }
     Ok(buf)
@@ -620,6 +716,17 @@ fn out_err(e: std::io::Error) -> Failure {
 async fn run_domain(client: &Client, json: bool, cmd: DomainCommand) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
     match cmd {
+        DomainCommand::Set(a) if a.name.is_none() => {
+            let file = a
+                .file
+                .as_deref()
+                .expect("clap requires --file without NAME");
+            let bytes = read_bounded_to(file, MAX_BULK_INPUT)?;
+            let items = bulk::read_items(&bytes)
+                .map_err(|e| Failure::new(Exit::DataErr, format!("{}: {e}", file.display())))?;
+            let batch = usize::try_from(a.batch).unwrap_or(usize::MAX);
+            set_many(client, json, &mut out, items, batch).await?;
+        }
         DomainCommand::Set(a) => {
             // Parsed and validated here first (the same rules as the broker): the message
             // names the field even when the broker is unreachable.
@@ -628,7 +735,7 @@ async fn run_domain(client: &Client, json: bool, cmd: DomainCommand) -> Result<(
             } else {
                 document_from_flags(&a)?
             };
-            let name = a.name.as_str();
+            let name = a.name.as_ref().expect("matched above").as_str();
             let before = client.get_domain(name).await.ok();
             let v = client
                 .put_config(name, &config, a.uuid.as_ref().map(VmUuid::as_str))

@@ -348,3 +348,116 @@ async fn events_follow_prints_new_events_as_they_come() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     broker.stop().await.unwrap();
 }
+
+/// `domain set --file F` without a name: many configurations (an array, or one per
+/// document), each answered on its own line; a refused one makes the command fail and
+/// is named, the others are stored all the same; items go `--batch` per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn domain_set_with_a_file_of_many_configurations() {
+    let dirs = Dirs::new();
+    let config = dirs.config();
+    let sock = config.control_socket.clone();
+    let broker = TestBroker::start(config).await;
+    let doc = |name: &str, addr: &str| {
+        let cfg: serde_json::Value =
+            serde_json::from_slice(&sample_config(name, addr).canonical_json()).unwrap();
+        serde_json::json!({"name": name, "config": cfg})
+    };
+
+    // An array: all accepted.
+    let array = dirs.root.path().join("many.json");
+    let items: Vec<serde_json::Value> = (1..=5)
+        .map(|i| doc(&format!("vm{i}"), &format!("192.0.2.{i}/24")))
+        .collect();
+    std::fs::write(&array, serde_json::to_vec(&items).unwrap()).unwrap();
+    let o = xenchan(
+        &sock,
+        &[
+            "domain",
+            "set",
+            "--file",
+            array.to_str().unwrap(),
+            "--batch",
+            "2",
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    for i in 1..=5 {
+        assert!(
+            out.contains(&format!("vm{i}: configuration created, generation 1")),
+            "{}",
+            text(&o)
+        );
+    }
+    assert_eq!(broker.client.list().await.unwrap().len(), 5);
+
+    // One per line, one of them refused (its address is vm1's): the others are stored,
+    // the command fails naming it and the reason.
+    let lines = dirs.root.path().join("many.jsonl");
+    let mut text_lines = String::new();
+    for (name, addr) in [
+        ("vm6", "192.0.2.6/24"),
+        ("vm7", "192.0.2.1/24"),
+        ("vm8", "192.0.2.8/24"),
+    ] {
+        text_lines.push_str(&serde_json::to_string(&doc(name, addr)).unwrap());
+        text_lines.push('\n');
+    }
+    std::fs::write(&lines, text_lines).unwrap();
+    let o = xenchan(&sock, &["domain", "set", "--file", lines.to_str().unwrap()]).await;
+    assert_eq!(o.status.code(), Some(65), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(out.contains("vm6: configuration created"), "{}", text(&o));
+    assert!(out.contains("vm8: configuration created"), "{}", text(&o));
+    assert!(
+        out.contains("vm7: refused (409): address 192.0.2.1 is leased to domain vm1"),
+        "{}",
+        text(&o)
+    );
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(
+        err.contains("1 of 3 configurations refused: vm7"),
+        "{}",
+        text(&o)
+    );
+    assert!(broker.client.get_domain("vm8").await.is_ok());
+
+    // --json: every result in one document.
+    let o = xenchan(
+        &sock,
+        &["domain", "set", "--file", array.to_str().unwrap(), "--json"],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["succeeded"], 5);
+    assert_eq!(v["results"][4]["outcome"], "unchanged");
+
+    // A file that is not JSON: nothing sent, the document named.
+    let bad = dirs.root.path().join("bad.json");
+    std::fs::write(&bad, "{\"name\":\"vm9\",\"config\":{}}\n{oops").unwrap();
+    let o = xenchan(&sock, &["domain", "set", "--file", bad.to_str().unwrap()]).await;
+    assert_eq!(o.status.code(), Some(65), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("document 2 of the file is not JSON"),
+        "{}",
+        text(&o)
+    );
+    assert!(broker.client.get_domain("vm9").await.is_err());
+    // --uuid needs a name.
+    let o = xenchan(
+        &sock,
+        &[
+            "domain",
+            "set",
+            "--file",
+            array.to_str().unwrap(),
+            "--uuid",
+            "6f0c1e4e-9a3b-4a53-8d7e-0d9f3f1c2b7a",
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}

@@ -76,6 +76,8 @@ pub struct Client {
     timeout: Duration,
     max_retries: u32,
     next_req_id: u32,
+    /// Requests sent on this connection ([`Client::requests`]).
+    requests: u64,
     rbuf: Vec<u8>,
     events: VecDeque<WatchEvent>,
     dropped_events: u64,
@@ -89,6 +91,7 @@ impl Client {
             timeout: DEFAULT_TIMEOUT,
             max_retries: DEFAULT_TRANSACTION_RETRIES,
             next_req_id: 1,
+            requests: 0,
             rbuf: Vec::with_capacity(2 * MESSAGE_MAX),
             events: VecDeque::new(),
             dropped_events: 0,
@@ -183,6 +186,12 @@ impl Client {
     /// Watch events dropped because more than [`MAX_QUEUED_EVENTS`] were queued.
     pub fn dropped_events(&self) -> u64 {
         self.dropped_events
+    }
+
+    /// Requests sent on this connection so far (every operation is one request, a
+    /// transaction's start and end included): what a caller's work costs xenstore.
+    pub fn requests(&self) -> u64 {
+        self.requests
     }
 
     /// Watch events received and not yet taken.
@@ -492,6 +501,7 @@ impl Client {
         }
         let req_id = self.next_req_id;
         self.next_req_id = self.next_req_id.wrapping_add(1).max(1);
+        self.requests += 1;
         let msg = Message::new(op, req_id, tx_id, payload).map_err(Error::Decode)?;
         let deadline = Instant::now() + self.timeout;
         self.send(&msg.encode(), deadline, op, target)?;

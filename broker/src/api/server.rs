@@ -32,8 +32,8 @@ use xenchan_protocol::config::{ConfigError, GuestConfig};
 
 use crate::api::roles::{self, Roles};
 use crate::api::types::{
-    ApiError, DomainView, EventPage, EventView, Forbidden, Health, MigratePrepareRequest,
-    PrepareRequest,
+    ApiError, BulkItemResult, BulkOutcome, BulkResult, DomainView, EventPage, EventView, Forbidden,
+    Health, MigratePrepareRequest, PrepareRequest,
 };
 use crate::audit::{self, Caller};
 use crate::domains::Shared;
@@ -65,41 +65,59 @@ fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
 /// The one mapping of an operation's error to a status and an error document.
 impl From<OpError> for Fail {
     fn from(e: OpError) -> Fail {
-        let (status, path, domain) = match &e {
-            OpError::BadField { path, .. } => (StatusCode::BAD_REQUEST, Some(path.clone()), None),
-            OpError::Lease(c) => (
-                StatusCode::CONFLICT,
-                Some(c.lease.path.clone()),
-                Some(c.holder.clone()),
-            ),
-            OpError::TooManyDomains(_) => (StatusCode::CONFLICT, None, None),
-            OpError::UuidTaken { holder, .. } => (
-                StatusCode::CONFLICT,
-                Some("uuid".into()),
-                Some(holder.clone()),
-            ),
-            OpError::UuidChanged { name, .. } => (
-                StatusCode::CONFLICT,
-                Some("uuid".into()),
-                Some(name.clone()),
-            ),
-            OpError::HookRefused(_) => (StatusCode::UNPROCESSABLE_ENTITY, None, None),
-            OpError::HookTimedOut { .. } => (StatusCode::GATEWAY_TIMEOUT, None, None),
-            OpError::NothingToPush(_) => (StatusCode::NOT_FOUND, None, None),
-            OpError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, None, None),
-            OpError::NeedsCluster => (StatusCode::BAD_REQUEST, Some("store.backend".into()), None),
-            OpError::Migration(c) => migration_refusal(c),
-        };
-        Fail(
-            status,
-            ApiError {
-                error: chain(&e),
-                path,
-                errors: Vec::new(),
-                domain,
-            },
-        )
+        let (status, doc) = op_error(&e);
+        Fail(status, doc)
     }
+}
+
+/// The status and error document of an operation's error (a request's, or one item's of
+/// a bulk PUT).
+fn op_error(e: &OpError) -> (StatusCode, ApiError) {
+    let (status, path, domain) = match e {
+        OpError::BadField { path, .. } => (StatusCode::BAD_REQUEST, Some(path.clone()), None),
+        OpError::Config(c) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                ApiError {
+                    error: chain(e),
+                    path: Some(c.first_path().to_string()),
+                    errors: c.errors.clone(),
+                    domain: None,
+                },
+            );
+        }
+        OpError::Lease(c) => (
+            StatusCode::CONFLICT,
+            Some(c.lease.path.clone()),
+            Some(c.holder.clone()),
+        ),
+        OpError::TooManyDomains(_) => (StatusCode::CONFLICT, None, None),
+        OpError::UuidTaken { holder, .. } => (
+            StatusCode::CONFLICT,
+            Some("uuid".into()),
+            Some(holder.clone()),
+        ),
+        OpError::UuidChanged { name, .. } => (
+            StatusCode::CONFLICT,
+            Some("uuid".into()),
+            Some(name.clone()),
+        ),
+        OpError::HookRefused(_) => (StatusCode::UNPROCESSABLE_ENTITY, None, None),
+        OpError::HookTimedOut { .. } => (StatusCode::GATEWAY_TIMEOUT, None, None),
+        OpError::NothingToPush(_) => (StatusCode::NOT_FOUND, None, None),
+        OpError::NotAttempted | OpError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, None, None),
+        OpError::NeedsCluster => (StatusCode::BAD_REQUEST, Some("store.backend".into()), None),
+        OpError::Migration(c) => migration_refusal(c),
+    };
+    (
+        status,
+        ApiError {
+            error: chain(e),
+            path,
+            errors: Vec::new(),
+            domain,
+        },
+    )
 }
 
 /// A lock-manager refusal: 409 with `domain` naming the host that owns the domain (or
@@ -118,15 +136,7 @@ fn migration_refusal(
 }
 
 fn bad_config(e: ConfigError) -> Fail {
-    Fail(
-        StatusCode::BAD_REQUEST,
-        ApiError {
-            error: format!("invalid configuration: {e}"),
-            path: Some(e.first_path().to_string()),
-            errors: e.errors,
-            domain: None,
-        },
-    )
+    Fail::from(OpError::Config(e))
 }
 
 fn valid_name(name: &str) -> Result<(), Fail> {
@@ -141,7 +151,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/events", get(events))
-        .route("/v1/domains", get(list))
+        .route("/v1/domains", get(list).put(put_configs))
         .route("/v1/domains/{name}", get(get_domain).delete(delete_domain))
         .route("/v1/domains/{name}/config", put(put_config))
         .route("/v1/domains/{name}/push", post(push))
@@ -250,6 +260,7 @@ async fn health(State(sh): State<Arc<Shared>>) -> Response {
 async fn metrics(State(sh): State<Arc<Shared>>) -> Response {
     let (domains, _) = sh.counts();
     sh.metrics.set_throttled_now(sh.throttled_count());
+    sh.metrics.set_store_commits(sh.store.commits());
     let text = sh.metrics.render(&sh.states(), domains);
     (
         StatusCode::OK,
@@ -417,6 +428,110 @@ async fn put_config(
         PutOutcome::Updated(_) | PutOutcome::Unchanged(_) => StatusCode::OK,
     };
     Ok(json(status, &done.view))
+}
+
+/// `PUT /v1/domains`: a JSON array of `{"name", "uuid", "config"}`, each item answered on
+/// its own (docs/API.md). Only a body that cannot be read as such an array fails the
+/// request.
+async fn put_configs(State(sh): State<Arc<Shared>>, body: Body) -> Result<Response, Fail> {
+    let limits = &sh.config.limits;
+    // Items not started by then are answered "not attempted": a started item may wait
+    // for the prepare hooks (`timeouts.hook`), and the answer must beat the request's
+    // own deadline (timeouts.hook < timeouts.request is checked at start).
+    let budget = sh.config.timeouts.request().saturating_sub(
+        Duration::from_millis(sh.config.timeouts.hook) + Duration::from_millis(200),
+    );
+    let cutoff = tokio::time::Instant::now() + budget;
+    let bytes = read_body(body, limits.max_bulk_body).await.map_err(|f| {
+        if f.0 == StatusCode::PAYLOAD_TOO_LARGE {
+            fail(
+                f.0,
+                format!(
+                    "the bulk request body exceeds limits.max_bulk_body ({} bytes): send \
+                     the configurations in several requests",
+                    limits.max_bulk_body
+                ),
+            )
+        } else {
+            f
+        }
+    })?;
+    let values = bulk_array(&bytes, limits.max_bulk)?;
+    let items = ops::read_items(values);
+    let done = ops::do_put_configs(&sh, items, cutoff).await;
+    let results: Vec<BulkItemResult> = done.into_iter().map(bulk_result).collect();
+    let succeeded = results.iter().filter(|r| r.ok()).count();
+    Ok(json(
+        StatusCode::OK,
+        &BulkResult {
+            succeeded,
+            failed: results.len() - succeeded,
+            results,
+        },
+    ))
+}
+
+/// The body of a bulk PUT as its items: a JSON array of at most `max` values.
+fn bulk_array(bytes: &[u8], max: usize) -> Result<Vec<serde_json::Value>, Fail> {
+    if bytes.trim_ascii_start().first() != Some(&b'[') {
+        return Err(bad_field(
+            ".",
+            "a bulk PUT takes a JSON array of {\"name\", \"uuid\", \"config\"} items",
+        ));
+    }
+    let values: Vec<serde_json::Value> = serde_json::from_slice(bytes)
+        .map_err(|e| bad_field(".", format!("the bulk request is not a JSON array: {e}")))?;
+    if values.len() > max {
+        return Err(fail(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the request holds {} configurations; limits.max_bulk is {max}: send them \
+                 in several requests",
+                values.len()
+            ),
+        ));
+    }
+    Ok(values)
+}
+
+/// One item's answer: what its single PUT would have answered.
+fn bulk_result((head, done): (ops::BulkHead, Result<ops::PutDone, OpError>)) -> BulkItemResult {
+    let mut r = BulkItemResult {
+        index: head.index,
+        name: head.name,
+        uuid: head.uuid,
+        status: 0,
+        outcome: None,
+        generation: None,
+        digest: None,
+        error: None,
+        path: None,
+        errors: Vec::new(),
+        domain: None,
+    };
+    match done {
+        Ok(done) => {
+            let (status, outcome) = match done.outcome {
+                PutOutcome::Created(_) => (StatusCode::CREATED, BulkOutcome::Created),
+                PutOutcome::Updated(_) => (StatusCode::OK, BulkOutcome::Updated),
+                PutOutcome::Unchanged(_) => (StatusCode::OK, BulkOutcome::Unchanged),
+            };
+            let desired = done.outcome.desired();
+            r.status = status.as_u16();
+            r.outcome = Some(outcome);
+            r.generation = Some(desired.generation);
+            r.digest = Some(desired.digest.to_string());
+        }
+        Err(e) => {
+            let (status, doc) = op_error(&e);
+            r.status = status.as_u16();
+            r.error = Some(doc.error);
+            r.path = doc.path;
+            r.errors = doc.errors;
+            r.domain = doc.domain;
+        }
+    }
+    r
 }
 
 async fn delete_domain(

@@ -7,32 +7,39 @@
 //! nodes are dom0's and read-only to the guest, so a guest cannot pose as another.
 //!
 //! The xenstore client is blocking, so it runs on a dedicated thread: it watches
-//! `@introduceDomain`, `@releaseDomain` and the console backends, rescans on every event
-//! (bursts coalesced) and on a timer as a safety net, and publishes each full snapshot
-//! on a `watch` channel. Every request has a deadline (`timeouts.xenstore`). When xenstore
-//! goes away the thread reconnects with backoff (`reconnect_min`..`reconnect_max`),
-//! and the running sessions are left alone: they talk to QEMU, not to xenstore. The next
-//! snapshot reconciles whatever changed meanwhile.
+//! `@introduceDomain`, `@releaseDomain` and the console backends and sends the async side
+//! what changed, per domid. An event costs work for the domains it concerns only (issue
+//! 16): a backend event names its domid, which is read again; `@introduceDomain` and
+//! `@releaseDomain` name none, so the thread lists the backend folder (one request) and
+//! reads the domids that came, drops those that went, and reads again the few it saw
+//! half-built. A full rescan happens on connecting, when the client had to drop queued
+//! events, and on a timer as a safety net (`rescan_every`). Every request has a deadline
+//! (`timeouts.xenstore`). When xenstore goes away the thread reconnects with backoff
+//! (`reconnect_min`..`reconnect_max`), and the running sessions are left alone: they talk
+//! to QEMU, not to xenstore. The rescan after reconnecting reconciles whatever changed
+//! meanwhile.
 //!
-//! The async side maps snapshots onto domains **by UUID** (by name when a domain has no
-//! `vm` node): a domain that comes back with a new domid (reboot, migration) and the
-//! same UUID is the same domain, with the same name and state, so nothing is pushed again
-//! when its agent reports the applied generation. A new domid means a new QEMU: the
-//! session is restarted on it.
+//! The async side maps the domains onto broker names ([`super::bindings`]) **by UUID**
+//! (by name when a domain has no `vm` node): a domain that comes back with a new domid
+//! (reboot, migration) and the same UUID is the same domain, with the same name and
+//! state, so nothing is pushed again when its agent reports the applied generation. A
+//! new domid means a new QEMU: the session is restarted on it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::mpsc as async_mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use xenchan_basics::{Backoff, chain};
 use xenchan_xenstore::{Client, Error as XsError, layout};
 
+pub use super::bindings::Found;
+use super::bindings::{Bindings, Effect};
 use crate::config::XenstoreCandidates;
 use crate::domains::{Endpoint, Shared, Source};
 use crate::metrics::Metrics;
@@ -41,21 +48,8 @@ use crate::paths::{canonical_uuid, check_domain_name};
 /// How often the xenstore thread looks at its stop signal while waiting for events.
 const POLL: Duration = Duration::from_millis(100);
 
-/// The watch token (one for all three watches: any event means "rescan").
+/// The watch token (one for all three watches; the event's path says what changed).
 const TOKEN: &str = "xenchan-broker";
-
-/// A running domain with a channel for the broker, as xenstore describes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Found {
-    /// Its domain id.
-    pub domid: u32,
-    /// Its name (`/local/domain/<domid>/name`).
-    pub name: String,
-    /// Its UUID, lowercase, if xenstore gives one.
-    pub uuid: Option<String>,
-    /// The socket QEMU listens on for the channel (the backend's `path`).
-    pub path: PathBuf,
-}
 
 /// What the thread needs to know.
 #[derive(Debug, Clone)]
@@ -68,10 +62,20 @@ struct Params {
     rescan_every: Duration,
 }
 
-type Snapshot = Option<Arc<Vec<Found>>>;
+/// One domid's news: what xenstore shows there now (`None`: nothing for the broker).
+pub type Change = (u32, Option<Found>);
+
+/// What the xenstore thread tells the async side.
+#[derive(Debug)]
+pub enum Update {
+    /// Every domain xenstore shows (after connecting, and on each full rescan).
+    Snapshot(Vec<Found>),
+    /// What changed, per domid.
+    Changed(Vec<Change>),
+}
 
 /// Starts xenstore discovery: the xenstore thread and the task that applies its
-/// snapshots, until `stop`. Never fails: an unreachable xenstore is retried.
+/// updates, until `stop`. Never fails: an unreachable xenstore is retried.
 pub fn start(shared: Arc<Shared>, stop: CancellationToken) -> JoinHandle<()> {
     let t = &shared.config.timeouts;
     let params = Params {
@@ -82,7 +86,7 @@ pub fn start(shared: Arc<Shared>, stop: CancellationToken) -> JoinHandle<()> {
         reconnect_max: t.reconnect_max(),
         rescan_every: (t.reconnect_max() * 3).max(Duration::from_secs(1)),
     };
-    let (tx, rx) = watch::channel::<Snapshot>(None);
+    let (tx, rx) = async_mpsc::unbounded_channel::<Update>();
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let metrics = Arc::clone(&shared.metrics);
     let spawned = std::thread::Builder::new()
@@ -94,118 +98,65 @@ pub fn start(shared: Arc<Shared>, stop: CancellationToken) -> JoinHandle<()> {
     tokio::spawn(follow(shared, rx, stop, stop_tx))
 }
 
-/// Applies snapshots until `stop`; dropping `stop_tx` then stops the thread (within
+/// Applies updates until `stop`; dropping `stop_tx` then stops the thread (within
 /// [`POLL`], or one request deadline).
 async fn follow(
     shared: Arc<Shared>,
-    mut rx: watch::Receiver<Snapshot>,
+    mut rx: async_mpsc::UnboundedReceiver<Update>,
     stop: CancellationToken,
     stop_tx: mpsc::Sender<()>,
 ) {
-    let mut bound: HashMap<String, Binding> = HashMap::new();
+    let mut bindings = Bindings::default();
     loop {
-        tokio::select! {
+        let effects = tokio::select! {
             () = stop.cancelled() => break,
-            r = rx.changed() => if r.is_err() { break },
+            u = rx.recv() => match u {
+                None => break,
+                Some(Update::Changed(changes)) => bindings.update(changes),
+                Some(Update::Snapshot(found)) => {
+                    let changes = bindings.diff(&found);
+                    let mut effects = bindings.update(changes);
+                    // The safety net's share: attach every binding again (a domain that
+                    // could not be attached before, e.g. at limits.max_domains, may be
+                    // now). In memory only: an attach that is already in place is a no-op.
+                    effects.extend(attach_all(&bindings));
+                    effects
+                }
+            },
             // A prepare may have made a released domain attachable again.
-            () = shared.rediscover.notified() => {}
-        }
-        let snapshot = rx.borrow_and_update().clone();
-        if let Some(found) = snapshot {
-            let next = plan(&bound, &found);
-            apply(&shared, &bound, &next);
-            bound = next;
-        }
+            () = shared.rediscover.notified() => attach_all(&bindings),
+        };
+        apply(&shared, &effects);
     }
     drop(stop_tx);
 }
 
-/// One discovered domain mapped onto a broker domain name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Binding {
-    name: String,
-    domid: u32,
-    uuid: Option<String>,
-    path: PathBuf,
+fn attach_all(bindings: &Bindings) -> Vec<Effect> {
+    bindings
+        .bound()
+        .into_iter()
+        .map(|b| Effect::Attach(b.clone()))
+        .collect()
 }
 
-/// The identity of a discovered domain: its UUID, or its name without one.
-fn key(f: &Found) -> String {
-    match &f.uuid {
-        Some(u) => format!("uuid:{u}"),
-        None => format!("name:{}", f.name),
-    }
-}
-
-/// Maps a snapshot onto names. A UUID already bound keeps its name and, while it is
-/// still there, its domid (during a local migration the same UUID runs twice, under
-/// `<name>` and `<name>--incoming`: one session, to the one already bound). A new UUID
-/// takes its lowest domid and that domain's name, unless the name is taken.
-fn plan(bound: &HashMap<String, Binding>, found: &[Found]) -> HashMap<String, Binding> {
-    let mut groups: BTreeMap<String, Vec<&Found>> = BTreeMap::new();
-    for f in found {
-        groups.entry(key(f)).or_default().push(f);
-    }
-    for g in groups.values_mut() {
-        g.sort_by_key(|f| f.domid);
-    }
-    // Bound identities first, so a newcomer never takes a running domain's name.
-    let mut keys: Vec<&String> = groups.keys().collect();
-    keys.sort_by_key(|k| (!bound.contains_key(*k), groups[*k][0].domid));
-    let mut out = HashMap::new();
-    let mut names: HashSet<String> = HashSet::new();
-    for k in keys {
-        let group = &groups[k];
-        let prev = bound.get(k);
-        let pick = prev
-            .and_then(|b| group.iter().find(|f| f.domid == b.domid))
-            .unwrap_or(&group[0]);
-        let name = prev.map_or_else(|| pick.name.clone(), |b| b.name.clone());
-        if !names.insert(name.clone()) {
-            tracing::warn!(
-                domain = %name,
-                domid = pick.domid,
-                "two running domains claim the name {name}; ignoring domid {}",
-                pick.domid
-            );
-            continue;
+/// Carries the effects out: stops the sessions of domains that went away and attaches
+/// (or re-attaches, on a new domid or socket) the others.
+fn apply(shared: &Arc<Shared>, effects: &[Effect]) {
+    for e in effects {
+        match e {
+            Effect::Vanished(name) => {
+                tracing::info!(domain = %name, "domain left xenstore");
+                shared.vanished(name, Source::Xenstore);
+            }
+            Effect::Attach(b) => {
+                let ep = Endpoint {
+                    source: Source::Xenstore,
+                    path: b.path.clone(),
+                    domid: Some(b.domid),
+                };
+                shared.attach(&b.name, ep, true, b.uuid.clone());
+            }
         }
-        out.insert(
-            k.clone(),
-            Binding {
-                name,
-                domid: pick.domid,
-                uuid: pick.uuid.clone(),
-                path: pick.path.clone(),
-            },
-        );
-    }
-    out
-}
-
-/// Stops the sessions of domains that went away and attaches (or re-attaches, on a new
-/// domid or socket) the others.
-fn apply(shared: &Arc<Shared>, old: &HashMap<String, Binding>, new: &HashMap<String, Binding>) {
-    let new_names: HashSet<&str> = new.values().map(|b| b.name.as_str()).collect();
-    let mut gone: Vec<&str> = old
-        .values()
-        .map(|b| b.name.as_str())
-        .filter(|n| !new_names.contains(n))
-        .collect();
-    gone.sort_unstable();
-    for name in gone {
-        tracing::info!(domain = name, "domain left xenstore");
-        shared.vanished(name, Source::Xenstore);
-    }
-    let mut now: Vec<&Binding> = new.values().collect();
-    now.sort_by(|a, b| a.name.cmp(&b.name));
-    for b in now {
-        let ep = Endpoint {
-            source: Source::Xenstore,
-            path: b.path.clone(),
-            domid: Some(b.domid),
-        };
-        shared.attach(&b.name, ep, true, b.uuid.clone());
     }
 }
 
@@ -242,7 +193,7 @@ fn connect(candidates: &[PathBuf], timeout: Duration) -> Result<(Client, PathBuf
 
 fn thread_main(
     p: &Params,
-    tx: &watch::Sender<Snapshot>,
+    tx: &async_mpsc::UnboundedSender<Update>,
     stop: &mpsc::Receiver<()>,
     metrics: &Metrics,
 ) {
@@ -256,7 +207,8 @@ fn thread_main(
                 metrics.xenstore_connected(true);
                 failures = 0;
                 let mut scanned = false;
-                let r = follow_xenstore(&mut client, p, tx, stop, &mut notes, &mut scanned);
+                let r =
+                    follow_xenstore(&mut client, p, tx, stop, &mut notes, &mut scanned, metrics);
                 metrics.xenstore_connected(false);
                 if scanned {
                     // It worked for a while: come back quickly. A xenstore that fails
@@ -291,58 +243,211 @@ fn thread_main(
     }
 }
 
-/// Watches and rescans until stopped (`Ok`) or the connection fails (`Err`).
-/// `scanned` is set once a full scan was published.
+/// What one domid under the backend folder is, as last read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seen {
+    /// A domain with a channel for the broker.
+    Found(Found),
+    /// Being built or torn down (no name yet): read again on the next
+    /// `@introduceDomain`/`@releaseDomain`.
+    Unfinished,
+    /// Nothing for the broker (no channel of ours, a pty channel, a bad name...).
+    Other,
+}
+
+/// The thread's picture of xenstore: every domid under the backend folder.
+#[derive(Debug, Default)]
+struct Picture {
+    seen: BTreeMap<u32, Seen>,
+}
+
+impl Picture {
+    /// Records what `domid` is now; returns the change for the async side, if any.
+    fn set(&mut self, domid: u32, now: Option<Seen>) -> Option<Change> {
+        let before = match now {
+            Some(s) => self.seen.insert(domid, s),
+            None => self.seen.remove(&domid),
+        };
+        let found = |s: Option<&Seen>| match s {
+            Some(Seen::Found(f)) => Some(f.clone()),
+            _ => None,
+        };
+        let (b, a) = (found(before.as_ref()), found(self.seen.get(&domid)));
+        (b != a).then_some((domid, a))
+    }
+
+    fn snapshot(&self) -> Vec<Found> {
+        self.seen
+            .values()
+            .filter_map(|s| match s {
+                Seen::Found(f) => Some(f.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// What a batch of watch events asks for (pure: tested on plain paths).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Dirty {
+    /// Domids whose backend folder changed.
+    domids: BTreeSet<u32>,
+    /// A domain came or went (`@introduceDomain`, `@releaseDomain`, the backend folder
+    /// itself): list the backend folder.
+    membership: bool,
+}
+
+impl Dirty {
+    fn add(&mut self, path: &str) {
+        let under = path
+            .strip_prefix(layout::BACKEND_CONSOLE_ROOT)
+            .and_then(|r| r.strip_prefix('/'));
+        match under.map(|r| r.split('/').next().unwrap_or("").parse::<u32>()) {
+            Some(Ok(domid)) => {
+                self.domids.insert(domid);
+            }
+            // @introduceDomain, @releaseDomain, the folder itself (and its first event),
+            // or anything unexpected: a listing tells.
+            _ => self.membership = true,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.domids.is_empty() && !self.membership
+    }
+}
+
+/// Watches and follows until stopped (`Ok`) or the connection fails (`Err`).
+/// `scanned` is set once a full scan was sent.
 fn follow_xenstore(
     client: &mut Client,
     p: &Params,
-    tx: &watch::Sender<Snapshot>,
+    tx: &async_mpsc::UnboundedSender<Update>,
     stop: &mpsc::Receiver<()>,
     notes: &mut Notes,
     scanned: &mut bool,
+    metrics: &Metrics,
 ) -> Result<(), XsError> {
     client.watch("@introduceDomain", TOKEN)?;
     client.watch("@releaseDomain", TOKEN)?;
     client.watch(layout::BACKEND_CONSOLE_ROOT, TOKEN)?;
+    // Every event queued so far is covered by the scan that follows.
+    while client.wait_event(Duration::ZERO)?.is_some() {}
+    let mut picture = Picture::default();
+    let mut dropped = client.dropped_events();
+    let mut rescan = true;
+    let mut next_rescan = Instant::now();
     loop {
-        // Every queued event is covered by the scan that follows.
-        while client.wait_event(Duration::ZERO)?.is_some() {}
-        let found = scan(client, &p.channel, notes)?;
-        tx.send_if_modified(|cur| {
-            if cur.as_deref() == Some(&found) {
-                false
-            } else {
-                *cur = Some(Arc::new(found));
-                true
-            }
-        });
-        *scanned = true;
-        let next_rescan = Instant::now() + p.rescan_every;
+        if rescan {
+            let before = client.requests();
+            picture = scan(client, &p.channel, notes)?;
+            metrics.xenstore_rescan(client.requests() - before);
+            let _ = tx.send(Update::Snapshot(picture.snapshot()));
+            *scanned = true;
+            rescan = false;
+            next_rescan = Instant::now() + p.rescan_every;
+        }
+        // Wait for an event, then take every one queued with it.
+        let mut dirty = Dirty::default();
+        let mut events = 0u64;
         loop {
             if stopped(stop) || tx.is_closed() {
                 return Ok(());
             }
             let now = Instant::now();
             if now >= next_rescan {
+                rescan = true;
                 break;
             }
-            if client.wait_event((next_rescan - now).min(POLL))?.is_some() {
+            if let Some(e) = client.wait_event((next_rescan - now).min(POLL))? {
+                events += 1;
+                dirty.add(&e.path);
+                while let Some(e) = client.wait_event(Duration::ZERO)? {
+                    events += 1;
+                    dirty.add(&e.path);
+                }
                 break;
             }
+        }
+        if client.dropped_events() != dropped {
+            // The client's queue overflowed: some change is unknown. Read everything.
+            dropped = client.dropped_events();
+            tracing::warn!("xenstore watch events were dropped; rescanning every domain");
+            rescan = true;
+            continue;
+        }
+        if dirty.is_empty() {
+            continue;
+        }
+        let before = client.requests();
+        let (changes, more) = follow_events(client, &p.channel, notes, &mut picture, dirty)?;
+        metrics.xenstore_events(events + more, client.requests() - before);
+        if !changes.is_empty() {
+            let _ = tx.send(Update::Changed(changes));
         }
     }
 }
 
-/// Log lines about one domain are written once, not on every rescan.
+/// Reads what `dirty` names and returns what changed for the broker, and how many more
+/// events it took in on the way.
+fn follow_events(
+    client: &mut Client,
+    channel: &str,
+    notes: &mut Notes,
+    picture: &mut Picture,
+    mut dirty: Dirty,
+) -> Result<(Vec<Change>, u64), XsError> {
+    let mut more = 0;
+    let mut gone: Vec<u32> = Vec::new();
+    if dirty.membership {
+        let listed = list_domids(client)?;
+        // Events that came before the listing's answer are about changes it already
+        // shows (xenstore answers and notifies in order on one connection): a toolstack
+        // step that landed meanwhile costs one read of its domain, not two. A domain's
+        // event still means reading that domain (below); a membership one is covered.
+        // Only those the client queued while it waited for the answer: one read from
+        // the socket now could be newer than the listing.
+        for _ in 0..client.queued_events() {
+            let Some(e) = client.wait_event(Duration::ZERO)? else {
+                break;
+            };
+            more += 1;
+            let mut d = Dirty::default();
+            d.add(&e.path);
+            dirty.domids.extend(d.domids);
+        }
+        gone.extend(picture.seen.keys().filter(|d| !listed.contains(d)));
+        dirty.domids.extend(
+            listed
+                .iter()
+                .filter(|d| matches!(picture.seen.get(d), None | Some(Seen::Unfinished))),
+        );
+    }
+    let mut changes = Vec::new();
+    for domid in gone {
+        notes.forget(domid);
+        changes.extend(picture.set(domid, None));
+    }
+    // Events that arrive from here on are handled by the next pass: a change made while
+    // a domain is being read must make it read again.
+    for domid in dirty.domids {
+        let now = read_domain(client, channel, notes, domid)?;
+        if now.is_none() {
+            notes.forget(domid);
+        }
+        changes.extend(picture.set(domid, now));
+    }
+    Ok((changes, more))
+}
+
+/// Log lines about one domain are written once, not on every read.
 #[derive(Debug, Default)]
 struct Notes {
     said: HashSet<(u32, String)>,
-    seen: HashSet<u32>,
 }
 
 impl Notes {
     fn note(&mut self, domid: u32, text: String) {
-        self.seen.insert(domid);
         let key = (domid, text);
         if !self.said.contains(&key) {
             tracing::warn!(domid, "{}", key.1);
@@ -350,10 +455,9 @@ impl Notes {
         }
     }
 
-    /// Forgets domains that are gone, so a reused domid is told about again.
-    fn end_scan(&mut self) {
-        let seen = std::mem::take(&mut self.seen);
-        self.said.retain(|(d, _)| seen.contains(d));
+    /// Forgets a domain that is gone, so a reused domid is told about again.
+    fn forget(&mut self, domid: u32) {
+        self.said.retain(|(d, _)| *d != domid);
     }
 }
 
@@ -374,6 +478,27 @@ fn read_node(client: &mut Client, path: &str) -> Result<Option<String>, XsError>
     }
 }
 
+/// The numeric entries of a folder, sorted; a missing folder has none.
+fn numeric_entries(client: &mut Client, path: &str) -> Result<Option<Vec<u32>>, XsError> {
+    match client.directory(path) {
+        Ok(d) => {
+            let mut v: Vec<u32> = d.iter().filter_map(|e| e.parse().ok()).collect();
+            v.sort_unstable();
+            Ok(Some(v))
+        }
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The domids under the backend folder (one request).
+fn list_domids(client: &mut Client) -> Result<BTreeSet<u32>, XsError> {
+    Ok(numeric_entries(client, layout::BACKEND_CONSOLE_ROOT)?
+        .unwrap_or_default()
+        .into_iter()
+        .collect())
+}
+
 /// The domain's UUID: `<vm>/uuid`, else the last component of `vm` (`/vm/<uuid>`).
 fn read_uuid(client: &mut Client, home: &str) -> Result<Option<String>, XsError> {
     let Some(vm) = read_node(client, &format!("{home}/{}", layout::key::VM))? else {
@@ -391,126 +516,123 @@ fn read_uuid(client: &mut Client, home: &str) -> Result<Option<String>, XsError>
     Ok(vm.rsplit('/').next().and_then(canonical_uuid))
 }
 
-/// Every running domain with a socket channel named `channel`, by domid.
-fn scan(client: &mut Client, channel: &str, notes: &mut Notes) -> Result<Vec<Found>, XsError> {
-    let mut chosen: BTreeMap<u32, layout::BackendChannel> = BTreeMap::new();
-    for b in layout::list_backends(client)? {
-        if b.name != channel {
+/// What one domid is: its first socket channel named `channel` (its name, UUID and
+/// socket), `None` when it has no backend folder any more. Reads only what it needs: a
+/// console of another name costs one request.
+fn read_domain(
+    client: &mut Client,
+    channel: &str,
+    notes: &mut Notes,
+    domid: u32,
+) -> Result<Option<Seen>, XsError> {
+    let Some(devids) = numeric_entries(client, &layout::backend_domain_path(domid))? else {
+        return Ok(None);
+    };
+    let mut chosen: Option<(u32, Option<String>)> = None;
+    for devid in devids {
+        let dir = layout::backend_path(domid, devid);
+        if read_node(client, &format!("{dir}/{}", layout::key::NAME))?.as_deref() != Some(channel) {
             continue;
         }
-        if b.connection.as_deref() != Some(layout::CONNECTION_SOCKET) {
+        let connection = read_node(client, &format!("{dir}/{}", layout::key::CONNECTION))?;
+        if connection.as_deref() != Some(layout::CONNECTION_SOCKET) {
             // connection=pty: xenconsoled's, not a socket the broker can reach.
             continue;
         }
-        if let Some(first) = chosen.get(&b.domid) {
+        if let Some((first, _)) = &chosen {
             let text = format!(
-                "domain {} has more than one {channel} channel; using console {}",
-                b.domid, first.devid
+                "domain {domid} has more than one {channel} channel; using console {first}"
             );
-            notes.note(b.domid, text);
-            continue;
+            notes.note(domid, text);
+            break;
         }
-        chosen.insert(b.domid, b);
+        let path = read_node(client, &format!("{dir}/{}", layout::key::PATH))?;
+        chosen = Some((devid, path));
     }
-    let mut out = Vec::with_capacity(chosen.len());
-    for (domid, b) in chosen {
-        notes.seen.insert(domid);
-        let Some(path) = b.path.filter(|p| p.starts_with('/')) else {
-            notes.note(
-                domid,
-                format!(
-                    "domain {domid}: its {channel} channel has no absolute socket path; ignored"
-                ),
-            );
-            continue;
-        };
-        let home = layout::domain_path(domid);
-        let Some(name) = read_node(client, &format!("{home}/{}", layout::key::NAME))? else {
-            // Being built or torn down: the next event brings it.
-            continue;
-        };
-        if let Err(e) = check_domain_name(&name) {
-            notes.note(domid, format!("domain {domid} ignored: {e}"));
-            continue;
-        }
-        let uuid = read_uuid(client, &home)?;
-        out.push(Found {
+    let Some((_, path)) = chosen else {
+        return Ok(Some(Seen::Other));
+    };
+    let Some(path) = path.filter(|p| p.starts_with('/')) else {
+        notes.note(
             domid,
-            name,
-            uuid,
-            path: PathBuf::from(path),
-        });
+            format!("domain {domid}: its {channel} channel has no absolute socket path; ignored"),
+        );
+        return Ok(Some(Seen::Other));
+    };
+    let home = layout::domain_path(domid);
+    let Some(name) = read_node(client, &format!("{home}/{}", layout::key::NAME))? else {
+        // Being built or torn down: the next event brings it.
+        return Ok(Some(Seen::Unfinished));
+    };
+    if let Err(e) = check_domain_name(&name) {
+        notes.note(domid, format!("domain {domid} ignored: {e}"));
+        return Ok(Some(Seen::Other));
     }
-    notes.end_scan();
-    Ok(out)
+    let uuid = read_uuid(client, &home)?;
+    Ok(Some(Seen::Found(Found {
+        domid,
+        name,
+        uuid,
+        path: PathBuf::from(path),
+    })))
+}
+
+/// Every domid under the backend folder, read.
+fn scan(client: &mut Client, channel: &str, notes: &mut Notes) -> Result<Picture, XsError> {
+    let mut picture = Picture::default();
+    let domids = list_domids(client)?;
+    notes.said.retain(|(d, _)| domids.contains(d));
+    for domid in domids {
+        if let Some(seen) = read_domain(client, channel, notes, domid)? {
+            picture.seen.insert(domid, seen);
+        }
+    }
+    Ok(picture)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn found(domid: u32, name: &str, uuid: Option<&str>) -> Found {
-        Found {
-            domid,
-            name: name.into(),
-            uuid: uuid.map(str::to_string),
-            path: PathBuf::from(format!("/s/{name}.sock")),
+    #[test]
+    fn events_name_the_domains_to_read() {
+        let mut d = Dirty::default();
+        d.add("/local/domain/0/backend/console/7/1/path");
+        d.add("/local/domain/0/backend/console/7/1");
+        d.add("/local/domain/0/backend/console/12");
+        assert_eq!(d.domids.iter().copied().collect::<Vec<_>>(), [7, 12]);
+        assert!(!d.membership, "a backend event names its domain");
+        for path in [
+            "@introduceDomain",
+            "@releaseDomain",
+            "/local/domain/0/backend/console",
+            "/local/domain/0/backend/console/x",
+            "/local/domain/0/backend/consoles/3",
+        ] {
+            let mut d = Dirty::default();
+            d.add(path);
+            assert!(d.membership && d.domids.is_empty(), "{path}: {d:?}");
         }
     }
 
-    fn names(b: &HashMap<String, Binding>) -> Vec<(String, u32)> {
-        let mut v: Vec<_> = b.values().map(|b| (b.name.clone(), b.domid)).collect();
-        v.sort();
-        v
-    }
-
-    const U1: &str = "00000000-0000-0000-0000-000000000001";
-    const U2: &str = "00000000-0000-0000-0000-000000000002";
-
     #[test]
-    fn a_new_domid_with_the_same_uuid_is_the_same_domain() {
-        let first = plan(&HashMap::new(), &[found(5, "web1", Some(U1))]);
-        assert_eq!(names(&first), vec![("web1".into(), 5)]);
-        // Reboot seen in one snapshot: new domid, same UUID and name.
-        let rebooted = plan(&first, &[found(9, "web1", Some(U1))]);
-        assert_eq!(names(&rebooted), vec![("web1".into(), 9)]);
+    fn the_async_side_hears_of_changes_for_the_broker_only() {
+        let mut p = Picture::default();
+        let f = Found {
+            domid: 3,
+            name: "web1".into(),
+            uuid: None,
+            path: PathBuf::from("/s/web1.sock"),
+        };
+        assert_eq!(p.set(3, Some(Seen::Unfinished)), None);
         assert_eq!(
-            rebooted.keys().collect::<Vec<_>>(),
-            first.keys().collect::<Vec<_>>()
+            p.set(3, Some(Seen::Found(f.clone()))),
+            Some((3, Some(f.clone())))
         );
-    }
-
-    #[test]
-    fn a_local_migration_keeps_one_session_under_the_bound_name() {
-        let before = plan(&HashMap::new(), &[found(5, "web1", Some(U1))]);
-        // The incoming copy runs beside the original: the bound domid stays.
-        let during = plan(
-            &before,
-            &[
-                found(5, "web1", Some(U1)),
-                found(8, "web1--incoming", Some(U1)),
-            ],
-        );
-        assert_eq!(names(&during), vec![("web1".into(), 5)]);
-        // The original is gone; the copy is still called web1--incoming: same name.
-        let after = plan(&during, &[found(8, "web1--incoming", Some(U1))]);
-        assert_eq!(names(&after), vec![("web1".into(), 8)]);
-    }
-
-    #[test]
-    fn names_are_never_shared_and_uuidless_domains_go_by_name() {
-        let b = plan(
-            &HashMap::new(),
-            &[
-                found(3, "a", None),
-                found(4, "a", Some(U2)),
-                found(6, "b", None),
-            ],
-        );
-        // The lowest domid wins a contested name; the other is ignored.
-        assert_eq!(names(&b), vec![("a".into(), 3), ("b".into(), 6)]);
-        // A bound domain keeps its name against a newcomer with a lower domid.
-        let b2 = plan(&b, &[found(1, "b", Some(U1)), found(6, "b", None)]);
-        assert_eq!(names(&b2), vec![("b".into(), 6)]);
+        assert_eq!(p.set(3, Some(Seen::Found(f.clone()))), None, "no change");
+        assert_eq!(p.set(4, Some(Seen::Other)), None);
+        assert_eq!(p.set(3, None), Some((3, None)));
+        assert_eq!(p.set(4, None), None);
+        assert!(p.seen.is_empty());
     }
 }

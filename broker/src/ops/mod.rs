@@ -11,14 +11,17 @@
 //! API), then take the domain's lock ([`DomainLocks`]) for the store write and the
 //! registry update, so memory ends in the order the store committed.
 
+mod bulk;
 mod config;
 mod lifecycle;
 mod locks;
 mod migrate;
 
 use thiserror::Error;
+use xenchan_protocol::config::ConfigError;
 
-pub use config::{PutConfig, do_delete, do_push, do_put_config};
+pub use bulk::{BulkHead, do_put_configs, read_items};
+pub use config::{PutConfig, PutDone, do_delete, do_push, do_put_config};
 pub use lifecycle::{Prepare, do_prepare, do_release};
 pub use locks::DomainLocks;
 pub use migrate::{do_migrate_cancel, do_migrate_complete, do_migrate_prepare};
@@ -42,6 +45,15 @@ pub enum OpError {
         /// What is wrong with it.
         error: String,
     },
+    /// The configuration document is refused (every problem found).
+    #[error("invalid configuration: {0}")]
+    Config(ConfigError),
+    /// An item of a bulk PUT that was not started: the request's deadline was too near.
+    #[error(
+        "not attempted: the request's deadline (timeouts.request) came before this item's \
+         turn; nothing was stored for it, send it again"
+    )]
+    NotAttempted,
     /// A lease of the configuration is held by another domain.
     #[error("{0}")]
     Lease(LeaseConflict),

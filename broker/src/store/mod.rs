@@ -191,4 +191,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// The generations kept in the history of `name`, oldest first.
     fn history<'a>(&'a self, name: &'a str) -> StoreFuture<'a, Vec<HistoryRow>>;
+
+    /// Durable commits that wrote something since the store opened (a group commit
+    /// counts once: with `synchronous=FULL` each is an fsync), for the
+    /// `xenchan_store_commits_total` metric; `None` for a backend that does not count.
+    fn commits(&self) -> Option<u64> {
+        None
+    }
 }

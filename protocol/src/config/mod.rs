@@ -348,7 +348,16 @@ impl GuestConfig {
     /// field this build does not know is reported, all in one answer, then bad values
     /// with their path, then the rules that span fields.
     pub fn from_json(bytes: &[u8]) -> Result<GuestConfig, ConfigError> {
-        let value = parse_value(bytes)?;
+        Self::from_document(parse_value(bytes)?)
+    }
+
+    /// [`GuestConfig::from_json`] for a document already parsed as JSON (one item of the
+    /// control API's bulk PUT, parsed with its array): the same checks, without parsing
+    /// or serialising the document again.
+    pub fn from_document(value: Value) -> Result<GuestConfig, ConfigError> {
+        if !value.is_object() {
+            return Err(ConfigError::one(".", "the document must be a JSON object"));
+        }
         let filtered = schema::filter(
             &value,
             &Capabilities::ours(),

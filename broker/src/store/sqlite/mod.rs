@@ -60,6 +60,8 @@ pub struct Db {
     batch_changes: Cell<u64>,
     /// The store's lineage ([`schema::lineage`]).
     lineage: xenchan_protocol::Lineage,
+    /// Batches committed that wrote something ([`crate::store::Store::commits`]).
+    commits: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The transaction of one job's writes ([`Db::tx`]): derefs to the connection;
@@ -183,6 +185,7 @@ impl Db {
             caller: None,
             batch_open: Cell::new(false),
             batch_changes: Cell::new(0),
+            commits: std::sync::Arc::default(),
         };
         db.count_events()?;
         Ok(db)

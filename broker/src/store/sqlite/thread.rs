@@ -2,6 +2,8 @@
 //! implements [`Store`] by sending it jobs.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 use xenchan_protocol::Lineage;
@@ -46,8 +48,14 @@ pub(super) fn run_batch(db: &mut Db, batch: Vec<Job>) {
     let replies: Vec<Reply> = batch.into_iter().map(|job| job(db)).collect();
     // Checked after the jobs: a job's undo may have had to end the transaction.
     let failure = if db.batch_open.replace(false) {
+        let wrote = db.conn.total_changes() != db.batch_changes.get();
         match db.conn.execute_batch("COMMIT") {
-            Ok(()) => None,
+            Ok(()) => {
+                if wrote {
+                    db.commits.fetch_add(1, Ordering::Relaxed);
+                }
+                None
+            }
             Err(e) => {
                 let _ = db.conn.execute_batch("ROLLBACK");
                 Some(e)
@@ -67,6 +75,7 @@ pub(super) fn run_batch(db: &mut Db, batch: Vec<Job>) {
 pub struct SqliteStore {
     tx: mpsc::UnboundedSender<Job>,
     lineage: Lineage,
+    commits: Arc<AtomicU64>,
 }
 
 /// Joins the store thread once every [`SqliteStore`] handle is dropped.
@@ -99,6 +108,7 @@ impl SqliteStore {
     ) -> Result<(SqliteStore, StoreThread), StoreError> {
         let mut db = Db::open_with(path, history, retention)?;
         let lineage = db.lineage().clone();
+        let commits = Arc::clone(&db.commits);
         let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
         let handle = std::thread::Builder::new()
             .name("xenchan-store".into())
@@ -115,7 +125,14 @@ impl SqliteStore {
                 }
             })
             .map_err(StoreError::Thread)?;
-        Ok((SqliteStore { tx, lineage }, StoreThread(handle)))
+        Ok((
+            SqliteStore {
+                tx,
+                lineage,
+                commits,
+            },
+            StoreThread(handle),
+        ))
     }
 
     /// Caches a desired configuration whose generation another store (etcd, the cluster
@@ -175,6 +192,10 @@ impl SqliteStore {
 impl Store for SqliteStore {
     fn lineage(&self) -> &Lineage {
         &self.lineage
+    }
+
+    fn commits(&self) -> Option<u64> {
+        Some(self.commits.load(Ordering::Relaxed))
     }
 
     fn load_all(&self) -> StoreFuture<'_, Vec<DomainRecord>> {
