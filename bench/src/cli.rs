@@ -34,7 +34,8 @@ Sections (all by default, in this order):
   hotplug    from the /dev/xen-channel link appearing to the result recorded by the broker
   scale      the broker against N socket-served guests (another process): handshakes, RSS per
              idle session, time from the first PUT to N results recorded, CPU (and the share
-             of the broker's store thread)
+             of the broker's store thread); then N updates through the bulk PUT, timed the
+             same way
   xenstore   xenstore discovery at N = 100, 1,000 domains (the simulator's xenstore): xenstore
              requests per domain created and destroyed, per watch event, and of one full
              rescan (counted by the broker, not timed)

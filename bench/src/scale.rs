@@ -33,11 +33,13 @@ use crate::swarm::domain_name;
 /// Concurrent PUT requests (the API serves 64 connections at once by default).
 pub const PUT_CONCURRENCY: usize = 16;
 
-/// Configurations per bulk PUT request (the broker's default `limits.max_bulk`).
-pub const BULK_CHUNK: usize = 1000;
+/// Configurations per bulk PUT request (half the broker's default `limits.max_bulk`:
+/// every item of a request must start within its deadline, or it is answered "not
+/// attempted").
+pub const BULK_CHUNK: usize = 500;
 
-/// Concurrent bulk PUT requests.
-pub const BULK_CONCURRENCY: usize = 4;
+/// Concurrent bulk PUT requests (each runs 64 PUTs at a time in the broker).
+pub const BULK_CONCURRENCY: usize = 2;
 
 /// Domains per swarm process: each holds a listener and a connection per domain, and
 /// RLIMIT_NOFILE cannot always be raised past 20,000 (no CAP_SYS_RESOURCE in containers).

@@ -281,3 +281,64 @@ async fn a_bulk_request_out_of_bounds_is_refused_whole_and_stores_nothing() {
     assert!(b.client.list().await.unwrap().is_empty(), "nothing stored");
     b.stop().await.expect("clean stop");
 }
+
+/// Items whose turn comes too near the request's deadline are answered "not attempted"
+/// (nothing stored), so the request still gets its per-item answer instead of a 408;
+/// started items finish and are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_not_started_before_the_deadline_are_answered_not_attempted() {
+    let dirs = Dirs::new();
+    dirs.hook(
+        "10-slow",
+        "[ \"$2 $3\" = 'prepare begin' ] && sleep 0.2\nexit 0",
+    );
+    let mut config = dirs.config();
+    // Items may start during the first 1500 - 900 - 500 = 100 ms: the first 64 (one
+    // wave) do, the rest wait for a slot past it.
+    config.timeouts.request = 1500;
+    config.timeouts.hook = 900;
+    let b = TestBroker::start(config).await;
+    let items: Vec<BulkItem> = (1..=100).map(|i| item(&format!("vm{i:03}"), i)).collect();
+    let res = b
+        .client
+        .put_configs(&items)
+        .await
+        .expect("an answer per item, not a 408");
+    let stored: Vec<&str> = res
+        .results
+        .iter()
+        .filter(|r| r.status == 201)
+        .filter_map(|r| r.name.as_deref())
+        .collect();
+    let skipped: Vec<&str> = res
+        .results
+        .iter()
+        .filter(|r| r.status == 503 && r.error.as_deref().unwrap_or("").contains("not attempted"))
+        .filter_map(|r| r.name.as_deref())
+        .collect();
+    assert_eq!(
+        stored.len() + skipped.len(),
+        100,
+        "every item is stored or not attempted: {:?}",
+        res.results
+            .iter()
+            .find(|r| r.status != 201 && r.status != 503)
+    );
+    assert!(
+        !stored.is_empty() && !skipped.is_empty(),
+        "{} stored, {} not attempted",
+        stored.len(),
+        skipped.len()
+    );
+    for name in &skipped {
+        assert_eq!(
+            b.client.get_domain(name).await.unwrap_err().status(),
+            Some(404),
+            "{name} was not stored"
+        );
+    }
+    for name in &stored {
+        assert!(b.client.get_domain(name).await.is_ok(), "{name} is stored");
+    }
+    b.stop().await.expect("clean stop");
+}

@@ -436,11 +436,19 @@ async fn put_config(
 async fn put_configs(State(sh): State<Arc<Shared>>, body: Body) -> Result<Response, Fail> {
     let limits = &sh.config.limits;
     // Items not started by then are answered "not attempted": a started item may wait
-    // for the prepare hooks (`timeouts.hook`), and the answer must beat the request's
-    // own deadline (timeouts.hook < timeouts.request is checked at start).
-    let budget = sh.config.timeouts.request().saturating_sub(
-        Duration::from_millis(sh.config.timeouts.hook) + Duration::from_millis(200),
-    );
+    // for the prepare hooks (`timeouts.hook`, when there are hooks), and the answer must
+    // beat the request's own deadline (timeouts.hook < timeouts.request is checked at
+    // start). 500 ms are left for the last items' commits and the answer.
+    let hooks = if sh.hooks.list().is_empty() {
+        Duration::ZERO
+    } else {
+        Duration::from_millis(sh.config.timeouts.hook)
+    };
+    let budget = sh
+        .config
+        .timeouts
+        .request()
+        .saturating_sub(hooks + Duration::from_millis(500));
     let cutoff = tokio::time::Instant::now() + budget;
     let bytes = read_body(body, limits.max_bulk_body).await.map_err(|f| {
         if f.0 == StatusCode::PAYLOAD_TOO_LARGE {
