@@ -175,6 +175,27 @@ pub(crate) fn write_atomic_at(
     contents: &[u8],
     owner: Owner,
 ) -> io::Result<()> {
+    let (tmp, f) = write_temp_at(dir, name, contents, owner)?;
+    let tmp = OsStr::new(&tmp);
+    let moved = f.sync_all().and_then(|()| {
+        nix::fcntl::renameat(Some(dir.as_raw_fd()), tmp, Some(dir.as_raw_fd()), name)
+            .map_err(io::Error::from)
+    });
+    if let Err(e) = moved {
+        let _ = unlink_at(dir, tmp);
+        return Err(e);
+    }
+    dir.sync_all()
+}
+
+/// A new temporary file beside `name` in `dir` holding `contents`, owned and moded as
+/// `owner`, not yet synced; its name and handle. Removed again if writing fails.
+fn write_temp_at(
+    dir: &File,
+    name: &OsStr,
+    contents: &[u8],
+    owner: Owner,
+) -> io::Result<(String, File)> {
     check_name(name)?;
     let tmp = format!(
         ".{}.xenchan-{}-{:08x}",
@@ -189,18 +210,14 @@ pub(crate) fn write_atomic_at(
         OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL,
         0o600,
     )?;
-    let written = (|| {
-        f.write_all(contents)?;
-        set_owner_mode(&f, owner)?;
-        f.sync_all()?;
-        nix::fcntl::renameat(Some(dir.as_raw_fd()), tmp, Some(dir.as_raw_fd()), name)?;
-        Ok::<_, io::Error>(())
-    })();
+    let written = f
+        .write_all(contents)
+        .and_then(|()| set_owner_mode(&f, owner));
     if let Err(e) = written {
         let _ = unlink_at(dir, tmp);
         return Err(e);
     }
-    dir.sync_all()
+    Ok((tmp.to_string_lossy().into_owned(), f))
 }
 
 /// Writes `contents` to a temporary file in `dir` (owned and moded as `owner`) and stages
@@ -215,31 +232,16 @@ pub(crate) fn stage_at(
     owner: Owner,
     shown: &str,
 ) -> io::Result<()> {
-    check_name(name)?;
-    let tmp = format!(
-        ".{}.xenchan-{}-{:08x}",
-        name.to_string_lossy(),
-        std::process::id(),
-        rand::random::<u32>()
-    );
-    let tmp = OsStr::new(&tmp);
-    let mut f = open_at(
-        dir,
-        tmp,
-        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL,
-        0o600,
-    )?;
-    let written = (|| {
-        f.write_all(contents)?;
-        set_owner_mode(&f, owner)?;
-        Ok::<_, io::Error>(())
-    })();
-    if let Err(e) = written {
-        let _ = unlink_at(dir, tmp);
-        return Err(e);
-    }
+    let (tmp, f) = write_temp_at(dir, name, contents, owner)?;
     batch
-        .stage(dir, name, tmp, f, contents.to_vec(), Path::new(shown))
+        .stage(
+            dir,
+            name,
+            OsStr::new(&tmp),
+            f,
+            contents.to_vec(),
+            Path::new(shown),
+        )
         .map_err(|e| io::Error::new(e.source.kind(), e.to_string()))
 }
 
