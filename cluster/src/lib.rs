@@ -50,6 +50,7 @@ mod error;
 mod keys;
 mod leases;
 mod lineage;
+pub mod local;
 mod ownership;
 mod watch;
 
