@@ -8,9 +8,6 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
-
-static TMP_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// What failed, on which path.
 #[derive(Debug, thiserror::Error)]
@@ -49,15 +46,12 @@ pub fn write_atomic(path: &Path, content: &[u8], mode: u32) -> Result<(), Atomic
             .create(dir)
             .map_err(err("create the folder", dir))?;
     }
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(
-        ".{name}.xenchan-tmp-{}-{}",
-        std::process::id(),
-        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
+    let name = path.file_name().unwrap_or_default();
+    // Best effort: a folder we cannot open for the sweep fails below, naming the step.
+    if let Ok(d) = File::open(dir) {
+        crate::tempname::sweep_once(&d);
+    }
+    let tmp = dir.join(crate::tempname::temp_name(name));
     let result = (|| {
         let mut f = OpenOptions::new()
             .write(true)

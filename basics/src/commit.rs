@@ -29,12 +29,9 @@ use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::atomic::AtomicWriteError;
-
-static TMP_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A folder the batch renames in, shared by the operations in it.
 #[derive(Debug)]
@@ -220,12 +217,8 @@ impl Batch {
         }
         let dir = open_dir(folder).map_err(err("open the folder", folder))?;
         let name = path.file_name().unwrap_or_default();
-        let tmp = OsString::from(format!(
-            ".{}.xenchan-tmp-{}-{}",
-            name.to_string_lossy(),
-            std::process::id(),
-            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
+        crate::tempname::sweep_once(&dir);
+        let tmp = crate::tempname::temp_name(name);
         let tmp_path = folder.join(&tmp);
         let written = (|| {
             let mut f = OpenOptions::new()

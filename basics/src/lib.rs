@@ -5,7 +5,8 @@
 //! - [`signal::shutdown`] (feature `signal`): the SIGTERM/SIGINT future daemons stop on;
 //! - [`backoff::Backoff`]: capped exponential backoff with jitter, for every reconnect loop;
 //! - [`atomic::write_atomic`]: temp file, fsync, rename, fsync the folder;
-//! - [`commit::Batch`]: many files made durable together, renamed, each folder synced once.
+//! - [`commit::Batch`]: many files made durable together, renamed, each folder synced once;
+//! - [`tempname`]: the temporary files beside a replaced file, and the sweep of leftovers.
 //!
 //! Kept small on purpose: no async runtime unless asked for, no logging set-up.
 
@@ -16,6 +17,7 @@ pub mod error;
 pub mod exit;
 #[cfg(feature = "signal")]
 pub mod signal;
+pub mod tempname;
 
 pub use backoff::Backoff;
 pub use error::chain;

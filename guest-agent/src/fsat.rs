@@ -197,13 +197,11 @@ fn write_temp_at(
     owner: Owner,
 ) -> io::Result<(String, File)> {
     check_name(name)?;
-    let tmp = format!(
-        ".{}.xenchan-{}-{:08x}",
-        name.to_string_lossy(),
-        std::process::id(),
-        rand::random::<u32>()
-    );
-    let tmp = OsStr::new(&tmp);
+    // A push killed half-way (kill -9, power loss) left its temporary files: the first
+    // write into a folder removes those of processes that are gone.
+    xenchan_basics::tempname::sweep_once(dir);
+    let tmp = xenchan_basics::tempname::temp_name(name);
+    let tmp = tmp.as_os_str();
     let mut f = open_at(
         dir,
         tmp,

@@ -335,14 +335,30 @@ async fn kill_9_at_any_moment_of_a_push_leaves_old_or_new_files_and_keeps_what_w
                 "round {round}: state before files"
             );
         }
-        let stray = strays(&files(&guest));
-        if !stray.is_empty() {
+        // Left in place: the next agent removes them (below).
+        if !strays(&files(&guest)).is_empty() {
             mid_commit += 1;
-            for s in stray {
-                std::fs::remove_file(s).unwrap();
-            }
         }
     }
+    // Temporary files of killed agents do not pile up in /etc or ~/.ssh: the next agent
+    // removes them with its first write into each folder.
+    let left_by_kills = strays(&files(&guest));
+    let p = pty();
+    let _agent = spawn_agent(&guest, &p);
+    let mut broker = Broker::new(p);
+    broker.handshake().await;
+    generation += 1;
+    assert!(
+        broker
+            .push(generation, &config(&doc(variant(generation))))
+            .await
+            .all_ok()
+    );
+    assert_eq!(
+        strays(&files(&guest)),
+        Vec::<PathBuf>::new(),
+        "after a push by a new agent (the kills had left {left_by_kills:?})"
+    );
     eprintln!(
         "median push {took:?}; {rounds} kills, {mid_commit} left temporary files (killed while staging or committing)"
     );

@@ -88,6 +88,30 @@ pub fn tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// `config` as TOML holding only what differs from the defaults, the way an operator
+/// writes one. Besides being readable in a run's folder, it keeps the file valid for a
+/// broker of an older version (the bench's `--baseline-bin-dir`): a field added since
+/// that version is only written when a run sets it.
+pub fn minimal_toml(config: &Config) -> Result<String, toml::ser::Error> {
+    fn strip(value: &mut toml::Value, default: &toml::Value) {
+        let (toml::Value::Table(t), toml::Value::Table(d)) = (value, default) else {
+            return;
+        };
+        t.retain(|k, v| match d.get(k) {
+            Some(dv) if dv == v => false,
+            Some(dv @ toml::Value::Table(_)) => {
+                strip(v, dv);
+                !matches!(v, toml::Value::Table(t) if t.is_empty())
+            }
+            _ => true,
+        });
+    }
+    let mut value = toml::Value::try_from(config)?;
+    let default = toml::Value::try_from(Config::default())?;
+    strip(&mut value, &default);
+    toml::to_string(&value)
+}
+
 impl Broker {
     /// Writes `config` to `<dir>/broker.toml` and starts `bin` with it.
     pub async fn start(
@@ -97,7 +121,7 @@ impl Broker {
         config: Config,
     ) -> Result<Broker, BrokerError> {
         let config_path = dir.join("broker.toml");
-        let text = toml::to_string(&config).map_err(|e| BrokerError::Config {
+        let text = minimal_toml(&config).map_err(|e| BrokerError::Config {
             path: config_path.clone(),
             source: std::io::Error::other(e),
         })?;
@@ -220,5 +244,32 @@ impl Broker {
             self.stop().await;
         }
         self.launch().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_written_config_holds_only_what_differs_and_reads_back_the_same() {
+        let origin = Path::new("broker.toml");
+        let default = minimal_toml(&Config::default()).unwrap();
+        assert_eq!(default.trim(), "", "defaults are not written: {default}");
+        let mut c = Config {
+            socket_dir: PathBuf::from("/tmp/x/sockets"),
+            ..Config::default()
+        };
+        c.timeouts.hello += 1;
+        let text = minimal_toml(&c).unwrap();
+        assert!(
+            text.contains("socket_dir") && text.contains("hello"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("facts"),
+            "an unchanged field is left out: {text}"
+        );
+        assert_eq!(Config::parse(&text, origin).unwrap(), c);
     }
 }
