@@ -106,7 +106,7 @@ mount_chroot() {
 [ "$(id -u)" -eq 0 ] || fail "needs root (debootstrap, chroot, mounts)"
 
 need=()
-for p in debootstrap zstd lintian curl util-linux; do
+for p in debootstrap zstd lintian curl util-linux binutils; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if ((${#need[@]})); then
@@ -257,6 +257,10 @@ check "/etc/xenchan/broker.toml is a conffile" \
 check "the hooks folder exists" test -d "$ROOT/etc/xenchan/hooks"
 check "xenchan-broker.service is enabled" test -L "$ROOT/etc/systemd/system/multi-user.target.wants/xenchan-broker.service"
 check "xenchan-agent.service is enabled" test -L "$ROOT/etc/systemd/system/multi-user.target.wants/xenchan-agent.service"
+# The daemon ships statically linked (idle RSS: no shared-library pages): no ELF
+# interpreter, so it runs in any guest whatever its libc.
+check "/usr/bin/xenchan-agent is statically linked (no ELF interpreter)" \
+  sh -c "! readelf -l '$ROOT/usr/bin/xenchan-agent' | grep -q 'Requesting program interpreter'"
 check "udev rules installed" test -f "$ROOT/usr/lib/udev/rules.d/60-xenchan-channels.rules"
 check "the udev rule's helper is where it points" \
   sh -c "grep -o 'RUN+=\"[^\"]*\"' '$ROOT/usr/lib/udev/rules.d/60-xenchan-channels.rules' | cut -d'\"' -f2 | xargs -I{} test -x '$ROOT{}'"

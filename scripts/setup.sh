@@ -42,4 +42,7 @@ fi
 command -v cargo >/dev/null || { echo "setup: cargo not found: install Rust (https://rustup.rs)" >&2; exit 69; }
 if command -v rustup >/dev/null; then
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
+  # The packaged agent is linked statically against musl (cargo xtask deb, make agent-static).
+  musl="$(uname -m)-unknown-linux-musl"
+  rustup target list --installed 2>/dev/null | grep -qx "$musl" || rustup target add "$musl"
 fi
