@@ -97,7 +97,13 @@ impl Broker {
         logs: &Path,
         config: Config,
     ) -> Result<Broker, BrokerError> {
-        Broker::start_at(bin, &dir.join("broker.toml"), &logs.join("broker.log"), config).await
+        Broker::start_at(
+            bin,
+            &dir.join("broker.toml"),
+            &logs.join("broker.log"),
+            config,
+        )
+        .await
     }
 
     /// Writes `config` to `config_path` and starts `bin` with it, logging to `log` (one

@@ -608,7 +608,10 @@ impl<'a> Play<'a> {
         // With hosts, each domain is judged by the broker of the host it runs on.
         let mut groups: BTreeMap<Option<usize>, Vec<String>> = BTreeMap::new();
         for n in names {
-            groups.entry(self.sim.host_of(n)).or_default().push(n.clone());
+            groups
+                .entry(self.sim.host_of(n))
+                .or_default()
+                .push(n.clone());
         }
         let all = async {
             let mut views = Vec::new();

@@ -26,7 +26,11 @@ impl Play<'_> {
     }
 
     /// Waits until etcd names `want` as the owner of `name`'s VM; returns how long it took.
-    async fn owner_becomes(&self, name: &str, want: Option<&str>) -> Result<Duration, ScenarioError> {
+    async fn owner_becomes(
+        &self,
+        name: &str,
+        want: Option<&str>,
+    ) -> Result<Duration, ScenarioError> {
         let uuid = self.sim.domain(name)?.spec().uuid.clone();
         let cluster = self
             .sim
@@ -66,7 +70,8 @@ impl Play<'_> {
             .map(|h| (h.name.clone(), h.client()))
             .collect();
         for (host, client) in clients {
-            let name = format!("leases: {TARGET}'s address stays its own {when} (PUT through {host})");
+            let name =
+                format!("leases: {TARGET}'s address stays its own {when} (PUT through {host})");
             match client.put_config(&other, &taken, Some(&uuid)).await {
                 Err(ClientError::Api { status: 409, error }) => self.check(
                     name,
@@ -104,7 +109,11 @@ impl Play<'_> {
             counted == frames as u64,
             format!("brokers counted {counted}, guests received {frames}"),
         );
-        let repeated: Vec<String> = self.sim.domains().flat_map(checks::repeated_pushes).collect();
+        let repeated: Vec<String> = self
+            .sim
+            .domains()
+            .flat_map(checks::repeated_pushes)
+            .collect();
         self.checks.push(checks::Check::from_problems(
             "pushes: no generation reached a guest twice",
             &repeated,
@@ -116,8 +125,14 @@ impl Play<'_> {
     pub(super) async fn migrate(&mut self) -> Result<(), ScenarioError> {
         self.plain().await?;
         let (a, b) = self.source_and_destination()?;
-        let (a_name, a_client) = (self.sim.hosts()[a].name.clone(), self.sim.hosts()[a].client());
-        let (b_name, b_client) = (self.sim.hosts()[b].name.clone(), self.sim.hosts()[b].client());
+        let (a_name, a_client) = (
+            self.sim.hosts()[a].name.clone(),
+            self.sim.hosts()[a].client(),
+        );
+        let (b_name, b_client) = (
+            self.sim.hosts()[b].name.clone(),
+            self.sim.hosts()[b].client(),
+        );
         let b_dir = self.sim.hosts()[b].socket_dir.clone();
         self.owner_becomes(TARGET, Some(&a_name)).await?;
         let d = self.sim.domain(TARGET)?;
@@ -152,7 +167,9 @@ impl Play<'_> {
         self.lease_held("after prepare").await?;
 
         // The switchover: the same guest, its channel now served by B's QEMU.
-        self.log(&format!("switchover: {TARGET}'s channel socket moves to {b_name}'s folder; {a_name}'s goes away"));
+        self.log(&format!(
+            "switchover: {TARGET}'s channel socket moves to {b_name}'s folder; {a_name}'s goes away"
+        ));
         self.sim
             .domain_mut(TARGET)?
             .migrate(&b_dir)
@@ -191,7 +208,9 @@ impl Play<'_> {
         self.lease_held("during the hand-off").await?;
 
         // libvirt on B, `started begin`: ownership moves.
-        self.log(&format!("complete on {b_name} (libvirt's `started begin`); {a_name}'s libvirt releases it"));
+        self.log(&format!(
+            "complete on {b_name} (libvirt's `started begin`); {a_name}'s libvirt releases it"
+        ));
         let step = b_client.migrate_complete(&uuid).await?;
         self.check(
             "migrate: complete moved ownership to the destination",
@@ -213,7 +232,10 @@ impl Play<'_> {
         self.check(
             "migrate: nothing pushed to the guest by the hand-off",
             after == frames_before,
-            format!("{} config frame(s) reached it after the move", after - frames_before),
+            format!(
+                "{} config frame(s) reached it after the move",
+                after - frames_before
+            ),
         );
         self.check(
             "migrate: nothing applied again (etc/hostname not rewritten)",
@@ -223,7 +245,9 @@ impl Play<'_> {
         self.lease_held("after the migration").await?;
 
         // A change through the old source reaches the guest on the destination, once.
-        self.log(&format!("a new config for {TARGET} through {a_name}, the old source"));
+        self.log(&format!(
+            "a new config for {TARGET} through {a_name}, the old source"
+        ));
         let c = self.config_for(TARGET, 0, "-v2")?;
         let generation = self
             .put_through(&a_client, TARGET, c)
@@ -246,7 +270,10 @@ impl Play<'_> {
         self.plain().await?;
         let (a, b) = self.source_and_destination()?;
         let a_name = self.sim.hosts()[a].name.clone();
-        let (b_name, b_client) = (self.sim.hosts()[b].name.clone(), self.sim.hosts()[b].client());
+        let (b_name, b_client) = (
+            self.sim.hosts()[b].name.clone(),
+            self.sim.hosts()[b].client(),
+        );
         let b_dir = self.sim.hosts()[b].socket_dir.clone();
         self.owner_becomes(TARGET, Some(&a_name)).await?;
         let lost: Vec<String> = self
@@ -266,8 +293,8 @@ impl Play<'_> {
                 v.desired_generation,
             ));
         }
-        let a_pushes = checks::pushes_total(&self.sim.hosts()[a].client().metrics().await?)
-            .unwrap_or(0);
+        let a_pushes =
+            checks::pushes_total(&self.sim.hosts()[a].client().metrics().await?).unwrap_or(0);
 
         self.log(&format!(
             "host {a_name} dies: kill -9 of its broker; its domains ({}) die with it",
