@@ -97,7 +97,7 @@ pub struct Sim {
     temp: Option<tempfile::TempDir>,
     broker: Option<Broker>,
     /// Several hosts on one etcd (`--hosts N`, N >= 2); `broker` is then `None`.
-    cluster: Option<SimCluster>,
+    cluster: Option<Box<SimCluster>>,
     domains: BTreeMap<String, Domain>,
     numbered: u32,
     started: std::time::Instant,
@@ -255,17 +255,17 @@ impl Sim {
                 }
             }
         }
-        self.cluster = Some(SimCluster {
+        self.cluster = Some(Box::new(SimCluster {
             hosts: started,
             observer,
             etcd,
-        });
+        }));
         Ok(())
     }
 
     /// The hosts and their etcd, when there are several hosts.
     pub fn cluster(&self) -> Option<&SimCluster> {
-        self.cluster.as_ref()
+        self.cluster.as_deref()
     }
 
     /// The hosts (empty unless [`start_hosts`](Self::start_hosts) ran).
@@ -420,7 +420,8 @@ impl Sim {
             Some(b) => b.stop().await,
             None => true,
         };
-        if let Some(mut c) = self.cluster.take() {
+        if let Some(c) = self.cluster.take() {
+            let mut c = *c;
             for h in &mut c.hosts {
                 // A lost host's broker was killed on purpose: nothing to stop.
                 let stopped = h.broker.stop().await;

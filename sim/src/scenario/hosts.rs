@@ -124,16 +124,16 @@ impl Play<'_> {
     /// `migrate`: the target, configured on host A, live-migrates to host B while it runs.
     pub(super) async fn migrate(&mut self) -> Result<(), ScenarioError> {
         self.plain().await?;
-        let (a, b) = self.source_and_destination()?;
+        let (src, dst) = self.source_and_destination()?;
         let (a_name, a_client) = (
-            self.sim.hosts()[a].name.clone(),
-            self.sim.hosts()[a].client(),
+            self.sim.hosts()[src].name.clone(),
+            self.sim.hosts()[src].client(),
         );
         let (b_name, b_client) = (
-            self.sim.hosts()[b].name.clone(),
-            self.sim.hosts()[b].client(),
+            self.sim.hosts()[dst].name.clone(),
+            self.sim.hosts()[dst].client(),
         );
-        let b_dir = self.sim.hosts()[b].socket_dir.clone();
+        let b_dir = self.sim.hosts()[dst].socket_dir.clone();
         self.owner_becomes(TARGET, Some(&a_name)).await?;
         let d = self.sim.domain(TARGET)?;
         let uuid = d.spec().uuid.clone();
@@ -268,19 +268,19 @@ impl Play<'_> {
     /// restarted on the next host, which claims them when the dead host's lease expires.
     pub(super) async fn host_loss(&mut self) -> Result<(), ScenarioError> {
         self.plain().await?;
-        let (a, b) = self.source_and_destination()?;
-        let a_name = self.sim.hosts()[a].name.clone();
+        let (src, dst) = self.source_and_destination()?;
+        let a_name = self.sim.hosts()[src].name.clone();
         let (b_name, b_client) = (
-            self.sim.hosts()[b].name.clone(),
-            self.sim.hosts()[b].client(),
+            self.sim.hosts()[dst].name.clone(),
+            self.sim.hosts()[dst].client(),
         );
-        let b_dir = self.sim.hosts()[b].socket_dir.clone();
+        let b_dir = self.sim.hosts()[dst].socket_dir.clone();
         self.owner_becomes(TARGET, Some(&a_name)).await?;
         let lost: Vec<String> = self
             .sim
             .names()
             .into_iter()
-            .filter(|n| self.sim.host_of(n) == Some(a))
+            .filter(|n| self.sim.host_of(n) == Some(src))
             .collect();
         let mut before = Vec::new();
         for n in &lost {
@@ -294,13 +294,13 @@ impl Play<'_> {
             ));
         }
         let a_pushes =
-            checks::pushes_total(&self.sim.hosts()[a].client().metrics().await?).unwrap_or(0);
+            checks::pushes_total(&self.sim.hosts()[src].client().metrics().await?).unwrap_or(0);
 
         self.log(&format!(
             "host {a_name} dies: kill -9 of its broker; its domains ({}) die with it",
             lost.join(", ")
         ));
-        let host = self.sim.host_mut(a)?;
+        let host = self.sim.host_mut(src)?;
         host.broker.kill().await;
         host.lost = true;
         let died = Instant::now();
