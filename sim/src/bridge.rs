@@ -86,6 +86,8 @@ pub type SharedState = Arc<Mutex<ChannelState>>;
 enum Command {
     SetRate(Option<u32>),
     GuestClosed,
+    /// Serve on another socket from now on (a live migration's switchover).
+    Relocate(UnixListener, PathBuf, tokio::sync::oneshot::Sender<()>),
     Stop,
 }
 
@@ -112,6 +114,7 @@ impl std::fmt::Debug for Command {
         f.write_str(match self {
             Command::SetRate(_) => "SetRate",
             Command::GuestClosed => "GuestClosed",
+            Command::Relocate(..) => "Relocate",
             Command::Stop => "Stop",
         })
     }
@@ -190,6 +193,27 @@ impl Backend {
     /// The socket path.
     pub fn socket_path(&self) -> &Path {
         &self.socket_path
+    }
+
+    /// A live migration's switchover: the same guest tty (its ring and unread bytes
+    /// included: they are guest memory) is served from now on on `path`, bound before
+    /// this returns, while the old socket's client reads EOF and its file goes away, as
+    /// when the source's QEMU exits and the destination's takes over. Guest output held
+    /// for the old socket's client goes to the new one, stale.
+    pub async fn relocate(&mut self, path: &Path) -> io::Result<()> {
+        let listener = UnixListener::from_std(bind_backlog_one(path)?)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self
+            .ctrl
+            .send(Command::Relocate(listener, path.to_path_buf(), tx))
+            .is_err()
+            || rx.await.is_err()
+        {
+            let _ = std::fs::remove_file(path);
+            return Err(io::Error::other("the channel backend has stopped"));
+        }
+        self.socket_path = path.to_path_buf();
+        Ok(())
     }
 
     /// Stops like an exiting QEMU: the client reads EOF and the socket file goes away.
@@ -292,8 +316,8 @@ impl Feeder {
 
 async fn run(
     pty: Pty,
-    listener: UnixListener,
-    cfg: BackendConfig,
+    mut listener: UnixListener,
+    mut cfg: BackendConfig,
     state: SharedState,
     mut ctrl: mpsc::UnboundedReceiver<Command>,
 ) {
@@ -323,6 +347,15 @@ async fn run(
                     if let Err(e) = pty.reset_like_hvc() {
                         tracing::warn!(error = %e, "cannot reset the tty after the guest closed it");
                     }
+                }
+                Some(Command::Relocate(new, path, done)) => {
+                    // The source's QEMU exits: its client reads EOF, its socket goes.
+                    disconnect(&mut client, &state);
+                    let old = std::mem::replace(&mut listener, new);
+                    drop(old);
+                    let _ = std::fs::remove_file(&cfg.socket_path);
+                    cfg.socket_path = path;
+                    let _ = done.send(());
                 }
             },
             accepted = listener.accept(), if client.is_none() => match accepted {

@@ -113,14 +113,32 @@ pub fn minimal_toml(config: &Config) -> Result<String, toml::ser::Error> {
 }
 
 impl Broker {
-    /// Writes `config` to `<dir>/broker.toml` and starts `bin` with it.
+    /// Writes `config` to `<dir>/broker.toml` and starts `bin` with it, logging to
+    /// `<logs>/broker.log`.
     pub async fn start(
         bin: &Path,
         dir: &Path,
         logs: &Path,
         config: Config,
     ) -> Result<Broker, BrokerError> {
-        let config_path = dir.join("broker.toml");
+        Broker::start_at(
+            bin,
+            &dir.join("broker.toml"),
+            &logs.join("broker.log"),
+            config,
+        )
+        .await
+    }
+
+    /// Writes `config` to `config_path` and starts `bin` with it, logging to `log` (one
+    /// of several hosts' brokers).
+    pub async fn start_at(
+        bin: &Path,
+        config_path: &Path,
+        log: &Path,
+        config: Config,
+    ) -> Result<Broker, BrokerError> {
+        let config_path = config_path.to_path_buf();
         let text = minimal_toml(&config).map_err(|e| BrokerError::Config {
             path: config_path.clone(),
             source: std::io::Error::other(e),
@@ -138,7 +156,7 @@ impl Broker {
         let mut b = Broker {
             config,
             config_path,
-            log: logs.join("broker.log"),
+            log: log.to_path_buf(),
             bin: bin.to_path_buf(),
             proc: None,
             starts: 0,

@@ -250,3 +250,54 @@ pub fn domain_checks(d: &Domain, config: Option<&GuestConfig>) -> Vec<Check> {
     }
     v
 }
+
+/// `xenchan_pushes_total` in a broker's `/metrics` text: configurations it pushed.
+pub fn pushes_total(metrics: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("xenchan_pushes_total "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Config frames that reached the guest, in all its boots.
+pub fn config_frames(d: &Domain) -> usize {
+    d.with_channel(|ch| {
+        ch.tap
+            .count(|e| e.dir == Dir::ToGuest && e.config_generation().is_some())
+    })
+}
+
+/// Generations that reached the guest more than once (a push repeated, by one broker or
+/// by two hosts' brokers).
+pub fn repeated_pushes(d: &Domain) -> Vec<String> {
+    d.with_channel(|ch| {
+        let mut seen: std::collections::BTreeMap<u64, usize> = std::collections::BTreeMap::new();
+        for e in ch.tap.events() {
+            if e.dir == Dir::ToGuest
+                && let Some((g, _)) = e.config_generation()
+            {
+                *seen.entry(g).or_default() += 1;
+            }
+        }
+        seen.into_iter()
+            .filter(|(_, n)| *n > 1)
+            .map(|(g, n)| format!("{}: generation {g} pushed {n} times", d.name()))
+            .collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pushes_total_is_read_from_the_metrics_text() {
+        let text = "# HELP xenchan_pushes_total Configurations pushed.\n\
+                    # TYPE xenchan_pushes_total counter\n\
+                    xenchan_pushes_total 7\n\
+                    xenchan_pushes_totalx 9\n";
+        assert_eq!(pushes_total(text), Some(7));
+        assert_eq!(pushes_total("xenchan_results_total 3\n"), None);
+        assert_eq!(pushes_total("xenchan_pushes_total many\n"), None);
+    }
+}

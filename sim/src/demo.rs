@@ -22,6 +22,8 @@ use crate::world::Sim;
 pub struct DemoOptions {
     /// Domains to start.
     pub domains: usize,
+    /// Hosts (1: one broker, embedded store; N >= 2: N brokers on a local etcd).
+    pub hosts: usize,
     /// What to play.
     pub scenario: Scenario,
     /// Bound on each wait.
@@ -52,10 +54,17 @@ pub async fn interrupted() {
 pub async fn run(sim: &mut Sim, opts: &DemoOptions) -> DemoEnd {
     let dir = sim.dir().to_path_buf();
     let (key, generated) = configs::demo_key(&dir);
-    println!(
-        "xenchan-sim demo: {} domain(s), scenario {}",
-        opts.domains, opts.scenario
-    );
+    if opts.hosts > 1 {
+        println!(
+            "xenchan-sim demo: {} domain(s) on {} hosts (one etcd), scenario {}",
+            opts.domains, opts.hosts, opts.scenario
+        );
+    } else {
+        println!(
+            "xenchan-sim demo: {} domain(s), scenario {}",
+            opts.domains, opts.scenario
+        );
+    }
     println!("  {}", opts.scenario.about());
     println!("  folder      {}", dir.display());
     println!(
@@ -75,12 +84,30 @@ pub async fn run(sim: &mut Sim, opts: &DemoOptions) -> DemoEnd {
     let mut params = Params::new(opts.domains);
     params.keys = vec![key];
     params.deadline = opts.deadline;
+    params.hosts = opts.hosts;
     params.log = Arc::new(move |s: &str| {
         println!("{:>7.2}s  == {s}", log_start.elapsed().as_secs_f64());
     });
-    let control = dir.join("broker.sock");
+    let control = if opts.hosts > 1 {
+        crate::cluster::control_socket(&dir, 1)
+    } else {
+        dir.join("broker.sock")
+    };
+    // One broker, or each host's (their control sockets are known before they start).
+    let watched: Vec<(String, Client)> = if opts.hosts > 1 {
+        (1..=opts.hosts)
+            .map(|i| {
+                (
+                    crate::cluster::host_name(i),
+                    Client::new(crate::cluster::control_socket(&dir, i)),
+                )
+            })
+            .collect()
+    } else {
+        vec![(String::new(), Client::new(&control))]
+    };
     let (stop_progress, stopped) = tokio::sync::oneshot::channel();
-    let progress = tokio::spawn(show_progress(Client::new(&control), started, stopped));
+    let progress = tokio::spawn(show_progress(watched, started, stopped));
     let outcome = scenario::run(opts.scenario, sim, &params).await;
     let _ = stop_progress.send(());
     let _ = progress.await;
@@ -126,15 +153,36 @@ pub async fn run(sim: &mut Sim, opts: &DemoOptions) -> DemoEnd {
 }
 
 /// Prints each domain's state changes as the API shows them, until `stop` (then once more).
+/// With several hosts (labelled), each broker's view is shown as `name@host`, leaving out
+/// the domains a broker only caches (pending, not connected: a PUT went through it).
 async fn show_progress(
-    client: Client,
+    brokers: Vec<(String, Client)>,
     started: Instant,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     let mut last: BTreeMap<String, (DomainState, bool)> = BTreeMap::new();
     let mut last_round = false;
     loop {
-        if let Ok(list) = client.list().await {
+        for (host, client) in &brokers {
+            let Ok(list) = client.list().await else {
+                continue;
+            };
+            let list: Vec<DomainView> = if host.is_empty() {
+                list
+            } else {
+                list.into_iter()
+                    .filter_map(|mut v| {
+                        v.name = format!("{}@{host}", v.name);
+                        let shown = last.contains_key(&v.name);
+                        (shown || v.connected || v.state != DomainState::Pending).then_some(v)
+                    })
+                    .collect()
+            };
+            let suffix = if host.is_empty() {
+                String::new()
+            } else {
+                format!("@{host}")
+            };
             let mut changes: Vec<String> = Vec::new();
             for v in &list {
                 let now = (v.state, v.connected);
@@ -149,6 +197,7 @@ async fn show_progress(
             }
             let gone: Vec<String> = last
                 .keys()
+                .filter(|n| n.ends_with(&suffix))
                 .filter(|n| !list.iter().any(|v| &v.name == *n))
                 .cloned()
                 .collect();
@@ -236,7 +285,11 @@ fn print_table(sim: &Sim, views: &[DomainView], report: Option<&Report>) {
             }
             _ => "-".into(),
         };
-        rows.push([name.to_string(), state, host, addrs.join(" "), keys, timing]);
+        let label = match sim.host_of(name) {
+            Some(i) => format!("{name}@{}", sim.hosts()[i].name),
+            None => name.to_string(),
+        };
+        rows.push([label, state, host, addrs.join(" "), keys, timing]);
     }
     let widths: Vec<usize> = (0..6)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
@@ -326,7 +379,21 @@ fn print_paths(sim: &Sim, control: &std::path::Path) {
         "  logs              {}/logs/ (broker.log, <domain>.agent.log, <domain>.hotplug.log, <domain>.channel.log)",
         dir.display()
     );
-    println!("  broker config     {}/broker.toml", dir.display());
+    if sim.hosts().is_empty() {
+        println!("  broker config     {}/broker.toml", dir.display());
+    } else {
+        println!(
+            "  hosts             {}/h<i>/ (broker.toml, broker.sock, sockets/, broker-state/); logs/broker-h<i>.log",
+            dir.display()
+        );
+        if let Some(c) = sim.cluster() {
+            println!(
+                "  etcd              {} prefix {}",
+                c.etcd.client_url,
+                crate::cluster::ETCD_PREFIX
+            );
+        }
+    }
     println!(
         "  control API       curl --unix-socket {} http://xenchan/v1/domains",
         control.display()

@@ -107,6 +107,9 @@ pub enum DomainError {
     /// The operation needs a running domain.
     #[error("domain {0} is not running")]
     NotRunning(String),
+    /// The operation needs a stopped domain.
+    #[error("domain {0} is running")]
+    Running(String),
 }
 
 /// How a domain is made.
@@ -132,6 +135,9 @@ pub struct DomainSpec {
     pub boot_delay: Duration,
     /// `RUST_LOG` for the agent.
     pub agent_log: String,
+    /// The folder of its channel socket (its host's `socket_dir`); `None`: the
+    /// simulation's `<dir>/sockets`.
+    pub socket_dir: Option<PathBuf>,
 }
 
 impl DomainSpec {
@@ -148,6 +154,7 @@ impl DomainSpec {
             rate: None,
             boot_delay: Duration::ZERO,
             agent_log: "info".into(),
+            socket_dir: None,
         }
     }
 }
@@ -202,6 +209,8 @@ pub struct Domain {
     exits: Arc<Mutex<Vec<AgentExit>>>,
     socket_since: Option<Instant>,
     socket_since_wall: Option<std::time::SystemTime>,
+    /// Where its socket is (changes when it migrates or restarts on another host).
+    socket_dir: PathBuf,
 }
 
 impl Domain {
@@ -219,7 +228,12 @@ impl Domain {
             path: root_path.clone(),
             source,
         })?;
+        let socket_dir = spec
+            .socket_dir
+            .clone()
+            .unwrap_or_else(|| env.socket_dir.clone());
         let mut d = Domain {
+            socket_dir,
             spec,
             env,
             root,
@@ -251,7 +265,63 @@ impl Domain {
 
     /// `<socket_dir>/<name>.sock`.
     pub fn socket_path(&self) -> PathBuf {
-        self.env.socket_dir.join(format!("{}.sock", self.spec.name))
+        self.socket_dir.join(format!("{}.sock", self.spec.name))
+    }
+
+    /// The folder its channel socket is in (its host's).
+    pub fn socket_dir(&self) -> &Path {
+        &self.socket_dir
+    }
+
+    /// Puts the socket of its next boot in `dir` (the domain started on another host,
+    /// with the same disk). Refused while it runs: a running domain [`migrates`](Self::migrate).
+    pub fn set_socket_dir(&mut self, dir: &Path) -> Result<(), DomainError> {
+        if self.boot.is_some() {
+            return Err(DomainError::Running(self.spec.name.clone()));
+        }
+        self.socket_dir = dir.to_path_buf();
+        Ok(())
+    }
+
+    /// Live migration to the host whose socket folder is `dir`: the same guest (its
+    /// agent process, its tty, its memory: no reboot) gets a new domid and its channel's
+    /// xenstore nodes there, the socket appears in `dir`, and the source's socket goes
+    /// away (its client reads EOF), like the source's QEMU exiting at the switchover.
+    pub async fn migrate(&mut self, dir: &Path) -> Result<(), DomainError> {
+        let name = self.spec.name.clone();
+        let new_socket = dir.join(format!("{name}.sock"));
+        let domid = self.env.next_domid();
+        let boot = self
+            .boot
+            .as_mut()
+            .ok_or_else(|| DomainError::NotRunning(name.clone()))?;
+        let xenstore = self
+            .env
+            .xenstore
+            .create_domain(
+                domid,
+                &self.spec.name,
+                &self.spec.uuid,
+                &self.spec.channel,
+                &new_socket,
+            )
+            .map_err(DomainError::Xenstore)?;
+        if let Err(source) = boot.backend.relocate(&new_socket).await {
+            self.env.xenstore.destroy_domain(domid, xenstore);
+            return Err(DomainError::Io {
+                what: "channel socket",
+                path: new_socket,
+                source,
+            });
+        }
+        let old_domid = std::mem::replace(&mut boot.domid, domid);
+        if let Some(old) = boot.xenstore.replace(xenstore) {
+            self.env.xenstore.destroy_domain(old_domid, old);
+        }
+        self.socket_dir = dir.to_path_buf();
+        self.socket_since = Some(Instant::now());
+        self.socket_since_wall = Some(std::time::SystemTime::now());
+        Ok(())
     }
 
     /// Runs `f` on the channel's observable state (tap, connection counters). The state

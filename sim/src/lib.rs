@@ -6,6 +6,7 @@ pub mod binaries;
 pub mod bridge;
 pub mod broker;
 pub mod checks;
+pub mod cluster;
 pub mod configs;
 pub mod demo;
 pub mod domain;

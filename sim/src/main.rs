@@ -30,7 +30,8 @@ Needs no root. The broker, agent and helper binaries are taken from the same car
 folder as this program (built there first when started through cargo), or from --bin-dir / \
 XENCHAN_BIN_DIR.\n\n\
 Examples:\n  cargo run -p xenchan-sim -- demo\n  xenchan-sim demo --domains 20\n  \
-xenchan-sim demo --scenario reboot --keep\n  xenchan-sim run --domains 5 --dir /tmp/vms"
+xenchan-sim demo --scenario reboot --keep\n  xenchan-sim demo --hosts 2 --scenario migrate\n  \
+xenchan-sim demo --hosts 2 --scenario host-loss\n  xenchan-sim run --domains 5 --dir /tmp/vms"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -49,9 +50,16 @@ enum Command {
         /// Number of simulated domains (vm01, vm02, ...).
         #[arg(long, short = 'n', default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=500))]
         domains: u16,
+        /// Number of simulated dom0 hosts. 1 (the default): one broker on its embedded
+        /// store. N >= 2: a local etcd (the `etcd` binary, installed by scripts/setup.sh)
+        /// and N brokers in cluster mode on it, hosts sim-h1..sim-hN, each with its own
+        /// socket folder, state and control socket under <dir>/h<i>/; domains are spread
+        /// over them round robin and each PUT goes through another host's broker.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+        hosts: u16,
         /// What to play on vm01 after (or while) the domains come up. One of: plain, reboot,
-        /// destroy, broker-restart, agent-restart, noisy, hostile, slow, wrong-uuid (see
-        /// `xenchan-sim scenarios`).
+        /// destroy, broker-restart, agent-restart, noisy, hostile, slow, wrong-uuid; with
+        /// --hosts 2 or more: plain, migrate, host-loss (see `xenchan-sim scenarios`).
         #[arg(long, short = 's', default_value = "plain", value_parser = parse_scenario)]
         scenario: Scenario,
         /// Folder for everything (sockets, guest roots, broker state, logs). Default: a new
@@ -129,6 +137,7 @@ async fn main() -> ExitCode {
         }
         Command::Demo {
             domains,
+            hosts,
             scenario,
             dir,
             keep,
@@ -144,8 +153,20 @@ async fn main() -> ExitCode {
                 );
                 return Exit::Usage.into();
             }
+            let hosts = usize::from(hosts);
+            if let Some(why) = scenario.refuse_hosts(hosts) {
+                eprintln!("error: {why}");
+                return Exit::Usage.into();
+            }
+            if hosts > 1
+                && let Err(e) = xenchan_sim::cluster::require_etcd(hosts)
+            {
+                eprintln!("error: {e}");
+                return Exit::Unavailable.into();
+            }
             let opts = DemoOptions {
                 domains,
+                hosts,
                 scenario,
                 deadline: Duration::from_secs(timeout.unwrap_or(60 + 2 * domains as u64)),
                 pause: !no_pause,

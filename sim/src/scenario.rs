@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use xenchan_api::client::{Client, ClientError};
 use xenchan_api::config::Config;
-use xenchan_api::types::{DomainState, DomainView};
+use xenchan_api::types::{DomainState, DomainView, PrepareRequest};
 use xenchan_protocol::message::{Body, ErrorCode};
 use xenchan_protocol::{GuestConfig, Role};
 
@@ -22,6 +22,8 @@ use crate::noise::{self, Actor};
 use crate::tap::Dir;
 use crate::wait::{self, Timeout};
 use crate::world::{Sim, SimError};
+
+mod hosts;
 
 /// The domain each scenario acts on.
 pub const TARGET: &str = "vm01";
@@ -51,11 +53,16 @@ pub enum Scenario {
     Slow,
     /// The target's guest reports another VM's UUID.
     WrongUuid,
+    /// Hosts on etcd: the running target live-migrates from its host to another.
+    Migrate,
+    /// Hosts on etcd: the target's host dies (`kill -9` of its broker); its domains are
+    /// restarted on another host.
+    HostLoss,
 }
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::Plain,
         Scenario::Reboot,
         Scenario::Destroy,
@@ -65,6 +72,8 @@ impl Scenario {
         Scenario::Hostile,
         Scenario::Slow,
         Scenario::WrongUuid,
+        Scenario::Migrate,
+        Scenario::HostLoss,
     ];
 
     /// The command-line name.
@@ -79,6 +88,8 @@ impl Scenario {
             Scenario::Hostile => "hostile",
             Scenario::Slow => "slow",
             Scenario::WrongUuid => "wrong-uuid",
+            Scenario::Migrate => "migrate",
+            Scenario::HostLoss => "host-loss",
         }
     }
 
@@ -110,12 +121,51 @@ impl Scenario {
             Scenario::WrongUuid => {
                 "vm01's guest reports another VM's UUID: flagged identity-mismatch, never pushed to"
             }
+            Scenario::Migrate => {
+                "(--hosts 2+) vm01 live-migrates from sim-h1 to sim-h2 (prepare, switchover, complete): same agent and tty, its address leased throughout, nothing pushed or applied again"
+            }
+            Scenario::HostLoss => {
+                "(--hosts 2+) kill -9 of sim-h1's broker; its domains restarted on sim-h2 are claimed when sim-h1's etcd lease expires: nothing pushed or applied again"
+            }
         }
     }
 
     /// The scenario named `name`.
     pub fn from_name(name: &str) -> Option<Scenario> {
         Scenario::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// The fewest hosts it needs (`--hosts`).
+    pub fn min_hosts(self) -> usize {
+        match self {
+            Scenario::Migrate | Scenario::HostLoss => 2,
+            _ => 1,
+        }
+    }
+
+    /// Whether it can be played with several hosts (the others are single-host: they act
+    /// on "the broker").
+    pub fn multi_host(self) -> bool {
+        matches!(
+            self,
+            Scenario::Plain | Scenario::Migrate | Scenario::HostLoss
+        )
+    }
+
+    /// Why it cannot be played with `hosts` hosts, if it cannot.
+    pub fn refuse_hosts(self, hosts: usize) -> Option<String> {
+        if hosts < self.min_hosts() {
+            Some(format!(
+                "scenario {self} needs --hosts {} or more (several brokers on one etcd)",
+                self.min_hosts()
+            ))
+        } else if hosts > 1 && !self.multi_host() {
+            Some(format!(
+                "scenario {self} runs on one host only (--hosts 1); with several hosts: plain, migrate, host-loss"
+            ))
+        } else {
+            None
+        }
     }
 
     /// The fewest domains it needs.
@@ -156,6 +206,9 @@ pub enum ScenarioError {
     /// Too few domains.
     #[error("scenario {0} needs at least {1} domains")]
     TooFew(Scenario, usize),
+    /// Not playable with this many hosts.
+    #[error("{0}")]
+    Hosts(String),
 }
 
 /// How a scenario is played.
@@ -173,6 +226,9 @@ pub struct Params {
     pub reboot_gap: Duration,
     /// Where step lines go.
     pub log: Arc<dyn Fn(&str) + Send + Sync>,
+    /// Hosts: 1 is one broker on the embedded store; N >= 2 runs N brokers on one local
+    /// etcd (cluster mode), domains spread over them round robin.
+    pub hosts: usize,
 }
 
 impl std::fmt::Debug for Params {
@@ -180,6 +236,7 @@ impl std::fmt::Debug for Params {
         f.debug_struct("Params")
             .field("domains", &self.domains)
             .field("deadline", &self.deadline)
+            .field("hosts", &self.hosts)
             .finish_non_exhaustive()
     }
 }
@@ -195,6 +252,7 @@ impl Params {
             boot_delay: Duration::from_millis(500),
             reboot_gap: Duration::from_secs(1),
             log: Arc::new(|s| eprintln!("{s}")),
+            hosts: 1,
         }
     }
 }
@@ -313,6 +371,9 @@ pub async fn run(scenario: Scenario, sim: &mut Sim, p: &Params) -> Result<Report
     if p.domains < need {
         return Err(ScenarioError::TooFew(scenario, need));
     }
+    if let Some(why) = scenario.refuse_hosts(p.hosts) {
+        return Err(ScenarioError::Hosts(why));
+    }
     let start = Instant::now();
     let mut play = Play::new(sim, p).await?;
     match scenario {
@@ -325,6 +386,8 @@ pub async fn run(scenario: Scenario, sim: &mut Sim, p: &Params) -> Result<Report
         Scenario::Hostile => play.hostile().await?,
         Scenario::Slow => play.slow().await?,
         Scenario::WrongUuid => play.wrong_uuid().await?,
+        Scenario::Migrate => Box::pin(play.migrate()).await?,
+        Scenario::HostLoss => Box::pin(play.host_loss()).await?,
     }
     play.finish(scenario, start).await
 }
@@ -345,7 +408,20 @@ struct Play<'a> {
 
 impl<'a> Play<'a> {
     async fn new(sim: &'a mut Sim, p: &'a Params) -> Result<Play<'a>, ScenarioError> {
-        sim.start_broker(tune_broker).await?;
+        if p.hosts > 1 {
+            (p.log)(&format!(
+                "starting a local etcd and {} brokers on it (cluster mode): {}",
+                p.hosts,
+                (1..=p.hosts)
+                    .map(crate::cluster::host_name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            // Boxed: etcd's start-up is a large future, and most runs never take it.
+            Box::pin(sim.start_hosts(p.hosts, tune_broker)).await?;
+        } else {
+            sim.start_broker(tune_broker).await?;
+        }
         let client = sim.client()?;
         Ok(Play {
             sim,
@@ -377,8 +453,18 @@ impl<'a> Play<'a> {
                 s
             })
             .collect();
-        for (i, s) in specs.iter().enumerate() {
+        let host_dirs: Vec<_> = self
+            .sim
+            .hosts()
+            .iter()
+            .map(|h| h.socket_dir.clone())
+            .collect();
+        for (i, s) in specs.iter_mut().enumerate() {
             self.numbers.insert(s.name.clone(), i as u32 + 1);
+            // Round robin over the hosts: vm01 on the first.
+            if !host_dirs.is_empty() {
+                s.socket_dir = Some(host_dirs[i % host_dirs.len()].clone());
+            }
         }
         if let Some(t) = specs.first_mut() {
             tweak(t);
@@ -388,11 +474,46 @@ impl<'a> Play<'a> {
 
     async fn create(&mut self, specs: Vec<DomainSpec>) -> Result<(), ScenarioError> {
         let n = specs.len();
+        if !self.sim.hosts().is_empty() {
+            // Each host's libvirt hook tells its broker first (`prepare begin`, with the
+            // UUID): what lets a broker claim the domain in etcd and follow PUTs made
+            // through any other broker.
+            for s in &specs {
+                let host = self
+                    .sim
+                    .hosts()
+                    .iter()
+                    .find(|h| Some(&h.socket_dir) == s.socket_dir.as_ref())
+                    .ok_or_else(|| SimError::NoDomain(s.name.clone()))?;
+                host.client()
+                    .prepare(&s.name, &prepare_request(&s.uuid))
+                    .await?;
+            }
+            self.log(&format!(
+                "{n} domain(s) prepared on their hosts, round robin (as the libvirt hook does, with their UUIDs)"
+            ));
+        }
         self.log(&format!(
             "starting {n} domain(s): socket, pty, xenstore, hotplug, agent"
         ));
         self.sim.add_domains(specs).await?;
         Ok(())
+    }
+
+    /// The broker a PUT of `name` goes through: with hosts, the next host after the
+    /// one running it (round robin), so every PUT crosses etcd to reach the owner.
+    fn put_client(&self, name: &str) -> Client {
+        let hosts = self.sim.hosts();
+        if hosts.is_empty() {
+            return self.client.clone();
+        }
+        let n = self.numbers.get(name).copied().unwrap_or(1) as usize;
+        let mut i = n % hosts.len();
+        // Never through a lost host's broker.
+        while hosts[i].lost {
+            i = (i + 1) % hosts.len();
+        }
+        hosts[i].client()
     }
 
     /// The config of `name`, with `extra_keys` filler keys (a bigger push).
@@ -411,8 +532,33 @@ impl<'a> Play<'a> {
     }
 
     async fn put(&mut self, name: &str, config: GuestConfig) -> Result<DomainView, ScenarioError> {
+        let client = self.put_client(name);
+        self.put_through(&client, name, config).await
+    }
+
+    async fn put_through(
+        &mut self,
+        client: &Client,
+        name: &str,
+        config: GuestConfig,
+    ) -> Result<DomainView, ScenarioError> {
         let uuid = self.sim.domain(name)?.spec().uuid.clone();
-        let v = self.client.put_config(name, &config, Some(&uuid)).await?;
+        let v = client.put_config(name, &config, Some(&uuid)).await?;
+        if let (Some(i), Some(generation)) = (self.sim.host_of(name), v.desired_generation) {
+            // Through another host's broker: the owner learns it from its etcd watch. Wait
+            // for that, so that "converged" is judged on this generation, not the last one.
+            let owner = self.sim.hosts()[i].client();
+            if owner.socket() != client.socket() {
+                wait::until_domain(
+                    &owner,
+                    name,
+                    self.p.deadline,
+                    &format!("generation {generation} to reach the broker running {name}"),
+                    |v| v.desired_generation >= Some(generation),
+                )
+                .await?;
+            }
+        }
         self.configs.insert(name.to_string(), config);
         Ok(v)
     }
@@ -460,8 +606,27 @@ impl<'a> Play<'a> {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         };
+        // With hosts, each domain is judged by the broker of the host it runs on.
+        let mut groups: BTreeMap<Option<usize>, Vec<String>> = BTreeMap::new();
+        for n in names {
+            groups
+                .entry(self.sim.host_of(n))
+                .or_default()
+                .push(n.clone());
+        }
+        let all = async {
+            let mut views = Vec::new();
+            for (host, group) in &groups {
+                let client = match host {
+                    Some(i) => self.sim.hosts()[*i].client(),
+                    None => self.client.clone(),
+                };
+                views.extend(wait::all_converged(&client, group, self.p.deadline).await?);
+            }
+            Ok::<_, Timeout>(views)
+        };
         tokio::select! {
-            r = wait::all_converged(&self.client, names, self.p.deadline) => Ok(r?),
+            r = all => Ok(r?),
             e = crashed => Err(e),
         }
     }
@@ -1050,7 +1215,22 @@ impl<'a> Play<'a> {
             no_files,
             ..
         } = self;
-        let views = client.list().await?;
+        let views = if sim.hosts().is_empty() {
+            client.list().await?
+        } else {
+            // Each domain as the broker of the host it runs on shows it (the others may
+            // cache it too, from PUTs made through them).
+            let mut views = Vec::new();
+            for d in sim.domains() {
+                let c = sim.client_for(d.name())?;
+                match c.get_domain(d.name()).await {
+                    Ok(v) => views.push(v),
+                    Err(ClientError::Api { status: 404, .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            views
+        };
         for d in sim.domains() {
             let name = d.name().to_string();
             let want = if no_files.contains(&name) {
@@ -1077,12 +1257,32 @@ impl<'a> Play<'a> {
                 ));
             }
         }
-        let running = sim.broker()?.is_running();
-        checks.push(Check::new(
-            "the broker is still running",
-            running,
-            "the broker exited",
-        ));
+        if sim.hosts().is_empty() {
+            let running = sim.broker()?.is_running();
+            checks.push(Check::new(
+                "the broker is still running",
+                running,
+                "the broker exited",
+            ));
+        } else {
+            for i in 0..sim.hosts().len() {
+                let h = sim.host_mut(i)?;
+                let running = h.broker.is_running();
+                if h.lost {
+                    checks.push(Check::new(
+                        format!("{}: its killed broker stayed dead", h.name),
+                        !running,
+                        "it runs",
+                    ));
+                } else {
+                    checks.push(Check::new(
+                        format!("{}: its broker is still running", h.name),
+                        running,
+                        "the broker exited",
+                    ));
+                }
+            }
+        }
         Ok(Report {
             scenario,
             checks,
@@ -1091,6 +1291,14 @@ impl<'a> Play<'a> {
             expected,
             elapsed: start.elapsed(),
         })
+    }
+}
+
+/// The lifecycle prepare a host's libvirt hook sends (`prepare begin`), with the UUID.
+pub fn prepare_request(uuid: &str) -> PrepareRequest {
+    PrepareRequest {
+        uuid: Some(uuid.to_string()),
+        ..PrepareRequest::default()
     }
 }
 

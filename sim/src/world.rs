@@ -12,6 +12,7 @@ use xenchan_api::config::Config;
 use crate::binaries::{Binaries, BinariesError};
 use crate::bridge::MAX_SOCKET_PATH;
 use crate::broker::{self, Broker, BrokerError};
+use crate::cluster::{self, ClusterError, SimCluster, SimHost};
 use crate::domain::{Domain, DomainError, DomainSpec, SimEnv};
 
 /// Prefix of the simulation folders made under `$TMPDIR`.
@@ -69,6 +70,12 @@ pub enum SimError {
     /// The simulation has no broker.
     #[error("no broker is running in this simulation")]
     NoBroker,
+    /// The hosts (`--hosts N`) could not be set up.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// No such host.
+    #[error("no host number {0} in this simulation")]
+    NoHost(usize),
 }
 
 /// Where and how a simulation runs.
@@ -89,6 +96,8 @@ pub struct Sim {
     env: Arc<SimEnv>,
     temp: Option<tempfile::TempDir>,
     broker: Option<Broker>,
+    /// Several hosts on one etcd (`--hosts N`, N >= 2); `broker` is then `None`.
+    cluster: Option<Box<SimCluster>>,
     domains: BTreeMap<String, Domain>,
     numbered: u32,
     started: std::time::Instant,
@@ -160,6 +169,7 @@ impl Sim {
             env: Arc::new(env),
             temp,
             broker: None,
+            cluster: None,
             domains: BTreeMap::new(),
             numbered: 0,
             started: std::time::Instant::now(),
@@ -199,13 +209,112 @@ impl Sim {
         Ok(self.broker.insert(b))
     }
 
-    /// The broker.
+    /// Starts `hosts` hosts (2 or more) on one new local etcd: `sim-h1`, `sim-h2`...,
+    /// each with its own broker in cluster mode (`tweak` applied to each config) and its
+    /// socket folder, state and control socket under `<dir>/h<i>/`. Their logs are
+    /// `<dir>/logs/broker-h<i>.log`.
+    pub async fn start_hosts(
+        &mut self,
+        hosts: usize,
+        tweak: impl Fn(&mut Config),
+    ) -> Result<(), SimError> {
+        cluster::require_etcd(hosts)?;
+        let etcd = xenchan_cluster::local::Etcd::start().await;
+        let observer = cluster::observer(&etcd.client_url).await?;
+        let mut started = Vec::with_capacity(hosts);
+        for i in 1..=hosts {
+            let name = cluster::host_name(i);
+            let dir = cluster::host_dir(&self.env.dir, i);
+            let socket_dir = dir.join("sockets");
+            std::fs::create_dir_all(&socket_dir).map_err(|source| ClusterError::Dir {
+                path: socket_dir.clone(),
+                source,
+            })?;
+            let mut config = cluster::host_config(&dir, &name, &etcd.client_url);
+            tweak(&mut config);
+            let b = Broker::start_at(
+                &self.env.bins.broker,
+                &dir.join("broker.toml"),
+                &self.env.logs_dir.join(format!("broker-h{i}.log")),
+                config,
+            )
+            .await;
+            match b {
+                Ok(broker) => started.push(SimHost {
+                    name,
+                    dir,
+                    socket_dir,
+                    broker,
+                    lost: false,
+                }),
+                Err(e) => {
+                    for mut h in started {
+                        h.broker.stop().await;
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        self.cluster = Some(Box::new(SimCluster {
+            hosts: started,
+            observer,
+            etcd,
+        }));
+        Ok(())
+    }
+
+    /// The hosts and their etcd, when there are several hosts.
+    pub fn cluster(&self) -> Option<&SimCluster> {
+        self.cluster.as_deref()
+    }
+
+    /// The hosts (empty unless [`start_hosts`](Self::start_hosts) ran).
+    pub fn hosts(&self) -> &[SimHost] {
+        self.cluster.as_ref().map_or(&[], |c| c.hosts.as_slice())
+    }
+
+    /// Host number `i` (0-based index into [`hosts`](Self::hosts)), to act on it.
+    pub fn host_mut(&mut self, i: usize) -> Result<&mut SimHost, SimError> {
+        self.cluster
+            .as_mut()
+            .and_then(|c| c.hosts.get_mut(i))
+            .ok_or(SimError::NoHost(i + 1))
+    }
+
+    /// The index of the host the domain `name` runs on (whose socket folder holds its
+    /// socket); `None` without hosts.
+    pub fn host_of(&self, name: &str) -> Option<usize> {
+        let d = self.domains.get(name)?;
+        self.hosts()
+            .iter()
+            .position(|h| h.socket_dir == d.socket_dir())
+    }
+
+    /// An API client for the broker serving `name`: its host's, or the only broker.
+    pub fn client_for(&self, name: &str) -> Result<Client, SimError> {
+        match self.host_of(name) {
+            Some(i) => Ok(self.hosts()[i].client()),
+            None => self.client(),
+        }
+    }
+
+    /// The broker (with hosts: the first host's).
     pub fn broker(&mut self) -> Result<&mut Broker, SimError> {
+        if let Some(c) = self.cluster.as_mut() {
+            return c
+                .hosts
+                .first_mut()
+                .map(|h| &mut h.broker)
+                .ok_or(SimError::NoBroker);
+        }
         self.broker.as_mut().ok_or(SimError::NoBroker)
     }
 
-    /// An API client for the broker.
+    /// An API client for the broker (with hosts: the first host's).
     pub fn client(&self) -> Result<Client, SimError> {
+        if let Some(h) = self.hosts().first() {
+            return Ok(h.client());
+        }
         self.broker
             .as_ref()
             .map(Broker::client)
@@ -307,10 +416,19 @@ impl Sim {
             });
         }
         while set.join_next().await.is_some() {}
-        let clean = match self.broker.as_mut() {
+        let mut clean = match self.broker.as_mut() {
             Some(b) => b.stop().await,
             None => true,
         };
+        if let Some(c) = self.cluster.take() {
+            let mut c = *c;
+            for h in &mut c.hosts {
+                // A lost host's broker was killed on purpose: nothing to stop.
+                let stopped = h.broker.stop().await;
+                clean &= stopped || h.lost;
+            }
+            drop(c.etcd);
+        }
         // Give the xenstore threads a moment to see their sockets go.
         tokio::time::sleep(Duration::from_millis(10)).await;
         drop(self.temp.take());
