@@ -1098,17 +1098,16 @@ fn cluster_section(
     for &n in &ns {
         eprintln!("   N = {n}, 2 brokers on etcd");
         let p = cluster::run(rt, bins, &args.tmp, n).with_context(|| format!("N = {n}"))?;
-        let (base, how) = match sqlite(n) {
-            Some(v) => (v, "the scale section's figure (median) in this run"),
-            None => {
-                eprintln!("   N = {n}, one broker on SQLite (for comparison)");
-                let q = scale::run(rt, bins, &args.tmp, n, false)
-                    .with_context(|| format!("SQLite N = {n}"))?;
-                (
-                    q.configure_s,
-                    "one run in this section (the scale section did not run N)",
-                )
-            }
+        let (base, how) = if let Some(v) = sqlite(n) {
+            (v, "the scale section's figure (median) in this run")
+        } else {
+            eprintln!("   N = {n}, one broker on SQLite (for comparison)");
+            let q = scale::run(rt, bins, &args.tmp, n, false)
+                .with_context(|| format!("SQLite N = {n}"))?;
+            (
+                q.configure_s,
+                "one run in this section (the scale section did not run N)",
+            )
         };
         let one = |v: f64| (!v.is_nan()).then(|| Summary::single(v));
         let s = format!("broker cluster N={n}");

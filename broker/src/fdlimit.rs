@@ -16,7 +16,7 @@ pub const RESERVE: u64 = 256;
 pub fn needed(config: &Config) -> u64 {
     let per_domain = match config.mode {
         Mode::Listen => 2,
-        _ => 1,
+        Mode::Connect => 1,
     };
     config.limits.max_domains as u64 * per_domain + config.limits.max_connections as u64 + RESERVE
 }
