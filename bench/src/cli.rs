@@ -315,7 +315,13 @@ pub fn main() -> ExitCode {
             };
             eprintln!("== cluster ({side})");
             let known = |n: usize| sqlite.get(&(side, n)).copied();
-            let r = cluster_section(&args, b, rt.handle(), &known, rep);
+            // The swarm plays the guests, it is not measured: the current one on both
+            // sides (a baseline's may predate `--uuids`).
+            let b = Bins {
+                swarm: bins.swarm.clone(),
+                ..b.clone()
+            };
+            let r = cluster_section(&args, &b, rt.handle(), &known, rep);
             section(&format!("cluster ({side})"), r, rep);
         }
     }
