@@ -38,11 +38,12 @@ Sections (all but cluster by default, in this order):
              of the broker's store thread); then N updates through the bulk PUT, timed the
              same way; with --idle-n, more N for the idle phase only (connect + handshake:
              RSS and CPU per idle session, e.g. 100,000)
-  cluster    (opt-in: --only cluster, or --cluster-n) two brokers in cluster mode on one local etcd (data on --tmp's disk), N domains
-             (default 10,000) split across their socket folders, prepared with their UUIDs:
-             first PUT (alternately through either broker) to every result recorded, next to
-             the embedded SQLite store's figure for the same N; broker and etcd CPU; etcd
-             write transactions, keys written and WAL fsyncs per domain (counted, exact)
+  cluster    (opt-in: --only cluster, or --cluster-n) two brokers in cluster mode on one
+             local etcd (data on --tmp's disk), N domains (default 10,000) split across
+             their socket folders, prepared with their UUIDs: first PUT (alternately through
+             either broker) to every result recorded, next to the embedded SQLite store's
+             figure for the same N; broker and etcd CPU; etcd write transactions, keys
+             written and WAL fsyncs per domain (counted, exact)
   xenstore   xenstore discovery at N = 100, 1,000 domains (the simulator's xenstore): xenstore
              requests per domain created and destroyed, per watch event, and of one full
              rescan (counted by the broker, not timed)
