@@ -11,9 +11,10 @@ use xenchan_basics::Exit;
 use crate::bins::Bins;
 use crate::report::{self, LoadSampler, Machine, Report, Target, loadavg};
 use crate::stats::Summary;
-use crate::{codec, compare, footprint, hotplug, latency, procfs, scale, xs_discovery};
+use crate::{cluster, codec, compare, footprint, hotplug, latency, procfs, scale, xs_discovery};
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use std::collections::BTreeMap;
 
 const ABOUT: &str = "Measures xenchan: broker scale, end-to-end latency against qemu-guest-agent, \
 hotplug to configured, the agent's footprint and the decoder's throughput.";
@@ -24,7 +25,7 @@ and prints every figure as one Markdown table on stdout (median, min - max, samp
 issue's target and whether it was met); progress goes to stderr. docs/PERFORMANCE.md \
 explains each figure and shows the latest table.
 
-Sections (all by default, in this order):
+Sections (all but cluster by default, in this order):
   codec      FrameCodec throughput, MB/s of valid frames, noise, and a flood without newlines
   footprint  the agent's start to READY=1, idle RSS, stripped binary size; qemu-ga's idle RSS
   latency    connect + handshake + push (hostname, one address over netlink in a network
@@ -35,7 +36,14 @@ Sections (all by default, in this order):
   scale      the broker against N socket-served guests (another process): handshakes, RSS per
              idle session, time from the first PUT to N results recorded, CPU (and the share
              of the broker's store thread); then N updates through the bulk PUT, timed the
-             same way
+             same way; with --idle-n, more N for the idle phase only (connect + handshake:
+             RSS and CPU per idle session, e.g. 100,000)
+  cluster    (opt-in: --only cluster, or --cluster-n) two brokers in cluster mode on one
+             local etcd (data on --tmp's disk), N domains (default 10,000) split across
+             their socket folders, prepared with their UUIDs: first PUT (alternately through
+             either broker) to every result recorded, next to the embedded SQLite store's
+             figure for the same N; broker and etcd CPU; etcd write transactions, keys
+             written and WAL fsyncs per domain (counted, exact)
   xenstore   xenstore discovery at N = 100, 1,000 domains (the simulator's xenstore): xenstore
              requests per domain created and destroyed, per watch event, and of one full
              rescan (counted by the broker, not timed)
@@ -63,6 +71,9 @@ const AFTER: &str = "Examples:
       The smaller set CI runs (under a minute once built); N = 100, 1,000.
   cargo run --release -p xenchan-bench -- --only latency --iterations 200
   cargo run --release -p xenchan-bench -- --only scale --scale-n 10000
+  cargo run --release -p xenchan-bench -- --only scale --idle-n 100000
+      100,000 idle sessions (the broker needs RLIMIT_NOFILE above 100,512).
+  cargo run --release -p xenchan-bench -- --only cluster --cluster-n 10000
 
 Exit status: 0 every section ran (targets missed or not), 2 bad command line, 69 a \
 section failed (its figures are shown as skipped, the reason on stderr and in the notes), \
@@ -75,6 +86,7 @@ enum Section {
     Latency,
     Hotplug,
     Scale,
+    Cluster,
     Xenstore,
 }
 
@@ -90,13 +102,25 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
 
-    /// Run only these sections (repeat or comma-separate) [default: all].
+    /// Run only these sections (repeat or comma-separate) [default: all but cluster].
     #[arg(long, value_name = "SECTION", value_delimiter = ',')]
     only: Vec<Section>,
 
     /// Domain counts for the scale section [default: 100,1000,10000; quick: 100,1000].
     #[arg(long, value_name = "N", value_delimiter = ',')]
     scale_n: Vec<usize>,
+
+    /// More domain counts for the scale section's idle phase only (connect and
+    /// handshake, no configuration: broker RSS and CPU per idle session), e.g. 100000;
+    /// skipped, naming the limit, when RLIMIT_NOFILE cannot be raised enough [default:
+    /// none].
+    #[arg(long, value_name = "N", value_delimiter = ',')]
+    idle_n: Vec<usize>,
+
+    /// Domain counts for the cluster section, which also turns it on in a run of every
+    /// section [default: 10000; quick: 1000].
+    #[arg(long, value_name = "N", value_delimiter = ',')]
+    cluster_n: Vec<usize>,
 
     /// Measured end-to-end iterations per guest and folder [default: 100; quick: 30].
     #[arg(long, value_name = "N")]
@@ -262,6 +286,8 @@ pub fn main() -> ExitCode {
             }
         }
     }
+    // The SQLite figure per side and N, for the cluster section's comparison.
+    let mut sqlite: BTreeMap<(&str, usize), f64> = BTreeMap::new();
     if want(Section::Scale) {
         for &(side, b) in &sides {
             let rep = if side == "baseline" {
@@ -270,8 +296,34 @@ pub fn main() -> ExitCode {
                 &mut report
             };
             eprintln!("== scale ({side})");
-            let r = scale_section(&args, b, rt.handle(), rep);
+            let r = scale_section(&args, b, rt.handle(), rep).map(|medians| {
+                for (n, m) in medians {
+                    sqlite.insert((side, n), m);
+                }
+            });
             section(&format!("scale ({side})"), r, rep);
+        }
+    }
+    // Opt-in: at N = 10,000 it takes minutes (see docs/PERFORMANCE.md).
+    let want_cluster = args.only.contains(&Section::Cluster)
+        || (args.only.is_empty() && !args.cluster_n.is_empty());
+    if want_cluster {
+        for &(side, b) in &sides {
+            let rep = if side == "baseline" {
+                &mut base_report
+            } else {
+                &mut report
+            };
+            eprintln!("== cluster ({side})");
+            let known = |n: usize| sqlite.get(&(side, n)).copied();
+            // The swarm plays the guests, it is not measured: the current one on both
+            // sides (a baseline's may predate `--uuids`).
+            let b = Bins {
+                swarm: bins.swarm.clone(),
+                ..b.clone()
+            };
+            let r = cluster_section(&args, &b, rt.handle(), &known, rep);
+            section(&format!("cluster ({side})"), r, rep);
         }
     }
     if want(Section::Xenstore) {
@@ -707,12 +759,14 @@ fn xenstore_section(
     Ok(())
 }
 
+/// The scale section; returns the median configure time (first PUT to every result
+/// recorded) per N, for the cluster section's comparison.
 fn scale_section(
     args: &Args,
     bins: &Bins,
     rt: &tokio::runtime::Handle,
     report: &mut Report,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<(usize, f64)>> {
     let ns: Vec<usize> = if args.scale_n.is_empty() {
         if args.quick {
             vec![100, 1000]
@@ -730,7 +784,7 @@ fn scale_section(
         let mut v = Vec::new();
         for r in 0..reps {
             eprintln!("   N = {n} ({}/{reps})", r + 1);
-            v.push(scale::run(rt, bins, &args.tmp, n).with_context(|| format!("N = {n}"))?);
+            v.push(scale::run(rt, bins, &args.tmp, n, false).with_context(|| format!("N = {n}"))?);
         }
         let sum =
             |f: &dyn Fn(&scale::Point) -> f64| Summary::of(&v.iter().map(f).collect::<Vec<f64>>());
@@ -914,6 +968,279 @@ fn scale_section(
             "x",
             gcs,
             Some(Target::below("linear (< 1.5x)", 1.5, gcs.as_ref())),
+            "",
+        );
+    }
+    idle_points(args, bins, rt, &points, report)?;
+    Ok(points
+        .iter()
+        .filter_map(|(n, v)| {
+            let c: Vec<f64> = v.iter().map(|p| p.configure_s).collect();
+            Some((*n, Summary::of(&c)?.median))
+        })
+        .collect())
+}
+
+/// `--idle-n`: the idle phase only at more N (issue 16: 100,000 idle sessions), and the
+/// growth of memory per idle session from the smallest N measured to the largest.
+fn idle_points(
+    args: &Args,
+    bins: &Bins,
+    rt: &tokio::runtime::Handle,
+    full: &[(usize, Vec<scale::Point>)],
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    if args.idle_n.is_empty() {
+        return Ok(());
+    }
+    let median = |v: &[f64]| Summary::of(v).map_or(f64::NAN, |s| s.median);
+    // (N, KiB per idle session) of every N measured, full runs included.
+    let mut per: Vec<(usize, f64)> = full
+        .iter()
+        .map(|(n, v)| {
+            let k: Vec<f64> = v.iter().map(scale::Point::per_session_kib).collect();
+            (*n, median(&k))
+        })
+        .collect();
+    for &n in &args.idle_n {
+        if full.iter().any(|(m, _)| *m == n) {
+            continue;
+        }
+        let s = format!("broker idle N={n}");
+        if let Err(e) = scale::broker_fds(n) {
+            let why = format!("{e:#}");
+            report.add(&s, "RSS per idle session", "KiB", None, None, why.clone());
+            report.note(format!("broker idle N={n} skipped: {why}"));
+            continue;
+        }
+        eprintln!("   N = {n}, idle only");
+        let p =
+            scale::run(rt, bins, &args.tmp, n, true).with_context(|| format!("idle N = {n}"))?;
+        let one = |v: f64| Some(Summary::single(v));
+        report.add(
+            &s,
+            "sockets appear to every session handshook",
+            "s",
+            one(p.discover_s),
+            None,
+            format!("{} swarm processes", n.div_ceil(scale::SHARD)),
+        );
+        report.add(
+            &s,
+            "RSS per idle session",
+            "KiB",
+            one(p.per_session_kib()),
+            None,
+            "(RSS with N idle sessions - RSS with none) / N",
+        );
+        report.add(
+            &s,
+            "RSS, no session",
+            "MiB",
+            one(mib(p.rss_base_kib as f64)),
+            None,
+            "",
+        );
+        report.add(
+            &s,
+            "RSS, N idle sessions",
+            "MiB",
+            one(mib(p.rss_idle_kib as f64)),
+            None,
+            "",
+        );
+        report.add(
+            &s,
+            "peak RSS (VmHWM)",
+            "MiB",
+            one(mib(p.hwm_kib as f64)),
+            None,
+            "",
+        );
+        report.add(
+            &s,
+            "CPU, handshakes",
+            "s",
+            one(p.cpu_discover_s),
+            None,
+            "user + system",
+        );
+        report.add(
+            &s,
+            "CPU per session, handshake",
+            "ms",
+            one(p.cpu_discover_s * 1000.0 / n as f64),
+            None,
+            "",
+        );
+        per.push((n, p.per_session_kib()));
+    }
+    if let Some((lo, hi, g)) = scale::per_session_growth(&per) {
+        let gs = Some(Summary::single(g));
+        report.add(
+            "broker scale growth",
+            format!("memory per idle session, N={hi} over N={lo}"),
+            "x",
+            gs,
+            Some(Target::below("linear (< 1.5x)", 1.5, gs.as_ref())),
+            "1.0: each session costs the same whatever N",
+        );
+    }
+    Ok(())
+}
+
+/// The cluster section; `sqlite(n)` is the scale section's figure for N when it ran.
+fn cluster_section(
+    args: &Args,
+    bins: &Bins,
+    rt: &tokio::runtime::Handle,
+    sqlite: &dyn Fn(usize) -> Option<f64>,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let ns: Vec<usize> = if args.cluster_n.is_empty() {
+        vec![if args.quick { 1000 } else { 10_000 }]
+    } else {
+        args.cluster_n.clone()
+    };
+    for &n in &ns {
+        eprintln!("   N = {n}, 2 brokers on etcd");
+        let p = cluster::run(rt, bins, &args.tmp, n).with_context(|| format!("N = {n}"))?;
+        let (base, how) = if let Some(v) = sqlite(n) {
+            (v, "the scale section's figure (median) in this run")
+        } else {
+            eprintln!("   N = {n}, one broker on SQLite (for comparison)");
+            let q = scale::run(rt, bins, &args.tmp, n, false)
+                .with_context(|| format!("SQLite N = {n}"))?;
+            (
+                q.configure_s,
+                "one run in this section (the scale section did not run N)",
+            )
+        };
+        let one = |v: f64| (!v.is_nan()).then(|| Summary::single(v));
+        let s = format!("broker cluster N={n}");
+        let conf = one(p.configure_s);
+        report.add(
+            &s,
+            "2 brokers on etcd: first PUT to every result recorded",
+            "s",
+            conf,
+            (n >= 10_000).then(|| Target::below("< 10 s", 10.0, conf.as_ref())),
+            format!(
+                "PUTs alternately through either broker, {} at a time; half the domains in each broker's folder",
+                scale::PUT_CONCURRENCY
+            ),
+        );
+        report.add(
+            &s,
+            "1 broker on SQLite: first PUT to every result recorded",
+            "s",
+            one(base),
+            None,
+            how,
+        );
+        report.add(
+            &s,
+            "etcd / SQLite",
+            "x",
+            one(p.configure_s / base),
+            None,
+            "",
+        );
+        report.add(
+            &s,
+            "first PUT to every applied record in etcd",
+            "s",
+            one(p.applied_s),
+            None,
+            "the owners publish results in the background",
+        );
+        report.add(
+            &s,
+            "PUTs answered per second",
+            "1/s",
+            one(n as f64 / p.put_s),
+            None,
+            "",
+        );
+        report.add(
+            &s,
+            "prepare with UUID (ownership claimed in etcd), first to last answered",
+            "s",
+            one(p.prepare_s),
+            None,
+            format!(
+                "{} at a time, each on the broker running the domain",
+                scale::PUT_CONCURRENCY
+            ),
+        );
+        report.add(
+            &s,
+            "sockets appear to every session handshook",
+            "s",
+            one(p.discover_s),
+            None,
+            "both brokers",
+        );
+        report.add(
+            &s,
+            "CPU, configuring: both brokers",
+            "s",
+            one(p.cpu_brokers_configure_s),
+            None,
+            "user + system, first PUT to every result recorded",
+        );
+        report.add(
+            &s,
+            "CPU, configuring: etcd",
+            "s",
+            one(p.cpu_etcd_configure_s),
+            None,
+            "same span",
+        );
+        let (rev, puts, fsyncs) = p.configure_writes.per_domain(n);
+        let opt = |v: Option<f64>| v.map(Summary::single);
+        report.add(
+            &s,
+            "etcd write transactions per domain, configuring",
+            "",
+            Some(Summary::single(rev)),
+            None,
+            "revisions from the first PUT until every applied record is in etcd, / N",
+        );
+        report.add(
+            &s,
+            "etcd keys written per domain, configuring",
+            "",
+            opt(puts),
+            None,
+            "etcd_mvcc_put_total, same span, / N",
+        );
+        report.add(
+            &s,
+            "etcd WAL fsyncs per domain, configuring",
+            "",
+            opt(fsyncs),
+            None,
+            "etcd_disk_wal_fsync_duration_seconds_count, same span, / N (etcd batches)",
+        );
+        let (rev, puts, _) = p.prepare_writes.per_domain(n);
+        report.add(
+            &s,
+            "etcd write transactions per domain, prepare",
+            "",
+            Some(Summary::single(rev)),
+            None,
+            match puts {
+                Some(k) => format!("{k:.2} keys written per domain"),
+                None => String::new(),
+            },
+        );
+        report.add(
+            &s,
+            "etcd RSS at the end",
+            "MiB",
+            one(mib(p.etcd_rss_kib as f64)),
+            None,
             "",
         );
     }

@@ -4,6 +4,7 @@
 //! the latest table.
 //!
 //! - [`scale`]: the broker against 100 / 1,000 / 10,000 domains ([`swarm`] plays them);
+//! - [`cluster`]: two brokers on one etcd (cluster mode) against N domains;
 //! - [`latency`]: one push end to end over the simulator's pty channel, against
 //!   qemu-guest-agent doing the same job through the same bridge ([`qga`]);
 //! - [`hotplug`]: from the channel's `/dev/xen-channel` link appearing to the result
@@ -15,6 +16,7 @@
 pub mod bins;
 pub mod child;
 pub mod cli;
+pub mod cluster;
 pub mod codec;
 pub mod compare;
 pub mod configs;

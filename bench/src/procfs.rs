@@ -113,6 +113,22 @@ pub fn raise_nofile(want: u64) -> u64 {
     }
 }
 
+/// This process's hard RLIMIT_NOFILE.
+pub fn nofile_hard() -> Option<u64> {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .ok()
+        .map(|(_, hard)| hard)
+}
+
+/// `fs.nr_open`: the most descriptors any process may be allowed.
+pub fn nr_open() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -96,14 +96,17 @@ impl Point {
     }
 }
 
-fn metric(text: &str, name: &str) -> Option<u64> {
+/// The value of the Prometheus sample `name` (exact name with labels) in `text`.
+pub fn metric(text: &str, name: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .map(|v| v as u64)
 }
 
-async fn wait_metric(
+/// Polls `client`'s metrics every `every` until `name` reaches `want`; the instant it was
+/// seen. `alive` fails the wait when a helper process died.
+pub async fn wait_metric(
     client: &Client,
     name: &str,
     want: u64,
@@ -132,16 +135,18 @@ async fn wait_metric(
     }
 }
 
-/// Measures one N in a fresh folder under `base` (keep it short: socket paths).
-pub fn run(rt: &Handle, bins: &Bins, base: &Path, n: usize) -> anyhow::Result<Point> {
+/// Measures one N in a fresh folder under `base` (keep it short: socket paths). With
+/// `idle_only`, only phases 1 and 2 (no configuration: the 100,000 idle sessions of
+/// issue 16); the configure and bulk figures are then NaN.
+pub fn run(
+    rt: &Handle,
+    bins: &Bins,
+    base: &Path,
+    n: usize,
+    idle_only: bool,
+) -> anyhow::Result<Point> {
     // The broker (our child, same limits) holds a connection per domain.
-    let want = n as u64 + 512;
-    let limit = procfs::raise_nofile(want);
-    if limit < want {
-        bail!(
-            "RLIMIT_NOFILE is {limit}; the broker needs about {want} descriptors for {n} domains"
-        );
-    }
+    broker_fds(n)?;
     let tmp = tempfile::Builder::new()
         .prefix("xcs")
         .tempdir_in(base)
@@ -151,7 +156,7 @@ pub fn run(rt: &Handle, bins: &Bins, base: &Path, n: usize) -> anyhow::Result<Po
     let logs = dir.join("logs");
     std::fs::create_dir_all(&sockets)?;
     std::fs::create_dir_all(&logs)?;
-    let r = rt.block_on(run_async(bins, &dir, &sockets, &logs, n));
+    let r = rt.block_on(run_async(bins, &dir, &sockets, &logs, n, idle_only));
     crate::keep_if(tmp, r.is_err());
     r
 }
@@ -162,6 +167,7 @@ async fn run_async(
     sockets: &Path,
     logs: &Path,
     n: usize,
+    idle_only: bool,
 ) -> anyhow::Result<Point> {
     let mut config = xenchan_sim::broker::config_for(dir, sockets);
     config.limits.max_domains = config.limits.max_domains.max(n + 16);
@@ -170,7 +176,7 @@ async fn run_async(
         .context("starting the broker")?;
     let pid = broker.pid().context("broker pid")?;
     let client = broker.client().with_timeout(Duration::from_secs(120));
-    let r = measure(bins, &client, pid, sockets, logs, n).await;
+    let r = measure(bins, &client, pid, sockets, logs, n, idle_only).await;
     broker.stop().await;
     r.with_context(|| format!("broker log: {}", broker.log().display()))
 }
@@ -182,6 +188,7 @@ async fn measure(
     sockets: &Path,
     logs: &Path,
     n: usize,
+    idle_only: bool,
 ) -> anyhow::Result<Point> {
     let mut p = Point {
         n,
@@ -193,38 +200,7 @@ async fn measure(
 
     // Phase 2: the sockets appear.
     let t_swarm = Instant::now();
-    let mut swarms = Vec::new();
-    let mut first = 1;
-    while first <= n {
-        let count = SHARD.min(n + 1 - first);
-        let log = logs.join(format!("swarm{first}.log"));
-        let mut cmd = Command::new(&bins.swarm);
-        cmd.arg("--dir")
-            .arg(sockets)
-            .arg("--first")
-            .arg(first.to_string())
-            .arg("--count")
-            .arg(count.to_string())
-            .args(["--prefix", PREFIX])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(std::fs::File::create(&log)?));
-        let child = cmd.spawn().context("starting the swarm")?;
-        swarms.push(Child::adopt("a guest swarm", child, &log));
-        first += count;
-    }
-    for swarm in &mut swarms {
-        let stdout = swarm.inner().stdout.take().context("swarm stdout")?;
-        let line = tokio::task::spawn_blocking(move || {
-            let mut l = String::new();
-            BufReader::new(stdout).read_line(&mut l).map(|_| l)
-        })
-        .await??;
-        if !line.starts_with("ready") {
-            swarm.check_running()?;
-            bail!("the swarm said {line:?}");
-        }
-    }
+    let mut swarms = start_swarms(bins, sockets, logs, 1, n, false).await?;
     eprintln!("   {n} sockets listening (broker pid {pid}); waiting for every session to be idle");
     let budget = Duration::from_secs(60 + n as u64 / 20);
     let mut alive = || swarms.iter_mut().try_for_each(Child::check_running);
@@ -243,6 +219,18 @@ async fn measure(
     // Idle: let the last handshakes' allocations settle.
     tokio::time::sleep(Duration::from_secs(1)).await;
     p.rss_idle_kib = procfs::memory(pid)?.rss_kib;
+    if idle_only {
+        p.configure_s = f64::NAN;
+        p.put_s = f64::NAN;
+        p.bulk_configure_s = f64::NAN;
+        p.bulk_put_s = f64::NAN;
+        p.cpu_configure_s = f64::NAN;
+        p.cpu_bulk_s = f64::NAN;
+        p.rss_after_kib = p.rss_idle_kib;
+        p.hwm_kib = procfs::memory(pid)?.hwm_kib;
+        drop(swarms);
+        return Ok(p);
+    }
     let cpu2 = procfs::cpu_seconds(pid)?;
     let store2 = procfs::thread_cpu_seconds(pid, STORE_THREAD);
 
@@ -377,6 +365,111 @@ async fn measure(
     Ok(p)
 }
 
+/// Descriptors a broker needs for `n` sessions: one connection each, plus its store,
+/// inotify, the API's connections and the runtime's own.
+pub fn broker_fds_for(n: usize) -> u64 {
+    n as u64 + 512
+}
+
+/// Raises this process's RLIMIT_NOFILE (inherited by the brokers it starts) for `n`
+/// sessions, or says which limit stops it.
+pub fn broker_fds(n: usize) -> anyhow::Result<()> {
+    let want = broker_fds_for(n);
+    let got = procfs::raise_nofile(want);
+    if let Some(why) = fd_limit_problem(n, want, got, procfs::nofile_hard(), procfs::nr_open()) {
+        bail!(why);
+    }
+    Ok(())
+}
+
+/// Why `want` descriptors (for `n` sessions) are out of reach when the soft limit could
+/// only be raised to `got`, naming the limit in the way: the hard RLIMIT_NOFILE (only
+/// CAP_SYS_RESOURCE raises it: containers often lack it) or `fs.nr_open` (the kernel's
+/// ceiling for any process). `None` when `got` suffices.
+pub fn fd_limit_problem(
+    n: usize,
+    want: u64,
+    got: u64,
+    hard: Option<u64>,
+    nr_open: Option<u64>,
+) -> Option<String> {
+    if got >= want {
+        return None;
+    }
+    let cause = match (hard, nr_open) {
+        (_, Some(nr)) if nr < want => format!(
+            "fs.nr_open is {nr} (the kernel's ceiling for one process; raise it with sysctl fs.nr_open={want})"
+        ),
+        (Some(h), _) if h < want => format!(
+            "the hard RLIMIT_NOFILE is {h} and cannot be raised here (it takes CAP_SYS_RESOURCE; \
+             e.g. `ulimit -Hn {want}` as root outside a container, or LimitNOFILE= for a service)"
+        ),
+        _ => format!("RLIMIT_NOFILE could only be raised to {got}"),
+    };
+    Some(format!(
+        "{n} sessions need about {want} descriptors in the broker: {cause}"
+    ))
+}
+
+/// Starts the swarm for domains `first..first + count` in `sockets` ([`SHARD`] domains
+/// per process) and waits until every socket listens. With `uuids`, each domain's hellos
+/// report [`crate::swarm::uuid_for`] its index.
+pub async fn start_swarms(
+    bins: &Bins,
+    sockets: &Path,
+    logs: &Path,
+    first: usize,
+    count: usize,
+    uuids: bool,
+) -> anyhow::Result<Vec<Child>> {
+    let mut swarms = Vec::new();
+    let end = first + count;
+    let mut at = first;
+    while at < end {
+        let count = SHARD.min(end - at);
+        let log = logs.join(format!("swarm{at}.log"));
+        let mut cmd = Command::new(&bins.swarm);
+        cmd.arg("--dir")
+            .arg(sockets)
+            .arg("--first")
+            .arg(at.to_string())
+            .arg("--count")
+            .arg(count.to_string())
+            .args(["--prefix", PREFIX])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(std::fs::File::create(&log)?));
+        if uuids {
+            cmd.arg("--uuids");
+        }
+        let child = cmd.spawn().context("starting the swarm")?;
+        swarms.push(Child::adopt("a guest swarm", child, &log));
+        at += count;
+    }
+    for swarm in &mut swarms {
+        let stdout = swarm.inner().stdout.take().context("swarm stdout")?;
+        let line = tokio::task::spawn_blocking(move || {
+            let mut l = String::new();
+            BufReader::new(stdout).read_line(&mut l).map(|_| l)
+        })
+        .await??;
+        if !line.starts_with("ready") {
+            swarm.check_running()?;
+            bail!("the swarm said {line:?}");
+        }
+    }
+    Ok(swarms)
+}
+
+/// Growth of memory per idle session from the smallest to the largest N measured:
+/// `(n, KiB per session)` pairs in any order; `None` with fewer than two distinct N or a
+/// non-positive figure at the smallest (nothing to divide by).
+pub fn per_session_growth(points: &[(usize, f64)]) -> Option<(usize, usize, f64)> {
+    let lo = points.iter().min_by_key(|p| p.0)?;
+    let hi = points.iter().max_by_key(|p| p.0)?;
+    (hi.0 > lo.0 && lo.1 > 0.0 && hi.1.is_finite()).then(|| (lo.0, hi.0, hi.1 / lo.1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,5 +480,39 @@ mod tests {
         assert_eq!(metric(t, "xenchan_results_total"), Some(7));
         assert_eq!(metric(t, "xenchan_sessions{state=\"idle\"}"), Some(12));
         assert_eq!(metric(t, "xenchan_pushes_total"), None);
+    }
+
+    #[test]
+    fn per_session_growth_is_largest_over_smallest() {
+        let g = per_session_growth(&[(10_000, 12.0), (1000, 10.0), (100_000, 15.0)]);
+        assert_eq!(g, Some((1000, 100_000, 1.5)));
+        assert_eq!(per_session_growth(&[(1000, 10.0)]), None);
+        assert_eq!(per_session_growth(&[]), None);
+        // Nothing measurable at the smallest N: no ratio rather than infinity.
+        assert_eq!(per_session_growth(&[(1000, 0.0), (100_000, 5.0)]), None);
+        assert_eq!(
+            per_session_growth(&[(1000, 4.0), (100_000, f64::NAN)]),
+            None
+        );
+    }
+
+    #[test]
+    fn the_limit_in_the_way_is_named() {
+        let want = broker_fds_for(100_000);
+        assert_eq!(want, 100_512);
+        assert_eq!(
+            fd_limit_problem(100_000, want, want, Some(want), Some(1 << 20)),
+            None
+        );
+        let hard = fd_limit_problem(100_000, want, 20_000, Some(20_000), Some(1 << 20)).unwrap();
+        assert!(
+            hard.contains("hard RLIMIT_NOFILE is 20000") && hard.contains("CAP_SYS_RESOURCE"),
+            "{hard}"
+        );
+        assert!(hard.contains("100000 sessions need about 100512"), "{hard}");
+        let nr = fd_limit_problem(100_000, want, 65_536, Some(1 << 20), Some(65_536)).unwrap();
+        assert!(nr.contains("fs.nr_open is 65536"), "{nr}");
+        let other = fd_limit_problem(100_000, want, 50_000, None, None).unwrap();
+        assert!(other.contains("could only be raised to 50000"), "{other}");
     }
 }

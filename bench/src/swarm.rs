@@ -44,6 +44,14 @@ pub fn domain_name(prefix: &str, i: usize) -> String {
     format!("{prefix}{i:05}")
 }
 
+/// The VM UUID domain `i` (1-based) reports when the swarm runs with `--uuids` (cluster
+/// mode: a domain's identity in etcd is its UUID, and a broker that recorded one pushes
+/// nothing to an agent reporting none). Version 4 and RFC 4122 variant digits, the index
+/// in the last group, so that it is unique per domain and readable in logs.
+pub fn uuid_for(i: usize) -> String {
+    format!("0bec0000-0000-4000-8000-{i:012}")
+}
+
 /// What the swarm has done, for its exit line.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -55,18 +63,19 @@ pub struct Counters {
     pub results: AtomicU64,
 }
 
-/// Serves one socket for ever, one client at a time (as QEMU does).
-pub async fn serve_socket(listener: UnixListener, counters: Arc<Counters>) {
+/// Serves one socket for ever, one client at a time (as QEMU does). Its hellos report
+/// `uuid` as the VM's UUID (what the guest reads from `/sys/hypervisor/uuid`), if any.
+pub async fn serve_socket(listener: UnixListener, counters: Arc<Counters>, uuid: Option<String>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         counters.connections.fetch_add(1, Ordering::Relaxed);
-        serve_connection(stream, &counters).await;
+        serve_connection(stream, &counters, uuid.as_deref()).await;
     }
 }
 
-async fn serve_connection(stream: UnixStream, counters: &Counters) {
+async fn serve_connection(stream: UnixStream, counters: &Counters, uuid: Option<&str>) {
     let (r, mut w) = stream.into_split();
     // A small read buffer: ten thousand of these live at once.
     let mut frames = FramedRead::with_capacity(r, FrameCodec::new(MAX_FRAME_DEFAULT), 2048);
@@ -84,6 +93,7 @@ async fn serve_connection(stream: UnixStream, counters: &Counters) {
                     versions: Some(SUPPORTED_VERSIONS.to_vec()),
                     channel: DEFAULT_CHANNEL.to_string(),
                     software: "xenchan-bench-swarm".into(),
+                    uuid: uuid.map(str::to_string),
                     ..Hello::default()
                 };
                 Envelope::new(Role::Agent, Some(nonce), Body::Hello(hello))
@@ -130,6 +140,23 @@ mod tests {
         let p = socket_path(Path::new("/tmp/x"), "d", 42);
         assert_eq!(p, Path::new("/tmp/x/d00042.sock"));
         assert_eq!(domain_name("d", 10_000), "d10000");
+        assert_eq!(domain_name("d", 100_000), "d100000");
+    }
+
+    #[test]
+    fn uuids_are_valid_distinct_and_lowercase() {
+        let a = uuid_for(1);
+        let b = uuid_for(100_000);
+        assert_eq!(a, "0bec0000-0000-4000-8000-000000000001");
+        assert_ne!(a, b);
+        for u in [&a, &b] {
+            let groups: Vec<usize> = u.split('-').map(str::len).collect();
+            assert_eq!(groups, [8, 4, 4, 4, 12], "{u}");
+            assert!(
+                u.chars()
+                    .all(|c| c == '-' || c.is_ascii_digit() || ('a'..='f').contains(&c))
+            );
+        }
     }
 
     /// The swarm answers a real session as an agent would: the broker's side of the
@@ -148,7 +175,7 @@ mod tests {
         let server = std::thread::spawn(move || {
             rt.block_on(async move {
                 tokio::select! {
-                    () = serve_socket(listener, c2) => {}
+                    () = serve_socket(listener, c2, None) => {}
                     () = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
                 }
             });

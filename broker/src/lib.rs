@@ -19,6 +19,7 @@ mod cluster_sync;
 pub mod config;
 mod discovery;
 mod domains;
+pub mod fdlimit;
 pub mod hooks;
 pub mod leases;
 mod lock;
@@ -133,6 +134,8 @@ pub async fn run(
     }
     make_dir("socket folder", &config.socket_dir, None)?;
     let lock = StateLock::acquire(&config.lock_path())?;
+    // A descriptor per session: raise the soft limit, and say so when it is still short.
+    fdlimit::check(&config);
     // A hook timeout past the API's request timeout, or a request timeout past the
     // libvirt hook's deadline, turns a refusing hook into a timeout its caller cannot
     // read: said loudly at start (docs/OPERATING.md, "Deadlines").

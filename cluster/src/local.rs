@@ -5,7 +5,7 @@
 //! installed by `scripts/setup.sh`).
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -73,8 +73,20 @@ impl Etcd {
         members.pop().unwrap()
     }
 
+    /// A one-member etcd whose data folder is a new temporary folder in `root` (the
+    /// benchmark keeps it on the disk it measures, where [`Etcd::start`] prefers tmpfs).
+    pub async fn start_in(root: &Path) -> Etcd {
+        let mut members = Etcd::cluster_in(1, root).await;
+        members.pop().unwrap()
+    }
+
     /// An `n`-member etcd cluster, with a leader when this returns.
     pub async fn cluster(n: usize) -> Vec<Etcd> {
+        Etcd::cluster_in(n, &temp_root()).await
+    }
+
+    /// An `n`-member etcd cluster whose data folders are in `root`.
+    pub async fn cluster_in(n: usize, root: &Path) -> Vec<Etcd> {
         let ports = free_ports(2 * n);
         let names: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
         let initial_cluster = names
@@ -83,7 +95,6 @@ impl Etcd {
             .map(|(i, name)| format!("{name}=http://127.0.0.1:{}", ports[2 * i + 1]))
             .collect::<Vec<_>>()
             .join(",");
-        let root = temp_root();
         let mut members: Vec<Etcd> = names
             .into_iter()
             .enumerate()
@@ -95,7 +106,7 @@ impl Etcd {
                 state: "new",
                 dir: tempfile::Builder::new()
                     .prefix("xenchan-etcd-")
-                    .tempdir_in(&root)
+                    .tempdir_in(root)
                     .expect("temp dir"),
                 child: None,
             })
@@ -154,6 +165,11 @@ impl Etcd {
         self.child = Some(child);
         // A restarted member must not try to bootstrap a cluster again.
         self.state = "existing";
+    }
+
+    /// Its process id while it runs (for its CPU time and memory).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// SIGKILL: a crash, not a clean stop.

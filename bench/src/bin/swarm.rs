@@ -1,4 +1,4 @@
-//! `xenchan-bench-swarm --dir DIR [--first I] --count N [--prefix d]`: listens on N unix
+//! `xenchan-bench-swarm --dir DIR [--first I] --count N [--prefix d] [--uuids]`: listens on N unix
 //! sockets `DIR/<prefix>NNNNN.sock` (numbered from I) and answers the broker on each like an agent would (see
 //! `xenchan_bench::swarm`). Prints `ready N` on stdout once every socket listens; runs
 //! until SIGTERM/SIGINT or until stdin closes (its parent went away), then prints what
@@ -13,7 +13,7 @@ use anyhow::Context;
 use clap::Parser;
 use std::io::Read;
 use tokio::net::UnixListener;
-use xenchan_bench::swarm::{Counters, serve_socket, socket_path};
+use xenchan_bench::swarm::{Counters, serve_socket, socket_path, uuid_for};
 
 /// Light guest emulator for the broker-scale benchmark.
 #[derive(Debug, Parser)]
@@ -32,6 +32,11 @@ struct Args {
     /// Socket name prefix (names are <prefix>NNNNN.sock).
     #[arg(long, default_value = "d")]
     prefix: String,
+    /// Each domain's hellos report a VM UUID (`xenchan_bench::swarm::uuid_for`): cluster
+    /// mode needs one, since a broker that recorded a UUID fails closed on an agent
+    /// reporting none.
+    #[arg(long)]
+    uuids: bool,
 }
 
 fn main() -> ExitCode {
@@ -65,7 +70,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
             let p = socket_path(&args.dir, &args.prefix, i);
             let _ = std::fs::remove_file(&p);
             let l = UnixListener::bind(&p).with_context(|| format!("bind {}", p.display()))?;
-            tokio::spawn(serve_socket(l, Arc::clone(&counters)));
+            let uuid = args.uuids.then(|| uuid_for(i));
+            tokio::spawn(serve_socket(l, Arc::clone(&counters), uuid));
             paths.push(p);
         }
         println!("ready {}", args.count);
