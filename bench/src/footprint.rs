@@ -59,6 +59,23 @@ pub struct Samples {
 /// Starts the real agent `runs` times in a guest root under `base` whose channel never
 /// appears.
 pub fn run(bins: &Bins, base: &Path, runs: usize) -> anyhow::Result<Samples> {
+    run_agent(&bins.agent, base, runs, true)
+}
+
+/// The packaged agent daemon beside the release binaries in `bins`: what `cargo xtask deb`
+/// puts in the package (`<target>/<arch>-unknown-linux-musl/agent/xenchan-agent`, built
+/// by `make agent-static` too), when it was built.
+pub fn packaged_agent(bins: &Bins) -> Option<std::path::PathBuf> {
+    let target = bins.dir.parent()?;
+    let p = target
+        .join(format!("{}-unknown-linux-musl", std::env::consts::ARCH))
+        .join("agent")
+        .join("xenchan-agent");
+    p.is_file().then_some(p)
+}
+
+/// [`run`] for the agent binary `agent`; qemu-ga beside it when `qga`.
+pub fn run_agent(agent_bin: &Path, base: &Path, runs: usize, qga: bool) -> anyhow::Result<Samples> {
     let tmp = tempfile::Builder::new().prefix("xcf").tempdir_in(base)?;
     let dir = tmp.path();
     let root = xenchan_sim::guest::GuestRoot::create(
@@ -79,7 +96,7 @@ pub fn run(bins: &Bins, base: &Path, runs: usize) -> anyhow::Result<Samples> {
         qga: Err("not measured".into()),
     };
     for i in 0..runs {
-        let mut cmd = Command::new(&bins.agent);
+        let mut cmd = Command::new(agent_bin);
         cmd.arg("--channel-dir")
             .arg(root.channel_dir())
             .arg("--virtio-dir")
@@ -110,9 +127,9 @@ pub fn run(bins: &Bins, base: &Path, runs: usize) -> anyhow::Result<Samples> {
         out.idle.sample(agent.pid())?;
         agent.terminate(Duration::from_secs(3));
     }
-    out.binary_bytes = std::fs::metadata(&bins.agent)?.len();
+    out.binary_bytes = std::fs::metadata(agent_bin)?.len();
     let copy = dir.join("xenchan-agent.stripped");
-    std::fs::copy(&bins.agent, &copy)?;
+    std::fs::copy(agent_bin, &copy)?;
     out.stripped_bytes = Command::new("strip")
         .arg(&copy)
         .status()
@@ -120,7 +137,9 @@ pub fn run(bins: &Bins, base: &Path, runs: usize) -> anyhow::Result<Samples> {
         .filter(std::process::ExitStatus::success)
         .and_then(|_| std::fs::metadata(&copy).ok())
         .map(|m| m.len());
-    out.qga = qga_idle(dir, runs.min(3));
+    if qga {
+        out.qga = qga_idle(dir, runs.min(3));
+    }
     Ok(out)
 }
 
