@@ -160,8 +160,19 @@ xen_migrate() {
   r=$(api_metric xenchan_results_total)
   c=$(api_metric xenchan_connections_total)
   d0 "xl info | grep -E '^free_memory'" | sed 's/^/    dom0: /' >&2
+  # The destination's QEMU gets its own socket path (`-C`: the same config with another
+  # channel path). With the same path, the destination's QEMU binds it first and the
+  # source's QEMU, ending, unlinks it: the new QEMU listens on a name that no longer
+  # exists and nobody can connect (measured: /run/xenchan/sockets/ empty, the broker
+  # waiting). Between two hosts the paths do not collide. The broker finds the new path
+  # in xenstore (discovery by UUID).
+  X_MIG=$((${X_MIG:-0} + 1))
+  local cfg=/etc/xen/$X_NAME-m$X_MIG.cfg
+  local sock=/run/xenchan/sockets/$X_NAME.m$X_MIG.sock
+  d0 "sed 's|path=/run/xenchan/sockets/$X_NAME.sock|path=$sock|' /etc/xen/$X_NAME.cfg >$cfg; grep -q 'path=$sock' $cfg" ||
+    fail "cannot write $cfg with another channel path"
   t0=$(now)
-  out=$(VSSH_LIMIT=$(scaled 240) d0 "xl migrate -s '' $X_NAME 'xl migrate-receive' </dev/null 2>&1") ||
+  out=$(VSSH_LIMIT=$(scaled 240) d0 "xl migrate -s '' -C $cfg $X_NAME 'xl migrate-receive' </dev/null 2>&1") ||
     fail "xl migrate failed ($(($(now) - t0)) s): $(tail -n 15 <<<"$out" | tr '\n' '|')"
   log "xl migrate: done in $(($(now) - t0)) s; $(grep -iE 'migration|transfer|success' <<<"$out" | tail -n 4 | tr '\n' '|')"
   log "domains: $(xl_state)"
@@ -187,6 +198,7 @@ xen_migrate() {
   wait_for "dom0 reaches $X_ADDR after the migration" 60 2 domu_reachable || fail "$X_ADDR is not up after the migration"
   log "migrated (domid $X_DOMID -> $domid): re-attached under $X_UUID, nothing pushed or applied, $X_CIDR up"
   X_DOMID=$domid
+  X_SOCK=$sock # what xen-destroy watches
 }
 
 sock_gone() { d0 test ! -e "$X_SOCK"; }
