@@ -204,7 +204,7 @@ make_dom0_image() {
   install_broker "$d"
   cp -a "$VT_DIR/files/dom0/." "$d/"
   mkdir -p "$d/var/log/xen/console" # xenconsoled --log-dir (rootfs.sh) does not make it
-  chown -R root:root "$d/etc/xenchan" "$d/etc/xen"
+  chown -R root:root "$d/etc/xenchan" "$d/etc/xen" "$d/etc/systemd/network" "$d/etc/modules-load.d"
   mkfs.ext4 -q -F -L root -d "$d" "$VT_WORK/dom0.img" 3G
   rm -rf "$d"
 }

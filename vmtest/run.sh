@@ -9,9 +9,11 @@
 #    them (debootstrap + apt in a chroot) and caches them;
 # 3. makes this run's disk images with the fresh binaries in them;
 # 4. virtio: boots the guest with a virtio-serial channel, runs the broker on this host,
-#    checks push, idempotent re-push, reboot and port hot-plug;
-# 5. xen: boots Xen with dom0 (broker inside), creates a PV domU with a channel, checks
-#    push, `xl reboot` and `xl destroy`.
+#    checks push, idempotent re-push, reboot and port hot-plug, seals the guest and
+#    boots a clone whose regenerated host keys reach `xenchan domain known-hosts`;
+# 5. xen: boots Xen with dom0 (broker inside), creates a PV domU with a channel and a
+#    vif, checks push (address included), `xl reboot`, `xl destroy` (and, opt-in,
+#    `xl migrate`).
 # One VM at a time. Every VM and process it started is killed on any exit.
 #
 # Environment (all optional):
@@ -25,6 +27,8 @@
 #   XENCHAN_VMTEST_NETWORK          `required`: the network item must be `applied`;
 #                                   `auto` (default): `unsupported` is reported, not failed
 #   XENCHAN_VMTEST_DEADLINE_FACTOR  multiply every stage deadline (default 1)
+#   XENCHAN_VMTEST_MIGRATE=1        add the xen-migrate stage (`xl migrate` to the same
+#                                   dom0; not yet seen passing, see docs/VMTEST.md)
 #   XENCHAN_VMTEST_NO_BUILD=1       use the binaries already in the target dir
 #   XENCHAN_VMTEST_KEEP=1           keep the work dir (images, logs) after the run
 #   XENCHAN_VMTEST_HOLD=SECONDS     on a failure, keep the VMs running that long (to log in)
@@ -186,6 +190,8 @@ main() {
     stage virtio-repush 90 virtio_repush
     stage virtio-reboot 210 virtio_reboot
     stage virtio-hotplug 120 virtio_hotplug
+    stage virtio-seal 120 virtio_seal
+    stage virtio-clone 360 virtio_clone
     stage virtio-stop 60 virtio_stop
   fi
   if ((RUN_XEN)); then
@@ -193,9 +199,13 @@ main() {
     stage xen-boot 420 xen_boot
     stage xen-create 300 xen_create
     stage xen-reboot 300 xen_reboot
+    # Opt-in until a run on this machine has passed it (docs/VMTEST.md, xen-migrate).
+    if [ "${XENCHAN_VMTEST_MIGRATE:-0}" = 1 ]; then
+      stage xen-migrate 300 xen_migrate
+    fi
     stage xen-destroy 150 xen_destroy
     stage xen-stop 60 xen_stop
   fi
 }
 
-main "$@"
+main "$@"; exit  # on one line: bash never reads this file past it (an edit during a run cannot run a fragment)

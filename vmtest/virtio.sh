@@ -10,21 +10,34 @@ V_CIDR=192.0.2.10/24
 V_OTHER=org.example.other.1          # a hot-plugged port that is not ours
 V_UUID=5e5e0a1c-3b7d-4c2e-8f90-1a2b3c4d5e6f  # QEMU -uuid: the guest's DMI product_uuid
 
+V_CLONE_NAME=vmtest-clone            # the clone of the sealed guest: a new domain
+V_CLONE_HOSTNAME=xenchan-clone
+V_CLONE_UUID=c10e0a1c-7e57-4b5a-9d1e-2f3a4b5c6d7e
+V_CLONE_MAC2=00:16:3e:5e:00:03
+V_CLONE_CIDR=192.0.2.11/24
+
+# The VM the next virtio_qemu_start boots: name (= socket stem), UUID, second NIC's MAC,
+# disk overlay and its backing file (set by virtio_boot, then by virtio_clone).
+# The disk is a qcow2 overlay made afresh per boot attempt: the guest's writes stay in
+# this run's work dir (guest.img is never changed), and a clone's overlay has the sealed
+# guest's as its backing file.
 virtio_qemu_start() {
   local serial=$1
-  VM_LOG=$VT_LOGS/virtio-qemu.log
-  rm -f "$V_QMP"
-  spawn "$VM_LOG" qemu-system-x86_64 -name "$V_NAME" -uuid "$V_UUID" -accel tcg -cpu max -smp 2 -m 1024 \
+  VM_LOG=$VT_LOGS/$V_BOOT_NAME-qemu.log
+  rm -f "$V_QMP" "$V_BOOT_DISK"
+  qemu-img create -q -f qcow2 -F "$V_BOOT_BASE_FMT" -b "$V_BOOT_BASE" "$V_BOOT_DISK" ||
+    fail "qemu-img create of the overlay $V_BOOT_DISK failed"
+  spawn "$VM_LOG" qemu-system-x86_64 -name "$V_BOOT_NAME" -uuid "$V_BOOT_UUID" -accel tcg -cpu max -smp 2 -m 1024 \
     -display none -monitor none -serial "file:$serial" \
     -kernel "$IMAGES/vmlinuz" -initrd "$IMAGES/initrd.img" \
     -append "root=/dev/vda rw console=ttyS0 net.ifnames=0" \
-    -drive "file=$VT_WORK/guest.img,if=virtio,format=raw,snapshot=on" \
+    -drive "file=$V_BOOT_DISK,if=virtio,format=qcow2" \
     -device virtio-serial-pci,id=vser0 \
-    -chardev "socket,id=c0,path=$V_CHAN,server=on,wait=off" \
+    -chardev "socket,id=c0,path=$V_DIR/sockets/$V_BOOT_NAME.sock,server=on,wait=off" \
     -device "virtserialport,bus=vser0.0,chardev=c0,name=$CHANNEL,id=port0" \
     -qmp "unix:$V_QMP,server=on,wait=off" \
     -nic "user,model=virtio-net-pci,mac=52:54:00:12:34:56,hostfwd=tcp:127.0.0.1:$V_PORT-:22" \
-    -nic "user,model=virtio-net-pci,mac=$V_MAC2"
+    -nic "user,model=virtio-net-pci,mac=$V_BOOT_MAC2"
   VM_PID=$SPAWNED
   V_QEMU_PID=$VM_PID
 }
@@ -46,9 +59,10 @@ virtio_boot() {
   DIAG=virtio_diag
   V_DIR=$VT_WORK/virtio
   mkdir -p "$V_DIR/sockets" "$V_DIR/state" "$V_DIR/hooks"
-  V_CHAN=$V_DIR/sockets/$V_NAME.sock
   V_QMP=$V_DIR/qmp.sock
   V_PORT=$(free_port)
+  V_BOOT_NAME=$V_NAME V_BOOT_UUID=$V_UUID V_BOOT_MAC2=$V_MAC2
+  V_BOOT_DISK=$V_DIR/guest.qcow2 V_BOOT_BASE=$VT_WORK/guest.img V_BOOT_BASE_FMT=raw
   boot_with_retry virtio 110 virtio_qemu_start "$V_PORT"
 
   # The agent is running and has the port open although nobody is on the host side.
@@ -260,6 +274,96 @@ virtio_hotplug() {
 }
 
 agent_not_holding() { ! agent_holds "$1" "$2"; }
+
+# known_hosts_keys FILE: the "type base64" of each line, sorted (host names dropped).
+known_hosts_keys() {
+  awk 'NF >= 3 { print $2, $3 }' "$1" | sort -u
+}
+
+qemu_gone() { ! kill -0 "$V_QEMU_PID" 2>/dev/null; }
+
+# Template sealing (xen-pv-channel(7) step 2): `xenchan-agent seal` in the guest, then
+# power off. Before sealing, the template's own host keys are kept from the broker
+# (`xenchan domain known-hosts`): the clone must not have them.
+virtio_seal() {
+  local out
+  api_cli domain known-hosts "$V_NAME" >"$V_DIR/template_known_hosts" ||
+    fail "xenchan domain known-hosts $V_NAME failed: the template's agent reported no host key"
+  V_TEMPLATE_MID=$(vssh "$V_PORT" cat /etc/machine-id)
+  out=$(vssh "$V_PORT" xenchan-agent seal 2>&1) || fail "xenchan-agent seal failed: $out"
+  sed 's/^/    seal: /' <<<"$out" >&2
+  grep -q '^machine id: ' <<<"$out" || fail "seal said nothing about the machine id"
+  grep -q '^ssh host keys: removed /etc/ssh/ssh_host_ed25519_key$' <<<"$out" ||
+    fail "seal did not remove the ed25519 host key"
+  grep -q '^agent applied state: removed ' <<<"$out" || fail "seal did not remove the agent's applied state"
+  grep -q '^sealed: ' <<<"$out" || fail "seal did not say it sealed"
+  [ -z "$(vssh "$V_PORT" 'ls /etc/ssh/ | grep "^ssh_host_" || true')" ] || fail "host keys are left in /etc/ssh"
+  vssh "$V_PORT" 'test ! -s /etc/machine-id' || fail "/etc/machine-id is not empty after seal"
+  vssh "$V_PORT" "sync; systemctl poweroff" || true
+  vssh_close "$V_PORT"
+  wait_for "the sealed guest powered off (QEMU exited)" 60 1 qemu_gone || fail "the sealed guest did not power off"
+  wait "$V_QEMU_PID" 2>/dev/null || true
+  log "sealed and powered off; template host keys: $(known_hosts_keys "$V_DIR/template_known_hosts" | awk '{print $1}' | tr '\n' ' ')"
+}
+
+# A clone of the sealed disk (a qcow2 overlay on it) with a new UUID and its own
+# socket: a new domain for the broker, configured before it boots (the push arrives
+# during the boot). Its agent makes new host keys at first boot and reports them; the
+# host's ssh then checks them with `xenchan domain known-hosts` output and
+# StrictHostKeyChecking=yes, and fails with the template's keys.
+virtio_clone() {
+  local doc=$V_DIR/clone-doc.json j kh wrong out
+  make_doc "$doc" "$V_CLONE_HOSTNAME" "$V_CLONE_MAC2" "$V_CLONE_CIDR"
+  api_set "$V_CLONE_NAME" "$doc" "$V_CLONE_UUID"
+  V_BOOT_NAME=$V_CLONE_NAME V_BOOT_UUID=$V_CLONE_UUID V_BOOT_MAC2=$V_CLONE_MAC2
+  V_BOOT_BASE=$V_BOOT_DISK V_BOOT_BASE_FMT=qcow2 V_BOOT_DISK=$V_DIR/clone.qcow2
+  boot_with_retry clone 110 virtio_qemu_start "$V_PORT"
+  wait_for "the clone's result is in the broker's API" 90 1 domain_settled "$V_CLONE_NAME" ||
+    fail "no result from the clone: $(brief "$(api_domain "$V_CLONE_NAME")")"
+  j=$(api_domain "$V_CLONE_NAME")
+  # cloud's keys are the template's (seal leaves users alone): unchanged. The hostname
+  # and the NIC are the clone's own: applied, although the template's files were there
+  # (the sealed state made the agent start afresh).
+  expect_items "$j" "hostname=applied network:lan=applied user:cloud=unchanged"
+  [ "$(json_get "$j" .reported_uuid)" = "$V_CLONE_UUID" ] ||
+    fail "the clone reports UUID '$(json_get "$j" .reported_uuid)', want $V_CLONE_UUID"
+  local mid
+  mid=$(vssh "$V_PORT" cat /etc/machine-id)
+  [ -n "$mid" ] && [ "$mid" != "$V_TEMPLATE_MID" ] || fail "the clone's machine id is '$mid' (template: $V_TEMPLATE_MID)"
+
+  kh=$V_DIR/known_hosts
+  api_cli domain known-hosts "$V_CLONE_NAME" >"$kh" 2>"$V_DIR/known_hosts.err" ||
+    fail "xenchan domain known-hosts $V_CLONE_NAME failed: $(cat "$V_DIR/known_hosts.err")"
+  sed 's/^/    known_hosts: /' "$kh" | cut -c1-110 >&2
+  grep -q "^[^ ]*\b$V_CLONE_HOSTNAME\b" "$kh" || fail "the known_hosts lines do not name $V_CLONE_HOSTNAME"
+  [ -z "$(comm -12 <(known_hosts_keys "$kh") <(known_hosts_keys "$V_DIR/template_known_hosts"))" ] ||
+    fail "the clone reports a host key of the template: keys were not regenerated"
+  # The ssh port is a forward on 127.0.0.1: HostKeyAlias looks the key up under the
+  # domain's hostname, a name the known_hosts lines carry.
+  out=$(strict_ssh "$kh" cloud hostname 2>&1) ||
+    fail "ssh with StrictHostKeyChecking=yes and the known-hosts output failed: $out"
+  [ "$out" = "$V_CLONE_HOSTNAME" ] || fail "the clone's hostname is '$out', want $V_CLONE_HOSTNAME"
+  log "ssh cloud@clone with StrictHostKeyChecking=yes and \`xenchan domain known-hosts\` works (hostname $out)"
+  # The same check with the template's keys under the same name must fail.
+  wrong=$V_DIR/wrong_known_hosts
+  awk -v h="$V_CLONE_HOSTNAME" 'NF >= 3 { print h, $2, $3 }' "$V_DIR/template_known_hosts" >"$wrong"
+  if out=$(strict_ssh "$wrong" cloud true 2>&1); then
+    fail "ssh with the template's host keys as known_hosts succeeded: the check cannot fail"
+  fi
+  grep -q "Host key verification failed" <<<"$out" || fail "ssh with the wrong known_hosts failed otherwise: $out"
+  log "with the template's keys as known_hosts ssh refuses: $(grep -m1 -E 'Host key verification failed|IDENTIFICATION HAS CHANGED' <<<"$out")"
+}
+
+# strict_ssh KNOWN_HOSTS USER CMD...: ssh into the VM checking its host key against
+# KNOWN_HOSTS (no trust on first use), with cloud's pushed key.
+strict_ssh() {
+  local kh=$1 user=$2
+  shift 2
+  timeout -k 2 "$(limit 30)" ssh -o StrictHostKeyChecking=yes -o UserKnownHostsFile="$kh" \
+    -o GlobalKnownHostsFile=/dev/null -o HostKeyAlias="$V_CLONE_HOSTNAME" -o BatchMode=yes \
+    -o IdentitiesOnly=yes -o ConnectTimeout=10 -o ControlPath=none -i "$VT_WORK/keys/cloud" \
+    -p "$V_PORT" "$user@127.0.0.1" -- "$@"
+}
 
 # Stops the broker (it must say bye and exit 0) and the VM.
 virtio_stop() {

@@ -8,6 +8,9 @@ X_NAME=vmtest-domu                             # xl name = socket stem = broker 
 X_UUID=6a1c3a2e-8d4b-4f0e-9a57-0c5e2b7d9f10    # as in files/dom0/etc/xen/vmtest-domu.cfg
 X_HOSTNAME=xenchan-domu
 X_SOCK=/run/xenchan/sockets/$X_NAME.sock
+X_MAC=00:16:3e:5e:00:0a                        # the vif in files/dom0/etc/xen/vmtest-domu.cfg
+X_ADDR=192.0.2.10                              # pushed for it (dom0 is 192.0.2.1 on xenbr0)
+X_CIDR=$X_ADDR/24
 
 xen_qemu_start() {
   local serial=$1
@@ -61,8 +64,12 @@ xen_domid() { d0 xl domid "$X_NAME" 2>/dev/null || true; }
 # (placeholder first): the agent in the domU gets its channel from
 # udev + xen-console-setup, and the document pushed by the broker is applied.
 xen_create() {
-  make_doc "$VT_WORK/domu-doc.json" "$X_HOSTNAME"
+  # The configuration (with a network item for the vif) is in the broker before the
+  # domain exists: the push arrives while the domU boots, through the shipped units
+  # (the agent runs before network-pre.target, no network manager yet).
+  make_doc "$VT_WORK/domu-doc.json" "$X_HOSTNAME" "$X_MAC" "$X_CIDR"
   api_set "$X_NAME" "$VT_WORK/domu-doc.json" "$X_UUID"
+  d0 "ip -br addr show xenbr0" | sed 's/^/    dom0: /' >&2 || fail "dom0 has no xenbr0 (files/dom0/etc/systemd/network)"
   local out
   out=$(d0 "xenchan xl-channel $X_NAME --xl-4.17-workaround | tee -a /etc/xen/vmtest-domu.cfg") ||
     fail "xenchan xl-channel failed: $out"
@@ -81,11 +88,26 @@ xen_create() {
     fail "no result from the domU: $(brief "$(api_domain "$X_NAME")")"
   local j
   j=$(api_domain "$X_NAME")
-  expect_items "$j" "hostname=applied user:cloud=applied"
+  expect_items "$j" "hostname=applied network:lan=applied user:cloud=applied"
   [ "$(json_get "$j" .state)" = configured ] || fail "state is $(json_get "$j" .state)"
   [ "$(json_get "$j" .uuid)" = "$X_UUID" ] || fail "uuid is $(json_get "$j" .uuid)"
   X_GEN=$(json_get "$j" .applied_generation)
   log "domU configured (generation $X_GEN; guest facts: $(json_get "$j" '.facts | "\(.os), kernel \(.kernel), hostname \(.hostname)"'))"
+  wait_for "dom0 reaches the pushed address $X_ADDR (sshd's banner over xenbr0)" 60 2 domu_reachable ||
+    fail "dom0 cannot reach $X_ADDR: $(d0 "ip neigh show dev xenbr0; ip -br link" 2>&1 | tr '\n' ' ')"
+  # The facts were gathered at the session's start, maybe before the vif existed.
+  j=$(api_domain "$X_NAME")
+  log "the domU's vif in its facts: $(json_get "$j" '.facts.interfaces[]? | select(.mac == "'"$X_MAC"'") | "\(.name) \(.addresses | join(","))"' | tr '\n' ' ')"
+  local neigh
+  neigh=$(d0 "ip neigh show $X_ADDR dev xenbr0")
+  grep -q "lladdr $X_MAC" <<<"$neigh" || fail "$X_ADDR is answered by '$neigh', not by the vif $X_MAC"
+  log "dom0 reaches $X_CIDR on the vif $X_MAC: $neigh"
+}
+
+# domu_reachable: dom0 connects to the domU's sshd at the pushed address and reads its
+# banner (dom0 has no ping; bash's /dev/tcp is enough to prove the address is up).
+domu_reachable() {
+  VSSH_LIMIT=15 d0 "timeout 5 bash -c 'exec 3<>/dev/tcp/$X_ADDR/22; head -c 7 <&3'" 2>/dev/null | grep -q '^SSH-2.0'
 }
 
 # domain_detached NAME: the broker no longer has a session with the domain.
@@ -116,8 +138,67 @@ xen_reboot() {
   [ "$(json_get "$j" .applied_generation)" = "$X_GEN" ] || fail "applied generation is $(json_get "$j" .applied_generation)"
   [ "$(json_get "$j" .facts.hostname)" = "$X_HOSTNAME" ] ||
     fail "the rebooted domU reports hostname '$(json_get "$j" .facts.hostname)', want $X_HOSTNAME"
-  log "rebooted (domid $X_DOMID -> $domid): re-attached, nothing pushed, hostname $X_HOSTNAME kept"
+  # The address now comes from the file the agent wrote for systemd-networkd.
+  wait_for "dom0 reaches $X_ADDR after the reboot" 60 2 domu_reachable || fail "$X_ADDR is not up after the reboot"
+  log "rebooted (domid $X_DOMID -> $domid): re-attached, nothing pushed, hostname $X_HOSTNAME and $X_CIDR kept"
   X_DOMID=$domid
+}
+
+# xl_state: "name domid" of every domain but dom0, one line (for the logs).
+xl_state() { d0 "xl list | awk 'NR > 2 { printf \"%s(%s) \", \$1, \$2 }'" 2>/dev/null || true; }
+
+# `xl migrate` of the running domU to this same dom0 (issue 19's hand-off, on one host):
+# with an empty `-s`, xl runs the "host" argument as the receiver's command instead of
+# `ssh host xl migrate-receive`. The receiving side is created as `<name>--incoming`
+# (with a new QEMU that listens on the same channel socket path), the memory is copied
+# while the domain runs, the source is destroyed and the new one renamed. The agent's
+# process simply continues (no new boot): the broker must re-attach under the same UUID
+# with nothing pushed and nothing applied.
+xen_migrate() {
+  local p r c j out t0 domid
+  p=$(api_metric xenchan_pushes_total)
+  r=$(api_metric xenchan_results_total)
+  c=$(api_metric xenchan_connections_total)
+  d0 "xl info | grep -E '^free_memory'" | sed 's/^/    dom0: /' >&2
+  # The destination's QEMU gets its own socket path (`-C`: the same config with another
+  # channel path). With the same path, the destination's QEMU binds it first and the
+  # source's QEMU, ending, unlinks it: the new QEMU listens on a name that no longer
+  # exists and nobody can connect (measured: /run/xenchan/sockets/ empty, the broker
+  # waiting). Between two hosts the paths do not collide. The broker finds the new path
+  # in xenstore (discovery by UUID).
+  X_MIG=$((${X_MIG:-0} + 1))
+  local cfg=/etc/xen/$X_NAME-m$X_MIG.cfg
+  local sock=/run/xenchan/sockets/$X_NAME.m$X_MIG.sock
+  d0 "sed 's|path=/run/xenchan/sockets/$X_NAME.sock|path=$sock|' /etc/xen/$X_NAME.cfg >$cfg; grep -q 'path=$sock' $cfg" ||
+    fail "cannot write $cfg with another channel path"
+  t0=$(now)
+  out=$(VSSH_LIMIT=$(scaled 240) d0 "xl migrate -s '' -C $cfg $X_NAME 'xl migrate-receive' </dev/null 2>&1") ||
+    fail "xl migrate failed ($(($(now) - t0)) s): $(tail -n 15 <<<"$out" | tr '\n' '|')"
+  log "xl migrate: done in $(($(now) - t0)) s; $(grep -iE 'migration|transfer|success' <<<"$out" | tail -n 4 | tr '\n' '|')"
+  log "domains: $(xl_state)"
+  domid=$(xen_domid)
+  [ -n "$domid" ] && [ "$domid" != "$X_DOMID" ] || fail "domid after migrate is '$domid' (was $X_DOMID)"
+  d0 "xl list" | grep -q -- '--incoming' && fail "a domain is still named $X_NAME--incoming: $(xl_state)"
+  wait_for "the broker reconnected to the migrated domU" 120 2 metric_above xenchan_connections_total "$c" ||
+    fail "the broker did not connect to the migrated domU: $(brief "$(api_domain "$X_NAME")")"
+  wait_for "the migrated domU's agent is attached" 120 2 domain_attached "$X_NAME" ||
+    fail "the domain is not attached after the migration: $(brief "$(api_domain "$X_NAME")")"
+  sleep 5 # a push would follow the hello at once
+  [ "$(api_metric xenchan_pushes_total)" = "$p" ] || fail "the broker pushed again after the migration"
+  [ "$(api_metric xenchan_results_total)" = "$r" ] || fail "a result came after the migration (something was applied)"
+  j=$(api_domain "$X_NAME")
+  [ "$(json_get "$j" .applied_generation)" = "$X_GEN" ] || fail "applied generation is $(json_get "$j" .applied_generation)"
+  [ "$(json_get "$j" .uuid)" = "$X_UUID" ] || fail "uuid is $(json_get "$j" .uuid)"
+  [ "$(json_get "$j" .reported_uuid)" = "$X_UUID" ] || fail "the agent reports uuid $(json_get "$j" .reported_uuid)"
+  [ "$(json_get "$j" .last_error)" = null ] || fail "the broker recorded an error: $(json_get "$j" .last_error)"
+  # The broker knows one domain: the transient `--incoming` name left nothing behind.
+  local names
+  names=$(json_get "$(api_cli --json domain ls 2>/dev/null || true)" '[.[]?.name // empty] | join(" ")')
+  [ "$names" = "$X_NAME" ] || fail "the broker's domains after the migration: '$names', want only $X_NAME"
+  wait_for "dom0 reaches $X_ADDR after the migration" 60 2 domu_reachable || fail "$X_ADDR is not up after the migration"
+  log "migrated (domid $X_DOMID -> $domid): re-attached under $X_UUID, nothing pushed or applied, $X_CIDR up"
+  X_DOMID=$domid
+  X_SOCK=$sock # what xen-destroy watches
 }
 
 sock_gone() { d0 test ! -e "$X_SOCK"; }
@@ -146,6 +227,8 @@ xen_destroy() {
     echo \"keys=\$(grep -c '^ssh-' home/cloud/.ssh/authorized_keys)\"
     echo \"owner=\$(stat -c %U home/cloud/.ssh/authorized_keys)\"
     echo \"generation=\$(grep -o '\"generation\": *[0-9]*' var/lib/xenchan-agent/applied.json | grep -o '[0-9]*\$')\"
+    f=etc/systemd/network/10-xenchan-lan.network
+    echo \"network=\$(grep -ci '^MACAddress=$X_MAC' \$f || true):\$(grep -c '^Address=$X_CIDR' \$f || true)\"
     for b in \$(journalctl -D var/log/journal --list-boots --no-pager -q | awk '{print \$2}'); do
       log=\$(journalctl -D var/log/journal -b \$b -u xenchan-agent.service -o cat --no-pager)
       echo \"boot=\$(grep -c -F '$AGENT_SESSION_MSG' <<<\"\$log\"):\$(grep -c -F '$AGENT_ITEM_MSG' <<<\"\$log\")\"
@@ -156,8 +239,9 @@ xen_destroy() {
   grep -qx "keys=41" <<<"$out" || fail "cloud's authorized_keys does not hold the 41 pushed keys"
   grep -qx "owner=cloud" <<<"$out" || fail "cloud's authorized_keys is not owned by cloud"
   grep -qx "generation=$X_GEN" <<<"$out" || fail "the agent's state does not record generation $X_GEN"
-  # Per boot "sessions:items": the first boot applied the items, the second only started
-  # a session.
+  grep -qx "network=1:1" <<<"$out" || fail "the domU's 10-xenchan-lan.network does not match $X_MAC with Address=$X_CIDR"
+  # Per boot "sessions:items": the first boot applied the items, the second (after
+  # `xl reboot`; the migration is no new boot) only started sessions.
   local boots
   boots=$(grep '^boot=' <<<"$out" | cut -d= -f2 | tr '\n' ' ')
   [[ "$boots" =~ ^[1-9][0-9]*:[1-9][0-9]*\ [1-9][0-9]*:0\ $ ]] ||

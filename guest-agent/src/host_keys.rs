@@ -5,6 +5,7 @@
 
 use std::ffi::OsStr;
 use std::path::Path;
+use std::time::Duration;
 
 use ssh_key::{HashAlg, PublicKey};
 use tracing::{info, warn};
@@ -35,32 +36,82 @@ fn names(dir: &std::fs::File) -> Vec<String> {
     out
 }
 
-/// Makes the host keys when sshd is installed (`/etc/ssh/sshd_config`) and none exists.
-pub fn ensure(root: &Path) {
-    let Ok(r) = fsat::open_dir(root) else { return };
+/// The key type made first, alone: ed25519 takes milliseconds even under an emulator.
+const FIRST_TYPE: &str = "ed25519";
+/// `ssh-keygen -A` for the other types: RSA 3072 takes seconds on hardware and was
+/// measured over 20 s under QEMU's TCG on a busy host. Nobody waits for it.
+const REST_DEADLINE: Duration = Duration::from_secs(300);
+
+/// The `etc/ssh` folder of `root` when sshd is installed there (`sshd_config`) and has no
+/// host key at all (the first boot after `xenchan-agent seal`).
+fn keyless_sshd(root: &Path) -> bool {
+    let Ok(r) = fsat::open_dir(root) else {
+        return false;
+    };
     let Ok(ssh) = fsat::walk_dirs(&r, Path::new("etc/ssh"), None) else {
-        return;
+        return false;
     };
     let sshd = fsat::lstat_at(&ssh, OsStr::new("sshd_config"))
         .ok()
         .flatten()
         .is_some();
-    if !sshd || names(&ssh).iter().any(|n| is_private_key(n)) {
-        return;
-    }
-    let Some(keygen) = command::find_tool("ssh-keygen") else {
+    sshd && !names(&ssh).iter().any(|n| is_private_key(n))
+}
+
+fn keygen() -> Option<std::path::PathBuf> {
+    let k = command::find_tool("ssh-keygen");
+    if k.is_none() {
         warn!("no ssh host keys and no ssh-keygen to make them");
-        return;
-    };
+    }
+    k
+}
+
+/// First boot after sealing: makes the ed25519 host key alone (fast) and returns true,
+/// so the caller can let sshd start at once and make the other types with
+/// [`ensure_rest`] in the background. False (nothing made) when sshd is not installed
+/// or has a host key already.
+pub fn ensure_first(root: &Path) -> bool {
+    if !keyless_sshd(root) {
+        return false;
+    }
+    let Some(keygen) = keygen() else { return false };
+    let file = root.join(format!("etc/ssh/ssh_host_{FIRST_TYPE}_key"));
+    let file = file.to_string_lossy();
+    let args = ["-q", "-t", FIRST_TYPE, "-N", "", "-C", "", "-f", &file];
+    match command::run(&keygen, &args, command::TOOL_DEADLINE) {
+        Ok(()) => {
+            info!(
+                key = FIRST_TYPE,
+                "made a new ssh host key (first boot after sealing)"
+            );
+            true
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot make the ssh host key");
+            false
+        }
+    }
+}
+
+/// Makes the host key types still missing (`ssh-keygen -A`, which skips existing ones).
+pub fn ensure_rest(root: &Path) {
+    let Some(keygen) = keygen() else { return };
     let root_arg = root.to_string_lossy();
     let args: Vec<&str> = if crate::options::is_root_path(root) {
         vec!["-A"]
     } else {
         vec!["-A", "-f", &root_arg]
     };
-    match command::run(&keygen, &args, command::TOOL_DEADLINE) {
-        Ok(()) => info!("made new ssh host keys (first boot after sealing)"),
+    match command::run(&keygen, &args, REST_DEADLINE) {
+        Ok(()) => info!("made the other ssh host keys (first boot after sealing)"),
         Err(e) => warn!(error = %e, "cannot make ssh host keys"),
+    }
+}
+
+/// Makes the host keys when sshd is installed (`/etc/ssh/sshd_config`) and none exists.
+pub fn ensure(root: &Path) {
+    if ensure_first(root) {
+        ensure_rest(root);
     }
 }
 
@@ -130,5 +181,33 @@ mod tests {
         // A second gather makes nothing new.
         let again = gather(dir.path());
         assert_eq!(again, keys);
+    }
+
+    #[test]
+    fn first_boot_makes_ed25519_alone_then_the_rest() {
+        if command::find_tool("ssh-keygen").is_none() {
+            eprintln!("skipped: ssh-keygen (openssh-client) is not installed");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!ensure_first(dir.path()), "no sshd_config: nothing made");
+        std::fs::create_dir_all(dir.path().join("etc/ssh")).unwrap();
+        std::fs::write(dir.path().join("etc/ssh/sshd_config"), "").unwrap();
+        assert!(ensure_first(dir.path()));
+        let ssh = dir.path().join("etc/ssh");
+        let made = |t: &str| ssh.join(format!("ssh_host_{t}_key")).is_file();
+        assert!(made("ed25519") && !made("rsa") && !made("ecdsa"));
+        // sshd can load it: `sshd -t` would; ssh-keygen -y derives the public half.
+        let out = std::process::Command::new("ssh-keygen")
+            .arg("-yf")
+            .arg(ssh.join("ssh_host_ed25519_key"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert!(!ensure_first(dir.path()), "a key exists: nothing more made");
+        ensure_rest(dir.path());
+        assert!(made("rsa") && made("ecdsa"));
+        let keys = gather(dir.path());
+        assert_eq!(keys.len(), 3, "{keys:?}");
     }
 }

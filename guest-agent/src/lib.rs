@@ -93,6 +93,24 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
         applied_generation = applied.as_ref().map(|a| a.generation),
         "xenchan-agent starting"
     );
+    // The first boot of a clone of a sealed template has no ssh host keys, and sshd
+    // refuses to start without them (Debian's ssh.service: `sshd -t` fails, and the
+    // restarts hit the start limit). The ed25519 key (milliseconds) is made here, before
+    // READY, so that sshd (ordered after network.target, after this unit) finds it even
+    // when no broker is connected yet; the slow types (RSA: over 20 s under an
+    // emulator) follow on a thread of their own, which the process does not wait for.
+    // The facts report the keys once a session starts.
+    let root = opts.root.clone();
+    match tokio::task::spawn_blocking(move || host_keys::ensure_first(&root)).await {
+        Ok(true) => {
+            let root = opts.root.clone();
+            let _ = std::thread::Builder::new()
+                .name("ssh-keygen".into())
+                .spawn(move || host_keys::ensure_rest(&root));
+        }
+        Ok(false) => {}
+        Err(e) => warn!(error = %e, "making the ssh host keys failed"),
+    }
     if opts.sd_notify {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     }

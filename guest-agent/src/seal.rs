@@ -3,7 +3,8 @@
 //! from the template into them, is cleared:
 //!
 //! - `/etc/machine-id` is emptied (systemd's first-boot convention: an empty file makes
-//!   systemd generate a new id at boot; a missing one breaks read-only roots);
+//!   systemd generate a new id at boot; a missing one breaks read-only roots), and dbus's
+//!   `/var/lib/dbus/machine-id` removed when it is a file (systemd would copy it back);
 //! - ssh host keys are removed (the agent regenerates them at first boot and sends their
 //!   fingerprints to dom0, see `host_keys`);
 //! - the agent's applied state is removed (a clone is configured afresh);
@@ -76,6 +77,15 @@ pub const TARGETS: &[Target] = &[
         dir: Some("etc"),
         matches: machine_id,
         action: Action::Empty,
+    },
+    // dbus's own copy (a regular file on Debian installs where dbus came before
+    // systemd's machine-id): systemd initialises an empty /etc/machine-id from it, so a
+    // clone would get the template's id back. A symlink to /etc/machine-id is left.
+    Target {
+        what: "D-Bus machine id",
+        dir: Some("var/lib/dbus"),
+        matches: machine_id,
+        action: Action::Remove,
     },
     Target {
         what: "ssh host keys",
@@ -317,7 +327,8 @@ mod tests {
 
     #[test]
     fn plans() {
-        let keys = TARGETS[1];
+        let by = |what: &str| *TARGETS.iter().find(|t| t.what == what).unwrap();
+        let keys = by("ssh host keys");
         let steps = plan(
             &keys,
             "/etc/ssh",
@@ -336,7 +347,12 @@ mod tests {
                 "ssh host keys: removed /etc/ssh/ssh_host_ed25519_key.pub"
             ]
         );
-        let mid = TARGETS[0];
+        let dbus = by("D-Bus machine id");
+        assert_eq!(
+            plan(&dbus, "/var/lib/dbus", &found(&[("machine-id", 33)]))[0].to_string(),
+            "D-Bus machine id: removed /var/lib/dbus/machine-id"
+        );
+        let mid = by("machine id");
         assert_eq!(
             plan(&mid, "/etc", &found(&[("machine-id", 33)]))[0].to_string(),
             "machine id: emptied /etc/machine-id"
