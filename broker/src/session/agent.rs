@@ -264,11 +264,6 @@ impl Session<'_> {
             items: accept::merge_items(&r.items, &left_out),
             ..r.clone()
         };
-        // Durable before anything else: a result accepted is never lost.
-        self.domain.record_result(&record).await;
-        self.domain
-            .metrics()
-            .result(r.items.iter().map(|i| i.status));
         // `configured` unless an item failed: an item the guest cannot apply is
         // reported `unsupported` in the items, and pushing again would not change it.
         let ok = r.none_failed();
@@ -287,6 +282,15 @@ impl Session<'_> {
             digest: r.digest.to_string(),
             ok,
         });
+        // The state this result leads to goes into the same in-memory update as the
+        // result: a reader never sees the new applied generation beside a stale `pushing`
+        // (the bench's hotplug check caught that window). evaluate() decides again after.
+        let next = self.decide(&d).state();
+        // Durable before anything else: a result accepted is never lost.
+        self.domain.record_result(&record, next).await;
+        self.domain
+            .metrics()
+            .result(r.items.iter().map(|i| i.status));
         match accept::degraded_reason(r.generation, &r.items) {
             Some(why) => self.domain.record_reason(why).await,
             None => self.domain.clear_error().await,

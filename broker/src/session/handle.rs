@@ -155,8 +155,9 @@ impl DomainHandle {
     }
 
     /// Records a result durably before anything else (a result received is never
-    /// lost), then in memory: its items, and its generation as the applied one.
-    pub async fn record_result(&self, r: &ApplyResult) {
+    /// lost), then in memory in one update: its items, its generation as the applied
+    /// one, and `state` (what the result leads to) when given.
+    pub async fn record_result(&self, r: &ApplyResult, state: Option<DomainState>) {
         self.shared.spend_budget(&self.name, Budget::Writes).await;
         self.shared.metrics.session_write(SessionWrite::Result);
         let at = match self.shared.store.record_result(&self.name, r).await {
@@ -181,6 +182,9 @@ impl DomainHandle {
         self.shared.update(&self.name, |s| {
             s.result(items, at);
             s.applied(Some(applied), None);
+            if let Some(state) = state {
+                s.state(state);
+            }
         });
     }
 
