@@ -31,20 +31,18 @@ use xenchan_basics::chain;
 use xenchan_protocol::config::{ConfigError, GuestConfig};
 
 use crate::api::roles::{self, Roles};
-use crate::api::types::{
-    ApiError, BulkItemResult, BulkOutcome, BulkResult, DomainView, EventPage, EventView, Forbidden,
-    Health, MigratePrepareRequest, PrepareRequest,
-};
+use crate::api::types::{ApiError, DomainView, EventPage, EventView, Forbidden, Health};
+use crate::api::{bulk, lifecycle};
 use crate::audit::{self, Caller};
 use crate::domains::Shared;
-use crate::ops::{self, OpError, Prepare, PutConfig};
+use crate::ops::{self, OpError, PutConfig};
 use crate::paths::{canonical_uuid, check_domain_name};
 use crate::store::{EventFilter, PutOutcome};
 use xenchan_api::query::{DomainQuery, EventQuery, NEXT_CURSOR_HEADER, QueryError};
 
 /// An error response.
 #[derive(Debug)]
-struct Fail(StatusCode, ApiError);
+pub(super) struct Fail(pub(super) StatusCode, pub(super) ApiError);
 
 impl IntoResponse for Fail {
     fn into_response(self) -> Response {
@@ -52,11 +50,11 @@ impl IntoResponse for Fail {
     }
 }
 
-fn fail(status: StatusCode, msg: impl Into<String>) -> Fail {
+pub(super) fn fail(status: StatusCode, msg: impl Into<String>) -> Fail {
     Fail(status, ApiError::msg(msg))
 }
 
-fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
+pub(super) fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
     let mut bytes = serde_json::to_vec_pretty(body).expect("API types serialise");
     bytes.push(b'\n');
     (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response()
@@ -72,7 +70,7 @@ impl From<OpError> for Fail {
 
 /// The status and error document of an operation's error (a request's, or one item's of
 /// a bulk PUT).
-fn op_error(e: &OpError) -> (StatusCode, ApiError) {
+pub(super) fn op_error(e: &OpError) -> (StatusCode, ApiError) {
     let (status, path, domain) = match e {
         OpError::BadField { path, .. } => (StatusCode::BAD_REQUEST, Some(path.clone()), None),
         OpError::Config(c) => {
@@ -122,7 +120,7 @@ fn op_error(e: &OpError) -> (StatusCode, ApiError) {
 
 /// A lock-manager refusal: 409 with `domain` naming the host that owns the domain (or
 /// the destination prepared instead), `path` what stands in the way.
-fn migration_refusal(
+pub(super) fn migration_refusal(
     c: &xenchan_cluster::ClusterError,
 ) -> (StatusCode, Option<String>, Option<String>) {
     use xenchan_cluster::ClusterError as C;
@@ -135,11 +133,11 @@ fn migration_refusal(
     (StatusCode::CONFLICT, Some(path.into()), host)
 }
 
-fn bad_config(e: ConfigError) -> Fail {
+pub(super) fn bad_config(e: ConfigError) -> Fail {
     Fail::from(OpError::Config(e))
 }
 
-fn valid_name(name: &str) -> Result<(), Fail> {
+pub(super) fn valid_name(name: &str) -> Result<(), Fail> {
     check_domain_name(name).map_err(|e| fail(StatusCode::BAD_REQUEST, e))
 }
 
@@ -151,14 +149,17 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/events", get(events))
-        .route("/v1/domains", get(list).put(put_configs))
+        .route("/v1/domains", get(list).put(bulk::put_configs))
         .route("/v1/domains/{name}", get(get_domain).delete(delete_domain))
         .route("/v1/domains/{name}/config", put(put_config))
         .route("/v1/domains/{name}/push", post(push))
-        .route("/v1/domains/{name}/prepare", post(prepare))
-        .route("/v1/domains/{name}/release", post(release))
+        .route("/v1/domains/{name}/prepare", post(lifecycle::prepare))
+        .route("/v1/domains/{name}/release", post(lifecycle::release))
         // `{name}` is the VM UUID here: in cluster mode the UUID is a domain's identity.
-        .route("/v1/domains/{name}/migrate/{step}", post(migrate))
+        .route(
+            "/v1/domains/{name}/migrate/{step}",
+            post(lifecycle::migrate),
+        )
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -362,7 +363,7 @@ async fn get_domain(
     Ok(json(StatusCode::OK, &v))
 }
 
-async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, Fail> {
+pub(super) async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, Fail> {
     match http_body_util::Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(fail(
@@ -377,7 +378,7 @@ async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, Fail> {
 }
 
 /// `uuid=<uuid>` from the query, checked and lowercased.
-fn uuid_query(q: Option<&str>) -> Result<Option<String>, Fail> {
+pub(super) fn uuid_query(q: Option<&str>) -> Result<Option<String>, Fail> {
     let Some(q) = q else { return Ok(None) };
     let mut uuid = None;
     for pair in q.split('&').filter(|p| !p.is_empty()) {
@@ -430,118 +431,6 @@ async fn put_config(
     Ok(json(status, &done.view))
 }
 
-/// `PUT /v1/domains`: a JSON array of `{"name", "uuid", "config"}`, each item answered on
-/// its own (docs/API.md). Only a body that cannot be read as such an array fails the
-/// request.
-async fn put_configs(State(sh): State<Arc<Shared>>, body: Body) -> Result<Response, Fail> {
-    let limits = &sh.config.limits;
-    // Items not started by then are answered "not attempted": a started item may wait
-    // for the prepare hooks (`timeouts.hook`, when there are hooks), and the answer must
-    // beat the request's own deadline (timeouts.hook < timeouts.request is checked at
-    // start). 500 ms are left for the last items' commits and the answer.
-    let hooks = if sh.hooks.list().is_empty() {
-        Duration::ZERO
-    } else {
-        Duration::from_millis(sh.config.timeouts.hook)
-    };
-    let budget = sh
-        .config
-        .timeouts
-        .request()
-        .saturating_sub(hooks + Duration::from_millis(500));
-    let cutoff = tokio::time::Instant::now() + budget;
-    let bytes = read_body(body, limits.max_bulk_body).await.map_err(|f| {
-        if f.0 == StatusCode::PAYLOAD_TOO_LARGE {
-            fail(
-                f.0,
-                format!(
-                    "the bulk request body exceeds limits.max_bulk_body ({} bytes): send \
-                     the configurations in several requests",
-                    limits.max_bulk_body
-                ),
-            )
-        } else {
-            f
-        }
-    })?;
-    let values = bulk_array(&bytes, limits.max_bulk)?;
-    let items = ops::read_items(values);
-    let done = ops::do_put_configs(&sh, items, cutoff).await;
-    let results: Vec<BulkItemResult> = done.into_iter().map(bulk_result).collect();
-    let succeeded = results.iter().filter(|r| r.ok()).count();
-    Ok(json(
-        StatusCode::OK,
-        &BulkResult {
-            succeeded,
-            failed: results.len() - succeeded,
-            results,
-        },
-    ))
-}
-
-/// The body of a bulk PUT as its items: a JSON array of at most `max` values.
-fn bulk_array(bytes: &[u8], max: usize) -> Result<Vec<serde_json::Value>, Fail> {
-    if bytes.trim_ascii_start().first() != Some(&b'[') {
-        return Err(bad_field(
-            ".",
-            "a bulk PUT takes a JSON array of {\"name\", \"uuid\", \"config\"} items",
-        ));
-    }
-    let values: Vec<serde_json::Value> = serde_json::from_slice(bytes)
-        .map_err(|e| bad_field(".", format!("the bulk request is not a JSON array: {e}")))?;
-    if values.len() > max {
-        return Err(fail(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "the request holds {} configurations; limits.max_bulk is {max}: send them \
-                 in several requests",
-                values.len()
-            ),
-        ));
-    }
-    Ok(values)
-}
-
-/// One item's answer: what its single PUT would have answered.
-fn bulk_result((head, done): (ops::BulkHead, Result<ops::PutDone, OpError>)) -> BulkItemResult {
-    let mut r = BulkItemResult {
-        index: head.index,
-        name: head.name,
-        uuid: head.uuid,
-        status: 0,
-        outcome: None,
-        generation: None,
-        digest: None,
-        error: None,
-        path: None,
-        errors: Vec::new(),
-        domain: None,
-    };
-    match done {
-        Ok(done) => {
-            let (status, outcome) = match done.outcome {
-                PutOutcome::Created(_) => (StatusCode::CREATED, BulkOutcome::Created),
-                PutOutcome::Updated(_) => (StatusCode::OK, BulkOutcome::Updated),
-                PutOutcome::Unchanged(_) => (StatusCode::OK, BulkOutcome::Unchanged),
-            };
-            let desired = done.outcome.desired();
-            r.status = status.as_u16();
-            r.outcome = Some(outcome);
-            r.generation = Some(desired.generation);
-            r.digest = Some(desired.digest.to_string());
-        }
-        Err(e) => {
-            let (status, doc) = op_error(&e);
-            r.status = status.as_u16();
-            r.error = Some(doc.error);
-            r.path = doc.path;
-            r.errors = doc.errors;
-            r.domain = doc.domain;
-        }
-    }
-    r
-}
-
 async fn delete_domain(
     State(sh): State<Arc<Shared>>,
     Path(name): Path<String>,
@@ -589,7 +478,7 @@ fn force_query(q: Option<&str>) -> Result<bool, Fail> {
 }
 
 /// A 400 naming the request field at fault.
-fn bad_field(path: impl Into<String>, error: impl Into<String>) -> Fail {
+pub(super) fn bad_field(path: impl Into<String>, error: impl Into<String>) -> Fail {
     Fail(
         StatusCode::BAD_REQUEST,
         ApiError {
@@ -602,139 +491,8 @@ fn bad_field(path: impl Into<String>, error: impl Into<String>) -> Fail {
 }
 
 /// Whether a body is empty (only whitespace).
-fn blank(bytes: &[u8]) -> bool {
+pub(super) fn blank(bytes: &[u8]) -> bool {
     bytes.iter().all(u8::is_ascii_whitespace)
-}
-
-/// `POST /v1/domains/{name}/prepare`: the libvirt hook's `prepare` (the VM is about
-/// to start). Registers the domain, records its UUID and channel path, confirms its
-/// leases, runs the `prepare begin` hooks, marks it running. Idempotent.
-async fn prepare(
-    State(sh): State<Arc<Shared>>,
-    Path(name): Path<String>,
-    body: Body,
-) -> Result<Response, Fail> {
-    valid_name(&name)?;
-    let bytes = read_body(body, sh.config.limits.max_body).await?;
-    let req: PrepareRequest = if blank(&bytes) {
-        PrepareRequest::default()
-    } else {
-        serde_json::from_slice(&bytes).map_err(|e| {
-            fail(
-                StatusCode::BAD_REQUEST,
-                format!("invalid prepare request: {e}"),
-            )
-        })?
-    };
-    let uuid = match &req.uuid {
-        Some(u) => Some(canonical_uuid(u).ok_or_else(|| {
-            bad_field(
-                "uuid",
-                format!(
-                    "`{}` is not a UUID (expected 8-4-4-4-12 hex digits)",
-                    u.escape_debug()
-                ),
-            )
-        })?),
-        None => None,
-    };
-    let prepare = Prepare {
-        name,
-        uuid,
-        channels: req.channels,
-    };
-    Ok(json(StatusCode::OK, &ops::do_prepare(&sh, prepare).await?))
-}
-
-/// `POST /v1/domains/{name}/release`: the libvirt hook's `release` (the VM stopped).
-/// Stops the session, keeps the configuration and leases, drops the running marker,
-/// runs the `release end` hooks. Always 200; idempotent.
-async fn release(
-    State(sh): State<Arc<Shared>>,
-    Path(name): Path<String>,
-    body: Body,
-) -> Result<Response, Fail> {
-    valid_name(&name)?;
-    let bytes = read_body(body, sh.config.limits.max_body).await?;
-    if !blank(&bytes) {
-        let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-            fail(
-                StatusCode::BAD_REQUEST,
-                format!("invalid release request: {e}"),
-            )
-        })?;
-        if !v.is_object() {
-            return Err(fail(
-                StatusCode::BAD_REQUEST,
-                "the release request body must be a JSON object (`{}`)",
-            ));
-        }
-    }
-    Ok(json(StatusCode::OK, &ops::do_release(&sh, name).await?))
-}
-
-/// `POST /v1/domains/{uuid}/migrate/{prepare,complete,cancel}` (cluster mode): the
-/// migration hand-off with libvirt's lock-manager meanings (docs/API.md).
-async fn migrate(
-    State(sh): State<Arc<Shared>>,
-    Path((uuid, step)): Path<(String, String)>,
-    body: Body,
-) -> Result<Response, Fail> {
-    let uuid = canonical_uuid(&uuid).ok_or_else(|| {
-        bad_field(
-            "uuid",
-            format!(
-                "`{}` is not a VM UUID (expected 8-4-4-4-12 hex digits): migration calls name \
-                 the domain by its UUID",
-                uuid.escape_debug()
-            ),
-        )
-    })?;
-    let bytes = read_body(body, sh.config.limits.max_body).await?;
-    let done = match step.as_str() {
-        "prepare" => {
-            let req: MigratePrepareRequest = if blank(&bytes) {
-                MigratePrepareRequest::default()
-            } else {
-                serde_json::from_slice(&bytes).map_err(|e| {
-                    fail(
-                        StatusCode::BAD_REQUEST,
-                        format!("invalid migrate prepare request: {e}"),
-                    )
-                })?
-            };
-            ops::do_migrate_prepare(&sh, &uuid, req.name).await?
-        }
-        "complete" | "cancel" => {
-            if !blank(&bytes)
-                && !bytes
-                    .iter()
-                    .copied()
-                    .filter(|b| !b.is_ascii_whitespace())
-                    .eq(*b"{}")
-            {
-                return Err(fail(
-                    StatusCode::BAD_REQUEST,
-                    format!("migrate {step} takes no request body (or `{{}}`)"),
-                ));
-            }
-            if step == "complete" {
-                ops::do_migrate_complete(&sh, &uuid).await?
-            } else {
-                ops::do_migrate_cancel(&sh, &uuid).await?
-            }
-        }
-        other => {
-            return Err(fail(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "no such migration step `{}` (prepare, complete or cancel)",
-                    other.escape_debug()
-                ),
-            ));
-        }
-    };
-    Ok(json(StatusCode::OK, &done))
 }
 
 /// Serves the API on `listener` until `stop`, then lets running requests finish
