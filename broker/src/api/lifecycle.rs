@@ -15,6 +15,20 @@ use crate::domains::Shared;
 use crate::ops::{self, Prepare};
 use crate::paths::canonical_uuid;
 
+/// A lifecycle request body: empty means the defaults; otherwise JSON, a 400 naming the
+/// call (`what`) and serde's reason when it is not.
+fn request<T: serde::de::DeserializeOwned + Default>(bytes: &[u8], what: &str) -> Result<T, Fail> {
+    if blank(bytes) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        fail(
+            StatusCode::BAD_REQUEST,
+            format!("invalid {what} request: {e}"),
+        )
+    })
+}
+
 /// `POST /v1/domains/{name}/prepare`: the libvirt hook's `prepare` (the VM is about
 /// to start). Registers the domain, records its UUID and channel path, confirms its
 /// leases, runs the `prepare begin` hooks, marks it running. Idempotent.
@@ -25,16 +39,7 @@ pub(super) async fn prepare(
 ) -> Result<Response, Fail> {
     valid_name(&name)?;
     let bytes = read_body(body, sh.config.limits.max_body).await?;
-    let req: PrepareRequest = if blank(&bytes) {
-        PrepareRequest::default()
-    } else {
-        serde_json::from_slice(&bytes).map_err(|e| {
-            fail(
-                StatusCode::BAD_REQUEST,
-                format!("invalid prepare request: {e}"),
-            )
-        })?
-    };
+    let req: PrepareRequest = request(&bytes, "prepare")?;
     let uuid = match &req.uuid {
         Some(u) => Some(canonical_uuid(u).ok_or_else(|| {
             bad_field(
@@ -102,16 +107,7 @@ pub(super) async fn migrate(
     let bytes = read_body(body, sh.config.limits.max_body).await?;
     let done = match step.as_str() {
         "prepare" => {
-            let req: MigratePrepareRequest = if blank(&bytes) {
-                MigratePrepareRequest::default()
-            } else {
-                serde_json::from_slice(&bytes).map_err(|e| {
-                    fail(
-                        StatusCode::BAD_REQUEST,
-                        format!("invalid migrate prepare request: {e}"),
-                    )
-                })?
-            };
+            let req: MigratePrepareRequest = request(&bytes, "migrate prepare")?;
             ops::do_migrate_prepare(&sh, &uuid, req.name).await?
         }
         "complete" | "cancel" => {

@@ -88,6 +88,30 @@ impl Play<'_> {
         Ok(())
     }
 
+    /// A new configuration for the target through `client`; every domain converges and
+    /// the check `what` holds when that generation reached the guest exactly once.
+    async fn change_reaches_once(
+        &mut self,
+        client: &Client,
+        names: &[String],
+        what: &str,
+    ) -> Result<(), ScenarioError> {
+        let c = self.config_for(TARGET, 0, "-v2")?;
+        let generation = self
+            .put_through(client, TARGET, c)
+            .await?
+            .desired_generation
+            .unwrap_or(0);
+        self.converge(names).await?;
+        let n = checks::pushes_of(self.sim.domain(TARGET)?, generation);
+        self.check(
+            what,
+            n == 1,
+            format!("generation {generation} reached the guest {n} times"),
+        );
+        Ok(())
+    }
+
     /// Pushes counted by the brokers (`xenchan_pushes_total`, plus `before` for brokers
     /// no longer running) equal the config frames that reached the guests: every push
     /// the brokers made arrived once, and no guest got one the brokers did not count.
@@ -248,19 +272,12 @@ impl Play<'_> {
         self.log(&format!(
             "a new config for {TARGET} through {a_name}, the old source"
         ));
-        let c = self.config_for(TARGET, 0, "-v2")?;
-        let generation = self
-            .put_through(&a_client, TARGET, c)
-            .await?
-            .desired_generation
-            .unwrap_or(0);
-        self.converge(&names).await?;
-        let n = checks::pushes_of(self.sim.domain(TARGET)?, generation);
-        self.check(
+        self.change_reaches_once(
+            &a_client,
+            &names,
             "migrate: a PUT through the old source reached the guest on the destination exactly once",
-            n == 1,
-            format!("generation {generation} reached the guest {n} times"),
-        );
+        )
+        .await?;
         self.pushes_match(0).await
     }
 
@@ -367,19 +384,12 @@ impl Play<'_> {
         self.lease_held("after its host was lost").await?;
 
         self.log(&format!("a new config for {TARGET} through {b_name}"));
-        let c = self.config_for(TARGET, 0, "-v2")?;
-        let generation = self
-            .put_through(&b_client, TARGET, c)
-            .await?
-            .desired_generation
-            .unwrap_or(0);
-        self.converge(&names).await?;
-        let n = checks::pushes_of(self.sim.domain(TARGET)?, generation);
-        self.check(
+        self.change_reaches_once(
+            &b_client,
+            &names,
             "host-loss: the next change reached the restarted guest exactly once",
-            n == 1,
-            format!("generation {generation} reached the guest {n} times"),
-        );
+        )
+        .await?;
         self.pushes_match(a_pushes).await
     }
 }
