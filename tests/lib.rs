@@ -1,10 +1,14 @@
 //! End-to-end test support: the real `xenchan-broker`, `xenchan-agent`,
-//! `xen-console-setup` and `xenchan-sim` binaries, run together by the simulator.
+//! `xen-console-setup` and `xenchan-sim` binaries, run together by the simulator, and the
+//! `xenchan` CLI, run against a broker in the test's process (`cli`, `hook`,
+//! `hook_migrate`, `roles`: here rather than in the CLI's package so that its
+//! dependencies, dev ones included, have no broker, hence no rusqlite or axum).
 //!
 //! The tests live in `tests/tests/`. Cargo builds only the binaries of the package under
 //! test, so [`binaries`] runs `cargo build --bins -p xenchan-broker -p xenchan-agent -p
-//! xenchan-sim` once per test process (same profile and target folder), which is a no-op
-//! when they are fresh. Set `XENCHAN_BIN_DIR` to use prebuilt binaries instead.
+//! xenchan-sim -p xenchan-cli` once per test process (same profile and target folder),
+//! which is a no-op when they are fresh. Set `XENCHAN_BIN_DIR` to use prebuilt binaries
+//! instead.
 //!
 //! [`relay`] is a channel backend with a gate on the host-to-guest direction, for tests
 //! that need a slow channel's ordering without timing.
@@ -29,7 +33,12 @@ pub fn binaries() -> &'static Binaries {
             binaries::build(
                 &ws,
                 &dir,
-                &["xenchan-broker", "xenchan-agent", "xenchan-sim"],
+                &[
+                    "xenchan-broker",
+                    "xenchan-agent",
+                    "xenchan-sim",
+                    "xenchan-cli",
+                ],
             )
             .unwrap_or_else(|e| panic!("cannot build the binaries under test: {e}"));
             Binaries::in_dir(&dir)
@@ -43,6 +52,13 @@ pub fn binaries() -> &'static Binaries {
 /// The `xenchan-sim` binary.
 pub fn sim_binary() -> PathBuf {
     binaries().dir.join(binaries::SIM)
+}
+
+/// The `xenchan` CLI binary, from the same folder as [`binaries`]. A test that starts a
+/// broker calls it first: the first call in a test process may build the workspace, which
+/// takes longer than the broker's and the test's deadlines.
+pub fn cli_binary() -> PathBuf {
+    binaries().cli().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A fresh simulation in a new folder under `$TMPDIR`.

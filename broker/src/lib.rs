@@ -31,7 +31,7 @@ pub use xenchan_api::paths;
 mod session;
 pub mod store;
 mod transport;
-/// The control socket's ACL rule, public for the role tests (cli/tests/roles.rs).
+/// The control socket's ACL rule, public for the role tests (tests/tests/roles.rs).
 pub use transport::acl;
 
 use std::future::Future;

@@ -22,6 +22,9 @@ pub const AGENT: &str = "xenchan-agent";
 pub const CONSOLE_SETUP: &str = "xen-console-setup";
 /// The simulator's own binary.
 pub const SIM: &str = "xenchan-sim";
+/// The operator CLI (`xenchan-cli`): not run by the simulator, only by the end-to-end
+/// tests of the CLI, so [`Binaries::in_dir`] does not require it (see [`Binaries::cli`]).
+pub const CLI: &str = "xenchan";
 /// Environment variable naming a folder holding all the binaries (no build then).
 pub const ENV_BIN_DIR: &str = "XENCHAN_BIN_DIR";
 
@@ -33,10 +36,11 @@ pub const PACKAGES: &[&str] = &["xenchan-broker", "xenchan-agent"];
 pub enum BinariesError {
     /// Some binaries are not in the folder.
     #[error(
-        "{} not found in {}; build them with `cargo build --bins -p xenchan-broker -p xenchan-agent` \
+        "{} not found in {}; build them with `cargo build --bins -p {}` \
          (same profile as the simulator) or point {ENV_BIN_DIR} / --bin-dir at a folder holding them",
         missing.join(", "),
-        dir.display()
+        dir.display(),
+        packages_of(missing).join(" -p ")
     )]
     Missing {
         /// The folder searched.
@@ -111,6 +115,40 @@ impl Binaries {
         }
         Binaries::in_dir(&dir)
     }
+
+    /// The `xenchan` CLI in the same folder, if it is there. Separate from the fields:
+    /// the simulator and the benchmarks never run it, and a `--bin-dir` for them need not
+    /// hold it. [`build`] in a debug profile builds it with the rest of the workspace.
+    pub fn cli(&self) -> Result<PathBuf, BinariesError> {
+        let path = self.dir.join(CLI);
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(BinariesError::Missing {
+                dir: self.dir.clone(),
+                missing: vec![CLI],
+            })
+        }
+    }
+}
+
+/// The packages building `binaries` (for the hint in [`BinariesError::Missing`]), each
+/// once, in order.
+fn packages_of(binaries: &[&'static str]) -> Vec<&'static str> {
+    let mut packages = Vec::new();
+    for b in binaries {
+        let p = match *b {
+            BROKER => "xenchan-broker",
+            AGENT | CONSOLE_SETUP => "xenchan-agent",
+            CLI => "xenchan-cli",
+            SIM => "xenchan-sim",
+            other => other,
+        };
+        if !packages.contains(&p) {
+            packages.push(p);
+        }
+    }
+    packages
 }
 
 /// `target/<profile>` of the running executable.
@@ -194,5 +232,37 @@ pub fn build(workspace: &Path, profile_dir: &Path, packages: &[&str]) -> Result<
             command: line,
             source: std::io::Error::other(format!("cargo exited with {status}")),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hint names the packages that build what is missing, and the CLI is only
+    /// asked for by [`Binaries::cli`].
+    #[test]
+    fn a_missing_binary_is_named_with_the_package_that_builds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Binaries::in_dir(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.starts_with("xenchan-broker, xenchan-agent, xen-console-setup not found in "),
+            "{e}"
+        );
+        assert!(
+            e.contains("`cargo build --bins -p xenchan-broker -p xenchan-agent`"),
+            "{e}"
+        );
+
+        for name in [BROKER, AGENT, CONSOLE_SETUP] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        let bins = Binaries::in_dir(dir.path()).unwrap();
+        let e = bins.cli().unwrap_err().to_string();
+        assert!(e.starts_with("xenchan not found in "), "{e}");
+        assert!(e.contains("`cargo build --bins -p xenchan-cli`"), "{e}");
+
+        std::fs::write(dir.path().join(CLI), b"").unwrap();
+        assert_eq!(bins.cli().unwrap(), dir.path().join("xenchan"));
     }
 }

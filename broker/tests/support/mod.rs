@@ -2,8 +2,9 @@
 //! guest agent behind it (the agent side of the protocol, with [`FrameCodec`]), a broker
 //! harness over temporary folders, and condition waits with deadlines.
 //!
-//! Shared by the broker's integration tests and the CLI's (which include this file by
-//! path). Not every test uses every helper.
+//! Shared by the broker's integration tests and the CLI's end-to-end ones
+//! (tests/tests/{cli,hook,hook_migrate,roles}.rs, which include this file by path). Not
+//! every test uses every helper.
 #![allow(dead_code, clippy::missing_panics_doc)]
 
 use std::path::{Path, PathBuf};

@@ -59,7 +59,7 @@ async fn as_libvirt(conf: &Path, argv: [&str; 4], xml: Vec<u8>) -> Output {
     args.push("--".into());
     args.extend(argv.iter().map(|s| (*s).to_string()));
     tokio::task::spawn_blocking(move || {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_xenchan"))
+        let mut child = Command::new(xenchan_e2e::cli_binary())
             .env_clear()
             .env("LC_ALL", "C")
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
@@ -119,6 +119,7 @@ async fn libvirt_migration_hooks_hand_the_domain_over_and_a_failed_one_leaves_it
         eprintln!("skipped: no etcd binary (install Debian's etcd-server: scripts/setup.sh)");
         return;
     }
+    xenchan_e2e::cli_binary();
     let server = etcd::Etcd::start().await;
     let url = server.client_url.clone();
     let (da, db) = (Dirs::new(), Dirs::new());
@@ -236,6 +237,7 @@ async fn libvirt_migration_hooks_hand_the_domain_over_and_a_failed_one_leaves_it
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_embedded_store_migration_hooks_are_nothing_to_do() {
+    xenchan_e2e::cli_binary();
     let dirs = Dirs::new();
     let config = dirs.config();
     let conf = hook_conf(&dirs, &config.control_socket);
@@ -250,7 +252,7 @@ async fn with_the_embedded_store_migration_hooks_are_nothing_to_do() {
     for step in ["prepare", "complete", "cancel"] {
         let sock = dirs.config().control_socket;
         let o = tokio::task::spawn_blocking(move || {
-            Command::new(env!("CARGO_BIN_EXE_xenchan"))
+            Command::new(xenchan_e2e::cli_binary())
                 .args([
                     "--socket",
                     sock.to_str().unwrap(),

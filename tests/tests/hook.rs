@@ -75,9 +75,10 @@ async fn hook(run: Run<'_>) -> (Output, Duration) {
     }
     args.extend(run.args);
     let stdin = run.stdin;
+    let bin = xenchan_e2e::cli_binary();
     tokio::task::spawn_blocking(move || {
         let t0 = Instant::now();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_xenchan"))
+        let mut child = Command::new(bin)
             .env("XENCHAN_SOCKET", &socket)
             .env_remove("XENCHAN_HOOK_STRICT")
             .env_remove("XENCHAN_HOOK_CONFIG")
@@ -151,6 +152,7 @@ fn syslog_lines(sock: &UnixDatagram) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xen_pv_domain_is_registered_at_prepare_and_released_at_release() {
+    xenchan_e2e::cli_binary();
     let dirs = Dirs::new();
     let config = dirs.config();
     let sock = config.control_socket.clone();
@@ -213,6 +215,7 @@ async fn xen_pv_domain_is_registered_at_prepare_and_released_at_release() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kvm_virtio_domain_is_registered_and_other_domains_are_left_alone() {
+    xenchan_e2e::cli_binary();
     let dirs = Dirs::new();
     let config = dirs.config();
     let sock = config.control_socket.clone();
@@ -275,6 +278,7 @@ async fn kvm_virtio_domain_is_registered_and_other_domains_are_left_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_xml_warns_and_aborts_only_when_strict() {
+    xenchan_e2e::cli_binary();
     let dirs = Dirs::new();
     let config = dirs.config();
     let sock = config.control_socket.clone();
@@ -337,7 +341,7 @@ async fn malformed_xml_warns_and_aborts_only_when_strict() {
         let sock = sock.clone();
         let xml = fixture("malformed.xml", &dirs.sockets());
         move || {
-            let mut child = Command::new(env!("CARGO_BIN_EXE_xenchan"))
+            let mut child = Command::new(xenchan_e2e::cli_binary())
                 .env("XENCHAN_SOCKET", &sock)
                 .env("XENCHAN_HOOK_STRICT", "1")
                 .args([
@@ -378,6 +382,7 @@ async fn malformed_xml_warns_and_aborts_only_when_strict() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusing_broker_aborts_the_start_with_its_reason() {
+    xenchan_e2e::cli_binary();
     let dirs = Dirs::new();
     let config = dirs.config();
     let sock = config.control_socket.clone();
@@ -463,6 +468,7 @@ async fn a_refusing_broker_aborts_the_start_with_its_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_broker_does_not_abort_unless_strict() {
+    xenchan_e2e::cli_binary();
     let dirs = Dirs::new();
     let sock = dirs.root.path().join("no-broker.sock");
     let log_path = dirs.root.path().join("log");
@@ -573,6 +579,7 @@ async fn an_unreachable_broker_does_not_abort_unless_strict() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_hook_has_a_deadline() {
+    xenchan_e2e::cli_binary();
     let dirs = Dirs::new();
     let xml = fixture("xen-pv.xml", &dirs.sockets());
 
@@ -612,7 +619,7 @@ async fn the_whole_hook_has_a_deadline() {
 
 #[test]
 fn hook_help_documents_every_libvirt_operation() {
-    let o = Command::new(env!("CARGO_BIN_EXE_xenchan"))
+    let o = Command::new(xenchan_e2e::cli_binary())
         .args(["hook", "--help"])
         .output()
         .unwrap();
@@ -653,7 +660,7 @@ async fn as_libvirt(conf: &Path, argv: [&str; 4], xml: Vec<u8>) -> Output {
     args.push("--".into());
     args.extend(argv.iter().map(|s| (*s).to_string()));
     tokio::task::spawn_blocking(move || {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_xenchan"))
+        let mut child = Command::new(xenchan_e2e::cli_binary())
             .env_clear()
             .env("LC_ALL", "C")
             .env(
@@ -681,6 +688,7 @@ async fn as_libvirt(conf: &Path, argv: [&str; 4], xml: Vec<u8>) -> Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn libvirts_calling_convention_with_settings_from_the_config_file() {
+    xenchan_e2e::cli_binary();
     let dirs = Dirs::new();
     let config = dirs.config();
     let sock = config.control_socket.clone();
@@ -817,6 +825,7 @@ async fn a_real_libvirtd_runs_the_hook() {
         eprintln!("skipped: set XENCHAN_TEST_LIBVIRTD=1 to run it against a real libvirtd");
         return;
     }
+    xenchan_e2e::cli_binary();
     if !nix::unistd::Uid::effective().is_root() {
         eprintln!("skipped: needs root (libvirtd, /etc/libvirt/hooks)");
         return;
@@ -850,7 +859,7 @@ async fn a_real_libvirtd_runs_the_hook() {
         hook_path,
         format!(
             "#!/bin/sh\nexec {} hook --config {} -- \"$@\"\n",
-            env!("CARGO_BIN_EXE_xenchan"),
+            xenchan_e2e::cli_binary().display(),
             conf.display()
         ),
     )

@@ -122,7 +122,7 @@ fn skip_reason() -> Option<String> {
 /// The CLI binary where every uid can run it.
 fn public_binary(dir: &Path) -> PathBuf {
     let bin = dir.join("xenchan");
-    std::fs::copy(env!("CARGO_BIN_EXE_xenchan"), &bin).unwrap();
+    std::fs::copy(xenchan_e2e::cli_binary(), &bin).unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     bin
 }
@@ -133,6 +133,7 @@ async fn roles_decide_who_may_read_and_who_may_write() {
         eprintln!("skipped: {why}");
         return;
     }
+    xenchan_e2e::cli_binary();
     let ((op_name, op_gid), (ro_name, ro_gid)) = two_spare_groups().unwrap();
     let dirs = Dirs::new();
     let mut config = dirs.config();
@@ -284,6 +285,7 @@ async fn the_read_only_group_reaches_the_packaged_socket_through_an_acl() {
         eprintln!("skipped: {why}");
         return;
     }
+    xenchan_e2e::cli_binary();
     let ((op_name, op_gid), (ro_name, ro_gid)) = two_spare_groups().unwrap();
     let dirs = Dirs::new();
     std::fs::set_permissions(dirs.root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();

@@ -13,7 +13,7 @@ async fn xenchan(socket: &Path, args: &[&str]) -> Output {
     let socket = socket.to_path_buf();
     let args: Vec<String> = args.iter().map(|s| (*s).to_string()).collect();
     tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_xenchan"))
+        std::process::Command::new(xenchan_e2e::cli_binary())
             .env("XENCHAN_SOCKET", &socket)
             .env_remove("XENCHAN_REGISTRY_DIR")
             .args(&args)
@@ -35,6 +35,7 @@ fn text(o: &Output) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn domain_commands_over_the_api() {
+    xenchan_e2e::cli_binary();
     let dirs = Dirs::new();
     let config = dirs.config();
     let sock = config.control_socket.clone();
@@ -149,6 +150,7 @@ async fn domain_commands_over_the_api() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_codes() {
+    xenchan_e2e::cli_binary();
     let dirs = Dirs::new();
     let config = dirs.config();
     let sock = config.control_socket.clone();
@@ -289,11 +291,12 @@ async fn exit_codes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_follow_prints_new_events_as_they_come() {
     use tokio::io::AsyncBufReadExt;
+    xenchan_e2e::cli_binary();
     let dirs = Dirs::new();
     let config = dirs.config();
     let sock = config.control_socket.clone();
     let broker = TestBroker::start(config).await;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_xenchan"))
+    let mut child = tokio::process::Command::new(xenchan_e2e::cli_binary())
         .env("XENCHAN_SOCKET", &sock)
         .args(["events", "--follow", "--json", "--domain", "f1"])
         .stdout(std::process::Stdio::piped())
@@ -354,6 +357,7 @@ async fn events_follow_prints_new_events_as_they_come() {
 /// is named, the others are stored all the same; items go `--batch` per request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn domain_set_with_a_file_of_many_configurations() {
+    xenchan_e2e::cli_binary();
     let dirs = Dirs::new();
     let config = dirs.config();
     let sock = config.control_socket.clone();
