@@ -139,7 +139,9 @@ struct Args {
     #[arg(long, value_name = "DIR", default_value = "/tmp")]
     tmp: PathBuf,
 
-    /// A tmpfs folder for the fsync-free runs of latency and hotplug; `none` skips them.
+    /// A tmpfs folder for the fsync-free runs of latency and hotplug, and for the scale
+    /// and cluster sections' sockets (as QEMU's are under /run); `none` skips those runs
+    /// and puts the sockets in --tmp.
     #[arg(long, value_name = "DIR", default_value = "/dev/shm")]
     tmpfs: PathBuf,
 
@@ -166,6 +168,16 @@ struct Args {
 
 /// The whole program: parses the command line, runs the sections, prints the table.
 /// Shared by the `xenchan-bench` binary and the `cargo bench` target.
+/// Where the scale and cluster sections put their sockets: --tmpfs when it is usable,
+/// else --tmp.
+fn run_dir(args: &Args) -> &Path {
+    if args.tmpfs != Path::new("none") && args.tmpfs.is_dir() {
+        &args.tmpfs
+    } else {
+        &args.tmp
+    }
+}
+
 pub fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(a) => a,
@@ -827,7 +839,10 @@ fn scale_section(
         let mut v = Vec::new();
         for r in 0..reps {
             eprintln!("   N = {n} ({}/{reps})", r + 1);
-            v.push(scale::run(rt, bins, &args.tmp, n, false).with_context(|| format!("N = {n}"))?);
+            v.push(
+                scale::run(rt, bins, &args.tmp, run_dir(args), n, false)
+                    .with_context(|| format!("N = {n}"))?,
+            );
         }
         let sum =
             |f: &dyn Fn(&scale::Point) -> f64| Summary::of(&v.iter().map(f).collect::<Vec<f64>>());
@@ -1057,8 +1072,8 @@ fn idle_points(
             continue;
         }
         eprintln!("   N = {n}, idle only");
-        let p =
-            scale::run(rt, bins, &args.tmp, n, true).with_context(|| format!("idle N = {n}"))?;
+        let p = scale::run(rt, bins, &args.tmp, run_dir(args), n, true)
+            .with_context(|| format!("idle N = {n}"))?;
         let one = |v: f64| Some(Summary::single(v));
         report.add(
             &s,
@@ -1147,12 +1162,13 @@ fn cluster_section(
     };
     for &n in &ns {
         eprintln!("   N = {n}, 2 brokers on etcd");
-        let p = cluster::run(rt, bins, &args.tmp, n).with_context(|| format!("N = {n}"))?;
+        let p = cluster::run(rt, bins, &args.tmp, run_dir(args), n)
+            .with_context(|| format!("N = {n}"))?;
         let (base, how) = if let Some(v) = sqlite(n) {
             (v, "the scale section's figure (median) in this run")
         } else {
             eprintln!("   N = {n}, one broker on SQLite (for comparison)");
-            let q = scale::run(rt, bins, &args.tmp, n, false)
+            let q = scale::run(rt, bins, &args.tmp, run_dir(args), n, false)
                 .with_context(|| format!("SQLite N = {n}"))?;
             (
                 q.configure_s,

@@ -153,7 +153,9 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Measures one N in a fresh folder under `base` (a disk: etcd's data folder is there).
-pub fn run(rt: &Handle, bins: &Bins, base: &Path, n: usize) -> anyhow::Result<Point> {
+/// Measures N domains with etcd and the brokers' stores under `base` (a disk) and the
+/// sockets under `run` (tmpfs, as on a real host: see [`scale::run`]).
+pub fn run(rt: &Handle, bins: &Bins, base: &Path, run: &Path, n: usize) -> anyhow::Result<Point> {
     if xenchan_cluster::local::etcd_binary().is_none() {
         bail!(
             "no etcd binary (set XENCHAN_ETCD, or install Debian's etcd-server: scripts/setup.sh)"
@@ -165,17 +167,22 @@ pub fn run(rt: &Handle, bins: &Bins, base: &Path, n: usize) -> anyhow::Result<Po
         .prefix("xcc")
         .tempdir_in(base)
         .with_context(|| format!("temporary folder in {}", base.display()))?;
-    let r = rt.block_on(run_async(bins, tmp.path(), n));
+    let run_tmp = tempfile::Builder::new()
+        .prefix("xcc")
+        .tempdir_in(run)
+        .with_context(|| format!("temporary folder in {}", run.display()))?;
+    let r = rt.block_on(run_async(bins, tmp.path(), run_tmp.path(), n));
     crate::keep_if(tmp, r.is_err());
+    crate::keep_if(run_tmp, r.is_err());
     r
 }
 
-async fn run_async(bins: &Bins, dir: &Path, n: usize) -> anyhow::Result<Point> {
+async fn run_async(bins: &Bins, dir: &Path, run: &Path, n: usize) -> anyhow::Result<Point> {
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs)?;
     // Started here, so its data folder is on the disk under `dir` (not tmpfs).
     let etcd = Etcd::start_in(dir).await;
-    let r = with_etcd(bins, dir, &logs, &etcd, n).await;
+    let r = with_etcd(bins, dir, run, &logs, &etcd, n).await;
     if r.is_err() {
         let _ = std::fs::write(logs.join("etcd.log"), etcd.log());
     }
@@ -185,6 +192,7 @@ async fn run_async(bins: &Bins, dir: &Path, n: usize) -> anyhow::Result<Point> {
 async fn with_etcd(
     bins: &Bins,
     dir: &Path,
+    run: &Path,
     logs: &Path,
     etcd: &Etcd,
     n: usize,
@@ -192,7 +200,7 @@ async fn with_etcd(
     let mut brokers = Vec::new();
     for (k, host) in HOSTS.iter().enumerate() {
         let side = dir.join(["a", "b"][k]);
-        let sockets = side.join("s");
+        let sockets = run.join(["a", "b"][k]);
         std::fs::create_dir_all(&sockets)?;
         let mut config = xenchan_sim::broker::config_for(&side, &sockets);
         config.limits.max_domains = config.limits.max_domains.max(n + 16);
@@ -205,7 +213,7 @@ async fn with_etcd(
             .with_context(|| format!("starting broker {host}"))?;
         brokers.push(broker);
     }
-    let r = measure(bins, dir, logs, etcd, &brokers, n).await;
+    let r = measure(bins, run, logs, etcd, &brokers, n).await;
     for b in &mut brokers {
         b.stop().await;
     }
@@ -361,7 +369,7 @@ fn cpu_of(pids: &[u32]) -> anyhow::Result<f64> {
 
 async fn measure(
     bins: &Bins,
-    dir: &Path,
+    run: &Path,
     logs: &Path,
     etcd: &Etcd,
     brokers: &[Broker],
@@ -420,7 +428,7 @@ async fn measure(
         if count == 0 {
             continue;
         }
-        let sockets = dir.join(["a", "b"][k]).join("s");
+        let sockets = run.join(["a", "b"][k]);
         swarms.extend(scale::start_swarms(bins, &sockets, logs, first, count, true).await?);
     }
     eprintln!("   {n} sockets listening; waiting for every session to be idle");

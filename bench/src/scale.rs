@@ -135,13 +135,22 @@ pub async fn wait_metric(
     }
 }
 
-/// Measures one N in a fresh folder under `base` (keep it short: socket paths). With
+/// Measures one N in a fresh folder under `base` (the broker's store and logs) with the
+/// sockets in a fresh folder under `run` (keep both short: socket paths). With
 /// `idle_only`, only phases 1 and 2 (no configuration: the 100,000 idle sessions of
 /// issue 16); the configure and bulk figures are then NaN.
+///
+/// The sockets go on tmpfs (`--tmpfs`, as QEMU's do under /run on a real host), not on
+/// the store's disk: on ext4, creating 10,000 socket inodes within minutes of deleting
+/// the last run's 10,000 costs the swarm's bind() a scan of recently deleted inodes
+/// (ext4's `recently_deleted`), which made whichever run came second in a comparison
+/// take 4x as long to have its sockets "appear" (measured 2026-12-02: 1.02 s first,
+/// 4.43 s second; on tmpfs 0.81 and 0.93 s).
 pub fn run(
     rt: &Handle,
     bins: &Bins,
     base: &Path,
+    run: &Path,
     n: usize,
     idle_only: bool,
 ) -> anyhow::Result<Point> {
@@ -151,13 +160,18 @@ pub fn run(
         .prefix("xcs")
         .tempdir_in(base)
         .with_context(|| format!("temporary folder in {}", base.display()))?;
+    let run_tmp = tempfile::Builder::new()
+        .prefix("xcs")
+        .tempdir_in(run)
+        .with_context(|| format!("temporary folder in {}", run.display()))?;
     let dir = tmp.path().to_path_buf();
-    let sockets = dir.join("s");
+    let sockets = run_tmp.path().join("s");
     let logs = dir.join("logs");
     std::fs::create_dir_all(&sockets)?;
     std::fs::create_dir_all(&logs)?;
     let r = rt.block_on(run_async(bins, &dir, &sockets, &logs, n, idle_only));
     crate::keep_if(tmp, r.is_err());
+    crate::keep_if(run_tmp, r.is_err());
     r
 }
 

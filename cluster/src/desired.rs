@@ -2,12 +2,13 @@
 //! compare-and-swap on the key's mod revision, so two brokers PUTting at once never lose an
 //! update nor hand out one generation twice.
 
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
 
 use crate::client::Cluster;
 use crate::codec::{self, Desired, MAX_CONFIG, check_name};
 use crate::error::{ClusterError, Invalid};
 use crate::keys::{DomainKey, Uuid};
+use crate::leases::LeaseChange;
 
 /// What a PUT did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +40,33 @@ pub fn next_generation(current: Option<&Desired>, name: &str, config: &[u8]) -> 
     }
 }
 
+/// What [`Cluster::put_domain`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainPut {
+    pub outcome: PutOutcome,
+    /// A configuration was desired before (not a first PUT, nor one after a delete).
+    pub existed: bool,
+    pub leases: LeaseChange,
+}
+
+/// A desired configuration's name and document, checked before anything is read.
+fn check_document(name: &str, config: &[u8]) -> Result<(), ClusterError> {
+    check_name(name)?;
+    if config.is_empty() {
+        // An empty document is the deletion marker (`delete_desired`).
+        return Err(Invalid::new("config", "", "empty document").into());
+    }
+    if config.len() > MAX_CONFIG {
+        return Err(Invalid::new(
+            "config",
+            &format!("{} bytes", config.len()),
+            format!("document larger than {MAX_CONFIG} bytes"),
+        )
+        .into());
+    }
+    Ok(())
+}
+
 impl Cluster {
     /// Makes `config` the desired configuration of `uuid` (displayed as `name`), with the
     /// next cluster-wide generation. Any broker may call it; the broker running the domain
@@ -60,19 +88,7 @@ impl Cluster {
         name: &str,
         config: &[u8],
     ) -> Result<(PutOutcome, bool), ClusterError> {
-        check_name(name)?;
-        if config.is_empty() {
-            // An empty document is the deletion marker (`delete_desired`).
-            return Err(Invalid::new("config", "", "empty document").into());
-        }
-        if config.len() > MAX_CONFIG {
-            return Err(Invalid::new(
-                "config",
-                &format!("{} bytes", config.len()),
-                format!("document larger than {MAX_CONFIG} bytes"),
-            )
-            .into());
-        }
+        check_document(name, config)?;
         let dl = self.deadline("put_desired");
         let key = self.keys.domain(uuid, &DomainKey::Desired);
         loop {
@@ -108,6 +124,84 @@ impl Cluster {
                 return Ok((outcome, existed));
             }
             tracing::debug!(%uuid, "desired configuration changed under us, reading again");
+        }
+    }
+
+    /// A PUT's whole write in ONE transaction: the VM's leases (as
+    /// [`Cluster::acquire_leases`]) and its desired configuration (as
+    /// [`Cluster::put_desired`]), read together and written together, each guarded. Two
+    /// round trips and one revision where the two calls take four and two; and no state
+    /// in which the leases are taken but the configuration that wants them is not
+    /// written. `Conflict` names the holder of a wanted lease; then nothing changed.
+    pub async fn put_domain(
+        &self,
+        uuid: &Uuid,
+        name: &str,
+        config: &[u8],
+        leases: &[String],
+    ) -> Result<DomainPut, ClusterError> {
+        check_document(name, config)?;
+        let wanted = crate::leases::check_wanted(leases)?;
+        let dl = self.deadline("put_domain");
+        let key = self.keys.domain(uuid, &DomainKey::Desired);
+        let mut reads = self.lease_reads(uuid, &wanted);
+        reads.push(TxnOp::get(key.clone(), None));
+        let read = Txn::new().and_then(reads);
+        loop {
+            let resp = self.txn(&dl, read.clone()).await?;
+            let responses = resp.op_responses();
+            let (holders, index) = self.read_holders(uuid, &wanted, &responses)?;
+            let kv = match responses.last() {
+                Some(TxnOpResponse::Get(g)) => g.kvs().first().cloned(),
+                _ => None,
+            };
+            let current = kv
+                .as_ref()
+                .map(|kv| {
+                    codec::decode_desired(kv.value()).map_err(|reason| ClusterError::Corrupt {
+                        key: key.clone(),
+                        reason,
+                    })
+                })
+                .transpose()?;
+            let existed = current.as_ref().is_some_and(|d| !d.config.is_empty());
+            let plan = crate::leases::plan_leases(uuid, &wanted, &holders, &index)?;
+            let outcome = next_generation(current.as_ref(), name, config);
+            let (mut guards, mut ops) = self.lease_writes(uuid, &plan, &index);
+            if let PutOutcome::Changed { generation } = outcome {
+                ops.push(TxnOp::put(
+                    key.clone(),
+                    codec::encode_desired(&Desired {
+                        generation,
+                        name: name.to_string(),
+                        config: config.to_vec(),
+                    }),
+                    None,
+                ));
+            }
+            if ops.is_empty() {
+                return Ok(DomainPut {
+                    outcome,
+                    existed,
+                    leases: LeaseChange::default(),
+                });
+            }
+            guards.push(match &kv {
+                None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                Some(kv) => Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision()),
+            });
+            if self
+                .txn(&dl, Txn::new().when(guards).and_then(ops))
+                .await?
+                .succeeded()
+            {
+                return Ok(DomainPut {
+                    outcome,
+                    existed,
+                    leases: plan.change(),
+                });
+            }
+            tracing::debug!(%uuid, "leases or desired configuration changed under us, reading again");
         }
     }
 

@@ -39,6 +39,33 @@ pub struct LeasePlan {
     pub release: Vec<String>,
 }
 
+impl LeasePlan {
+    /// What carrying the plan out changes.
+    pub fn change(self) -> LeaseChange {
+        LeaseChange {
+            taken: self.take,
+            released: self.release,
+        }
+    }
+}
+
+/// The wanted leases, checked (spelling, how many) and deduplicated.
+pub(crate) fn check_wanted(wanted: &[String]) -> Result<BTreeSet<String>, ClusterError> {
+    let wanted: BTreeSet<String> = wanted.iter().cloned().collect();
+    for l in &wanted {
+        check_lease(l)?;
+    }
+    if wanted.len() > MAX_LEASES {
+        return Err(crate::Invalid::new(
+            "leases",
+            &format!("{} leases", wanted.len()),
+            format!("at most {MAX_LEASES} leases per VM"),
+        )
+        .into());
+    }
+    Ok(wanted)
+}
+
 /// Decides from the holders read (`None`: absent) and the VM's own index. Pure.
 pub fn plan_leases(
     uuid: &Uuid,
@@ -72,70 +99,15 @@ impl Cluster {
         uuid: &Uuid,
         wanted: &[String],
     ) -> Result<LeaseChange, ClusterError> {
-        let wanted: BTreeSet<String> = wanted.iter().cloned().collect();
-        for l in &wanted {
-            check_lease(l)?;
-        }
-        if wanted.len() > MAX_LEASES {
-            return Err(crate::Invalid::new(
-                "leases",
-                &format!("{} leases", wanted.len()),
-                format!("at most {MAX_LEASES} leases per VM"),
-            )
-            .into());
-        }
+        let wanted = check_wanted(wanted)?;
         let dl = self.deadline("acquire_leases");
-        let index_prefix = self.keys.domain_leases(uuid);
-        let mut reads: Vec<TxnOp> = wanted
-            .iter()
-            .map(|l| TxnOp::get(self.keys.lease(l), None))
-            .collect();
-        reads.push(TxnOp::get(
-            index_prefix.clone(),
-            Some(GetOptions::new().with_prefix()),
-        ));
-        let read = Txn::new().and_then(reads);
+        let read = Txn::new().and_then(self.lease_reads(uuid, &wanted));
         loop {
             // One read transaction: a consistent view of the holders and the index.
             let resp = self.txn(&dl, read.clone()).await?;
-            let (holders, index) =
-                self.read_holders(&wanted, &index_prefix, &resp.op_responses())?;
+            let (holders, index) = self.read_holders(uuid, &wanted, &resp.op_responses())?;
             let plan = plan_leases(uuid, &wanted, &holders, &index)?;
-            let mut guards = Vec::new();
-            let mut ops = Vec::new();
-            for l in &plan.take {
-                let key = self.keys.lease(l);
-                guards.push(Compare::create_revision(key.clone(), CompareOp::Equal, 0));
-                ops.push(TxnOp::put(key, uuid.as_str(), None));
-                ops.push(TxnOp::put(
-                    self.keys.domain(uuid, &DomainKey::Lease(l.clone())),
-                    "",
-                    None,
-                ));
-            }
-            for l in &plan.keep {
-                let key = self.keys.lease(l);
-                guards.push(Compare::value(key, CompareOp::Equal, uuid.as_str()));
-                ops.push(TxnOp::put(
-                    self.keys.domain(uuid, &DomainKey::Lease(l.clone())),
-                    "",
-                    None,
-                ));
-            }
-            for l in &plan.release {
-                let key = self.keys.lease(l);
-                // Delete the lease only while it is still this VM's; the index entry goes
-                // in any case (it is this VM's own bookkeeping).
-                ops.push(TxnOp::txn(
-                    Txn::new()
-                        .when([Compare::value(key.clone(), CompareOp::Equal, uuid.as_str())])
-                        .and_then([TxnOp::delete(key, None)]),
-                ));
-                ops.push(TxnOp::delete(
-                    self.keys.domain(uuid, &DomainKey::Lease(l.clone())),
-                    None,
-                ));
-            }
+            let (guards, ops) = self.lease_writes(uuid, &plan, &index);
             if ops.is_empty() {
                 return Ok(LeaseChange::default());
             }
@@ -144,17 +116,77 @@ impl Cluster {
                 .await?
                 .succeeded()
             {
-                return Ok(LeaseChange {
-                    taken: plan.take,
-                    released: plan.release,
-                });
+                return Ok(plan.change());
             }
             // Someone took or gave back one of them in between: read again; the next
             // plan answers `Conflict` with the holder if another VM won.
         }
     }
 
-    /// Gives back every lease the VM holds.
+    /// The reads of a lease transaction: one get per wanted lease, then the VM's index
+    /// (what [`Cluster::read_holders`] takes apart, in this order).
+    pub(crate) fn lease_reads(&self, uuid: &Uuid, wanted: &BTreeSet<String>) -> Vec<TxnOp> {
+        let mut reads: Vec<TxnOp> = wanted
+            .iter()
+            .map(|l| TxnOp::get(self.keys.lease(l), None))
+            .collect();
+        reads.push(TxnOp::get(
+            self.keys.domain_leases(uuid),
+            Some(GetOptions::new().with_prefix()),
+        ));
+        reads
+    }
+
+    /// The guards and writes that carry `plan` out: each lease taken only if still
+    /// absent, kept only if still the VM's; released ones deleted only while the VM's.
+    pub(crate) fn lease_writes(
+        &self,
+        uuid: &Uuid,
+        plan: &LeasePlan,
+        index: &BTreeSet<String>,
+    ) -> (Vec<Compare>, Vec<TxnOp>) {
+        let mut guards = Vec::new();
+        let mut ops = Vec::new();
+        for l in &plan.take {
+            let key = self.keys.lease(l);
+            guards.push(Compare::create_revision(key.clone(), CompareOp::Equal, 0));
+            ops.push(TxnOp::put(key, uuid.as_str(), None));
+            ops.push(TxnOp::put(
+                self.keys.domain(uuid, &DomainKey::Lease(l.clone())),
+                "",
+                None,
+            ));
+        }
+        for l in &plan.keep {
+            let key = self.keys.lease(l);
+            guards.push(Compare::value(key, CompareOp::Equal, uuid.as_str()));
+            // The index entry exists already unless an older broker wrote the lease
+            // alone; writing it again would cost a revision for nothing.
+            if !index.contains(l) {
+                ops.push(TxnOp::put(
+                    self.keys.domain(uuid, &DomainKey::Lease(l.clone())),
+                    "",
+                    None,
+                ));
+            }
+        }
+        for l in &plan.release {
+            let key = self.keys.lease(l);
+            // Delete the lease only while it is still this VM's; the index entry goes
+            // in any case (it is this VM's own bookkeeping).
+            ops.push(TxnOp::txn(
+                Txn::new()
+                    .when([Compare::value(key.clone(), CompareOp::Equal, uuid.as_str())])
+                    .and_then([TxnOp::delete(key, None)]),
+            ));
+            ops.push(TxnOp::delete(
+                self.keys.domain(uuid, &DomainKey::Lease(l.clone())),
+                None,
+            ));
+        }
+        (guards, ops)
+    }
+
     pub async fn release_leases(&self, uuid: &Uuid) -> Result<Vec<String>, ClusterError> {
         Ok(self.acquire_leases(uuid, &[]).await?.released)
     }
@@ -173,12 +205,14 @@ impl Cluster {
             .transpose()
     }
 
-    fn read_holders(
+    pub(crate) fn read_holders(
         &self,
+        uuid: &Uuid,
         wanted: &BTreeSet<String>,
-        index_prefix: &str,
         responses: &[TxnOpResponse],
     ) -> Result<Holders, ClusterError> {
+        let index_prefix = self.keys.domain_leases(uuid);
+        let index_prefix = index_prefix.as_str();
         let mut holders = BTreeMap::new();
         for (lease, resp) in wanted.iter().zip(responses) {
             let TxnOpResponse::Get(get) = resp else {

@@ -60,9 +60,9 @@ pub use codec::{
     encode_desired,
 };
 pub use config::{ClusterConfig, Timeouts};
-pub use desired::{PutOutcome, next_generation};
+pub use desired::{DomainPut, PutOutcome, next_generation};
 pub use error::{ClusterError, Invalid};
 pub use keys::{DomainKey, Key, Keyspace, Uuid, check_host, check_lease};
 pub use leases::{LeaseChange, LeasePlan, MAX_LEASES, plan_leases};
-pub use ownership::{Ownership, may_claim, may_complete, may_prepare};
+pub use ownership::{APPLIED_BATCH, Ownership, may_claim, may_complete, may_prepare};
 pub use watch::{Interest, WatchEvent, Watcher};

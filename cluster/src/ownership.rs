@@ -13,6 +13,10 @@ use crate::codec::{self, Applied};
 use crate::error::{ClusterError, Invalid};
 use crate::keys::{DomainKey, Uuid, check_host};
 
+/// The most domains [`Cluster::record_applied_batch`] writes in one transaction (etcd's
+/// default limit is 128 operations per transaction; each domain is one).
+pub const APPLIED_BATCH: usize = 64;
+
 /// The ownership keys of one domain as read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ownership {
@@ -294,6 +298,59 @@ impl Cluster {
             host: self.host.clone(),
             owner: own.owner,
         })
+    }
+
+    /// [`Cluster::record_applied`] for many domains in one transaction: a nested
+    /// transaction per domain, each guarded by this host's ownership, so one domain lost
+    /// to another host does not keep the others from being recorded. Returns the domains
+    /// whose record was refused (not owned here). A domain given twice is recorded once,
+    /// with its last entry (etcd refuses two writes of one key in a transaction).
+    /// At most [`APPLIED_BATCH`] domains per call.
+    pub async fn record_applied_batch(
+        &self,
+        batch: &[(Uuid, Applied)],
+    ) -> Result<Vec<Uuid>, ClusterError> {
+        if batch.len() > APPLIED_BATCH {
+            return Err(Invalid::new(
+                "batch",
+                &format!("{} domains", batch.len()),
+                format!("at most {APPLIED_BATCH} per transaction"),
+            )
+            .into());
+        }
+        let mut last: std::collections::BTreeMap<&Uuid, &Applied> = Default::default();
+        for (u, a) in batch {
+            last.insert(u, a);
+        }
+        if last.is_empty() {
+            return Ok(Vec::new());
+        }
+        let dl = self.deadline("record_applied");
+        let ops: Vec<TxnOp> = last
+            .iter()
+            .map(|(uuid, applied)| {
+                TxnOp::txn(
+                    Txn::new()
+                        .when([Compare::value(
+                            self.keys.domain(uuid, &DomainKey::Owner),
+                            CompareOp::Equal,
+                            self.host.as_str(),
+                        )])
+                        .and_then([TxnOp::put(
+                            self.keys.domain(uuid, &DomainKey::Applied),
+                            codec::encode_applied(applied),
+                            None,
+                        )]),
+                )
+            })
+            .collect();
+        let resp = self.txn(&dl, Txn::new().and_then(ops)).await?;
+        Ok(last
+            .keys()
+            .zip(resp.op_responses())
+            .filter(|(_, r)| !matches!(r, TxnOpResponse::Txn(t) if t.succeeded()))
+            .map(|(u, _)| (*u).clone())
+            .collect())
     }
 
     /// What the agent of `uuid` last reported as applied, as recorded by its owner.
