@@ -49,6 +49,20 @@ pub struct DomainPut {
     pub leases: LeaseChange,
 }
 
+/// The desired configuration as read at `key` (absent: `None`; not ours: `Corrupt`).
+fn decode_current(
+    key: &str,
+    kv: Option<&etcd_client::KeyValue>,
+) -> Result<Option<Desired>, ClusterError> {
+    kv.map(|kv| {
+        codec::decode_desired(kv.value()).map_err(|reason| ClusterError::Corrupt {
+            key: key.to_string(),
+            reason,
+        })
+    })
+    .transpose()
+}
+
 /// A desired configuration's name and document, checked before anything is read.
 fn check_document(name: &str, config: &[u8]) -> Result<(), ClusterError> {
     check_name(name)?;
@@ -93,15 +107,7 @@ impl Cluster {
         let key = self.keys.domain(uuid, &DomainKey::Desired);
         loop {
             let kv = self.get_kv(&dl, &key).await?;
-            let current = kv
-                .as_ref()
-                .map(|kv| {
-                    codec::decode_desired(kv.value()).map_err(|reason| ClusterError::Corrupt {
-                        key: key.clone(),
-                        reason,
-                    })
-                })
-                .transpose()?;
+            let current = decode_current(&key, kv.as_ref())?;
             let existed = current.as_ref().is_some_and(|d| !d.config.is_empty());
             let outcome = next_generation(current.as_ref(), name, config);
             let PutOutcome::Changed { generation } = outcome else {
@@ -155,15 +161,7 @@ impl Cluster {
                 Some(TxnOpResponse::Get(g)) => g.kvs().first().cloned(),
                 _ => None,
             };
-            let current = kv
-                .as_ref()
-                .map(|kv| {
-                    codec::decode_desired(kv.value()).map_err(|reason| ClusterError::Corrupt {
-                        key: key.clone(),
-                        reason,
-                    })
-                })
-                .transpose()?;
+            let current = decode_current(&key, kv.as_ref())?;
             let existed = current.as_ref().is_some_and(|d| !d.config.is_empty());
             let plan = crate::leases::plan_leases(uuid, &wanted, &holders, &index)?;
             let outcome = next_generation(current.as_ref(), name, config);

@@ -318,7 +318,8 @@ impl Cluster {
             )
             .into());
         }
-        let mut last: std::collections::BTreeMap<&Uuid, &Applied> = Default::default();
+        let mut last: std::collections::BTreeMap<&Uuid, &Applied> =
+            std::collections::BTreeMap::new();
         for (u, a) in batch {
             last.insert(u, a);
         }

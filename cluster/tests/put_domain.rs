@@ -45,7 +45,8 @@ async fn leases_and_document_are_written_together_or_not_at_all() {
 
     // The same PUT again writes nothing: not one revision.
     let mut raw = etcd_client::Client::connect(&urls, None).await.unwrap();
-    let rev = |r: etcd_client::GetResponse| r.header().map_or(0, |h| h.revision());
+    let rev =
+        |r: etcd_client::GetResponse| r.header().map_or(0, etcd_client::ResponseHeader::revision);
     let before = rev(raw.get("/pd/", None).await.unwrap());
     let again = b
         .put_domain(&vm1, "web1", b"{\"n\":1}", &leases(&["host/web1", addr]))
@@ -53,7 +54,7 @@ async fn leases_and_document_are_written_together_or_not_at_all() {
         .unwrap();
     assert_eq!(again.outcome, PutOutcome::Unchanged { generation: 1 });
     assert!(again.existed);
-    assert_eq!(again.leases, Default::default());
+    assert_eq!(again.leases, xenchan_cluster::LeaseChange::default());
     assert_eq!(rev(raw.get("/pd/", None).await.unwrap()), before);
 
     // A new document without the address: a new generation, the address given back in
@@ -143,7 +144,8 @@ async fn applied_records_go_in_one_transaction_and_only_for_owned_domains() {
     batch.push((mine[0].clone(), applied(2)));
 
     let mut raw = etcd_client::Client::connect(&urls, None).await.unwrap();
-    let rev = |r: etcd_client::GetResponse| r.header().map_or(0, |h| h.revision());
+    let rev =
+        |r: etcd_client::GetResponse| r.header().map_or(0, etcd_client::ResponseHeader::revision);
     let before = rev(raw.get("/ab/", None).await.unwrap());
     let refused = a.record_applied_batch(&batch).await.unwrap();
     assert_eq!(refused, vec![theirs.clone()]);
