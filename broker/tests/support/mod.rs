@@ -293,9 +293,24 @@ pub async fn connect_as_backend(
     path: &Path,
     opts: PeerOptions,
 ) -> (Arc<dyn Fn() -> Record + Send + Sync>, JoinHandle<()>) {
-    let stream = UnixStream::connect(path)
-        .await
-        .expect("connect to the broker's socket");
+    // The socket file exists from bind() on, a moment before listen(): until then a
+    // connect is refused, so retry (as a backend would) until the deadline.
+    let until = std::time::Instant::now() + DEADLINE;
+    let stream = loop {
+        match UnixStream::connect(path).await {
+            Ok(s) => break s,
+            Err(e)
+                if std::time::Instant::now() < until
+                    && matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+                    ) =>
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("connect to the broker's socket: {e}"),
+        }
+    };
     let state = Arc::new(PeerState {
         live: Mutex::new(Vec::new()),
         next_id: std::sync::atomic::AtomicU64::new(0),
