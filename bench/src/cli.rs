@@ -166,18 +166,19 @@ struct Args {
     bench: bool,
 }
 
-/// The whole program: parses the command line, runs the sections, prints the table.
-/// Shared by the `xenchan-bench` binary and the `cargo bench` target.
 /// Where the scale and cluster sections put their sockets: --tmpfs when it is usable,
 /// else --tmp.
 fn run_dir(args: &Args) -> &Path {
-    if args.tmpfs != Path::new("none") && args.tmpfs.is_dir() {
-        &args.tmpfs
-    } else {
-        &args.tmp
-    }
+    tmpfs(args).unwrap_or(&args.tmp)
 }
 
+/// --tmpfs, unless it is `none` or not a folder.
+fn tmpfs(args: &Args) -> Option<&Path> {
+    (args.tmpfs != Path::new("none") && args.tmpfs.is_dir()).then_some(args.tmpfs.as_path())
+}
+
+/// The whole program: parses the command line, runs the sections, prints the table.
+/// Shared by the `xenchan-bench` binary and the `cargo bench` target.
 pub fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(a) => a,
@@ -378,8 +379,8 @@ pub fn main() -> ExitCode {
 /// The folders latency and hotplug run in, with a label naming their file system.
 fn folders(args: &Args) -> Vec<(String, PathBuf)> {
     let mut v = vec![(fs_label(&args.tmp), args.tmp.clone())];
-    if args.tmpfs != Path::new("none") && args.tmpfs.is_dir() {
-        v.push((fs_label(&args.tmpfs), args.tmpfs.clone()));
+    if let Some(t) = tmpfs(args) {
+        v.push((fs_label(t), t.to_path_buf()));
     }
     v
 }

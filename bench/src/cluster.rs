@@ -152,7 +152,6 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-/// Measures one N in a fresh folder under `base` (a disk: etcd's data folder is there).
 /// Measures N domains with etcd and the brokers' stores under `base` (a disk) and the
 /// sockets under `run` (tmpfs, as on a real host: see [`scale::run`]).
 pub fn run(rt: &Handle, bins: &Bins, base: &Path, run: &Path, n: usize) -> anyhow::Result<Point> {

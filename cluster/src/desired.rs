@@ -63,6 +63,25 @@ fn decode_current(
     .transpose()
 }
 
+/// The guard of a write of the desired key: unchanged since `kv` was read (or still
+/// absent).
+fn desired_guard(key: &str, kv: Option<&etcd_client::KeyValue>) -> Compare {
+    match kv {
+        None => Compare::create_revision(key, CompareOp::Equal, 0),
+        Some(kv) => Compare::mod_revision(key, CompareOp::Equal, kv.mod_revision()),
+    }
+}
+
+/// The write of generation `generation` of the desired configuration.
+fn desired_write(key: &str, generation: u64, name: &str, config: &[u8]) -> TxnOp {
+    let value = codec::encode_desired(&Desired {
+        generation,
+        name: name.to_string(),
+        config: config.to_vec(),
+    });
+    TxnOp::put(key, value, None)
+}
+
 /// A desired configuration's name and document, checked before anything is read.
 fn check_document(name: &str, config: &[u8]) -> Result<(), ClusterError> {
     check_name(name)?;
@@ -91,43 +110,22 @@ impl Cluster {
         name: &str,
         config: &[u8],
     ) -> Result<PutOutcome, ClusterError> {
-        Ok(self.put_desired_detail(uuid, name, config).await?.0)
-    }
-
-    /// [`Cluster::put_desired`], also saying whether a desired configuration existed
-    /// before (a broker answers 201 for a domain new to the cluster, 200 otherwise).
-    pub async fn put_desired_detail(
-        &self,
-        uuid: &Uuid,
-        name: &str,
-        config: &[u8],
-    ) -> Result<(PutOutcome, bool), ClusterError> {
         check_document(name, config)?;
         let dl = self.deadline("put_desired");
         let key = self.keys.domain(uuid, &DomainKey::Desired);
         loop {
             let kv = self.get_kv(&dl, &key).await?;
             let current = decode_current(&key, kv.as_ref())?;
-            let existed = current.as_ref().is_some_and(|d| !d.config.is_empty());
             let outcome = next_generation(current.as_ref(), name, config);
             let PutOutcome::Changed { generation } = outcome else {
-                return Ok((outcome, existed));
+                return Ok(outcome);
             };
             // Unchanged since we read it, or the write is lost in a race: read again.
-            let guard = match &kv {
-                None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
-                Some(kv) => Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision()),
-            };
-            let value = codec::encode_desired(&Desired {
-                generation,
-                name: name.to_string(),
-                config: config.to_vec(),
-            });
             let txn = Txn::new()
-                .when([guard])
-                .and_then([TxnOp::put(key.clone(), value, None)]);
+                .when([desired_guard(&key, kv.as_ref())])
+                .and_then([desired_write(&key, generation, name, config)]);
             if self.txn(&dl, txn).await?.succeeded() {
-                return Ok((outcome, existed));
+                return Ok(outcome);
             }
             tracing::debug!(%uuid, "desired configuration changed under us, reading again");
         }
@@ -167,15 +165,7 @@ impl Cluster {
             let outcome = next_generation(current.as_ref(), name, config);
             let (mut guards, mut ops) = self.lease_writes(uuid, &plan, &index);
             if let PutOutcome::Changed { generation } = outcome {
-                ops.push(TxnOp::put(
-                    key.clone(),
-                    codec::encode_desired(&Desired {
-                        generation,
-                        name: name.to_string(),
-                        config: config.to_vec(),
-                    }),
-                    None,
-                ));
+                ops.push(desired_write(&key, generation, name, config));
             }
             if ops.is_empty() {
                 return Ok(DomainPut {
@@ -184,10 +174,7 @@ impl Cluster {
                     leases: LeaseChange::default(),
                 });
             }
-            guards.push(match &kv {
-                None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
-                Some(kv) => Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision()),
-            });
+            guards.push(desired_guard(&key, kv.as_ref()));
             if self
                 .txn(&dl, Txn::new().when(guards).and_then(ops))
                 .await?

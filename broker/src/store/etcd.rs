@@ -444,33 +444,35 @@ async fn record_applied_task(
     cluster: Arc<Cluster>,
     mut rx: mpsc::UnboundedReceiver<(String, Uuid, xenchan_cluster::Applied)>,
 ) {
-    let mut batch = Vec::with_capacity(xenchan_cluster::APPLIED_BATCH);
+    // The batch as etcd takes it, and each entry's domain name (for the log).
+    let mut items = Vec::with_capacity(xenchan_cluster::APPLIED_BATCH);
+    let mut names = Vec::with_capacity(xenchan_cluster::APPLIED_BATCH);
     while let Some(first) = rx.recv().await {
-        batch.clear();
-        batch.push(first);
-        while batch.len() < xenchan_cluster::APPLIED_BATCH {
-            match rx.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
+        items.clear();
+        names.clear();
+        let mut next = Some(first);
+        while let Some((name, uuid, applied)) = next {
+            names.push(name);
+            items.push((uuid, applied));
+            next = if items.len() < xenchan_cluster::APPLIED_BATCH {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
         }
-        let items: Vec<(Uuid, xenchan_cluster::Applied)> = batch
-            .iter()
-            .map(|(_, u, a)| (u.clone(), a.clone()))
-            .collect();
         match cluster.record_applied_batch(&items).await {
             Ok(refused) => {
                 for uuid in refused {
-                    let name = batch
+                    let name = items
                         .iter()
-                        .find(|(_, u, _)| *u == uuid)
-                        .map_or("?", |(n, _, _)| n.as_str());
+                        .position(|(u, _)| *u == uuid)
+                        .map_or("?", |i| names[i].as_str());
                     tracing::debug!(domain = %name, %uuid,
                         "applied state not recorded in etcd: this host does not own the domain");
                 }
             }
             Err(e) => tracing::debug!(
-                domains = batch.len(),
+                domains = items.len(),
                 "applied state not recorded in etcd: {}",
                 xenchan_basics::chain(&e)
             ),
