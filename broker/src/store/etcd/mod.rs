@@ -11,20 +11,25 @@
 //! serves (and re-attaches) the domains it runs from its cache, while writes answer 503
 //! naming the outage. Reads, results, facts and the event log stay local.
 
+mod applied;
+mod spelling;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
-use xenchan_cluster::{Cluster, ClusterConfig, ClusterError, Timeouts, Uuid};
+use xenchan_cluster::{Cluster, ClusterConfig, ClusterError, Uuid};
 use xenchan_protocol::message::{Applied, ApplyResult, GuestFacts};
 
-use crate::config::Config;
 use crate::leases::{Lease, LeaseConflict};
 use crate::store::{
     Deleted, DomainRecord, EventRow, HistoryRow, LeaseRow, PrepareRefusal, PrepareRequest,
     Prepared, PutOutcome, PutRefusal, PutRequest, SqliteStore, Store, StoreError, StoreFuture,
 };
+use applied::record_applied_task;
+use spelling::{bad_uuid, lease_text};
+pub use spelling::{cluster_config, lease_key, store_error};
 
 /// The etcd-backed store.
 #[derive(Debug)]
@@ -54,81 +59,6 @@ pub enum SyncRequest {
     Wait(Uuid),
     /// The domain no longer runs here.
     Forget(Uuid),
-}
-
-/// The cluster configuration of `[store]`; `host` defaults to the machine's hostname.
-///
-/// # Errors
-/// `(key, message)` naming the `[store]` key at fault.
-pub fn cluster_config(config: &Config) -> Result<ClusterConfig, (String, String)> {
-    let s = &config.store;
-    let host = match &s.host {
-        Some(h) => h.clone(),
-        None => nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .ok_or_else(|| {
-                (
-                    "store.host".to_string(),
-                    "unset, and the machine's hostname cannot be read: set it".to_string(),
-                )
-            })?,
-    };
-    let ms = std::time::Duration::from_millis;
-    let c = ClusterConfig {
-        endpoints: s.endpoints.clone(),
-        prefix: s.prefix.clone(),
-        host,
-        timeouts: Timeouts {
-            connect: ms(s.timeouts.connect),
-            request: ms(s.timeouts.request),
-            host_ttl: ms(s.timeouts.host_ttl),
-        },
-    };
-    c.check()
-        .map_err(|e| (format!("store.{}", e.field), e.to_string()))?;
-    Ok(c)
-}
-
-/// The etcd key of a lease (`addr/192.0.2.10`, `host/web1`).
-pub fn lease_key(l: &Lease) -> String {
-    let kind = match l.kind {
-        "address" => "addr",
-        "hostname" => "host",
-        other => other,
-    };
-    format!("{kind}/{}", l.value)
-}
-
-/// The broker's spelling of a lease key (`address 192.0.2.10`).
-fn lease_text(key: &str) -> String {
-    match key.split_once('/') {
-        Some(("addr", v)) => format!("address {v}"),
-        Some(("host", v)) => format!("hostname {v}"),
-        _ => key.to_string(),
-    }
-}
-
-/// A cluster error the caller cannot fix: an outage (503 naming it), or a value in etcd
-/// this broker did not write.
-pub fn store_error(e: ClusterError) -> StoreError {
-    match e {
-        ClusterError::Corrupt { key, reason } => StoreError::Corrupt {
-            domain: key,
-            message: reason,
-        },
-        other => StoreError::Unavailable {
-            backend: "etcd",
-            source: Box::new(other),
-        },
-    }
-}
-
-fn bad_uuid(u: &str) -> PutRefusal {
-    PutRefusal::BadField {
-        path: "uuid".into(),
-        error: format!("{u:?} is not a VM UUID"),
-    }
 }
 
 impl EtcdStore {
@@ -434,52 +364,6 @@ impl EtcdStore {
     }
 }
 
-/// Records what agents applied in etcd, many domains per transaction: whatever queued
-/// while the last transaction was in flight goes in the next (up to
-/// [`xenchan_cluster::APPLIED_BATCH`]). One transaction per result cost each result an
-/// etcd round trip and a revision; at 10,000 domains that was a third of etcd's writes.
-/// A record lost here (etcd unreachable, the domain owned elsewhere) only costs a
-/// migration's destination one push it could have skipped: the local store has it.
-async fn record_applied_task(
-    cluster: Arc<Cluster>,
-    mut rx: mpsc::UnboundedReceiver<(String, Uuid, xenchan_cluster::Applied)>,
-) {
-    // The batch as etcd takes it, and each entry's domain name (for the log).
-    let mut items = Vec::with_capacity(xenchan_cluster::APPLIED_BATCH);
-    let mut names = Vec::with_capacity(xenchan_cluster::APPLIED_BATCH);
-    while let Some(first) = rx.recv().await {
-        items.clear();
-        names.clear();
-        let mut next = Some(first);
-        while let Some((name, uuid, applied)) = next {
-            names.push(name);
-            items.push((uuid, applied));
-            next = if items.len() < xenchan_cluster::APPLIED_BATCH {
-                rx.try_recv().ok()
-            } else {
-                None
-            };
-        }
-        match cluster.record_applied_batch(&items).await {
-            Ok(refused) => {
-                for uuid in refused {
-                    let name = items
-                        .iter()
-                        .position(|(u, _)| *u == uuid)
-                        .map_or("?", |i| names[i].as_str());
-                    tracing::debug!(domain = %name, %uuid,
-                        "applied state not recorded in etcd: this host does not own the domain");
-                }
-            }
-            Err(e) => tracing::debug!(
-                domains = items.len(),
-                "applied state not recorded in etcd: {}",
-                xenchan_basics::chain(&e)
-            ),
-        }
-    }
-}
-
 impl Store for EtcdStore {
     fn lineage(&self) -> &xenchan_protocol::Lineage {
         &self.lineage
@@ -604,43 +488,5 @@ impl Store for EtcdStore {
 
     fn history<'a>(&'a self, name: &'a str) -> StoreFuture<'a, Vec<HistoryRow>> {
         self.local.history(name)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lease_keys_round_trip_to_the_brokers_spelling() {
-        for (kind, value, key) in [
-            ("address", "192.0.2.10", "addr/192.0.2.10"),
-            ("address", "2001:db8::1", "addr/2001:db8::1"),
-            ("hostname", "web1.example.com", "host/web1.example.com"),
-        ] {
-            let l = Lease {
-                kind,
-                value: value.into(),
-                path: "x".into(),
-            };
-            assert_eq!(lease_key(&l), key);
-            assert_eq!(lease_text(key), l.to_string());
-            assert!(xenchan_cluster::check_lease(key).is_ok(), "{key}");
-        }
-    }
-
-    #[test]
-    fn store_keys_are_named_in_config_errors() {
-        let mut c = Config::default();
-        c.store.backend = crate::config::Backend::Etcd;
-        c.store.endpoints = vec!["http://127.0.0.1:2379".into()];
-        c.store.host = Some("dom0-a".into());
-        let cc = cluster_config(&c).unwrap();
-        assert_eq!(cc.host, "dom0-a");
-        assert_eq!(cc.timeouts.host_ttl, std::time::Duration::from_secs(10));
-        c.store.host = None;
-        assert!(!cluster_config(&c).unwrap().host.is_empty());
-        c.store.prefix = "nope".into();
-        assert_eq!(cluster_config(&c).unwrap_err().0, "store.prefix");
     }
 }
