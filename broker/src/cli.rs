@@ -36,7 +36,9 @@ Examples:
   RUST_LOG=xenchan_broker=debug xenchan-broker --log-format json
 
 Exit codes: 0 stopped cleanly (SIGTERM/SIGINT) or configuration valid;
-2 usage; 69 another broker holds the state folder; 74 I/O error (store, folders);
+2 usage; 65 cluster mode: the local cache was filled in another etcd cluster;
+69 another broker holds the state folder, or cluster mode: etcd unreachable and
+this broker never joined its cluster; 74 I/O error (store, folders, etcd);
 78 configuration error (unreadable or invalid file, unusable socket path).
 See docs/BROKER.md and docs/API.md."
 )]

@@ -7,30 +7,35 @@
 //! the owner (a claim at prepare, a completed migration, a domain taken after host loss)
 //! it reads the desired configuration from etcd the same way. When etcd is unreachable it
 //! says so and retries; the watch resumes from the last revision seen, so nothing is
-//! missed, and the domains keep being served from the cache meanwhile.
+//! missed, and the domains keep being served from the cache meanwhile. A broker that
+//! started while etcd was unreachable joins here first, once etcd answers, and then does
+//! what a start does: claims, the watch, the applied states held meanwhile.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use xenchan_basics::chain;
-use xenchan_cluster::{Desired, Uuid, WatchEvent};
+use xenchan_cluster::{Cluster, Desired, Uuid, WatchEvent};
 use xenchan_protocol::config::GuestConfig;
 
 use crate::api::types::Lifecycle;
 use crate::domains::Shared;
 use crate::leases::leases_of;
-use crate::store::etcd::SyncRequest;
+use crate::store::etcd::{SyncRequest, join_when_etcd_answers, store_error};
 use crate::store::{EtcdStore, PutRequest, Store};
 
 /// Watches etcd until `stop`.
 pub(crate) async fn run(sh: Arc<Shared>, etcd: Arc<EtcdStore>, stop: CancellationToken) {
-    let cluster = Arc::clone(etcd.cluster());
-    let mut lease = cluster.host_lease();
     let Some(mut requests) = etcd.take_sync_requests() else {
         tracing::error!("cluster watch started twice: the second one does nothing");
         return;
     };
+    // At once when the broker joined at start; else when etcd first answers.
+    let Some(cluster) = join_when_etcd_answers(&etcd, &stop).await else {
+        return;
+    };
+    let mut lease = cluster.host_lease();
     // From "now": the state before it is read by `resync` below, which runs after the
     // watch is set up, so nothing between the two is missed.
     let from = loop {
@@ -45,7 +50,10 @@ pub(crate) async fn run(sh: Arc<Shared>, etcd: Arc<EtcdStore>, stop: Cancellatio
             }
         }
     };
-    let (owned, waiting) = owned_at_start(&etcd).await;
+    let (owned, waiting) = owned_at_start(&etcd, &cluster).await;
+    // Only the owner may record what an agent applied: the states held until now go
+    // out once the claims are made.
+    etcd.record_applied_from_now(Arc::clone(&cluster));
     let mut watcher = cluster.watch(owned.clone(), from);
     for uuid in &owned {
         adopt(&sh, &etcd, uuid).await;
@@ -117,9 +125,10 @@ pub(crate) async fn run(sh: Arc<Shared>, etcd: Arc<EtcdStore>, stop: Cancellatio
 
 /// The cached domains this host owns in etcd (after a restart within the host lease's
 /// TTL the ownership keys are still there; claiming rebinds them to the new lease), and
-/// those it runs (prepared, not released) that another host owns: waited for.
-async fn owned_at_start(etcd: &EtcdStore) -> (Vec<Uuid>, Vec<Uuid>) {
-    let cluster = etcd.cluster();
+/// those it runs (prepared, not released) that another host owns: waited for. One
+/// released here that this host still owns (its release could not reach etcd: before
+/// joining, or during an outage) is given up.
+async fn owned_at_start(etcd: &EtcdStore, cluster: &Cluster) -> (Vec<Uuid>, Vec<Uuid>) {
     let (mut owned, mut waiting) = (Vec::new(), Vec::new());
     let Ok(records) = etcd.local().load_all().await else {
         return (owned, waiting);
@@ -130,6 +139,17 @@ async fn owned_at_start(etcd: &EtcdStore) -> (Vec<Uuid>, Vec<Uuid>) {
         };
         let runs_here = r.lifecycle == Some(Lifecycle::Running);
         match cluster.ownership(&uuid).await {
+            Ok(o)
+                if o.owner.as_deref() == Some(cluster.host())
+                    && r.lifecycle == Some(Lifecycle::Stopped) =>
+            {
+                match cluster.disown(&uuid).await {
+                    Ok(_) => tracing::info!(domain = %r.name, %uuid,
+                        "released here while etcd could not be told: ownership given up"),
+                    Err(e) => tracing::warn!(domain = %r.name, %uuid,
+                        "cannot give up ownership in etcd: {}", chain(&e)),
+                }
+            }
             Ok(o)
                 if o.owner.as_deref() == Some(cluster.host())
                     || (o.owner.is_none() && runs_here) =>
@@ -178,7 +198,14 @@ async fn wait_for(etcd: &EtcdStore, watcher: &mut xenchan_cluster::Watcher, uuid
 /// Claims a domain running here that nobody owns (its host was lost, or it gave it up);
 /// the watch then reports it acquired and the desired configuration is read.
 async fn claim_orphan(etcd: &EtcdStore, uuid: &Uuid) {
-    match etcd.cluster().claim(uuid).await {
+    let claimed = match etcd.cluster() {
+        Ok(c) => c.claim(uuid).await,
+        Err(e) => {
+            tracing::warn!(%uuid, "cannot claim: {}", chain(&e));
+            return;
+        }
+    };
+    match claimed {
         Ok(()) => tracing::info!(%uuid, "claimed a domain running here that nobody owned"),
         Err(xenchan_cluster::ClusterError::NotOwner { owner, .. }) => {
             tracing::debug!(%uuid, ?owner, "still owned elsewhere: waiting");
@@ -266,7 +293,11 @@ pub(crate) async fn refresh(sh: &Arc<Shared>, etcd: &EtcdStore, name: &str, uuid
 
 /// Reads the desired configuration of a domain this host now owns or receives.
 pub(crate) async fn adopt(sh: &Arc<Shared>, etcd: &EtcdStore, uuid: &Uuid) {
-    match etcd.cluster().desired(uuid).await {
+    let desired = match etcd.cluster() {
+        Ok(c) => c.desired(uuid).await.map_err(store_error),
+        Err(e) => Err(e),
+    };
+    match desired {
         Ok(Some(d)) => install(sh, etcd, uuid, &d).await,
         Ok(None) => {}
         Err(e) => tracing::warn!(%uuid, "cannot read the desired configuration: {}", chain(&e)),

@@ -52,6 +52,7 @@ use crate::domains::Shared;
 use crate::hooks::Hooks;
 use crate::lock::StateLock;
 use crate::metrics::Metrics;
+use crate::store::etcd::JoinError;
 use crate::store::sqlite::EventRetention;
 use crate::store::{EtcdStore, SqliteStore, Store};
 
@@ -84,6 +85,9 @@ pub enum BrokerError {
     /// The socket folder cannot be watched.
     #[error(transparent)]
     Discovery(#[from] DiscoveryError),
+    /// Cluster mode cannot start (docs/CLUSTER.md, "Failure modes").
+    #[error(transparent)]
+    Cluster(#[from] store::etcd::JoinError),
 }
 
 /// The sysexits code the binary exits with.
@@ -95,6 +99,13 @@ impl HasExit for BrokerError {
             BrokerError::Store(_) | BrokerError::Io { .. } | BrokerError::Discovery(_) => {
                 Exit::IoErr
             }
+            BrokerError::Cluster(e) => match e {
+                // etcd is a service the broker needs and, never joined, cannot do without.
+                JoinError::NeverJoined(_) => Exit::Unavailable,
+                // The cache is another cluster's: data, not a transient failure.
+                JoinError::Mismatch { .. } => Exit::DataErr,
+                JoinError::Cache(_) | JoinError::Etcd(_) => Exit::IoErr,
+            },
         }
     }
 }
@@ -258,7 +269,8 @@ pub async fn run(
     Ok(())
 }
 
-/// Joins the etcd cluster of `[store]` over the local cache (cluster mode).
+/// Joins the etcd cluster of `[store]` over the local cache (cluster mode), or starts
+/// from the cache when etcd cannot be reached and the cache knows the cluster.
 async fn connect_cluster(config: &Config, local: SqliteStore) -> Result<EtcdStore, BrokerError> {
     let cc = store::etcd::cluster_config(config).map_err(|(key, message)| {
         BrokerError::Config(ConfigFileError::Invalid {
@@ -273,5 +285,6 @@ async fn connect_cluster(config: &Config, local: SqliteStore) -> Result<EtcdStor
         host = %cc.host,
         "joining the etcd cluster"
     );
-    Ok(EtcdStore::connect(&cc, local).await?)
+    // Boxed: joining is a large future (etcd's client), and `run` awaits this one.
+    Ok(Box::pin(EtcdStore::start(&cc, local)).await?)
 }

@@ -47,7 +47,7 @@ fn view(etcd: &EtcdStore, uuid: &Uuid, own: Ownership, changed: bool) -> Migrati
     MigrationView {
         uuid: uuid.to_string(),
         name: etcd.name_of(uuid),
-        host: etcd.cluster().host().to_string(),
+        host: etcd.host().to_string(),
         owner: own.owner,
         incoming: own.incoming,
         changed,
@@ -65,7 +65,7 @@ pub async fn do_migrate_prepare(
 ) -> Result<MigrationView, OpError> {
     let etcd = cluster_of(sh)?;
     let uuid = parse_uuid(uuid)?;
-    let cluster = etcd.cluster();
+    let cluster = etcd.cluster()?;
     let host = cluster.host().to_string();
     if let Some(n) = &name {
         crate::paths::check_domain_name(n).map_err(|error| OpError::BadField {
@@ -125,7 +125,7 @@ pub async fn do_migrate_prepare(
 pub async fn do_migrate_complete(sh: &Arc<Shared>, uuid: &str) -> Result<MigrationView, OpError> {
     let etcd = cluster_of(sh)?;
     let uuid = parse_uuid(uuid)?;
-    let cluster = etcd.cluster();
+    let cluster = etcd.cluster()?;
     let host = cluster.host().to_string();
     let before = cluster.ownership(&uuid).await.map_err(refused)?;
     if before.owner.as_deref() == Some(host.as_str()) && before.incoming.is_none() {
@@ -166,7 +166,7 @@ pub async fn do_migrate_complete(sh: &Arc<Shared>, uuid: &str) -> Result<Migrati
 pub async fn do_migrate_cancel(sh: &Arc<Shared>, uuid: &str) -> Result<MigrationView, OpError> {
     let etcd = cluster_of(sh)?;
     let uuid = parse_uuid(uuid)?;
-    let cluster = etcd.cluster();
+    let cluster = etcd.cluster()?;
     let host = cluster.host().to_string();
     let changed = cluster
         .cancel_migrate(&uuid, &host)

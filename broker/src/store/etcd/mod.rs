@@ -9,13 +9,15 @@
 //! applied, and which host runs the domain. Every write goes to etcd first and then to the
 //! local SQLite store with the generation etcd gave, so a broker that loses etcd still
 //! serves (and re-attaches) the domains it runs from its cache, while writes answer 503
-//! naming the outage. Reads, results, facts and the event log stay local.
+//! naming the outage; one that starts while etcd is down does the same until it joins
+//! ([`join`]). Reads, results, facts and the event log stay local.
 
 mod applied;
+mod join;
 mod spelling;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::mpsc;
 
@@ -28,13 +30,21 @@ use crate::store::{
     Prepared, PutOutcome, PutRefusal, PutRequest, SqliteStore, Store, StoreError, StoreFuture,
 };
 use applied::record_applied_task;
+pub use join::JoinError;
+pub(crate) use join::join_when_etcd_answers;
 use spelling::{bad_uuid, lease_text};
 pub use spelling::{cluster_config, lease_key, store_error};
 
 /// The etcd-backed store.
 #[derive(Debug)]
 pub struct EtcdStore {
-    cluster: Arc<Cluster>,
+    /// `[store]`: this host's name, the endpoints, and what joining again needs.
+    config: ClusterConfig,
+    /// The cluster once joined: at start, or, after a start during an outage, when etcd
+    /// first answers ([`join_when_etcd_answers`]). Until then every write answers 503.
+    joined: OnceLock<Arc<Cluster>>,
+    /// Why it is not joined (what those 503s say).
+    unjoined: Mutex<String>,
     local: SqliteStore,
     /// Name -> UUID of the domains in the local cache (the cache's key is the name; etcd's
     /// is the UUID).
@@ -45,9 +55,31 @@ pub struct EtcdStore {
     /// the watch task takes it.
     sync_tx: mpsc::UnboundedSender<SyncRequest>,
     sync_rx: Mutex<Option<mpsc::UnboundedReceiver<SyncRequest>>>,
-    /// What agents applied, to the task that records it in etcd in batches
-    /// ([`record_applied_task`]).
-    applied_tx: mpsc::UnboundedSender<(String, Uuid, xenchan_cluster::Applied)>,
+    /// What agents applied, on its way to etcd.
+    applied: Mutex<AppliedSink>,
+}
+
+/// One applied state for etcd: the domain's name (for the log), its UUID, the record.
+type AppliedRecord = (String, Uuid, xenchan_cluster::Applied);
+
+/// Where [`EtcdStore::publish_applied`] puts what agents applied. Only the owner may
+/// record it, so until the cluster watch has claimed this host's domains (after joining)
+/// the latest state of each domain is held; then the held ones go out first.
+#[derive(Debug)]
+enum AppliedSink {
+    Held(HashMap<String, (Uuid, xenchan_cluster::Applied)>),
+    /// To the task that records them in batches ([`record_applied_task`]).
+    Live(mpsc::UnboundedSender<AppliedRecord>),
+}
+
+/// Why a write cannot go to etcd before this broker joined (the source of the 503).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "not joined to the etcd cluster at {endpoints}: {why}; the cached domains are served meanwhile"
+)]
+struct NotJoined {
+    endpoints: String,
+    why: String,
 }
 
 /// What the lifecycle calls ask of the cluster watch.
@@ -62,42 +94,73 @@ pub enum SyncRequest {
 }
 
 impl EtcdStore {
-    /// Joins the cluster as `config`'s host, over the already opened local cache.
-    ///
-    /// # Errors
-    /// `Unavailable` when etcd does not answer within `store.timeouts.request`.
-    pub async fn connect(
-        cluster: &ClusterConfig,
+    /// The store over `local`, joined when `cluster` is given.
+    fn new(
+        config: &ClusterConfig,
         local: SqliteStore,
-    ) -> Result<EtcdStore, StoreError> {
-        let cluster = Cluster::connect(cluster).await.map_err(store_error)?;
-        // The cluster-wide lineage; the first broker on this prefix offers its own.
-        let offered = local.lineage().as_str().to_string();
-        let text = cluster.lineage(&offered).await.map_err(store_error)?;
-        let lineage =
-            xenchan_protocol::Lineage::try_from(text).map_err(|message| StoreError::Corrupt {
-                domain: "(cluster)".into(),
-                message: format!("the cluster's lineage: {message}"),
-            })?;
+        lineage: xenchan_protocol::Lineage,
+        cluster: Option<Cluster>,
+    ) -> EtcdStore {
         let (sync_tx, sync_rx) = mpsc::unbounded_channel();
-        let cluster = Arc::new(cluster);
-        let (applied_tx, applied_rx) = mpsc::unbounded_channel();
-        tokio::spawn(record_applied_task(Arc::clone(&cluster), applied_rx));
-        let store = EtcdStore {
-            cluster,
+        EtcdStore {
+            config: config.clone(),
+            joined: cluster.map_or_else(OnceLock::new, |c| OnceLock::from(Arc::new(c))),
+            unjoined: Mutex::new(String::new()),
             local,
             lineage,
             uuids: Mutex::new(HashMap::new()),
             sync_tx,
             sync_rx: Mutex::new(Some(sync_rx)),
-            applied_tx,
-        };
-        Ok(store)
+            applied: Mutex::new(AppliedSink::Held(HashMap::new())),
+        }
     }
 
-    /// The cluster handle (watch, ownership, migration).
-    pub fn cluster(&self) -> &Arc<Cluster> {
-        &self.cluster
+    /// The cluster handle (watch, ownership, migration); 503 naming the outage while
+    /// this broker has not joined.
+    ///
+    /// # Errors
+    /// `Unavailable` before the broker joined the cluster.
+    pub fn cluster(&self) -> Result<Arc<Cluster>, StoreError> {
+        self.joined().ok_or_else(|| StoreError::Unavailable {
+            backend: "etcd",
+            source: Box::new(NotJoined {
+                endpoints: self.config.endpoints.join(","),
+                why: self.unjoined.lock().expect("unjoined").clone(),
+            }),
+        })
+    }
+
+    /// The cluster, once joined.
+    pub fn joined(&self) -> Option<Arc<Cluster>> {
+        self.joined.get().cloned()
+    }
+
+    fn set_joined(&self, cluster: Arc<Cluster>) {
+        // Joined once, by the cluster watch: there is no second value to lose.
+        let _ = self.joined.set(cluster);
+    }
+
+    fn set_unjoined(&self, why: String) {
+        *self.unjoined.lock().expect("unjoined") = why;
+    }
+
+    /// This broker's name in the cluster (`store.host`).
+    pub fn host(&self) -> &str {
+        &self.config.host
+    }
+
+    /// Sends what agents applied to etcd from now on, the states held until now first
+    /// (the cluster watch calls it once it has claimed this host's domains).
+    pub(crate) fn record_applied_from_now(&self, cluster: Arc<Cluster>) {
+        let mut sink = self.applied.lock().expect("applied sink");
+        if let AppliedSink::Held(held) = &mut *sink {
+            let (tx, rx) = mpsc::unbounded_channel();
+            for (name, (uuid, applied)) in held.drain() {
+                let _ = tx.send((name, uuid, applied));
+            }
+            tokio::spawn(record_applied_task(cluster, rx));
+            *sink = AppliedSink::Live(tx);
+        }
     }
 
     /// The requests of the lifecycle calls to the cluster watch (taken once, by it).
@@ -155,8 +218,11 @@ impl EtcdStore {
     /// Who holds a lease, for an answer: the holder's name when etcd has its desired
     /// configuration, else its UUID.
     async fn holder_name(&self, holder: &str) -> String {
+        let Ok(cluster) = self.cluster() else {
+            return holder.to_string();
+        };
         match Uuid::parse(holder) {
-            Ok(u) => match self.cluster.desired(&u).await {
+            Ok(u) => match cluster.desired(&u).await {
                 Ok(Some(d)) => d.name,
                 _ => holder.to_string(),
             },
@@ -189,7 +255,11 @@ impl EtcdStore {
         let keys: Vec<String> = req.leases.iter().map(lease_key).collect();
         let json = req.config.canonical_json();
         // Leases and the document in one transaction (`put_domain`).
-        let done = match self.cluster.put_domain(&uuid, req.name, &json, &keys).await {
+        let done = match self
+            .cluster()?
+            .put_domain(&uuid, req.name, &json, &keys)
+            .await
+        {
             Ok(d) => d,
             Err(ClusterError::Conflict { lease, holder }) => {
                 let lease = req
@@ -244,9 +314,9 @@ impl EtcdStore {
         let Some(uuid) = self.uuid_of(name) else {
             return Ok(None);
         };
+        let cluster = self.cluster()?;
         for l in wanted {
-            let holder = self
-                .cluster
+            let holder = cluster
                 .lease_holder(&lease_key(l))
                 .await
                 .map_err(store_error)?;
@@ -267,16 +337,9 @@ impl EtcdStore {
         let mut released_cluster = Vec::new();
         let mut removed_cluster = false;
         if let Some(uuid) = self.uuid_of(name) {
-            released_cluster = self
-                .cluster
-                .release_leases(&uuid)
-                .await
-                .map_err(store_error)?;
-            removed_cluster = self
-                .cluster
-                .delete_desired(&uuid)
-                .await
-                .map_err(store_error)?;
+            let cluster = self.cluster()?;
+            released_cluster = cluster.release_leases(&uuid).await.map_err(store_error)?;
+            removed_cluster = cluster.delete_desired(&uuid).await.map_err(store_error)?;
         }
         let local = self.local.delete_config(name, keep_row).await?;
         self.uuids.lock().expect("uuid map").remove(name);
@@ -308,7 +371,9 @@ impl EtcdStore {
         if let Some(uuid) = self.uuid_of(req.name) {
             // The domain runs here now: this host owns it, unless a migration to here is
             // prepared (ownership moves at `complete`) or another host runs it.
-            match self.cluster.claim(&uuid).await {
+            // Before this broker joined: 503 as during any outage; the cluster watch
+            // claims the domains running here when it joins.
+            match self.cluster()?.claim(&uuid).await {
                 Ok(()) => {}
                 Err(ClusterError::NotOwner { owner, .. }) => {
                     // A migration's destination (ownership moves at `complete`), or a
@@ -332,15 +397,24 @@ impl EtcdStore {
             // migration (libvirt's `release end` on the destination): the source keeps
             // it. Then give up what this host owns. Stopping a VM must not fail on an
             // outage; the host lease bounds how long a stale key lasts.
-            let host = self.cluster.host().to_string();
-            match self.cluster.cancel_migrate(&uuid, &host).await {
+            let cluster = match self.cluster() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(domain = %name, %uuid,
+                        "released before this broker joined the cluster: ownership in etcd left to expire: {}",
+                        xenchan_basics::chain(&e));
+                    return Ok(released);
+                }
+            };
+            let host = self.host();
+            match cluster.cancel_migrate(&uuid, host).await {
                 Ok(true) => tracing::info!(domain = %name, %uuid,
                     "released during an incoming migration: migration cancelled, the source keeps the domain"),
                 Ok(false) => {}
                 Err(e) => tracing::warn!(domain = %name, %uuid,
                     "cannot cancel the incoming migration in etcd: {}", xenchan_basics::chain(&e)),
             }
-            if let Err(e) = self.cluster.disown(&uuid).await {
+            if let Err(e) = cluster.disown(&uuid).await {
                 tracing::warn!(domain = %name, %uuid, "cannot give up ownership in etcd: {}",
                     xenchan_basics::chain(&e));
             }
@@ -359,8 +433,15 @@ impl EtcdStore {
             generation,
             digest,
         };
-        // The task lives as long as the store; it ends only when the store is dropped.
-        let _ = self.applied_tx.send((name.to_string(), uuid, a));
+        match &mut *self.applied.lock().expect("applied sink") {
+            AppliedSink::Held(held) => {
+                held.insert(name.to_string(), (uuid, a));
+            }
+            // The task lives as long as the store; it ends only when the store is dropped.
+            AppliedSink::Live(tx) => {
+                let _ = tx.send((name.to_string(), uuid, a));
+            }
+        }
     }
 }
 

@@ -172,3 +172,43 @@ pub(super) fn lineage(conn: &Connection) -> Result<xenchan_protocol::Lineage, St
     )?;
     Ok(fresh)
 }
+
+/// `meta` row of the cluster's lineage (cluster mode).
+const CLUSTER_LINEAGE: &str = "cluster_lineage";
+
+impl super::Db {
+    /// The lineage of the etcd cluster this store is the cache of (cluster mode), once
+    /// learned: what lets a broker that starts while etcd is unreachable serve its cached
+    /// domains under the lineage their agents applied (docs/CLUSTER.md, "Failure modes").
+    pub fn cluster_lineage(&self) -> Result<Option<xenchan_protocol::Lineage>, StoreError> {
+        let stored: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                [CLUSTER_LINEAGE],
+                |r| r.get(0),
+            )
+            .optional()?;
+        stored
+            .map(|s| {
+                xenchan_protocol::Lineage::try_from(s).map_err(|message| StoreError::Corrupt {
+                    domain: "(meta)".into(),
+                    message: format!("the cached cluster lineage: {message}"),
+                })
+            })
+            .transpose()
+    }
+
+    /// Records the cluster's lineage (the first time this store's broker joins it).
+    pub fn set_cluster_lineage(
+        &self,
+        lineage: &xenchan_protocol::Lineage,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [CLUSTER_LINEAGE, lineage.as_str()],
+        )?;
+        Ok(())
+    }
+}

@@ -595,3 +595,32 @@ fn lineage_is_made_once_and_kept_per_store() {
     let other = Db::open(&dir.path().join("other"), 3, 1000).unwrap();
     assert_ne!(*other.lineage(), first);
 }
+
+#[test]
+fn the_cluster_lineage_is_kept_apart_from_the_stores_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let db = Db::open(&path, 3, 1000).unwrap();
+    assert_eq!(db.cluster_lineage().unwrap(), None, "never joined");
+    let cluster = xenchan_protocol::Lineage::from_bits(7);
+    db.set_cluster_lineage(&cluster).unwrap();
+    let own = db.lineage().clone();
+    drop(db);
+    // Kept across a restart, and the store's own lineage is untouched.
+    let db = Db::open(&path, 3, 1000).unwrap();
+    assert_eq!(db.cluster_lineage().unwrap(), Some(cluster));
+    assert_eq!(*db.lineage(), own);
+    // Replaced as a whole when set again.
+    let other = xenchan_protocol::Lineage::from_bits(8);
+    db.set_cluster_lineage(&other).unwrap();
+    assert_eq!(db.cluster_lineage().unwrap(), Some(other));
+    // A value no broker wrote is reported, naming what it is.
+    db.conn
+        .execute(
+            "UPDATE meta SET value = 'not a lineage' WHERE key = 'cluster_lineage'",
+            [],
+        )
+        .unwrap();
+    let e = db.cluster_lineage().unwrap_err();
+    assert!(e.to_string().contains("cluster lineage"), "{e}");
+}

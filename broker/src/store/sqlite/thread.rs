@@ -163,6 +163,16 @@ impl SqliteStore {
         .await
     }
 
+    /// The lineage of the etcd cluster this store caches, once learned (cluster mode).
+    pub async fn cluster_lineage(&self) -> Result<Option<Lineage>, StoreError> {
+        self.call(|db| db.cluster_lineage()).await
+    }
+
+    /// Records the lineage of the etcd cluster this store caches.
+    pub async fn set_cluster_lineage(&self, lineage: Lineage) -> Result<(), StoreError> {
+        self.call(move |db| db.set_cluster_lineage(&lineage)).await
+    }
+
     /// Runs `f` on the store thread and returns its answer. The events it records name
     /// the API caller being served on this task, if any ([`crate::audit`]).
     pub async fn call<R, F>(&self, f: F) -> Result<R, StoreError>
