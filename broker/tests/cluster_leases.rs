@@ -8,25 +8,14 @@ mod support;
 #[path = "../../cluster/tests/support/mod.rs"]
 mod etcd;
 
+mod cluster_support;
+
 use std::time::Duration;
 
+use cluster_support::cluster_config;
 use hyper::Method;
 use support::{Dirs, TestBroker, sample_config};
 use xenchan_broker::api::types::ApiError;
-use xenchan_broker::config::{Backend, Config};
-
-/// A broker of the cluster at `url`, as `host`, under `prefix`.
-pub fn cluster_config(dirs: &Dirs, url: &str, prefix: &str, host: &str) -> Config {
-    let mut c = dirs.config();
-    c.store.backend = Backend::Etcd;
-    c.store.endpoints = vec![url.to_string()];
-    c.store.prefix = prefix.to_string();
-    c.store.host = Some(host.to_string());
-    c.store.timeouts.connect = 500;
-    c.store.timeouts.request = 3000;
-    c.store.timeouts.host_ttl = 2000;
-    c
-}
 
 fn uuid(side: u8, n: usize) -> String {
     format!("00000000-00{side:02x}-4000-8000-{n:012x}")

@@ -7,17 +7,20 @@ mod support;
 #[path = "../../cluster/tests/support/mod.rs"]
 mod etcd;
 
+mod cluster_support;
+
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use cluster_support::{applied_in_etcd, cluster_config, observer, owner_is};
 use support::{
     DEADLINE, Dirs, PeerOptions, TestBroker, TestPeer, sample_config, wait_until, write_config,
 };
 use tokio::process::{Child, Command};
 use xenchan_broker::api::types::{DomainState, MigratePrepareRequest, PrepareRequest};
 use xenchan_broker::client::{Client, ClientError};
-use xenchan_broker::config::{Backend, Config};
+use xenchan_broker::config::Config;
 use xenchan_cluster::{Cluster, Uuid};
 
 const U: &str = "6f1c2b1e-0d3a-4c8e-9a51-2b7e0c4d9f10";
@@ -41,55 +44,11 @@ fn vm_peer(applied: Option<xenchan_protocol::message::Applied>) -> PeerOptions {
     }
 }
 
-fn cluster_config(dirs: &Dirs, url: &str, prefix: &str, host: &str) -> Config {
-    let mut c = dirs.config();
-    c.store.backend = Backend::Etcd;
-    c.store.endpoints = vec![url.to_string()];
-    c.store.prefix = prefix.to_string();
-    c.store.host = Some(host.to_string());
-    c.store.timeouts.connect = 500;
-    c.store.timeouts.request = 3000;
-    c.store.timeouts.host_ttl = 2000;
-    c
-}
-
 fn uuid_req() -> PrepareRequest {
     PrepareRequest {
         uuid: Some(U.into()),
         ..PrepareRequest::default()
     }
-}
-
-/// An etcd client looking on (as host `observer`), to read ownership and what etcd
-/// holds as applied.
-async fn observer(url: &str, prefix: &str) -> Cluster {
-    etcd::connect(&[url.to_string()], prefix, "observer", etcd::quick()).await
-}
-
-async fn owner_is(obs: &Cluster, want: Option<&str>) {
-    let u = Uuid::parse(U).unwrap();
-    wait_until(&format!("owner {want:?}"), DEADLINE, || async {
-        let o = obs.ownership(&u).await.unwrap();
-        (o.owner.as_deref() == want).then_some(())
-    })
-    .await;
-}
-
-/// Waits until etcd holds generation `g` as what the agent applied.
-async fn applied_in_etcd(obs: &Cluster, g: u64) {
-    let u = Uuid::parse(U).unwrap();
-    wait_until(
-        &format!("applied generation {g} in etcd"),
-        DEADLINE,
-        || async {
-            obs.applied(&u)
-                .await
-                .unwrap()
-                .filter(|a| a.generation == g)
-                .map(drop)
-        },
-    )
-    .await;
 }
 
 /// Another VM PUT with web1's address through `broker` is refused, naming web1.
@@ -129,7 +88,7 @@ async fn running_on_a(a: &Client, da: &Dirs, obs: &Cluster) -> TestPeer {
     );
     let peer = TestPeer::start(&da.sockets(), "web1", vm_peer(None));
     peer.wait("the first push", |r| r.results == 1).await;
-    applied_in_etcd(obs, 1).await;
+    applied_in_etcd(obs, U, 1).await;
     peer
 }
 
@@ -161,7 +120,7 @@ async fn prepare_then_complete_moves_the_domain_and_pushes_nothing_again() {
     );
     assert_eq!(step.name.as_deref(), Some("web1"));
     let rev1 = obs.revision().await.unwrap();
-    owner_is(&obs, Some("dom0-a")).await;
+    owner_is(&obs, U, Some("dom0-a")).await;
     let v = b.client.get_domain("web1").await.unwrap();
     assert_eq!(v.desired_generation, Some(1), "{v:?}");
     assert_eq!(v.uuid.as_deref(), Some(U));
@@ -205,7 +164,7 @@ async fn prepare_then_complete_moves_the_domain_and_pushes_nothing_again() {
         ),
         (Some("dom0-b"), None, true)
     );
-    owner_is(&obs, Some("dom0-b")).await;
+    owner_is(&obs, U, Some("dom0-b")).await;
     assert!(!b.client.migrate_complete(U).await.unwrap().changed);
 
     // The VM now runs on b: its agent (with what it applied) on b's socket; a's gone.
@@ -220,7 +179,7 @@ async fn prepare_then_complete_moves_the_domain_and_pushes_nothing_again() {
     // The source's libvirt releases it: a does not own it, so nothing changes.
     a.client.release("web1").await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    owner_is(&obs, Some("dom0-b")).await;
+    owner_is(&obs, U, Some("dom0-b")).await;
     assert_eq!(
         peer_b.record().configs.len(),
         0,
@@ -277,7 +236,7 @@ async fn a_cancelled_migration_leaves_the_source_owning() {
     assert_eq!(e.status(), Some(409), "{e:?}");
     assert_eq!(api_error(&e).path.as_deref(), Some("incoming"));
     assert!(api_error(&e).error.contains("no migration"), "{e:?}");
-    owner_is(&obs, Some("dom0-a")).await;
+    owner_is(&obs, U, Some("dom0-a")).await;
 
     // The source still runs it: a PUT through b reaches a's agent.
     let cfg2 = sample_config("web1.example.com", "192.0.2.10/25");
@@ -307,7 +266,7 @@ async fn a_failed_migration_released_on_the_destination_leaves_the_source_owning
         .await
         .unwrap();
     b.client.prepare("web1", &uuid_req()).await.unwrap();
-    owner_is(&obs, Some("dom0-a")).await;
+    owner_is(&obs, U, Some("dom0-a")).await;
     b.client.release("web1").await.unwrap();
     let o = obs.ownership(&u).await.unwrap();
     assert_eq!(
@@ -322,7 +281,7 @@ async fn a_failed_migration_released_on_the_destination_leaves_the_source_owning
     peer_a.wait("generation 2 on a", |r| r.results == 2).await;
     // When the source stops it, the destination (released) does not take it.
     a.client.release("web1").await.unwrap();
-    owner_is(&obs, None).await;
+    owner_is(&obs, U, None).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(obs.ownership(&u).await.unwrap().owner, None);
     a.stop().await.unwrap();
@@ -408,7 +367,7 @@ async fn a_lost_hosts_domain_restarted_elsewhere_is_claimed_and_not_pushed_again
     let b = TestBroker::start(cluster_config(&db, &url, "/m4/", "dom0-b")).await;
     let obs = observer(&url, "/m4/").await;
     let mut peer_a = running_on_a(&a.client, &da, &obs).await;
-    owner_is(&obs, Some("dom0-a")).await;
+    owner_is(&obs, U, Some("dom0-a")).await;
     // A PUT through b (cached there at generation 2), then one through a (3): b's cache
     // is stale, and must not be what b pushes when the VM comes to it.
     let cfg = |n: u8| sample_config("web1.example.com", &format!("192.0.2.10/{n}"));
@@ -419,7 +378,7 @@ async fn a_lost_hosts_domain_restarted_elsewhere_is_claimed_and_not_pushed_again
     let v = a.client.put_config("web1", &cfg(26), None).await.unwrap();
     assert_eq!(v.desired_generation, Some(3));
     peer_a.wait("generation 3 on a", |r| r.results == 3).await;
-    applied_in_etcd(&obs, 3).await;
+    applied_in_etcd(&obs, U, 3).await;
 
     // Host a dies; the VM is restarted on b at once (within a's lease TTL), its agent
     // keeping what it applied.
@@ -429,7 +388,7 @@ async fn a_lost_hosts_domain_restarted_elsewhere_is_claimed_and_not_pushed_again
     peer_a.remove();
     b.client.prepare("web1", &uuid_req()).await.unwrap();
     let peer_b = TestPeer::start(&db.sockets(), "web1", vm_peer(applied));
-    owner_is(&obs, Some("dom0-b")).await;
+    owner_is(&obs, U, Some("dom0-b")).await;
     eprintln!(
         "b owns the domain {:?} after a was killed (host TTL 2 s)",
         died.elapsed()
@@ -477,10 +436,10 @@ async fn a_completed_migration_that_fails_returns_the_domain_to_the_source() {
         .unwrap();
     b.client.prepare("web1", &uuid_req()).await.unwrap();
     b.client.migrate_complete(U).await.unwrap();
-    owner_is(&obs, Some("dom0-b")).await;
+    owner_is(&obs, U, Some("dom0-b")).await;
     // The migration fails after all: libvirt stops the destination's domain.
     b.client.release("web1").await.unwrap();
-    owner_is(&obs, Some("dom0-a")).await;
+    owner_is(&obs, U, Some("dom0-a")).await;
     // a serves it again: a PUT through b reaches a's agent, once.
     let cfg2 = sample_config("web1.example.com", "192.0.2.10/25");
     b.client.put_config("web1", &cfg2, None).await.unwrap();
