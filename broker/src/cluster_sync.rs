@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use xenchan_basics::chain;
 use xenchan_cluster::{Cluster, Desired, Uuid, WatchEvent};
-use xenchan_protocol::config::GuestConfig;
+use xenchan_protocol::config::{Digest, GuestConfig};
 
 use crate::api::types::Lifecycle;
 use crate::domains::Shared;
@@ -308,6 +308,14 @@ pub(crate) async fn adopt(sh: &Arc<Shared>, etcd: &EtcdStore, uuid: &Uuid) {
 /// pushes it if the agent has not applied it).
 pub(crate) async fn install(sh: &Arc<Shared>, etcd: &EtcdStore, uuid: &Uuid, desired: &Desired) {
     let name = etcd.name_of(uuid).unwrap_or_else(|| desired.name.clone());
+    // The echo of this broker's own PUT (or a generation it read already): the cache and
+    // the registry have it. Etcd holds the canonical form, so its digest is exact; a
+    // document in another form falls through to the full install.
+    if etcd.uuid_of(&name).as_ref() == Some(uuid)
+        && sh.has_desired(&name, desired.generation, &Digest::of_canonical(&desired.config))
+    {
+        return;
+    }
     if let Err(e) = crate::paths::check_domain_name(&name) {
         tracing::warn!(%uuid, "desired configuration in etcd names an unusable domain: {e}");
         return;

@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use xenchan_protocol::config::Digest;
 use xenchan_protocol::message::GuestFacts;
 
 use crate::api::types::{DomainState, DomainView, ItemView, Lifecycle};
@@ -354,6 +355,17 @@ impl Shared {
             .get(name)
             .map(|s| s.desired.borrow().clone())
             .unwrap_or_default()
+    }
+
+    /// Whether `name`'s desired configuration is already this generation with this digest.
+    pub fn has_desired(&self, name: &str, generation: u64, digest: &Digest) -> bool {
+        self.slots().get(name).is_some_and(|s| {
+            s.desired
+                .borrow()
+                .config
+                .as_ref()
+                .is_some_and(|c| c.generation == generation && &c.digest == digest)
+        })
     }
 
     /// Whether the agent of `name` has answered in the running session.

@@ -309,6 +309,12 @@ impl ConfigError {
 pub struct Digest(String);
 
 impl Digest {
+    /// The digest of bytes that are already a canonical form ([`GuestConfig::canonical_json`]):
+    /// lets a holder of stored canonical bytes compare without parsing them.
+    pub fn of_canonical(canonical: &[u8]) -> Digest {
+        Digest(format!("sha256:{}", hex::encode(Sha256::digest(canonical))))
+    }
+
     /// The text form.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -467,8 +473,7 @@ impl GuestConfig {
 
     /// The digest of the canonical form.
     pub fn digest(&self) -> Digest {
-        let hash = Sha256::digest(self.canonical_json());
-        Digest(format!("sha256:{}", hex::encode(hash)))
+        Digest::of_canonical(&self.canonical_json())
     }
 
     /// Checks the rules that span fields; reports every violation.
