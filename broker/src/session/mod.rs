@@ -117,6 +117,9 @@ enum Event {
     Extra,
 }
 
+/// The read buffer's first capacity (see `run_loop`).
+const READ_BUFFER_START: usize = 1024;
+
 /// One connection's session.
 struct Session<'a> {
     domain: &'a DomainHandle,
@@ -238,7 +241,14 @@ impl<'a> Session<'a> {
         extra: Option<&UnixListener>,
     ) -> End {
         let (read, mut write) = stream.into_split();
-        let mut frames = FramedRead::new(read, FrameCodec::new(self.domain.limits().max_frame));
+        // An idle session holds its read buffer for as long as the guest runs, and what
+        // it reads is a hello, pongs and results of a few hundred bytes: start small (the
+        // buffer grows to a larger frame when one comes) instead of tokio-util's 8 KiB.
+        let mut frames = FramedRead::with_capacity(
+            read,
+            FrameCodec::new(self.domain.limits().max_frame),
+            READ_BUFFER_START,
+        );
         // Where the last result of this domain stands, to tell configured from failed
         // without asking the agent again.
         let items = self.domain.last_items();
