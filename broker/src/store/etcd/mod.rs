@@ -14,6 +14,7 @@
 
 mod applied;
 mod join;
+mod names;
 mod spelling;
 
 use std::collections::HashMap;
@@ -30,6 +31,7 @@ use crate::store::{
     Prepared, PutOutcome, PutRefusal, PutRequest, SqliteStore, Store, StoreError, StoreFuture,
 };
 use applied::record_applied_task;
+use names::Names;
 pub use join::JoinError;
 pub(crate) use join::join_when_etcd_answers;
 use spelling::{bad_uuid, lease_text};
@@ -46,9 +48,9 @@ pub struct EtcdStore {
     /// Why it is not joined (what those 503s say).
     unjoined: Mutex<String>,
     local: SqliteStore,
-    /// Name -> UUID of the domains in the local cache (the cache's key is the name; etcd's
-    /// is the UUID).
-    uuids: Mutex<HashMap<String, Uuid>>,
+    /// Name <-> UUID of the domains in the local cache (the cache's key is the name;
+    /// etcd's is the UUID).
+    uuids: Mutex<Names>,
     /// The cluster's lineage (every broker on this prefix pushes under it).
     lineage: xenchan_protocol::Lineage,
     /// Requests to the cluster watch (`cluster_sync`), and their receiving end until
@@ -108,7 +110,7 @@ impl EtcdStore {
             unjoined: Mutex::new(String::new()),
             local,
             lineage,
-            uuids: Mutex::new(HashMap::new()),
+            uuids: Mutex::new(Names::default()),
             sync_tx,
             sync_rx: Mutex::new(Some(sync_rx)),
             applied: Mutex::new(AppliedSink::Held(HashMap::new())),
@@ -185,17 +187,12 @@ impl EtcdStore {
 
     /// The UUID of a cached domain.
     pub fn uuid_of(&self, name: &str) -> Option<Uuid> {
-        self.uuids.lock().expect("uuid map").get(name).cloned()
+        self.uuids.lock().expect("uuid map").uuid(name).cloned()
     }
 
     /// The cached domain with this UUID.
     pub fn name_of(&self, uuid: &Uuid) -> Option<String> {
-        self.uuids
-            .lock()
-            .expect("uuid map")
-            .iter()
-            .find(|(_, u)| *u == uuid)
-            .map(|(n, _)| n.clone())
+        self.uuids.lock().expect("uuid map").name(uuid).cloned()
     }
 
     /// Records that the cached domain `name` is VM `uuid`.
@@ -203,15 +200,12 @@ impl EtcdStore {
         self.uuids
             .lock()
             .expect("uuid map")
-            .insert(name.to_string(), uuid.clone());
+            .insert(name, uuid.clone());
     }
 
     fn remember(&self, name: &str, uuid: Option<&str>) {
         if let Some(u) = uuid.and_then(|u| Uuid::parse(u).ok()) {
-            self.uuids
-                .lock()
-                .expect("uuid map")
-                .insert(name.to_string(), u);
+            self.uuids.lock().expect("uuid map").insert(name, u);
         }
     }
 
