@@ -312,7 +312,11 @@ pub(crate) async fn install(sh: &Arc<Shared>, etcd: &EtcdStore, uuid: &Uuid, des
     // the registry have it. Etcd holds the canonical form, so its digest is exact; a
     // document in another form falls through to the full install.
     if etcd.uuid_of(&name).as_ref() == Some(uuid)
-        && sh.has_desired(&name, desired.generation, &Digest::of_canonical(&desired.config))
+        && sh.has_desired(
+            &name,
+            desired.generation,
+            &Digest::of_canonical(&desired.config),
+        )
     {
         return;
     }

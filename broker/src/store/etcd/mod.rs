@@ -31,9 +31,9 @@ use crate::store::{
     Prepared, PutOutcome, PutRefusal, PutRequest, SqliteStore, Store, StoreError, StoreFuture,
 };
 use applied::record_applied_task;
-use names::Names;
 pub use join::JoinError;
 pub(crate) use join::join_when_etcd_answers;
+use names::Names;
 use spelling::{bad_uuid, lease_text};
 pub use spelling::{cluster_config, lease_key, store_error};
 
