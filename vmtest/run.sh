@@ -28,7 +28,7 @@
 #                                   `auto` (default): `unsupported` is reported, not failed
 #   XENCHAN_VMTEST_DEADLINE_FACTOR  multiply every stage deadline (default 1)
 #   XENCHAN_VMTEST_MIGRATE=0        leave out the xen-migrate stage (`xl migrate` to the
-#                                   same dom0, 2-4 min under TCG) for a quicker local run
+#                                   same dom0, 1-5 min under TCG) for a quicker local run
 #   XENCHAN_VMTEST_NO_BUILD=1       use the binaries already in the target dir
 #   XENCHAN_VMTEST_KEEP=1           keep the work dir (images, logs) after the run
 #   XENCHAN_VMTEST_HOLD=SECONDS     on a failure, keep the VMs running that long (to log in)
@@ -207,8 +207,8 @@ main() {
     stage xen-boot 420 xen_boot
     stage xen-create 300 xen_create
     stage xen-reboot 300 xen_reboot
-    # The transfer alone takes 1.5-3.5 min under TCG; XENCHAN_VMTEST_MIGRATE=0 leaves it
-    # out of a quick local run (xen-destroy's checks hold either way: no new boot).
+    # The transfer alone took 28-222 s under TCG (docs/VMTEST.md); XENCHAN_VMTEST_MIGRATE=0
+    # leaves it out of a quick local run (xen-destroy's checks hold either way: no new boot).
     if [ "$MIGRATE" = 1 ]; then
       stage xen-migrate 480 xen_migrate
     else
