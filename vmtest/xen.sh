@@ -173,10 +173,10 @@ xl_state() { d0 "xl list | awk 'NR > 2 { printf \"%s(%s) \", \$1, \$2 }'" 2>/dev
 # `xl migrate` of the running domU to this same dom0 (issue 19's hand-off, on one host):
 # with an empty `-s`, xl runs the "host" argument as the receiver's command instead of
 # `ssh host xl migrate-receive`. The receiving side is created as `<name>--incoming`
-# (with a new QEMU that listens on the same channel socket path), the memory is copied
-# while the domain runs, the source is destroyed and the new one renamed. The agent's
-# process simply continues (no new boot): the broker must re-attach under the same UUID
-# with nothing pushed and nothing applied.
+# (with a new QEMU that listens on the channel socket path of the `-C` config, below),
+# the memory is copied while the domain runs, the source is destroyed and the new one
+# renamed. The agent's process simply continues (no new boot): the broker must re-attach
+# under the same UUID with nothing pushed and nothing applied.
 xen_migrate() {
   local p r c j out t0 domid before
   p=$(api_metric xenchan_pushes_total)
