@@ -43,6 +43,28 @@ xen_diag() {
   [ -n "${SERIAL:-}" ] && show_tail "$SERIAL" 30
 }
 
+# domu CMD...: run CMD as root in the domU, at its pushed address, through dom0 (ssh -W
+# over dom0's shared connection; the domU's root has the harness key too). Bounded like
+# vssh. A fresh connection each time: a kept one would have to outlive a migration.
+domu() {
+  local jump="ssh ${SSH_OPTS[*]} -i $VT_WORK/keys/harness -o ControlPath=$VT_WORK/ssh-mux-$X_PORT -p $X_PORT -W %h:%p root@127.0.0.1"
+  timeout -k 5 "$(limit "${VSSH_LIMIT:-60}")" ssh "${SSH_OPTS[@]}" -i "$VT_WORK/keys/harness" \
+    -o ControlPath=none -o ProxyCommand="$jump" "root@$X_ADDR" -- "$@"
+}
+
+# domu_agent: the domU's agent as the domU sees it, on one line:
+# "boot=<boot id> pid=<MainPID> restarts=<NRestarts> sessions=<N> items=<M>", N and M
+# counted in this boot's journal of the agent's unit.
+domu_agent() {
+  domu "u=xenchan-agent.service; log=\$(journalctl -b -u \$u -o cat --no-pager)
+    echo \"boot=\$(cat /proc/sys/kernel/random/boot_id) pid=\$(systemctl show -p MainPID --value \$u)\" \\
+      \"restarts=\$(systemctl show -p NRestarts --value \$u)\" \\
+      \"sessions=\$(grep -c -F '$AGENT_SESSION_MSG' <<<\"\$log\") items=\$(grep -c -F '$AGENT_ITEM_MSG' <<<\"\$log\")\""
+}
+
+# field NAME LINE: the value of NAME=... in a line of domu_agent.
+field() { grep -o "\b$1=[^ ]*" <<<"$2" | cut -d= -f2-; }
+
 xl_works() { d0 xl list >/dev/null 2>&1; }
 
 # Boots Xen + dom0, waits for the toolstack and for the broker (started by systemd).
@@ -92,6 +114,7 @@ xen_create() {
   [ "$(json_get "$j" .state)" = configured ] || fail "state is $(json_get "$j" .state)"
   [ "$(json_get "$j" .uuid)" = "$X_UUID" ] || fail "uuid is $(json_get "$j" .uuid)"
   X_GEN=$(json_get "$j" .applied_generation)
+  X_ITEMS=$(items "$j")
   log "domU configured (generation $X_GEN; guest facts: $(json_get "$j" '.facts | "\(.os), kernel \(.kernel), hostname \(.hostname)"'))"
   wait_for "dom0 reaches the pushed address $X_ADDR (sshd's banner over xenbr0)" 60 2 domu_reachable ||
     fail "dom0 cannot reach $X_ADDR: $(d0 "ip neigh show dev xenbr0; ip -br link" 2>&1 | tr '\n' ' ')"
@@ -150,15 +173,19 @@ xl_state() { d0 "xl list | awk 'NR > 2 { printf \"%s(%s) \", \$1, \$2 }'" 2>/dev
 # `xl migrate` of the running domU to this same dom0 (issue 19's hand-off, on one host):
 # with an empty `-s`, xl runs the "host" argument as the receiver's command instead of
 # `ssh host xl migrate-receive`. The receiving side is created as `<name>--incoming`
-# (with a new QEMU that listens on the same channel socket path), the memory is copied
-# while the domain runs, the source is destroyed and the new one renamed. The agent's
-# process simply continues (no new boot): the broker must re-attach under the same UUID
-# with nothing pushed and nothing applied.
+# (with a new QEMU that listens on the channel socket path of the `-C` config, below),
+# the memory is copied while the domain runs, the source is destroyed and the new one
+# renamed. The agent's process simply continues (no new boot): the broker must re-attach
+# under the same UUID with nothing pushed and nothing applied.
 xen_migrate() {
-  local p r c j out t0 domid
+  local p r c j out t0 domid before
   p=$(api_metric xenchan_pushes_total)
   r=$(api_metric xenchan_results_total)
   c=$(api_metric xenchan_connections_total)
+  # The agent as the domU sees it: after a live migration it must be the same boot and
+  # the same process, with one more session and no item more in its journal.
+  before=$(domu_agent) || fail "cannot look into the domU at $X_ADDR through dom0: $before"
+  log "domU agent before: $before"
   d0 "xl info | grep -E '^free_memory'" | sed 's/^/    dom0: /' >&2
   # The destination's QEMU gets its own socket path (`-C`: the same config with another
   # channel path). With the same path, the destination's QEMU binds it first and the
@@ -172,7 +199,7 @@ xen_migrate() {
   d0 "sed 's|path=/run/xenchan/sockets/$X_NAME.sock|path=$sock|' /etc/xen/$X_NAME.cfg >$cfg; grep -q 'path=$sock' $cfg" ||
     fail "cannot write $cfg with another channel path"
   t0=$(now)
-  out=$(VSSH_LIMIT=$(scaled 240) d0 "xl migrate -s '' -C $cfg $X_NAME 'xl migrate-receive' </dev/null 2>&1") ||
+  out=$(VSSH_LIMIT=$(scaled 360) d0 "xl migrate -s '' -C $cfg $X_NAME 'xl migrate-receive' </dev/null 2>&1") ||
     fail "xl migrate failed ($(($(now) - t0)) s): $(tail -n 15 <<<"$out" | tr '\n' '|')"
   log "xl migrate: done in $(($(now) - t0)) s; $(grep -iE 'migration|transfer|success' <<<"$out" | tail -n 4 | tr '\n' '|')"
   log "domains: $(xl_state)"
@@ -196,9 +223,27 @@ xen_migrate() {
   names=$(json_get "$(api_cli --json domain ls 2>/dev/null || true)" '[.[]?.name // empty] | join(" ")')
   [ "$names" = "$X_NAME" ] || fail "the broker's domains after the migration: '$names', want only $X_NAME"
   wait_for "dom0 reaches $X_ADDR after the migration" 60 2 domu_reachable || fail "$X_ADDR is not up after the migration"
-  log "migrated (domid $X_DOMID -> $domid): re-attached under $X_UUID, nothing pushed or applied, $X_CIDR up"
+  # The broker's new connection is a new session for the agent (its hello answered: the
+  # domain is attached), in the same process of the same boot; nothing applied.
+  wait_for "the domU's agent logged the new session" 60 3 domu_session_after "$before" ||
+    fail "the domU's agent did not log a new session: before '$before', now '$DOMU_NOW'"
+  [ "$(field boot "$DOMU_NOW")" = "$(field boot "$before")" ] || fail "the domU booted again: before '$before', now '$DOMU_NOW'"
+  [ "$(field pid "$DOMU_NOW")" = "$(field pid "$before")" ] || fail "the agent is another process: before '$before', now '$DOMU_NOW'"
+  [ "$(field restarts "$DOMU_NOW")" = 0 ] || fail "the agent's unit restarted: '$DOMU_NOW'"
+  [ "$(field items "$DOMU_NOW")" = "$(field items "$before")" ] || fail "the agent applied items after the migration: before '$before', now '$DOMU_NOW'"
+  log "domU agent after: $DOMU_NOW"
+  log "migrated (domid $X_DOMID -> $domid): re-attached under $X_UUID, same boot and agent process, nothing pushed or applied, $X_CIDR up"
   X_DOMID=$domid
   X_SOCK=$sock # what xen-destroy watches
+}
+
+# domu_session_after BEFORE: the domU's agent logged more sessions than in BEFORE (a
+# domu_agent line); leaves the current line in DOMU_NOW.
+domu_session_after() {
+  DOMU_NOW=$(VSSH_LIMIT=30 domu_agent 2>&1) || return 1
+  local s
+  s=$(field sessions "$DOMU_NOW")
+  [ -n "$s" ] && ((s > $(field sessions "$1")))
 }
 
 sock_gone() { d0 test ! -e "$X_SOCK"; }
@@ -231,7 +276,8 @@ xen_destroy() {
     echo \"network=\$(grep -ci '^MACAddress=$X_MAC' \$f || true):\$(grep -c '^Address=$X_CIDR' \$f || true)\"
     for b in \$(journalctl -D var/log/journal --list-boots --no-pager -q | awk '{print \$2}'); do
       log=\$(journalctl -D var/log/journal -b \$b -u xenchan-agent.service -o cat --no-pager)
-      echo \"boot=\$(grep -c -F '$AGENT_SESSION_MSG' <<<\"\$log\"):\$(grep -c -F '$AGENT_ITEM_MSG' <<<\"\$log\")\"
+      applied=\$(grep -F '$AGENT_ITEM_MSG' <<<\"\$log\" | grep -o 'item=[^ ]* status=[^ ]*' | sed 's/^item=//; s/ status=/=/; s/\"//g' | LC_ALL=C sort | paste -sd, -)
+      echo \"boot=\$(grep -c -F '$AGENT_SESSION_MSG' <<<\"\$log\"):\$(grep -c -F '$AGENT_ITEM_MSG' <<<\"\$log\"):\$applied\"
     done
     cd /; umount /mnt/domu" 2>&1) || fail "cannot read the domU's disk: $out"
   log "domU disk: $(tr '\n' ' ' <<<"$out")"
@@ -240,12 +286,15 @@ xen_destroy() {
   grep -qx "owner=cloud" <<<"$out" || fail "cloud's authorized_keys is not owned by cloud"
   grep -qx "generation=$X_GEN" <<<"$out" || fail "the agent's state does not record generation $X_GEN"
   grep -qx "network=1:1" <<<"$out" || fail "the domU's 10-xenchan-lan.network does not match $X_MAC with Address=$X_CIDR"
-  # Per boot "sessions:items": the first boot applied the items, the second (after
-  # `xl reboot`; the migration is no new boot) only started sessions.
-  local boots
-  boots=$(grep '^boot=' <<<"$out" | cut -d= -f2 | tr '\n' ' ')
-  [[ "$boots" =~ ^[1-9][0-9]*:[1-9][0-9]*\ [1-9][0-9]*:0\ $ ]] ||
-    fail "the domU's journal per boot (sessions:items) is '$boots', want 'N:M N:0' (applied once, re-attached once)"
+  # Per boot "sessions:items:item=status,...": the first boot applied every item once
+  # (what the broker reported in xen-create), the second (after `xl reboot`; the
+  # migration is no new boot) only started sessions.
+  local boots want n
+  boots=$(grep '^boot=' <<<"$out" | cut -d= -f2- | tr '\n' ' ')
+  want=${X_ITEMS// /,}
+  n=$(wc -w <<<"$X_ITEMS")
+  [[ "$boots" =~ ^[1-9][0-9]*:$n:$want\ [1-9][0-9]*:0:\ $ ]] ||
+    fail "the domU's journal per boot (sessions:items:done) is '$boots', want 'N:$n:$want N:0:' (each item applied once, re-attached once)"
 }
 
 xen_stop() {
