@@ -7,8 +7,9 @@
 //! writes into a folder, it removes the leftovers of processes that are gone. The rule is
 //! pure ([`is_stale`]) and only ever matches our own naming scheme, `.<name>.xenchan-tmp-
 //! <pid>-<n>`: a file is stale when it is older than this boot, or when the process that
-//! made it (another pid) no longer runs. A live process's files, and this process's own
-//! files from this boot, are never touched.
+//! made it (another pid) no longer runs. A pid is reused once its process is gone, so a
+//! process with that pid that started after the file was last written is not its maker.
+//! A live process's files, and this process's own files from this boot, are never touched.
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
@@ -68,17 +69,44 @@ pub fn owner_pid(entry: &OsStr) -> Option<u32> {
 /// Whether `entry` (last modified at `mtime`) is a leftover to remove: one of our
 /// temporary names, and either older than this boot (`boot`) or made by another process
 /// (not `self_pid`) that is not `alive`.
+///
+/// `running(pid)` says whether a process runs as `pid`, and since when.
 pub fn is_stale(
     entry: &OsStr,
     mtime: SystemTime,
     boot: SystemTime,
     self_pid: u32,
-    alive: impl Fn(u32) -> bool,
+    running: impl Fn(u32) -> Running,
 ) -> bool {
     let Some(pid) = owner_pid(entry) else {
         return false;
     };
-    mtime < boot || (pid != self_pid && !alive(pid))
+    mtime < boot || (pid != self_pid && !may_have_made(running(pid), mtime))
+}
+
+/// Whether a process runs as a pid, and since when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Running {
+    /// No process runs as the pid.
+    No,
+    /// One runs, started then.
+    Since(SystemTime),
+    /// One runs; its start cannot be read (then it counts as the maker).
+    SinceUnknown,
+}
+
+/// How far a process's start, as read from /proc (10 ms ticks after a boot instant read
+/// from /proc/uptime, itself in 10 ms), may lie after the real one.
+const START_SLACK: Duration = Duration::from_millis(100);
+
+/// Whether the process now running as the file's pid may be the one that wrote it last
+/// at `mtime`: it runs, and did not start after that write (a reused pid did).
+fn may_have_made(running: Running, mtime: SystemTime) -> bool {
+    match running {
+        Running::No => false,
+        Running::SinceUnknown => true,
+        Running::Since(at) => at <= mtime + START_SLACK,
+    }
 }
 
 /// When this machine booted, from `/proc/stat`'s `btime`; the epoch when unknown (then
@@ -94,15 +122,38 @@ fn boot_time() -> SystemTime {
     })
 }
 
-fn alive(pid: u32) -> bool {
-    let Ok(pid) = i32::try_from(pid) else {
-        return false;
+/// Whether a process runs as `pid`, and since when (see [`is_stale`]).
+fn running(pid: u32) -> Running {
+    let Ok(raw) = i32::try_from(pid) else {
+        return Running::No;
     };
     // Signal 0 checks existence; EPERM means it exists but is not ours to signal.
-    match nix::sys::signal::kill(Pid::from_raw(pid), None) {
-        Ok(()) => true,
-        Err(e) => e == nix::errno::Errno::EPERM,
+    match nix::sys::signal::kill(Pid::from_raw(raw), None) {
+        Ok(()) | Err(nix::errno::Errno::EPERM) => {}
+        Err(_) => return Running::No,
     }
+    start_time(pid).map_or(Running::SinceUnknown, Running::Since)
+}
+
+/// `/proc/<pid>/stat`'s start time (field 22, clock ticks after boot) as a wall-clock
+/// time, with the boot instant from `/proc/uptime`; `None` when either cannot be read.
+fn start_time(pid: u32) -> Option<SystemTime> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command (field 2) may hold spaces and parentheses: count after the last ')'.
+    let ticks: u64 = stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    // USER_HZ: 100 on every Linux architecture this runs on (what /proc counts in).
+    let boot = SystemTime::now().checked_sub(Duration::from_secs_f64(uptime))?;
+    boot.checked_add(Duration::from_millis(ticks.checked_mul(10)?))
 }
 
 /// Removes the stale temporary files in the folder open as `dir`, the first time this
@@ -148,12 +199,13 @@ pub fn sweep(dir: &File) -> Vec<OsString> {
             continue;
         };
         let mtime = u64::try_from(st.st_mtime).map_or(SystemTime::UNIX_EPOCH, |s| {
-            SystemTime::UNIX_EPOCH + Duration::from_secs(s)
+            let ns = u32::try_from(st.st_mtime_nsec).unwrap_or(0);
+            SystemTime::UNIX_EPOCH + Duration::new(s, ns)
         });
         // A folder is never ours (unlinkat without AT_REMOVEDIR refuses it anyway).
         let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
         if !is_dir
-            && is_stale(name, mtime, boot, me, alive)
+            && is_stale(name, mtime, boot, me, running)
             && unlinkat(Some(dir.as_raw_fd()), name, UnlinkatFlags::NoRemoveDir).is_ok()
         {
             removed.push(name.to_os_string());
@@ -197,7 +249,14 @@ mod tests {
         let before = boot - Duration::from_secs(60);
         let after = boot + Duration::from_secs(60);
         let me = 500;
-        let alive = |pid: u32| pid == 500 || pid == 600;
+        // 500 and 600 run since before every write below; 800 started after them (a
+        // reused pid); 900 runs, its start unknown.
+        let running = |pid: u32| match pid {
+            500 | 600 => Running::Since(boot),
+            800 => Running::Since(after + Duration::from_secs(1)),
+            900 => Running::SinceUnknown,
+            _ => Running::No,
+        };
         let cases: &[(&str, SystemTime, bool)] = &[
             // Another process, gone: stale whenever it was written.
             (".f.xenchan-tmp-700-0", after, true),
@@ -210,13 +269,23 @@ mod tests {
             (".f.xenchan-tmp-500-3", after, false),
             // This pid in an earlier boot (services often get the same pid every boot).
             (".f.xenchan-tmp-500-3", before, true),
+            // A process with the pid runs, but started after the write: the pid was reused.
+            (".f.xenchan-tmp-800-0", after, true),
+            // ... within the slack of reading start times: it may be the maker.
+            (
+                ".f.xenchan-tmp-800-0",
+                after + Duration::from_millis(950),
+                false,
+            ),
+            // Running, start unknown: may be the maker.
+            (".f.xenchan-tmp-900-0", after, false),
             // Not ours at all, however old.
             ("f", before, false),
             (".f.swp", before, false),
         ];
         for (name, mtime, want) in cases {
             assert_eq!(
-                is_stale(os(name), *mtime, boot, me, alive),
+                is_stale(os(name), *mtime, boot, me, running),
                 *want,
                 "{name} at {mtime:?}"
             );
@@ -264,5 +333,28 @@ mod tests {
         std::fs::write(d.path().join(dead), b"x").unwrap();
         assert!(sweep_once(&dir).is_empty());
         assert!(d.path().join(dead).exists());
+    }
+
+    #[test]
+    fn a_leftover_whose_pid_now_runs_a_later_process_is_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let written = d.path().join("written");
+        std::fs::write(&written, b"x").unwrap();
+        // A process that starts after the write takes "its" pid, as a reused pid would.
+        std::thread::sleep(Duration::from_millis(300));
+        let mut later = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let reused = format!(".hostname.xenchan-tmp-{}-0", later.id());
+        std::fs::rename(&written, d.path().join(&reused)).unwrap();
+        // The same process's file written after it started is kept (it may be in flight).
+        let in_flight = format!(".hosts.xenchan-tmp-{}-1", later.id());
+        std::fs::write(d.path().join(&in_flight), b"x").unwrap();
+        let removed = sweep(&File::open(d.path()).unwrap());
+        let _ = later.kill();
+        let _ = later.wait();
+        assert_eq!(removed, vec![OsString::from(reused)]);
+        assert!(d.path().join(in_flight).exists());
     }
 }
