@@ -13,7 +13,7 @@ mod cluster_support;
 
 use std::time::{Duration, Instant};
 
-use cluster_support::{applied_in_etcd, cluster_config, observer, owner_is};
+use cluster_support::{applied_in_etcd, cluster_config, observer, owner_is, run_web1};
 use support::{Dirs, PeerOptions, TestBroker, TestPeer, sample_config};
 use xenchan_basics::chain;
 use xenchan_basics::exit::{Exit, HasExit};
@@ -96,13 +96,7 @@ async fn an_etcd_outage_refuses_writes_naming_it_and_serves_running_domains() {
     let mut server = etcd::Etcd::start().await;
     let da = Dirs::new();
     let a = TestBroker::start(cluster_config(&da, &server.client_url, "/o/", "dom0-a")).await;
-    let req = PrepareRequest {
-        uuid: Some(U.into()),
-        ..PrepareRequest::default()
-    };
-    a.client.prepare("web1", &req).await.unwrap();
-    let cfg = sample_config("web1.example.com", "192.0.2.10/24");
-    a.client.put_config("web1", &cfg, Some(U)).await.unwrap();
+    run_web1(&a, U).await;
     let mut peer = TestPeer::start(&da.sockets(), "web1", vm_peer());
     peer.wait("the config", |r| r.results == 1).await;
 
@@ -164,13 +158,7 @@ async fn a_broker_started_during_an_outage_serves_its_cache_and_joins_when_etcd_
     let da = Dirs::new();
     let config = cluster_config(&da, &url, "/r/", "dom0-a");
     let a = TestBroker::start(config.clone()).await;
-    let req = PrepareRequest {
-        uuid: Some(U.into()),
-        ..PrepareRequest::default()
-    };
-    a.client.prepare("web1", &req).await.unwrap();
-    let cfg = sample_config("web1.example.com", "192.0.2.10/24");
-    a.client.put_config("web1", &cfg, Some(U)).await.unwrap();
+    run_web1(&a, U).await;
     let peer = TestPeer::start(&da.sockets(), "web1", vm_peer());
     peer.wait("the config", |r| r.results == 1).await;
     a.wait_domain("web1", "configured", |v| {
@@ -323,13 +311,7 @@ async fn a_domain_released_before_the_broker_joined_is_given_up_when_it_joins() 
     // the reboot outlives them unless the broker gives it up.
     config.store.timeouts.host_ttl = 15_000;
     let a = TestBroker::start(config.clone()).await;
-    let req = PrepareRequest {
-        uuid: Some(U.into()),
-        ..PrepareRequest::default()
-    };
-    a.client.prepare("web1", &req).await.unwrap();
-    let cfg = sample_config("web1.example.com", "192.0.2.10/24");
-    a.client.put_config("web1", &cfg, Some(U)).await.unwrap();
+    run_web1(&a, U).await;
     let obs = observer(&url, "/g/").await;
     owner_is(&obs, U, Some("dom0-a")).await;
     drop(obs);
@@ -344,6 +326,7 @@ async fn a_domain_released_before_the_broker_joined_is_given_up_when_it_joins() 
     server.spawn();
     etcd::wait_ready(std::slice::from_ref(&url), Duration::from_secs(30)).await;
     let back = Instant::now();
+    let cfg = sample_config("web1.example.com", "192.0.2.10/24");
     loop {
         match a.client.put_config("web1", &cfg, None).await {
             Ok(_) => break,

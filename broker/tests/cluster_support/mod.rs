@@ -7,7 +7,9 @@
 use xenchan_broker::config::{Backend, Config};
 use xenchan_cluster::{Cluster, Uuid};
 
-use crate::support::{DEADLINE, Dirs, wait_until};
+use xenchan_broker::api::types::PrepareRequest;
+
+use crate::support::{DEADLINE, Dirs, TestBroker, sample_config, wait_until};
 
 /// A broker of the cluster at `url`, as `host`, under `prefix`, with short timeouts: a
 /// call gives up after 3 s, a lost host's ownership goes after 2 s.
@@ -54,4 +56,20 @@ pub async fn applied_in_etcd(obs: &Cluster, uuid: &str, g: u64) {
         },
     )
     .await;
+}
+
+/// Prepares `web1` on `broker` as VM `uuid` and PUTs its sample configuration
+/// (web1.example.com, 192.0.2.10/24) through it.
+pub async fn run_web1(broker: &TestBroker, uuid: &str) {
+    let req = PrepareRequest {
+        uuid: Some(uuid.into()),
+        ..PrepareRequest::default()
+    };
+    broker.client.prepare("web1", &req).await.unwrap();
+    let cfg = sample_config("web1.example.com", "192.0.2.10/24");
+    broker
+        .client
+        .put_config("web1", &cfg, Some(uuid))
+        .await
+        .unwrap();
 }
