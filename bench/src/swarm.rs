@@ -1,8 +1,9 @@
 //! The light guest emulator behind the broker-scale figures: for each domain a unix
 //! socket (where QEMU would listen) served by a task that speaks the agent's side of the
-//! protocol with the real `FrameCodec`: it answers the broker's hello (`applied` absent,
-//! so every domain gets a push), answers a config with a result marking every item
-//! applied, and answers pings. Nothing is applied: the figures are the broker's.
+//! protocol with the real `FrameCodec`: it answers the broker's hello as this build's
+//! agent does (`applied` absent, so every domain gets a push; `capabilities` naming every
+//! item kind), answers a config with a result marking every item applied, and answers
+//! pings. Nothing is applied: the figures are the broker's.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::codec::FramedRead;
+use xenchan_protocol::Capabilities;
 use xenchan_protocol::message::{ApplyResult, Body, ConfigPush, Hello};
 use xenchan_protocol::session::SessionRules;
 use xenchan_protocol::{
@@ -89,11 +91,13 @@ async fn serve_connection(stream: UnixStream, counters: &Counters, uuid: Option<
                 };
                 rules.set_session(nonce.clone());
                 counters.sessions.fetch_add(1, Ordering::Relaxed);
+                // What this build's agent announces: every item kind it applies.
                 let hello = Hello {
                     versions: Some(SUPPORTED_VERSIONS.to_vec()),
                     channel: DEFAULT_CHANNEL.to_string(),
                     software: "xenchan-bench-swarm".into(),
                     uuid: uuid.map(str::to_string),
+                    capabilities: Some(Capabilities::ours()),
                     ..Hello::default()
                 };
                 Envelope::new(Role::Agent, Some(nonce), Body::Hello(hello))
@@ -113,6 +117,7 @@ async fn serve_connection(stream: UnixStream, counters: &Counters, uuid: Option<
                         versions: Some(SUPPORTED_VERSIONS.to_vec()),
                         channel: DEFAULT_CHANNEL.to_string(),
                         software: "xenchan-bench-swarm".into(),
+                        capabilities: Some(Capabilities::ours()),
                         ..Hello::default()
                     };
                     Envelope::new(Role::Agent, env.session, Body::Hello(hello))

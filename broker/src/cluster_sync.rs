@@ -351,7 +351,7 @@ pub(crate) async fn install(sh: &Arc<Shared>, etcd: &EtcdStore, uuid: &Uuid, des
         Ok(outcome) => {
             let u = uuid.to_string();
             etcd.remember_uuid(&name, uuid);
-            sh.install_desired(&name, outcome.desired().clone(), Some(&u));
+            sh.install_desired(&name, Arc::clone(outcome.desired()), Some(&u));
             tracing::info!(domain = %name, generation = desired.generation, "desired configuration from etcd");
         }
         Err(e) => tracing::warn!(domain = %name, "cache: {}", chain(&e)),

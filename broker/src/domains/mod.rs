@@ -475,7 +475,7 @@ impl Shared {
     pub fn install_desired(
         self: &Arc<Self>,
         name: &str,
-        config: DesiredConfig,
+        config: Arc<DesiredConfig>,
         uuid: Option<&String>,
     ) {
         let mut hooks = HookEvents::new();
@@ -491,7 +491,7 @@ impl Shared {
                     d.uuid = uuid.cloned();
                 }
                 if !same {
-                    d.config = Some(Arc::new(config));
+                    d.config = Some(config);
                 }
                 new_uuid || !same
             });

@@ -66,7 +66,7 @@ pub async fn do_put_config(sh: &Arc<Shared>, put: PutConfig) -> Result<PutDone, 
                 max_domains: sh.config.limits.max_domains,
             })
             .await??;
-        sh.install_desired(&name, outcome.desired().clone(), uuid.as_ref());
+        sh.install_desired(&name, Arc::clone(outcome.desired()), uuid.as_ref());
         outcome
     };
     if !matches!(outcome, PutOutcome::Unchanged(_)) {

@@ -13,7 +13,7 @@ use xenchan_protocol::{Envelope, SUPPORTED_VERSIONS, Verdict};
 
 use super::accept::{self, DropReason, FactsStep, ResultVerdict};
 use super::decide::{self, Block, LastResult, Offer, Refusal};
-use super::{BEACON_ANSWER_INTERVAL, End, Phase, Session};
+use super::{BEACON_ANSWER_INTERVAL, End, Phase, Session, caps};
 use crate::api::types::DomainState;
 use crate::domains::Desired;
 use crate::metrics::ErrorKind;
@@ -134,7 +134,7 @@ impl Session<'_> {
         self.agent_applied.clone_from(&h.applied);
         // What it can apply: the offer is filtered for it (a hello without capabilities
         // is a revision-1 agent, which has the revision-1 item set).
-        self.caps = h.capabilities();
+        self.caps = caps::intern(h.capabilities());
         self.peer = if h.software.is_empty() {
             "the agent".to_string()
         } else {
@@ -224,7 +224,7 @@ impl Session<'_> {
             let wanted = self
                 .offer
                 .as_ref()
-                .map(|o| offer(o.source.0, o.filtered.digest.as_str()));
+                .map(|o| offer(o.source.0, o.body.digest().as_str()));
             accept::judge_result(&r, in_flight, applied, wanted, &stored)
         };
         let answered = match verdict {
@@ -252,13 +252,13 @@ impl Session<'_> {
             .as_ref()
             .filter(|o| {
                 o.source.0 == r.generation
-                    && (o.filtered.digest == r.digest
+                    && (*o.body.digest() == r.digest
                         || self
                             .answered
                             .as_ref()
-                            .is_some_and(|(_, dg)| *dg == o.filtered.digest.as_str()))
+                            .is_some_and(|(_, dg)| *dg == o.body.digest().as_str()))
             })
-            .map(|o| o.filtered.unsupported_items())
+            .map(|o| o.body.unsupported_items())
             .unwrap_or_default();
         let record = ApplyResult {
             items: accept::merge_items(&r.items, &left_out),

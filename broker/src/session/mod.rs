@@ -14,6 +14,7 @@
 //! transport reconnects with exponential backoff and jitter for as long as the socket
 //! exists, as it must across `xl reboot`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -23,7 +24,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
-use xenchan_protocol::config::{Capabilities, ForPeer};
+use xenchan_protocol::config::Capabilities;
 use xenchan_protocol::message::{Applied, Body, ConfigPush, ErrorCode, ErrorReport};
 use xenchan_protocol::{DecodeStats, Envelope, FrameCodec, Nonce, Role};
 
@@ -35,14 +36,17 @@ use crate::transport::refuse_extra;
 
 mod accept;
 mod agent;
+mod caps;
 mod decide;
 mod handle;
+mod offer;
 mod write;
 
 pub use handle::DomainHandle;
 
 use accept::FactsGate;
 use decide::{Agent, Block, Decision, LastResult, Offer, Progress, Refusal, Want};
+use offer::PeerOffer;
 
 /// Missed pongs after which a guest is unresponsive.
 const MISSED_PONGS: u32 = 3;
@@ -79,21 +83,6 @@ struct InFlight {
     generation: u64,
     digest: String,
     deadline: Instant,
-}
-
-/// The desired configuration as this agent receives it ([`GuestConfig::for_peer`] with
-/// the capabilities of its hello), kept until the desired config or the capabilities
-/// change.
-///
-/// [`GuestConfig::for_peer`]: xenchan_protocol::GuestConfig::for_peer
-#[derive(Debug, Clone)]
-struct PeerOffer {
-    /// The stored generation and digest it was made from.
-    source: (u64, String),
-    /// The capabilities it was made for.
-    caps: Capabilities,
-    /// The filtered document, its digest and what was left out.
-    filtered: ForPeer,
 }
 
 /// Where the handshake is.
@@ -151,7 +140,7 @@ struct Session<'a> {
     /// The outcome of the last result.
     last_result: Option<LastResult>,
     /// What the agent can apply (its hello; a hello without them: the revision-1 set).
-    caps: Capabilities,
+    caps: Arc<Capabilities>,
     /// How the agent names itself in `unsupported` reasons (`agent xenchan-agent 0.2.0`).
     peer: String,
     /// The desired configuration as this agent receives it.
@@ -197,7 +186,7 @@ impl<'a> Session<'a> {
             answered: None,
             force_seen,
             last_result: None,
-            caps: Capabilities::v1(),
+            caps: caps::intern(Capabilities::v1()),
             peer: "the agent".into(),
             offer: None,
             facts,
@@ -355,36 +344,13 @@ impl<'a> Session<'a> {
             self.offer = None;
             return;
         };
-        let source = (cfg.generation, cfg.digest.to_string());
-        if self
+        if !self
             .offer
             .as_ref()
-            .is_some_and(|o| o.source == source && o.caps == self.caps)
+            .is_some_and(|o| o.is_for(cfg, &self.caps))
         {
-            return;
+            self.offer = Some(PeerOffer::new(cfg, &self.caps, &self.peer, self.name));
         }
-        let filtered = match cfg.config.for_peer(&self.caps, &self.peer) {
-            Ok(f) => f,
-            Err(e) => {
-                // Only a document built by hand breaks a rule; the API refuses those.
-                // Pushed whole, the agent answers for what it does not know.
-                tracing::warn!(
-                    domain = self.name,
-                    "cannot filter generation {} for the agent ({e}); it is pushed whole",
-                    cfg.generation
-                );
-                ForPeer {
-                    config: cfg.config.clone(),
-                    digest: cfg.digest.clone(),
-                    unsupported: Vec::new(),
-                }
-            }
-        };
-        self.offer = Some(PeerOffer {
-            source,
-            caps: self.caps.clone(),
-            filtered,
-        });
     }
 
     /// The decision now, from this session's view and the desired state ([`decide`]).
@@ -402,7 +368,7 @@ impl<'a> Session<'a> {
         let want = Want {
             offer: self.offer.as_ref().map(|o| Offer {
                 generation: o.source.0,
-                digest: o.filtered.digest.as_str(),
+                digest: o.body.digest().as_str(),
             }),
             recorded_uuid: d.uuid.as_deref(),
             discovered_uuid: d.discovered_uuid.as_deref(),
@@ -485,8 +451,8 @@ impl<'a> Session<'a> {
                 self.answered = None;
                 let generation = offer.source.0;
                 let mut push = ConfigPush {
-                    digest: offer.filtered.digest.clone(),
-                    ..ConfigPush::new(generation, offer.filtered.config.clone())
+                    digest: offer.body.digest().clone(),
+                    ..ConfigPush::new(generation, offer.body.config().clone())
                 }
                 .with_lineage(self.domain.lineage());
                 if forced && d.force_order {
@@ -497,7 +463,7 @@ impl<'a> Session<'a> {
                 tracing::info!(
                     domain = self.name,
                     generation,
-                    left_out = offer.filtered.unsupported.len(),
+                    left_out = offer.body.unsupported().len(),
                     force = push.force,
                     "pushing configuration"
                 );

@@ -3,6 +3,7 @@
 //! store of issue 19), so nothing in it names a table or a key.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use xenchan_protocol::Digest;
 use xenchan_protocol::config::GuestConfig;
@@ -137,20 +138,22 @@ pub struct PutRequest<'a> {
     pub max_domains: usize,
 }
 
-/// What a stored PUT did.
+/// What a stored PUT did, with the desired configuration now: shared (`Arc`) because the
+/// domain's desired state and every session offering it whole keep this one copy
+/// (docs/PERFORMANCE.md).
 #[derive(Debug, Clone, PartialEq)]
 pub enum PutOutcome {
     /// The domain had no desired configuration before.
-    Created(DesiredConfig),
+    Created(Arc<DesiredConfig>),
     /// A new generation replaced the old one.
-    Updated(DesiredConfig),
+    Updated(Arc<DesiredConfig>),
     /// The same document (same digest and UUID) was already desired: nothing changed.
-    Unchanged(DesiredConfig),
+    Unchanged(Arc<DesiredConfig>),
 }
 
 impl PutOutcome {
     /// The desired configuration now.
-    pub fn desired(&self) -> &DesiredConfig {
+    pub fn desired(&self) -> &Arc<DesiredConfig> {
         match self {
             PutOutcome::Created(d) | PutOutcome::Updated(d) | PutOutcome::Unchanged(d) => d,
         }

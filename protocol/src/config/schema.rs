@@ -203,6 +203,15 @@ impl Capabilities {
         self.0.get(kind).copied().filter(|&v| v > 0)
     }
 
+    /// Whether a peer with these capabilities applies every field of every kind of
+    /// `table` at its latest version: a document valid for `table` reaches it whole,
+    /// nothing to filter or translate.
+    pub fn covers(&self, table: &[Kind]) -> bool {
+        table
+            .iter()
+            .all(|k| self.version(k.name).is_some_and(|v| v >= k.latest()))
+    }
+
     /// Adds or replaces one kind (tests, and agents built with optional item kinds).
     #[must_use]
     pub fn with(mut self, kind: &str, version: u32) -> Self {

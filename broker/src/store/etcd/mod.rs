@@ -290,7 +290,7 @@ impl EtcdStore {
             )
             .await?;
         self.remember(req.name, Some(uuid.as_str()));
-        let d = cached.desired().clone();
+        let d = Arc::clone(cached.desired());
         Ok(Ok(match outcome {
             xenchan_cluster::PutOutcome::Unchanged { .. } => PutOutcome::Unchanged(d),
             xenchan_cluster::PutOutcome::Changed { .. } if existed => PutOutcome::Updated(d),

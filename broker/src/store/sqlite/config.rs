@@ -1,5 +1,7 @@
 //! The API's writes: desired configurations, leases, the lifecycle.
 
+use std::sync::Arc;
+
 use rusqlite::{Connection, OptionalExtension, params};
 use xenchan_protocol::config::GuestConfig;
 
@@ -91,11 +93,11 @@ impl Db {
             // Same document: keep the generation, so the agent is not asked again.
             replace_leases(&tx, name, leases, &now)?;
             tx.commit()?;
-            return Ok(Ok(PutOutcome::Unchanged(DesiredConfig {
+            return Ok(Ok(PutOutcome::Unchanged(Arc::new(DesiredConfig {
                 generation: *g as u64,
                 digest,
                 config: config.clone(),
-            })));
+            }))));
         }
         if current.is_none() && forced.is_none() {
             let count: i64 = row(&tx, "SELECT count(*) FROM domains", [], |r| r.get(0))?;
@@ -150,11 +152,11 @@ impl Db {
         )?;
         tx.commit()?;
         self.after_event();
-        let d = DesiredConfig {
+        let d = Arc::new(DesiredConfig {
             generation: generation as u64,
             digest,
             config: config.clone(),
-        };
+        });
         Ok(Ok(if had_desired {
             PutOutcome::Updated(d)
         } else {

@@ -157,3 +157,38 @@ fn every_field_of_the_document_types_is_in_the_table() {
     assert!(f.dropped.is_empty(), "{:?}", f.dropped);
     assert_eq!(f.document, typed);
 }
+
+#[test]
+fn covers_means_every_kind_at_its_latest_version() {
+    assert!(Capabilities::ours().covers(TABLE));
+    assert!(Capabilities::ours().with("extra", 3).covers(TABLE));
+    assert!(!Capabilities::v1().covers(TABLE));
+    assert!(!Capabilities::ours().covers(WITH_MOTD));
+    assert!(
+        !Capabilities::of_table(WITH_MOTD)
+            .with("motd", 1)
+            .covers(WITH_MOTD)
+    );
+    assert!(Capabilities::of_table(WITH_MOTD).covers(WITH_MOTD));
+    // Version 0 is not knowing the kind.
+    assert!(!Capabilities::ours().with("users", 0).covers(TABLE));
+}
+
+#[test]
+fn a_peer_that_covers_the_table_gets_the_document_whole() {
+    // What the broker's sessions rely on to skip filtering for such a peer.
+    let doc: crate::GuestConfig = serde_json::from_value(json!({
+        "hostname": "web1",
+        "network": {"version": 2, "ethernets": {"eth0": {
+            "match": {"macaddress": "00:16:3e:00:00:01"},
+            "addresses": ["192.0.2.10/24"], "gateway4": "192.0.2.1"}}},
+        "users": [{"name": "ops", "ssh_authorized_keys": [
+            include_str!("../../../testdata/ed25519.pub").trim_ascii_end()]}],
+        "time": {"timezone": "Europe/Paris"}
+    }))
+    .unwrap();
+    let f = doc.for_peer(&Capabilities::ours(), PEER).unwrap();
+    assert!(f.unsupported.is_empty());
+    assert_eq!(f.config, doc);
+    assert_eq!(f.digest, doc.digest());
+}
