@@ -930,6 +930,14 @@ fn scale_section(
         );
         report.add(
             &s,
+            "RSS, no session: anonymous (heap, stacks)",
+            "MiB",
+            sum(&|p| mib(p.rss_base_anon_kib as f64)),
+            None,
+            "RssAnon; the rest of the RSS is the binary's and libraries' clean file pages",
+        );
+        report.add(
+            &s,
             "RSS, N idle sessions",
             "MiB",
             sum(&|p| mib(p.rss_idle_kib as f64)),
@@ -1099,6 +1107,14 @@ fn idle_points(
             one(mib(p.rss_base_kib as f64)),
             None,
             "",
+        );
+        report.add(
+            &s,
+            "RSS, no session: anonymous (heap, stacks)",
+            "MiB",
+            one(mib(p.rss_base_anon_kib as f64)),
+            None,
+            "RssAnon; the rest of the RSS is the binary's and libraries' clean file pages",
         );
         report.add(
             &s,

@@ -61,6 +61,9 @@ pub struct Point {
     pub put_s: f64,
     /// Broker VmRSS with no session, KiB.
     pub rss_base_kib: u64,
+    /// Its anonymous part (RssAnon: heap, stacks, written data), KiB; the rest is the
+    /// binary's and the libraries' clean pages, which the kernel can drop and reread.
+    pub rss_base_anon_kib: u64,
     /// Broker VmRSS with N idle sessions, KiB.
     pub rss_idle_kib: u64,
     /// Broker VmRSS after configuring, KiB.
@@ -209,7 +212,9 @@ async fn measure(
         ..Point::default()
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    p.rss_base_kib = procfs::memory(pid)?.rss_kib;
+    let base = procfs::memory(pid)?;
+    p.rss_base_kib = base.rss_kib;
+    p.rss_base_anon_kib = base.anon_kib;
     let cpu0 = procfs::cpu_seconds(pid)?;
 
     // Phase 2: the sockets appear.
