@@ -207,6 +207,25 @@ pub struct Health {
     pub domains: u64,
     /// Sessions running (one per socket).
     pub sessions: u64,
+    /// Where this broker stands with etcd in cluster mode (`[store] backend = "etcd"`);
+    /// absent with the embedded store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterHealth>,
+}
+
+/// A cluster-mode broker and its etcd cluster (`GET /v1/health`, `cluster`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterHealth {
+    /// This broker's name in the cluster (`store.host`).
+    pub host: String,
+    /// The etcd endpoints it uses.
+    pub endpoints: Vec<String>,
+    /// Whether it has joined the cluster. A broker started while etcd was unreachable
+    /// serves the domains of its local cache and refuses writes (503) until it joins.
+    pub joined: bool,
+    /// Why it has not joined yet (the reason its 503s give).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_joined: Option<String>,
 }
 
 /// The body of every error response.

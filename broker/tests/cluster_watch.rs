@@ -185,6 +185,20 @@ async fn a_broker_started_during_an_outage_serves_its_cache_and_joins_when_etcd_
     let rec = peer.record();
     assert!(rec.hellos.len() > hellos, "a new session: {rec:?}");
     assert_eq!(rec.configs.len(), 1, "nothing pushed again: {rec:?}");
+    // Its health says so, and why.
+    let c = a
+        .client
+        .health()
+        .await
+        .unwrap()
+        .cluster
+        .expect("cluster mode");
+    assert_eq!((c.host.as_str(), c.joined), ("dom0-a", false), "{c:?}");
+    assert_eq!(c.endpoints, vec![url.clone()]);
+    assert!(
+        c.not_joined.as_deref().is_some_and(|w| w.contains("etcd")),
+        "{c:?}"
+    );
     // Writes answer 503 naming etcd, its endpoint and why.
     let cfg2 = sample_config("web1.example.com", "192.0.2.11/24");
     let e = a.client.put_config("web1", &cfg2, None).await.unwrap_err();
@@ -214,6 +228,14 @@ async fn a_broker_started_during_an_outage_serves_its_cache_and_joins_when_etcd_
         }
     };
     assert_eq!(v.desired_generation, Some(2));
+    let c = a
+        .client
+        .health()
+        .await
+        .unwrap()
+        .cluster
+        .expect("cluster mode");
+    assert!(c.joined && c.not_joined.is_none(), "{c:?}");
     let rec = peer.wait("generation 2", |r| r.results == 2).await;
     assert_eq!(rec.configs[1].generation, 2);
     assert_eq!(rec.configs[1].config, cfg2);

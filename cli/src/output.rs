@@ -231,6 +231,19 @@ pub fn status(out: &mut dyn Write, h: &Health, list: &[DomainView]) -> io::Resul
         "broker {}: {} domains, {} sessions",
         h.status, h.domains, h.sessions
     )?;
+    if let Some(c) = &h.cluster {
+        let endpoints = c.endpoints.join(",");
+        if c.joined {
+            writeln!(out, "cluster: host {} on etcd {endpoints}, joined", c.host)?;
+        } else {
+            writeln!(
+                out,
+                "cluster: host {} on etcd {endpoints}, NOT joined: {}\n  (the domains of the local cache are served; writes are refused until it joins)",
+                c.host,
+                c.not_joined.as_deref().unwrap_or("no reason given")
+            )?;
+        }
+    }
     let mut rows = Vec::new();
     for s in DomainState::ALL {
         let n = list.iter().filter(|d| d.state == s).count();
@@ -268,4 +281,51 @@ pub fn status(out: &mut dyn Write, h: &Health, list: &[DomainView]) -> io::Resul
         table(out, &rows)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xenchan_api::types::ClusterHealth;
+
+    fn status_text(h: &Health) -> String {
+        let mut out = Vec::new();
+        status(&mut out, h, &[]).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn status_names_the_cluster_and_a_broker_that_has_not_joined() {
+        let mut h = Health {
+            status: "ok".into(),
+            domains: 2,
+            sessions: 1,
+            cluster: None,
+        };
+        assert_eq!(status_text(&h), "broker ok: 2 domains, 1 sessions\n");
+        h.cluster = Some(ClusterHealth {
+            host: "dom0-a".into(),
+            endpoints: vec!["http://10.0.0.1:2379".into(), "http://10.0.0.2:2379".into()],
+            joined: true,
+            not_joined: None,
+        });
+        assert!(
+            status_text(&h).contains(
+                "cluster: host dom0-a on etcd http://10.0.0.1:2379,http://10.0.0.2:2379, joined\n"
+            ),
+            "{}",
+            status_text(&h)
+        );
+        h.cluster = Some(ClusterHealth {
+            joined: false,
+            not_joined: Some("etcd was unreachable when this broker started".into()),
+            ..h.cluster.take().unwrap()
+        });
+        let text = status_text(&h);
+        assert!(
+            text.contains("NOT joined: etcd was unreachable when this broker started")
+                && text.contains("writes are refused until it joins"),
+            "{text}"
+        );
+    }
 }

@@ -37,7 +37,7 @@ use crate::audit::{self, Caller};
 use crate::domains::Shared;
 use crate::ops::{self, OpError, PutConfig};
 use crate::paths::{canonical_uuid, check_domain_name};
-use crate::store::{EventFilter, PutOutcome};
+use crate::store::{EtcdStore, EventFilter, PutOutcome};
 use xenchan_api::query::{DomainQuery, EventQuery, NEXT_CURSOR_HEADER, QueryError};
 
 /// An error response.
@@ -254,6 +254,7 @@ async fn health(State(sh): State<Arc<Shared>>) -> Response {
             status: "ok".into(),
             domains,
             sessions,
+            cluster: sh.store.as_cluster().map(EtcdStore::health),
         },
     )
 }

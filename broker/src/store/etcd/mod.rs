@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use xenchan_cluster::{Cluster, ClusterConfig, ClusterError, Uuid};
 use xenchan_protocol::message::{Applied, ApplyResult, GuestFacts};
 
+use crate::api::types::ClusterHealth;
 use crate::leases::{Lease, LeaseConflict};
 use crate::store::{
     Deleted, DomainRecord, EventRow, HistoryRow, LeaseRow, PrepareRefusal, PrepareRequest,
@@ -144,6 +145,24 @@ impl EtcdStore {
 
     fn set_unjoined(&self, why: String) {
         *self.unjoined.lock().expect("unjoined") = why;
+    }
+
+    /// Where this broker stands with the cluster, for `GET /v1/health`.
+    pub fn health(&self) -> ClusterHealth {
+        let joined = self.joined.get().is_some();
+        ClusterHealth {
+            host: self.config.host.clone(),
+            endpoints: self.config.endpoints.clone(),
+            joined,
+            not_joined: (!joined).then(|| {
+                let why = self.unjoined.lock().expect("unjoined").clone();
+                if why.is_empty() {
+                    "etcd has not answered yet".to_string()
+                } else {
+                    why
+                }
+            }),
+        }
     }
 
     /// This broker's name in the cluster (`store.host`).
