@@ -75,6 +75,30 @@ fn api_error(e: &ClientError) -> &xenchan_broker::api::types::ApiError {
     }
 }
 
+/// A prepare on b refused because a runs the domain: 409, `path` "owner", `domain` the
+/// owner, and a message saying why and what to do.
+fn refused_as_running_on_a(e: &ClientError) {
+    assert_eq!(e.status(), Some(409), "{e:?}");
+    let error = api_error(e);
+    assert_eq!(
+        (error.path.as_deref(), error.domain.as_deref()),
+        (Some("owner"), Some("dom0-a")),
+        "{error:?}"
+    );
+    for words in [
+        "runs on dom0-a",
+        "two hosts",
+        "migrate it",
+        "lease has expired",
+    ] {
+        assert!(
+            error.error.contains(words),
+            "{words:?} not in {:?}",
+            error.error
+        );
+    }
+}
+
 /// web1 (VM `U`) runs on `a`, configured at generation 1; etcd has it as applied.
 async fn running_on_a(a: &Client, da: &Dirs, obs: &Cluster) -> TestPeer {
     a.prepare("web1", &uuid_req()).await.unwrap();
@@ -380,13 +404,29 @@ async fn a_lost_hosts_domain_restarted_elsewhere_is_claimed_and_not_pushed_again
     peer_a.wait("generation 3 on a", |r| r.results == 3).await;
     applied_in_etcd(&obs, U, 3).await;
 
-    // Host a dies; the VM is restarted on b at once (within a's lease TTL), its agent
-    // keeping what it applied.
+    // Host a dies; the VM is restarted on b at once, its agent keeping what it applied.
+    // While a's lease lives, b cannot know a is dead: the start is refused naming a (the
+    // lock-manager rule), and the orchestrator retries until a's lease expires.
     a.kill9().await;
     let died = std::time::Instant::now();
     let applied = peer_a.record().applied;
     peer_a.remove();
-    b.client.prepare("web1", &uuid_req()).await.unwrap();
+    let e = b.client.prepare("web1", &uuid_req()).await.unwrap_err();
+    refused_as_running_on_a(&e);
+    let mut refusals = 1;
+    while let Err(e) = b.client.prepare("web1", &uuid_req()).await {
+        refused_as_running_on_a(&e);
+        refusals += 1;
+        assert!(
+            died.elapsed() < DEADLINE,
+            "still refused after {DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "b's prepare accepted {:?} after a was killed ({refusals} refusals; host TTL 2 s)",
+        died.elapsed()
+    );
     let peer_b = TestPeer::start(&db.sockets(), "web1", vm_peer(applied));
     owner_is(&obs, U, Some("dom0-b")).await;
     eprintln!(
@@ -413,6 +453,85 @@ async fn a_lost_hosts_domain_restarted_elsewhere_is_claimed_and_not_pushed_again
     peer_b.wait("generation 4", |r| r.results == 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(peer_b.record().configs.len(), 1);
+    b.stop().await.unwrap();
+}
+
+/// libvirt's lock-manager rule: a VM runs on one host. Starting it on b while a runs it
+/// (no migration prepared) is refused before anything changes on b; after a stops it,
+/// b may start it, and b owns it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starting_a_domain_another_live_host_runs_is_refused_naming_that_host() {
+    require_etcd!();
+    let server = etcd::Etcd::start().await;
+    let url = server.client_url.clone();
+    let (da, db) = (Dirs::new(), Dirs::new());
+    let a = TestBroker::start(cluster_config(&da, &url, "/m6/", "dom0-a")).await;
+    let b = TestBroker::start(cluster_config(&db, &url, "/m6/", "dom0-b")).await;
+    let obs = observer(&url, "/m6/").await;
+    let peer_a = running_on_a(&a.client, &da, &obs).await;
+
+    let e = b.client.prepare("web1", &uuid_req()).await.unwrap_err();
+    refused_as_running_on_a(&e);
+    assert!(
+        api_error(&e).error.contains("in at most"),
+        "the owner's lease expiry is named: {e:?}"
+    );
+    owner_is(&obs, U, Some("dom0-a")).await;
+    // Nothing was registered on b.
+    let e = b.client.get_domain("web1").await.unwrap_err();
+    assert_eq!(e.status(), Some(404), "{e:?}");
+    // a still serves it.
+    let cfg2 = sample_config("web1.example.com", "192.0.2.10/25");
+    b.client.put_config("web1", &cfg2, Some(U)).await.unwrap();
+    peer_a.wait("generation 2 on a", |r| r.results == 2).await;
+
+    // a stops it: b may start it now, and owns it.
+    a.client.release("web1").await.unwrap();
+    owner_is(&obs, U, None).await;
+    b.client.prepare("web1", &uuid_req()).await.unwrap();
+    owner_is(&obs, U, Some("dom0-b")).await;
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+/// Two hosts starting one VM at the same moment: exactly one runs it; the other is
+/// refused naming it and keeps nothing running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_starting_one_domain_at_once_have_one_winner() {
+    require_etcd!();
+    let server = etcd::Etcd::start().await;
+    let url = server.client_url.clone();
+    let (da, db) = (Dirs::new(), Dirs::new());
+    let a = TestBroker::start(cluster_config(&da, &url, "/m7/", "dom0-a")).await;
+    let b = TestBroker::start(cluster_config(&db, &url, "/m7/", "dom0-b")).await;
+    let obs = observer(&url, "/m7/").await;
+    for n in 0..20 {
+        let (name, uuid) = (
+            format!("vm{n}"),
+            format!("00000000-0000-4000-8000-{n:012x}"),
+        );
+        let req = PrepareRequest {
+            uuid: Some(uuid.clone()),
+            ..PrepareRequest::default()
+        };
+        let (ra, rb) = tokio::join!(a.client.prepare(&name, &req), b.client.prepare(&name, &req));
+        let (winner, loser, e) = match (ra, rb) {
+            (Ok(_), Err(e)) => ("dom0-a", &b, e),
+            (Err(e), Ok(_)) => ("dom0-b", &a, e),
+            r => panic!("{name}: both or neither started: {r:?}"),
+        };
+        assert_eq!(e.status(), Some(409), "{e:?}");
+        assert_eq!(api_error(&e).domain.as_deref(), Some(winner));
+        owner_is(&obs, &uuid, Some(winner)).await;
+        if let Ok(v) = loser.client.get_domain(&name).await {
+            assert_ne!(
+                v.lifecycle,
+                Some(xenchan_broker::api::types::Lifecycle::Running),
+                "{name}: the refused host marked it running: {v:?}"
+            );
+        }
+    }
+    a.stop().await.unwrap();
     b.stop().await.unwrap();
 }
 

@@ -71,7 +71,8 @@ What each libvirt call does (the same for the libxl and the qemu hook):
 `prepare begin`: register the domain, its UUID and channels (POST \
 /v1/domains/{name}/prepare). The broker checks that no other domain has this UUID, \
 confirms the domain's leases and runs its own prepare hooks. If it refuses (4xx: 409 a \
-UUID or lease conflict, 422 a prepare hook said no; or 504: a prepare hook overran), \
+UUID or lease conflict, or in cluster mode another live host runs the VM; 422 a \
+prepare hook said no; or 504: a prepare hook overran), \
 this exits 65 with the reason on stderr and libvirt aborts the start.
 
 `start begin`, `stopped end`: nothing. The broker finds the channel socket when QEMU \

@@ -52,6 +52,22 @@ pub enum ClusterError {
         /// Who owns it now, if anyone.
         owner: Option<String>,
     },
+    /// Another host runs the domain (it owns it, bound to its live etcd lease) and no
+    /// migration to this host is prepared: starting it here would run one VM twice.
+    #[error(
+        "domain {uuid} runs on {owner} (its ownership in etcd is bound to {owner}'s live \
+         etcd lease): starting it on {host} too would run one VM on two hosts; migrate it \
+         (prepare-migrate on {host} first), stop it on {owner}, or, if {owner} is down, start \
+         it again once that lease has expired{}",
+        expiry_text(*.expires_within)
+    )]
+    RunsElsewhere {
+        uuid: String,
+        host: String,
+        owner: String,
+        /// What is left of the owner's lease, when it could be read.
+        expires_within: Option<Duration>,
+    },
     /// No migration of the domain to that host is prepared.
     #[error("no migration of domain {uuid} to {to} is prepared{}", incoming_text(.incoming.as_deref()))]
     NoMigration {
@@ -85,6 +101,12 @@ pub enum ClusterError {
 
 fn owner_text(owner: Option<&str>) -> String {
     owner.map_or_else(|| "nobody owns it".to_string(), |o| format!("{o} owns it"))
+}
+
+fn expiry_text(within: Option<Duration>) -> String {
+    within.map_or_else(String::new, |d| {
+        format!(" (in at most {} s)", d.as_secs().max(1))
+    })
 }
 
 fn incoming_text(incoming: Option<&str>) -> String {

@@ -64,5 +64,7 @@ pub use desired::{DomainPut, PutOutcome, next_generation};
 pub use error::{ClusterError, Invalid};
 pub use keys::{DomainKey, Key, Keyspace, Uuid, check_host, check_lease};
 pub use leases::{LeaseChange, LeasePlan, MAX_LEASES, plan_leases};
-pub use ownership::{APPLIED_BATCH, Ownership, may_claim, may_complete, may_prepare};
+pub use ownership::{
+    APPLIED_BATCH, Ownership, Start, may_claim, may_complete, may_prepare, may_start,
+};
 pub use watch::{Interest, WatchEvent, Watcher};

@@ -6,6 +6,8 @@
 //! a migration whose preparer dies is forgotten, and the source still owns the domain.
 //! Leases (addresses, hostnames) are the VM's and are not touched by any of this.
 
+use std::time::Duration;
+
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
 
 use crate::client::Cluster;
@@ -35,6 +37,34 @@ pub fn may_claim(uuid: &Uuid, host: &str, own: &Ownership) -> Result<(), Cluster
             owner: Some(o.clone()),
         }),
         _ => Ok(()),
+    }
+}
+
+/// What starting a domain on a host means under the lock-manager rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Nobody owns it, or this host does: this host owns it now.
+    Claim,
+    /// Another host owns it and a migration to this host is prepared: the destination
+    /// runs it and takes ownership at `complete` (or gives it up on `cancel`).
+    AwaitMigration,
+}
+
+/// Whether `host` may start the domain `uuid` (libvirt's `prepare begin`): another host
+/// owning it (its key is bound to that host's live etcd lease) runs the VM, and a second
+/// start would run one VM on two hosts, unless it is the destination of a prepared
+/// migration. `RunsElsewhere` names the owner. Pure.
+pub fn may_start(uuid: &Uuid, host: &str, own: &Ownership) -> Result<Start, ClusterError> {
+    match &own.owner {
+        None => Ok(Start::Claim),
+        Some(o) if o == host => Ok(Start::Claim),
+        Some(_) if own.incoming.as_deref() == Some(host) => Ok(Start::AwaitMigration),
+        Some(o) => Err(ClusterError::RunsElsewhere {
+            uuid: uuid.to_string(),
+            host: host.to_string(),
+            owner: o.clone(),
+            expires_within: None,
+        }),
     }
 }
 
@@ -175,6 +205,89 @@ impl Cluster {
         )
         .await
         .map(drop)
+    }
+
+    /// Whether this host may start `uuid` now ([`may_start`] on one read; nothing written).
+    /// A refusal says how long the owner's lease has left, for an owner that is down.
+    pub async fn check_start(&self, uuid: &Uuid) -> Result<Start, ClusterError> {
+        let dl = self.deadline("check_start");
+        let own = self.read_ownership(&dl, uuid).await?;
+        match may_start(uuid, &self.host, &own) {
+            Err(e) => Err(self.with_expiry(&dl, uuid, e).await),
+            ok => ok,
+        }
+    }
+
+    /// Starts `uuid` on this host: claims it ([`Start::Claim`]) in one guarded transaction,
+    /// or leaves ownership to a prepared migration's `complete`. Two hosts starting the
+    /// same domain at once: one claims, the other is refused with `RunsElsewhere`.
+    pub async fn start_here(&self, uuid: &Uuid) -> Result<Start, ClusterError> {
+        let key = self.keys.domain(uuid, &DomainKey::Owner);
+        let lease = self.lease();
+        let decide = |own: &Ownership| may_start(uuid, &self.host, own);
+        let started = self
+            .ownership_step(
+                "start",
+                uuid,
+                |own| decide(own).map(drop),
+                |own| match decide(own) {
+                    Ok(Start::Claim) => vec![TxnOp::put(
+                        key.clone(),
+                        self.host.as_str(),
+                        Some(PutOptions::new().with_lease(lease)),
+                    )],
+                    _ => Vec::new(),
+                },
+            )
+            .await;
+        match started {
+            Ok(own) => decide(&own),
+            Err(e @ ClusterError::RunsElsewhere { .. }) => Err(self
+                .with_expiry(&self.deadline("check_start"), uuid, e)
+                .await),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Adds to a `RunsElsewhere` refusal how long the owner's etcd lease has left (best
+    /// effort: the refusal stands without it).
+    async fn with_expiry(
+        &self,
+        dl: &crate::client::Deadline,
+        uuid: &Uuid,
+        e: ClusterError,
+    ) -> ClusterError {
+        let ClusterError::RunsElsewhere {
+            uuid: u,
+            host,
+            owner,
+            expires_within: None,
+        } = e
+        else {
+            return e;
+        };
+        let key = self.keys.domain(uuid, &DomainKey::Owner);
+        let lease = match self.get_kv(dl, &key).await {
+            Ok(Some(kv)) if kv.lease() != 0 => Some(kv.lease()),
+            _ => None,
+        };
+        let mut expires_within = None;
+        if let Some(id) = lease
+            && let Ok(r) = self
+                .attempt(
+                    dl,
+                    |mut c| async move { c.lease_time_to_live(id, None).await },
+                )
+                .await
+        {
+            expires_within = u64::try_from(r.ttl()).ok().map(Duration::from_secs);
+        }
+        ClusterError::RunsElsewhere {
+            uuid: u,
+            host,
+            owner,
+            expires_within,
+        }
     }
 
     /// Gives up ownership (the domain stopped here). `false` when this host did not own it.
@@ -385,6 +498,7 @@ mod tests {
             Err(ClusterError::NotOwner { .. }) => "not-owner",
             Err(ClusterError::NoMigration { .. }) => "no-migration",
             Err(ClusterError::MigrationPending { .. }) => "pending",
+            Err(ClusterError::RunsElsewhere { .. }) => "runs-elsewhere",
             Err(_) => "other",
         }
     }
@@ -406,12 +520,26 @@ mod tests {
             ("complete", own(Some("a"), Some("c")), "no-migration"),
             ("complete", own(None, Some("b")), "not-owner"),
             ("complete", own(Some("c"), Some("b")), "not-owner"),
+            // Starting on "a" (libvirt's `prepare begin`); "await" = a's prepared migration.
+            ("start", own(None, None), "ok"),
+            ("start", own(Some("a"), None), "ok"),
+            ("start", own(None, Some("a")), "ok"),
+            ("start", own(Some("b"), None), "runs-elsewhere"),
+            ("start", own(Some("b"), Some("c")), "runs-elsewhere"),
+            ("start", own(Some("b"), Some("a")), "await"),
         ];
         // Host "a" claims; migrations go from "a" to "b".
         for (op, o, want) in table {
             let got = match *op {
                 "claim" => may_claim(&u, "a", o),
                 "prepare" => may_prepare(&u, "a", "b", o),
+                "start" => match may_start(&u, "a", o) {
+                    Ok(Start::AwaitMigration) => {
+                        assert_eq!(*want, "await", "start {o:?}");
+                        continue;
+                    }
+                    r => r.map(drop),
+                },
                 _ => may_complete(&u, "a", "b", o),
             };
             assert_eq!(kind(&got), *want, "{op} {o:?}");

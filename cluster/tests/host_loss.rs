@@ -6,7 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::{Etcd, connect, quick, uuid};
-use xenchan_cluster::{ClusterError, WatchEvent};
+use xenchan_cluster::{ClusterError, Start, WatchEvent};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_lease_drops_ownership_at_once() {
@@ -102,4 +102,74 @@ async fn a_put_on_any_broker_reaches_the_owner() {
         }
         e => panic!("expected the desired configuration, got {e:?}"),
     }
+}
+
+/// libvirt's lock-manager rule: a VM runs on one host. Two hosts starting one domain at
+/// once: exactly one owns it, the other is refused naming the owner and how long its
+/// lease has left; a host that prepared a migration may start it (ownership moves at
+/// `complete`); once the owner's lease is gone, the other host may start it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_starts_on_one_host_at_a_time() {
+    require_etcd!();
+    let etcd = Etcd::start().await;
+    let urls = vec![etcd.client_url.clone()];
+    let a = connect(&urls, "/start1/", "dom0-a", quick()).await;
+    let b = connect(&urls, "/start1/", "dom0-b", quick()).await;
+    let c = connect(&urls, "/start1/", "dom0-c", quick()).await;
+    for n in 0..20 {
+        let vm = uuid(2, n);
+        let (ra, rb) = tokio::join!(a.start_here(&vm), b.start_here(&vm));
+        let (winner, refused) = match (ra, rb) {
+            (Ok(Start::Claim), Err(e)) => ("dom0-a", e),
+            (Err(e), Ok(Start::Claim)) => ("dom0-b", e),
+            r => panic!("round {n}: both or neither started the domain: {r:?}"),
+        };
+        match &refused {
+            ClusterError::RunsElsewhere {
+                owner,
+                expires_within,
+                ..
+            } => {
+                assert_eq!(owner, winner, "round {n}");
+                let left = expires_within.expect("the owner's lease TTL is read");
+                assert!(left <= Duration::from_secs(2), "{left:?} > TTL");
+            }
+            e => panic!("round {n}: refused with {e:?}"),
+        }
+        let text = refused.to_string();
+        assert!(
+            text.contains(winner) && text.contains("two hosts") && text.contains("at most"),
+            "{text}"
+        );
+        assert_eq!(
+            a.ownership(&vm).await.unwrap().owner.as_deref(),
+            Some(winner)
+        );
+        // Starting it again where it runs is fine (libvirt retries a hook).
+        let own = if winner == "dom0-a" { &a } else { &b };
+        assert_eq!(own.start_here(&vm).await.unwrap(), Start::Claim);
+    }
+    // A prepared migration to c: c may start it and waits for `complete`.
+    let vm = uuid(2, 0);
+    let owner = a.ownership(&vm).await.unwrap().owner.unwrap();
+    let src = if owner == "dom0-a" { &a } else { &b };
+    assert!(matches!(
+        c.check_start(&vm).await,
+        Err(ClusterError::RunsElsewhere { .. })
+    ));
+    c.prepare_migrate(&vm, &owner, "dom0-c").await.unwrap();
+    assert_eq!(c.check_start(&vm).await.unwrap(), Start::AwaitMigration);
+    assert_eq!(c.start_here(&vm).await.unwrap(), Start::AwaitMigration);
+    assert_eq!(
+        src.ownership(&vm).await.unwrap().owner.as_deref(),
+        Some(owner.as_str()),
+        "starting a migration's destination moves nothing before `complete`"
+    );
+    // The owner leaves (its lease revoked): c may claim it now.
+    if owner == "dom0-a" {
+        a.leave().await.unwrap();
+    } else {
+        b.leave().await.unwrap();
+    }
+    assert_eq!(c.start_here(&vm).await.unwrap(), Start::Claim);
 }

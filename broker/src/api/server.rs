@@ -105,7 +105,7 @@ pub(super) fn op_error(e: &OpError) -> (StatusCode, ApiError) {
         OpError::NothingToPush(_) => (StatusCode::NOT_FOUND, None, None),
         OpError::NotAttempted | OpError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, None, None),
         OpError::NeedsCluster => (StatusCode::BAD_REQUEST, Some("store.backend".into()), None),
-        OpError::Migration(c) => migration_refusal(c),
+        OpError::Migration(c) | OpError::RunsElsewhere(c) => migration_refusal(c),
     };
     (
         status,
@@ -126,6 +126,7 @@ pub(super) fn migration_refusal(
     use xenchan_cluster::ClusterError as C;
     let (path, host) = match c {
         C::NotOwner { owner, .. } => ("owner", owner.clone()),
+        C::RunsElsewhere { owner, .. } => ("owner", Some(owner.clone())),
         C::NoMigration { incoming, .. } => ("incoming", incoming.clone()),
         C::MigrationPending { incoming, .. } => ("incoming", Some(incoming.clone())),
         _ => ("uuid", None),

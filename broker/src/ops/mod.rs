@@ -114,6 +114,10 @@ pub enum OpError {
          with the embedded store no other host can know the domain"
     )]
     NeedsCluster,
+    /// Cluster mode: the lock-manager rules refuse to start the domain here, because
+    /// another live host runs it (the source names that host and its lease's expiry).
+    #[error("prepare refused")]
+    RunsElsewhere(#[source] xenchan_cluster::ClusterError),
     /// The lock-manager rules refuse the migration step (the error names the owner, or
     /// the migration prepared instead).
     #[error("migration refused")]
@@ -148,6 +152,17 @@ impl OpError {
             },
             PrepareRefusal::Lease(c) => OpError::Lease(c),
             PrepareRefusal::TooManyDomains(max) => OpError::TooManyDomains(max),
+            PrepareRefusal::RunsElsewhere {
+                uuid,
+                host,
+                owner,
+                expires_within,
+            } => OpError::RunsElsewhere(xenchan_cluster::ClusterError::RunsElsewhere {
+                uuid,
+                host,
+                owner,
+                expires_within,
+            }),
         }
     }
 }

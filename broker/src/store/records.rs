@@ -225,6 +225,16 @@ pub enum PrepareRefusal {
     Lease(LeaseConflict),
     /// The broker already manages `limits.max_domains` domains.
     TooManyDomains(usize),
+    /// Cluster mode: another live host runs the domain and no migration to this host is
+    /// prepared (the fields of `ClusterError::RunsElsewhere`).
+    RunsElsewhere {
+        uuid: String,
+        host: String,
+        /// The host that runs it.
+        owner: String,
+        /// What is left of the owner's etcd lease, when it could be read.
+        expires_within: Option<std::time::Duration>,
+    },
 }
 
 /// What a stored lifecycle prepare did.

@@ -281,6 +281,45 @@ impl Play<'_> {
         self.pushes_match(0).await
     }
 
+    /// libvirt's `prepare begin` of `name` on a host, retried as an orchestrator would while
+    /// it is refused because another live host runs the VM (the lock-manager rule: that
+    /// host may be dead, but until its etcd lease expires nobody can know). Returns the
+    /// first refusal's message, if any.
+    async fn prepare_when_free(
+        &self,
+        client: &Client,
+        name: &str,
+        uuid: &str,
+    ) -> Result<Option<String>, ScenarioError> {
+        let start = Instant::now();
+        let mut first = None;
+        loop {
+            match client.prepare(name, &prepare_request(uuid)).await {
+                Ok(_) => return Ok(first),
+                Err(ClientError::Api { status: 409, error })
+                    if error.path.as_deref() == Some("owner") =>
+                {
+                    if first.is_none() {
+                        self.log(&format!(
+                            "{name}: refused, as it should be: {}",
+                            error.error
+                        ));
+                    }
+                    let text = first.get_or_insert(error.error);
+                    if start.elapsed() > self.p.deadline {
+                        return Err(ScenarioError::Timeout(Timeout {
+                            what: format!("{name}'s old host's lease to expire"),
+                            waited: start.elapsed(),
+                            last: text.clone(),
+                        }));
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// `host-loss`: `kill -9` of the target's host's broker; the host's domains are
     /// restarted on the next host, which claims them when the dead host's lease expires.
     pub(super) async fn host_loss(&mut self) -> Result<(), ScenarioError> {
@@ -325,9 +364,12 @@ impl Play<'_> {
             self.sim.domain_mut(n)?.destroy().await;
         }
         self.log(&format!("restarting them on {b_name}: prepare with the UUID (libvirt's `prepare begin`), then boot with the same disk"));
+        let mut refused = None;
         for n in &lost {
             let uuid = self.sim.domain(n)?.spec().uuid.clone();
-            b_client.prepare(n, &prepare_request(&uuid)).await?;
+            if let Some(r) = self.prepare_when_free(&b_client, n, &uuid).await? {
+                refused.get_or_insert(r);
+            }
             let d = self.sim.domain_mut(n)?;
             let booted = match d.set_socket_dir(&b_dir) {
                 Ok(()) => d.boot().await,
@@ -340,6 +382,11 @@ impl Play<'_> {
         }
         let took = self.owner_becomes(TARGET, Some(&b_name)).await?;
         let since_kill = died.elapsed();
+        self.check(
+            "host-loss: starting the VMs elsewhere is refused while the dead host's lease lives",
+            refused.as_ref().is_some_and(|e| e.contains(&a_name)),
+            refused.unwrap_or_else(|| "no refusal: started while the lease lived".into()),
+        );
         self.log(&format!(
             "{b_name} owns {TARGET} {:.1} s after {a_name} was killed (host TTL {} s)",
             since_kill.as_secs_f64(),

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::mpsc;
 
-use xenchan_cluster::{Cluster, ClusterConfig, ClusterError, Uuid};
+use xenchan_cluster::{Cluster, ClusterConfig, ClusterError, Start, Uuid};
 use xenchan_protocol::message::{Applied, ApplyResult, GuestFacts};
 
 use crate::api::types::ClusterHealth;
@@ -35,7 +35,7 @@ use applied::record_applied_task;
 pub use join::JoinError;
 pub(crate) use join::join_when_etcd_answers;
 use names::Names;
-use spelling::{bad_uuid, lease_text};
+use spelling::{bad_uuid, lease_text, runs_elsewhere};
 pub use spelling::{cluster_config, lease_key, store_error};
 
 /// The etcd-backed store.
@@ -377,26 +377,40 @@ impl EtcdStore {
             Ok(p) => p,
             Err(r) => return Ok(Err(r)),
         };
+        let uuid = prepared
+            .uuid
+            .as_deref()
+            .or(req.uuid)
+            .and_then(|u| Uuid::parse(u).ok())
+            .or_else(|| self.uuid_of(req.name));
+        let Some(uuid) = uuid else {
+            return Ok(Ok(prepared)); // no identity in the cluster
+        };
+        // Before this broker joined: 503 as during any outage (the watch claims the
+        // domains running here when it joins).
+        let cluster = self.cluster()?;
         if req.check_only {
-            return Ok(Ok(prepared));
+            // Refused before any hook runs when another live host runs the domain.
+            return match cluster.check_start(&uuid).await {
+                Ok(_) => Ok(Ok(prepared)),
+                Err(e) => Ok(Err(runs_elsewhere(e)?)),
+            };
         }
         self.remember(req.name, prepared.uuid.as_deref());
-        if let Some(uuid) = self.uuid_of(req.name) {
-            // The domain runs here now: this host owns it, unless a migration to here is
-            // prepared (ownership moves at `complete`) or another host runs it.
-            // Before this broker joined: 503 as during any outage; the cluster watch
-            // claims the domains running here when it joins.
-            match self.cluster()?.claim(&uuid).await {
-                Ok(()) => {}
-                Err(ClusterError::NotOwner { owner, .. }) => {
-                    // A migration's destination (ownership moves at `complete`), or a
-                    // domain restarted here while its lost host's lease has not expired
-                    // yet: the watch claims it when the owner key goes.
-                    tracing::warn!(domain = %req.name, %uuid, owner = ?owner,
-                        "domain prepared here while another host owns it: claimed when that host gives it up (migration complete, release, or its etcd lease expiring)");
-                    self.ask_sync(SyncRequest::Wait(uuid));
-                }
-                Err(e) => return Err(store_error(e)),
+        match cluster.start_here(&uuid).await {
+            Ok(Start::Claim) => {}
+            Ok(Start::AwaitMigration) => {
+                tracing::info!(domain = %req.name, %uuid,
+                    "domain prepared here as a migration's destination: owned here at `complete`");
+                self.ask_sync(SyncRequest::Wait(uuid));
+            }
+            Err(e) => {
+                let refusal = runs_elsewhere(e)?;
+                // Another host started it between the check and now: it runs there, so
+                // it is not running here (undo the local prepare).
+                tracing::warn!(domain = %req.name, %uuid, "prepare refused: {refusal:?}");
+                self.local.release(req.name).await?;
+                return Ok(Err(refusal));
             }
         }
         Ok(Ok(prepared))

@@ -5,7 +5,7 @@ use xenchan_cluster::{ClusterConfig, ClusterError, Timeouts};
 
 use crate::config::Config;
 use crate::leases::Lease;
-use crate::store::{PutRefusal, StoreError};
+use crate::store::{PrepareRefusal, PutRefusal, StoreError};
 
 /// The cluster configuration of `[store]`; `host` defaults to the machine's hostname.
 ///
@@ -72,6 +72,25 @@ pub fn store_error(e: ClusterError) -> StoreError {
             backend: "etcd",
             source: Box::new(other),
         },
+    }
+}
+
+/// A start refused by the lock-manager rules as a prepare refusal; any other cluster
+/// error as [`store_error`].
+pub(super) fn runs_elsewhere(e: ClusterError) -> Result<PrepareRefusal, StoreError> {
+    match e {
+        ClusterError::RunsElsewhere {
+            uuid,
+            host,
+            owner,
+            expires_within,
+        } => Ok(PrepareRefusal::RunsElsewhere {
+            uuid,
+            host,
+            owner,
+            expires_within,
+        }),
+        e => Err(store_error(e)),
     }
 }
 
