@@ -361,3 +361,54 @@ async fn a_uuid_still_registered_to_an_undefined_vm_says_how_to_clear_it() {
     assert_eq!(v.uuid.as_deref(), Some(U1));
     broker.stop().await.unwrap();
 }
+
+/// A prepared domain whose channel socket vanishes after a session (QEMU exited, or a
+/// same-host `xl migrate` lost the path) is not waited for silently: once the socket has
+/// been missing for 10 s, `last_error` names its path; the next session clears it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_channel_socket_is_named_in_last_error() {
+    let dirs = Dirs::new();
+    let elsewhere = dirs.root.path().join("qemu");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let path = elsewhere.join("x8.sock");
+    let broker = TestBroker::start(dirs.config()).await;
+    let c = &broker.client;
+    c.prepare("web8", &request(Some(U1), Some(path.clone())))
+        .await
+        .unwrap();
+    let opts = || PeerOptions {
+        uuid: Some(U1.into()),
+        ..PeerOptions::default()
+    };
+    let mut peer = TestPeer::start(&elsewhere, "x8", opts());
+    broker
+        .wait_domain("web8", "connected", |v| v.connected)
+        .await;
+    peer.remove();
+    let gone = std::time::Instant::now();
+    let v = broker
+        .wait_domain("web8", "the vanished socket named", |v| {
+            v.last_error.is_some()
+        })
+        .await;
+    let error = v.last_error.unwrap();
+    eprintln!("named after {:?}: {error}", gone.elapsed());
+    assert!(
+        gone.elapsed() >= std::time::Duration::from_secs(9),
+        "named during the grace a reboot needs: {:?}",
+        gone.elapsed()
+    );
+    assert!(
+        error.contains("vanished") && error.contains(&path.display().to_string()),
+        "{error}"
+    );
+    assert!(!v.connected);
+    // QEMU back on the same path: the next session clears the error.
+    let _peer = TestPeer::start(&elsewhere, "x8", opts());
+    broker
+        .wait_domain("web8", "connected, error cleared", |v| {
+            v.connected && v.last_error.is_none()
+        })
+        .await;
+    broker.stop().await.unwrap();
+}

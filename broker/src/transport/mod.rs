@@ -15,8 +15,10 @@
 
 pub mod acl;
 mod socket;
+mod streak;
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
@@ -64,6 +66,7 @@ async fn connect_loop(
     }
     let t = domain.timeouts();
     let mut backoff = Backoff::new(t.reconnect_min(), t.reconnect_max());
+    let mut streak = streak::Streak::default();
     loop {
         domain.set_state(DomainState::Connecting);
         let attempt = tokio::select! {
@@ -72,6 +75,7 @@ async fn connect_loop(
         };
         match attempt {
             Ok(Ok(stream)) => {
+                streak.connected();
                 domain.metrics().connection();
                 tracing::debug!(domain = domain.name(), "connected");
                 let end = session::serve(domain, stream, &mut desired, &stop, None).await;
@@ -87,7 +91,6 @@ async fn connect_loop(
                 }
             }
             Ok(Err(e)) => {
-                domain.metrics().error(ErrorKind::Connect);
                 if e.kind() == std::io::ErrorKind::NotFound {
                     // A socket named by a prepare, before QEMU creates it.
                     domain.set_state(DomainState::Pending);
@@ -97,14 +100,17 @@ async fn connect_loop(
                     "connect to {} failed: {e}",
                     path.display()
                 );
+                let named = streak.failed(Instant::now(), Some(e.kind()), &path, &e.to_string());
+                connect_failed(domain, named).await;
             }
             Err(_) => {
-                domain.metrics().error(ErrorKind::Connect);
                 tracing::debug!(
                     domain = domain.name(),
                     "connect to {} timed out",
                     path.display()
                 );
+                let why = format!("no answer within timeouts.connect ({:?})", t.connect());
+                connect_failed(domain, streak.failed(Instant::now(), None, &path, &why)).await;
             }
         }
         let delay = backoff.next_delay();
@@ -112,6 +118,15 @@ async fn connect_loop(
             () = stop.cancelled() => return,
             () = tokio::time::sleep(delay) => {}
         }
+    }
+}
+
+/// Counts a failed connect, and names the streak of failures in `last_error` when
+/// [`streak::Streak`] says so (which counts it too).
+async fn connect_failed(domain: &DomainHandle, named: Option<String>) {
+    match named {
+        Some(text) => domain.record_error(ErrorKind::Connect, text).await,
+        None => domain.metrics().error(ErrorKind::Connect),
     }
 }
 
