@@ -92,6 +92,7 @@ pub(crate) async fn run(sh: Arc<Shared>, etcd: Arc<EtcdStore>, stop: Cancellatio
                         wait_for(&etcd, &mut watcher, uuid).await;
                     }
                     Some(SyncRequest::Forget(uuid)) => watcher.interest_mut().stop_waiting(&uuid),
+                    Some(SyncRequest::Gone(uuid)) => gone(&sh, &etcd, &mut watcher, &uuid).await,
                     Some(SyncRequest::Wait(_)) | None => {}
                 }
                 continue;
@@ -181,6 +182,32 @@ fn running_here(sh: &Shared, etcd: &EtcdStore) -> Vec<Uuid> {
         .collect()
 }
 
+/// Discovery saw a domain stop here: give its ownership up, unless a session or a
+/// lifecycle prepare here still holds the VM (the other half of a same-host migration).
+async fn gone(sh: &Shared, etcd: &EtcdStore, watcher: &mut xenchan_cluster::Watcher, uuid: &Uuid) {
+    let held = sh.views().into_iter().any(|v| {
+        (v.connected || v.socket.is_some() || v.lifecycle == Some(Lifecycle::Running))
+            && (v.uuid.as_deref() == Some(uuid.as_str())
+                || etcd.uuid_of(&v.name).as_ref() == Some(uuid))
+    });
+    if held {
+        return;
+    }
+    watcher.interest_mut().stop_waiting(uuid);
+    let Ok(cluster) = etcd.cluster() else {
+        return; // not joined: the claims at join skip a domain no longer running here
+    };
+    match cluster.disown(uuid).await {
+        Ok(true) => {
+            tracing::info!(%uuid, "stopped here (its socket went away): ownership given up");
+        }
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(%uuid, "cannot give up ownership in etcd (the host lease bounds it): {}", chain(&e));
+        }
+    }
+}
+
 /// Whether the domain `uuid` runs here.
 fn runs_here(sh: &Shared, etcd: &EtcdStore, uuid: &Uuid) -> bool {
     etcd.name_of(uuid)
@@ -208,7 +235,8 @@ async fn claim_orphan(etcd: &EtcdStore, uuid: &Uuid) {
     match claimed {
         Ok(()) => tracing::info!(%uuid, "claimed a domain running here that nobody owned"),
         Err(xenchan_cluster::ClusterError::NotOwner { owner, .. }) => {
-            tracing::debug!(%uuid, ?owner, "still owned elsewhere: waiting");
+            tracing::info!(%uuid, ?owner,
+                "runs here but another host owns it: claimed when that host gives it up or its lease expires");
         }
         Err(e) => tracing::warn!(%uuid, "cannot claim: {}", chain(&e)),
     }

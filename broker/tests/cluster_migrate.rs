@@ -456,6 +456,67 @@ async fn a_lost_hosts_domain_restarted_elsewhere_is_claimed_and_not_pushed_again
     b.stop().await.unwrap();
 }
 
+/// Without lifecycle calls (socket-folder discovery only, as with plain `xl create`): a
+/// socket appearing is a start, its VM UUID the one recorded by the operator's PUT for
+/// that name. a claims web1 when its socket appears; a dies; the VM restarted on b (its
+/// socket in b's folder) is claimed by b once a's lease expires and configured with
+/// nothing pushed again; its socket going away gives ownership up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_folder_domain_is_claimed_where_its_socket_appears_and_after_host_loss() {
+    require_etcd!();
+    let server = etcd::Etcd::start().await;
+    let url = server.client_url.clone();
+    let (da, db) = (Dirs::new(), Dirs::new());
+    let config_a = cluster_config(&da, &url, "/m8/", "dom0-a");
+    let a = ChildBroker::spawn(&write_config(da.root.path(), &config_a), &config_a).await;
+    let b = TestBroker::start(cluster_config(&db, &url, "/m8/", "dom0-b")).await;
+    let obs = observer(&url, "/m8/").await;
+    let cfg = |n: u8| sample_config("web1.example.com", &format!("192.0.2.10/{n}"));
+    a.client
+        .put_config("web1", &cfg(24), Some(U))
+        .await
+        .unwrap();
+    owner_is(&obs, U, None).await;
+    let peer_a = TestPeer::start(&da.sockets(), "web1", vm_peer(None));
+    owner_is(&obs, U, Some("dom0-a")).await;
+    peer_a.wait("the first push", |r| r.results == 1).await;
+    // A PUT through b (which records the UUID for the name there too) reaches a.
+    let v = b
+        .client
+        .put_config("web1", &cfg(25), Some(U))
+        .await
+        .unwrap();
+    assert_eq!(v.desired_generation, Some(2));
+    peer_a.wait("generation 2 on a", |r| r.results == 2).await;
+    applied_in_etcd(&obs, U, 2).await;
+
+    a.kill9().await;
+    let died = std::time::Instant::now();
+    let applied = peer_a.record().applied;
+    let mut peer_a = peer_a;
+    peer_a.remove();
+    let mut peer_b = TestPeer::start(&db.sockets(), "web1", vm_peer(applied));
+    owner_is(&obs, U, Some("dom0-b")).await;
+    eprintln!(
+        "b owns the domain {:?} after a was killed (host TTL 2 s)",
+        died.elapsed()
+    );
+    b.wait_domain("web1", "configured on b", |v| {
+        v.connected && v.state == DomainState::Configured && v.applied_generation == Some(2)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(peer_b.record().configs.len(), 0, "b pushed again");
+    let v = b.client.put_config("web1", &cfg(26), None).await.unwrap();
+    assert_eq!(v.desired_generation, Some(3));
+    peer_b.wait("generation 3 on b", |r| r.results == 1).await;
+    applied_in_etcd(&obs, U, 3).await;
+    // The VM stops on b (its socket goes away): ownership is given up.
+    peer_b.remove();
+    owner_is(&obs, U, None).await;
+    b.stop().await.unwrap();
+}
+
 /// libvirt's lock-manager rule: a VM runs on one host. Starting it on b while a runs it
 /// (no migration prepared) is refused before anything changes on b; after a stops it,
 /// b may start it, and b owns it.

@@ -33,7 +33,8 @@ impl Shared {
         uuid: Option<String>,
     ) -> bool {
         let mut hooks = HookEvents::new();
-        let attached = {
+        let discovered = uuid.clone();
+        let (attached, found) = {
             let mut slots = self.slots();
             if !slots.contains_key(name) && slots.len() >= self.config.limits.max_domains {
                 drop(slots);
@@ -53,9 +54,16 @@ impl Shared {
                     changed
                 });
             }
-            self.attach_in(slot, name, ep, fresh, &mut hooks)
+            // A new session, not a rescan finding the same socket again.
+            let new = ep.source != Source::Listen && slot.attached.as_ref() != Some(&ep);
+            let attached = self.attach_in(slot, name, ep, fresh, &mut hooks);
+            (attached, attached && new && !slot.running())
         };
         self.fire(name, hooks);
+        if found && let Some(etcd) = self.store.as_cluster() {
+            // Cluster mode: found running here without a prepare (docs/CLUSTER.md).
+            etcd.found_running(name, discovered.as_deref());
+        }
         attached
     }
 
@@ -133,12 +141,13 @@ impl Shared {
     /// attached, and forgets the domain if nothing about it matters any more.
     pub fn vanished(self: &Arc<Self>, name: &str, source: Source) {
         let mut hooks = HookEvents::new();
-        let forget = {
+        let (forget, stopped) = {
             let mut slots = self.slots();
             let Some(slot) = slots.get_mut(name) else {
                 return;
             };
-            if slot.attached.as_ref().is_some_and(|a| a.source == source) {
+            let ours = slot.attached.as_ref().is_some_and(|a| a.source == source);
+            if ours {
                 self.detach_in(slot, name, &mut hooks);
             }
             if source == Source::Xenstore {
@@ -146,9 +155,15 @@ impl Shared {
                 slot.desired
                     .send_if_modified(|d| d.discovered_uuid.take().is_some());
             }
-            slot.attached.is_none() && !slot.has_config() && !slot.running()
+            (
+                slot.attached.is_none() && !slot.has_config() && !slot.running(),
+                ours && !slot.running(),
+            )
         };
         self.fire(name, hooks);
+        if stopped && let Some(etcd) = self.store.as_cluster() {
+            etcd.stopped_running(name);
+        }
         if forget {
             self.forget(name);
         }

@@ -13,6 +13,7 @@
 //! ([`join`]). Reads, results, facts and the event log stay local.
 
 mod applied;
+mod discovered;
 mod join;
 mod names;
 mod spelling;
@@ -21,7 +22,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::mpsc;
-
 use xenchan_cluster::{Cluster, ClusterConfig, ClusterError, Start, Uuid};
 use xenchan_protocol::message::{Applied, ApplyResult, GuestFacts};
 
@@ -85,15 +85,16 @@ struct NotJoined {
     why: String,
 }
 
-/// What the lifecycle calls ask of the cluster watch.
+/// What the lifecycle calls and discovery ask of the cluster watch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SyncRequest {
-    /// The domain runs here but another host owns it: claim it when that host gives it
-    /// up or its lease expires (a migration's destination, a domain restarted here
-    /// after its host was lost).
+    /// The domain runs here: claim it now, or when the host owning it gives it up or its
+    /// lease expires (a migration's destination, a domain restarted after host loss).
     Wait(Uuid),
     /// The domain no longer runs here.
     Forget(Uuid),
+    /// Discovery saw it stop here: give its ownership up if nothing here runs it.
+    Gone(Uuid),
 }
 
 impl EtcdStore {
@@ -190,8 +191,7 @@ impl EtcdStore {
     }
 
     fn ask_sync(&self, r: SyncRequest) {
-        // The watch task lives as long as the broker; after it stopped nobody waits.
-        let _ = self.sync_tx.send(r);
+        let _ = self.sync_tx.send(r); // after the watch task stopped, nobody waits
     }
 
     /// Forgets the cached copy of a domain this host neither runs nor receives.
