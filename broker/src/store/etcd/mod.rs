@@ -15,6 +15,7 @@
 mod applied;
 mod join;
 mod names;
+mod prefetch;
 mod spelling;
 
 use std::collections::HashMap;
@@ -35,6 +36,7 @@ use applied::record_applied_task;
 pub use join::JoinError;
 pub(crate) use join::join_when_etcd_answers;
 use names::Names;
+use prefetch::Prefetched;
 use spelling::{bad_uuid, lease_text};
 pub use spelling::{cluster_config, lease_key, store_error};
 
@@ -60,6 +62,8 @@ pub struct EtcdStore {
     sync_rx: Mutex<Option<mpsc::UnboundedReceiver<SyncRequest>>>,
     /// What agents applied, on its way to etcd.
     applied: Mutex<AppliedSink>,
+    /// The reads of the PUTs' lease checks, for their writes.
+    prefetched: Prefetched,
 }
 
 /// One applied state for etcd: the domain's name (for the log), its UUID, the record.
@@ -115,6 +119,7 @@ impl EtcdStore {
             sync_tx,
             sync_rx: Mutex::new(Some(sync_rx)),
             applied: Mutex::new(AppliedSink::Held(HashMap::new())),
+            prefetched: Prefetched::default(),
         }
     }
 
@@ -267,10 +272,12 @@ impl EtcdStore {
         }
         let keys: Vec<String> = req.leases.iter().map(lease_key).collect();
         let json = req.config.canonical_json();
-        // Leases and the document in one transaction (`put_domain`).
+        // Leases and the document in one transaction, planned on what the lease check
+        // read (`conflict`), if it did.
+        let read = self.prefetched.take(req.name, &uuid);
         let done = match self
             .cluster()?
-            .put_domain(&uuid, req.name, &json, &keys)
+            .put_domain_after(&uuid, req.name, &json, &keys, read)
             .await
         {
             Ok(d) => d,
@@ -327,22 +334,23 @@ impl EtcdStore {
         let Some(uuid) = self.uuid_of(name) else {
             return Ok(None);
         };
-        let cluster = self.cluster()?;
-        for l in wanted {
-            let holder = cluster
-                .lease_holder(&lease_key(l))
-                .await
-                .map_err(store_error)?;
-            if let Some(h) = holder
-                && h != uuid
-            {
-                let holder = self.holder_name(h.as_str()).await;
-                return Ok(Some(LeaseConflict {
-                    lease: l.clone(),
-                    holder,
-                }));
-            }
+        // One read for every lease (and what the write plans on: kept for it).
+        let keys: Vec<String> = wanted.iter().map(lease_key).collect();
+        let read = match self.cluster()?.read_domain(&uuid, &keys).await {
+            Ok(r) => r,
+            // Unusable leases: the write refuses them, naming the field.
+            Err(ClusterError::Invalid(_)) => return Ok(None),
+            Err(e) => return Err(store_error(e)),
+        };
+        let held = wanted
+            .iter()
+            .zip(&keys)
+            .find_map(|(l, k)| read.held_by_other(k).map(|h| (l.clone(), h.to_string())));
+        if let Some((lease, holder)) = held {
+            let holder = self.holder_name(&holder).await;
+            return Ok(Some(LeaseConflict { lease, holder }));
         }
+        self.prefetched.keep(name, read);
         Ok(None)
     }
 
