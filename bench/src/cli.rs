@@ -1299,6 +1299,17 @@ fn cluster_section(
             None,
             "etcd_disk_wal_fsync_duration_seconds_count, same span, / N (etcd batches)",
         );
+        report.add(
+            &s,
+            "etcd KV requests per domain, configuring",
+            "",
+            opt(p
+                .configure_writes
+                .requests
+                .map(|r| r as f64 / n.max(1) as f64)),
+            None,
+            "round trips of the brokers to etcd (ranges, transactions; grpc_server_handled_total of etcdserverpb.KV), same span, / N",
+        );
         let (rev, puts, _) = p.prepare_writes.per_domain(n);
         report.add(
             &s,

@@ -81,6 +81,9 @@ pub struct Writes {
     /// WAL fsyncs (`etcd_disk_wal_fsync_duration_seconds_count`): etcd batches
     /// concurrent writes into one.
     pub fsyncs: Option<u64>,
+    /// KV requests answered (ranges, transactions, puts, deletes: each a round trip of
+    /// a broker to etcd; the watch's events are not requests).
+    pub requests: Option<u64>,
 }
 
 /// etcd's counters at one instant.
@@ -92,6 +95,8 @@ pub struct Counters {
     pub puts: Option<u64>,
     /// `etcd_disk_wal_fsync_duration_seconds_count`.
     pub fsyncs: Option<u64>,
+    /// `grpc_server_handled_total` of the KV service, every method and code.
+    pub requests: Option<u64>,
 }
 
 impl Counters {
@@ -101,6 +106,7 @@ impl Counters {
             revision,
             puts: text.and_then(|t| metric(t, "etcd_mvcc_put_total")),
             fsyncs: text.and_then(|t| metric(t, "etcd_disk_wal_fsync_duration_seconds_count")),
+            requests: text.and_then(kv_requests),
         }
     }
 
@@ -111,8 +117,31 @@ impl Counters {
             revisions: later.revision.saturating_sub(self.revision),
             puts: diff(self.puts, later.puts),
             fsyncs: diff(self.fsyncs, later.fsyncs),
+            requests: diff(self.requests, later.requests),
         }
     }
+}
+
+/// The KV requests etcd answered: `grpc_server_handled_total` summed over the
+/// `etcdserverpb.KV` service's methods and codes (`None` when there is no such line).
+pub fn kv_requests(text: &str) -> Option<u64> {
+    let mut found = false;
+    let mut sum = 0.0;
+    for l in text.lines() {
+        let Some(rest) = l.strip_prefix("grpc_server_handled_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once("} ") else {
+            continue;
+        };
+        if labels.contains("grpc_service=\"etcdserverpb.KV\"")
+            && let Ok(v) = value.trim().parse::<f64>()
+        {
+            found = true;
+            sum += v;
+        }
+    }
+    found.then_some(sum as u64)
 }
 
 impl Writes {
@@ -539,6 +568,19 @@ mod tests {
     }
 
     #[test]
+    fn kv_requests_sum_the_kv_service_only() {
+        let text = "grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Range\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"} 7\n\
+                    grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Txn\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"} 5\n\
+                    grpc_server_handled_total{grpc_code=\"Unavailable\",grpc_method=\"Txn\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"} 1\n\
+                    grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"LeaseKeepAlive\",grpc_service=\"etcdserverpb.Lease\",grpc_type=\"bidi_stream\"} 40\n";
+        assert_eq!(kv_requests(text), Some(13));
+        assert_eq!(kv_requests("etcd_mvcc_put_total 3\n"), None);
+        let a = Counters::from_metrics(1, Some(text));
+        let b = Counters::from_metrics(2, Some(&text.replace("} 7", "} 27")));
+        assert_eq!(a.until(&b).requests, Some(20));
+    }
+
+    #[test]
     fn prefix_end_is_the_next_key() {
         assert_eq!(
             prefix_end(b"/xcb/domains/"),
@@ -564,10 +606,12 @@ mod tests {
             Writes {
                 revisions: 200,
                 puts: Some(300),
-                fsyncs: Some(50)
+                fsyncs: Some(50),
+                requests: None,
             }
         );
         assert_eq!(w.per_domain(100), (2.0, Some(3.0), Some(0.5)));
+        assert_eq!(w.requests, None, "no gRPC counters in this text");
         // Unreadable metrics: no count rather than a wrong one.
         let c = Counters::from_metrics(300, None);
         assert_eq!(b.until(&c).puts, None);

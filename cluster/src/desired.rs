@@ -2,6 +2,8 @@
 //! compare-and-swap on the key's mod revision, so two brokers PUTting at once never lose an
 //! update nor hand out one generation twice.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
 
 use crate::client::Cluster;
@@ -47,6 +49,50 @@ pub struct DomainPut {
     /// A configuration was desired before (not a first PUT, nor one after a delete).
     pub existed: bool,
     pub leases: LeaseChange,
+}
+
+/// What a PUT's write depends on, as read in one transaction ([`Cluster::read_domain`]):
+/// who holds each wanted lease, the VM's own lease index, its desired key.
+#[derive(Debug, Clone)]
+pub struct DomainRead {
+    uuid: Uuid,
+    wanted: BTreeSet<String>,
+    holders: BTreeMap<String, Option<Uuid>>,
+    index: BTreeSet<String>,
+    desired: Option<etcd_client::KeyValue>,
+}
+
+impl DomainRead {
+    /// What a VM's first PUT assumes: nothing held, no index, no desired key.
+    fn nothing(uuid: &Uuid, wanted: &BTreeSet<String>) -> DomainRead {
+        DomainRead {
+            uuid: uuid.clone(),
+            wanted: wanted.clone(),
+            holders: wanted.iter().map(|l| (l.clone(), None)).collect(),
+            index: BTreeSet::new(),
+            desired: None,
+        }
+    }
+
+    /// The other VM that held `lease` when it was read, if any (`None` too for a lease
+    /// that was not read).
+    pub fn held_by_other(&self, lease: &str) -> Option<&Uuid> {
+        self.holders
+            .get(lease)
+            .and_then(Option::as_ref)
+            .filter(|h| **h != self.uuid)
+    }
+
+    /// A read of VM `uuid` with no lease wanted and nothing found (for tests of what
+    /// keeps reads).
+    pub fn nothing_for(uuid: &Uuid) -> DomainRead {
+        DomainRead::nothing(uuid, &BTreeSet::new())
+    }
+
+    /// The VM it was read for.
+    pub fn uuid(&self) -> &Uuid {
+        &self.uuid
+    }
 }
 
 /// The desired configuration as read at `key` (absent: `None`; not ours: `Corrupt`).
@@ -133,10 +179,11 @@ impl Cluster {
 
     /// A PUT's whole write in ONE transaction: the VM's leases (as
     /// [`Cluster::acquire_leases`]) and its desired configuration (as
-    /// [`Cluster::put_desired`]), read together and written together, each guarded. Two
-    /// round trips and one revision where the two calls take four and two; and no state
-    /// in which the leases are taken but the configuration that wants them is not
-    /// written. `Conflict` names the holder of a wanted lease; then nothing changed.
+    /// [`Cluster::put_desired`]), each guarded, so that there is no state in which the
+    /// leases are taken but the configuration that wants them is not written. `Conflict`
+    /// names the holder of a wanted lease; then nothing changed. As
+    /// [`Cluster::put_domain_after`] with nothing read before: one round trip for a VM
+    /// etcd knows nothing of, two otherwise.
     pub async fn put_domain(
         &self,
         uuid: &Uuid,
@@ -144,21 +191,42 @@ impl Cluster {
         config: &[u8],
         leases: &[String],
     ) -> Result<DomainPut, ClusterError> {
+        self.put_domain_after(uuid, name, config, leases, None)
+            .await
+    }
+
+    /// [`Cluster::put_domain`], planned on `read` (the caller's lease check,
+    /// [`Cluster::read_domain`], for the same VM and leases; another is ignored) or, without
+    /// it, on the guess that etcd holds nothing of the VM (its first PUT). Either way the
+    /// write is guarded by what it was planned on (with a guess, also that the VM's lease
+    /// index is empty), and a failed guard answers with the reads in the same round trip,
+    /// which the next attempt is planned on: a wrong guess or a stale read costs the round
+    /// trip that reading first would have cost, and a right one saves it. Reading first
+    /// cost every PUT two round trips, and the lease check before it one per lease.
+    pub async fn put_domain_after(
+        &self,
+        uuid: &Uuid,
+        name: &str,
+        config: &[u8],
+        leases: &[String],
+        read: Option<DomainRead>,
+    ) -> Result<DomainPut, ClusterError> {
         check_document(name, config)?;
         let wanted = crate::leases::check_wanted(leases)?;
         let dl = self.deadline("put_domain");
         let key = self.keys.domain(uuid, &DomainKey::Desired);
-        let mut reads = self.lease_reads(uuid, &wanted);
-        reads.push(TxnOp::get(key.clone(), None));
-        let read = Txn::new().and_then(reads);
+        let reads = self.domain_reads(uuid, &wanted, &key);
+        let mut basis = read.filter(|r| r.uuid == *uuid && r.wanted == wanted);
         loop {
-            let resp = self.txn(&dl, read.clone()).await?;
-            let responses = resp.op_responses();
-            let (holders, index) = self.read_holders(uuid, &wanted, &responses)?;
-            let kv = match responses.last() {
-                Some(TxnOpResponse::Get(g)) => g.kvs().first().cloned(),
-                _ => None,
-            };
+            let guessed = basis.is_none();
+            let DomainRead {
+                holders,
+                index,
+                desired: kv,
+                ..
+            } = basis
+                .take()
+                .unwrap_or_else(|| DomainRead::nothing(uuid, &wanted));
             let current = decode_current(&key, kv.as_ref())?;
             let existed = current.as_ref().is_some_and(|d| !d.config.is_empty());
             let plan = crate::leases::plan_leases(uuid, &wanted, &holders, &index)?;
@@ -175,19 +243,77 @@ impl Cluster {
                 });
             }
             guards.push(desired_guard(&key, kv.as_ref()));
-            if self
-                .txn(&dl, Txn::new().when(guards).and_then(ops))
-                .await?
-                .succeeded()
-            {
+            if guessed {
+                // The guess of an empty index must hold too: an index entry of a lease
+                // taken alone (`acquire_leases`) that this PUT no longer wants must be
+                // given back.
+                guards.push(
+                    Compare::create_revision(self.keys.domain_leases(uuid), CompareOp::Equal, 0)
+                        .with_prefix(),
+                );
+            }
+            let txn = Txn::new().when(guards).and_then(ops).or_else(reads.clone());
+            let resp = self.txn(&dl, txn).await?;
+            if resp.succeeded() {
                 return Ok(DomainPut {
                     outcome,
                     existed,
                     leases: plan.change(),
                 });
             }
-            tracing::debug!(%uuid, "leases or desired configuration changed under us, reading again");
+            tracing::debug!(%uuid, guessed, "leases or desired configuration not as planned on, planning again on what etcd answered");
+            basis = Some(self.parse_domain_read(uuid, &wanted, &key, &resp.op_responses())?);
         }
+    }
+
+    /// Who holds each of `leases`, the VM's lease index and its desired key, in one read
+    /// (one round trip, a consistent view): a PUT's lease check, whose answer
+    /// [`Cluster::put_domain_after`] then plans its write on.
+    pub async fn read_domain(
+        &self,
+        uuid: &Uuid,
+        leases: &[String],
+    ) -> Result<DomainRead, ClusterError> {
+        let wanted = crate::leases::check_wanted(leases)?;
+        let dl = self.deadline("read_domain");
+        let key = self.keys.domain(uuid, &DomainKey::Desired);
+        let reads = self.domain_reads(uuid, &wanted, &key);
+        let resp = self.txn(&dl, Txn::new().and_then(reads)).await?;
+        self.parse_domain_read(uuid, &wanted, &key, &resp.op_responses())
+    }
+
+    /// The reads of [`Cluster::read_domain`]: the leases, the index, the desired key.
+    fn domain_reads(&self, uuid: &Uuid, wanted: &BTreeSet<String>, key: &str) -> Vec<TxnOp> {
+        let mut reads = self.lease_reads(uuid, wanted);
+        reads.push(TxnOp::get(key, None));
+        reads
+    }
+
+    fn parse_domain_read(
+        &self,
+        uuid: &Uuid,
+        wanted: &BTreeSet<String>,
+        key: &str,
+        responses: &[TxnOpResponse],
+    ) -> Result<DomainRead, ClusterError> {
+        let (holders, index) = self.read_holders(uuid, wanted, responses)?;
+        let desired = match responses.get(wanted.len() + 1) {
+            Some(TxnOpResponse::Get(g)) => g.kvs().first().cloned(),
+            Some(_) => {
+                return Err(ClusterError::Corrupt {
+                    key: key.to_string(),
+                    reason: "etcd answered a get with another kind of response".into(),
+                });
+            }
+            None => None,
+        };
+        Ok(DomainRead {
+            uuid: uuid.clone(),
+            wanted: wanted.clone(),
+            holders,
+            index,
+            desired,
+        })
     }
 
     /// Removes the desired configuration of `uuid`. The key keeps its generation with an

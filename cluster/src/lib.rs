@@ -60,7 +60,7 @@ pub use codec::{
     encode_desired,
 };
 pub use config::{ClusterConfig, Timeouts};
-pub use desired::{DomainPut, PutOutcome, next_generation};
+pub use desired::{DomainPut, DomainRead, PutOutcome, next_generation};
 pub use error::{ClusterError, Invalid};
 pub use keys::{DomainKey, Key, Keyspace, Uuid, check_host, check_lease};
 pub use leases::{LeaseChange, LeasePlan, MAX_LEASES, plan_leases};

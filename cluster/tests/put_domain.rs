@@ -169,3 +169,173 @@ async fn applied_records_go_in_one_transaction_and_only_for_owned_domains() {
         "{e}"
     );
 }
+
+/// etcd's count of KV requests answered (ranges, transactions, puts, deletes: each one
+/// round trip), from its /metrics.
+fn kv_requests(client_url: &str) -> u64 {
+    use std::io::{Read, Write};
+    let addr = client_url.strip_prefix("http://").expect("http URL");
+    let mut s = std::net::TcpStream::connect(addr).expect("etcd metrics");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut body = String::new();
+    s.take(16 << 20).read_to_string(&mut body).unwrap();
+    body.lines()
+        .filter(|l| {
+            l.starts_with("grpc_server_handled_total{")
+                && l.contains("grpc_service=\"etcdserverpb.KV\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// A first PUT is one round trip (planned on the guess that etcd holds nothing of the
+/// VM); a PUT after its lease check (`read_domain`) is one more; a wrong guess or a stale
+/// read costs the round trip reading first would have, never a wrong write: the
+/// generation goes on from what etcd holds, even across a delete, a lease taken alone is
+/// given back, and a lease another VM took since the read is refused naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_is_one_round_trip_when_its_plan_holds_and_correct_when_it_does_not() {
+    require_etcd!();
+    let etcd = Etcd::start().await;
+    let urls = vec![etcd.client_url.clone()];
+    let a = connect(&urls, "/pg/", "dom0-a", quick()).await;
+    let b = connect(&urls, "/pg/", "dom0-b", quick()).await;
+    let url = etcd.client_url.as_str();
+    let mut raw = etcd_client::Client::connect(&urls, None).await.unwrap();
+    let rev =
+        |r: etcd_client::GetResponse| r.header().map_or(0, etcd_client::ResponseHeader::revision);
+    let (vm1, vm2, vm3) = (uuid(11, 1), uuid(11, 2), uuid(11, 3));
+
+    // First PUT: one request, one revision.
+    let r0 = rev(raw.get("/pg/", None).await.unwrap());
+    let q0 = kv_requests(url);
+    let first = a
+        .put_domain(
+            &vm1,
+            "web1",
+            b"{\"n\":1}",
+            &leases(&["addr/192.0.2.1", "host/web1"]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.outcome, PutOutcome::Changed { generation: 1 });
+    assert!(!first.existed);
+    assert_eq!(kv_requests(url) - q0, 1, "a first PUT is one round trip");
+    assert_eq!(rev(raw.get("/pg/", None).await.unwrap()) - r0, 1);
+
+    // The check's read, then the write planned on it: one round trip each.
+    let q1 = kv_requests(url);
+    let wanted = leases(&["addr/192.0.2.2", "host/web1"]);
+    let read = b.read_domain(&vm1, &wanted).await.unwrap();
+    assert_eq!(read.held_by_other("addr/192.0.2.2"), None);
+    assert_eq!(read.held_by_other("host/web1"), None, "its own lease");
+    let next = b
+        .put_domain_after(&vm1, "web1", b"{\"n\":2}", &wanted, Some(read.clone()))
+        .await
+        .unwrap();
+    assert_eq!(next.outcome, PutOutcome::Changed { generation: 2 });
+    assert!(next.existed);
+    assert_eq!(next.leases.released, leases(&["addr/192.0.2.1"]));
+    assert_eq!(kv_requests(url) - q1, 2, "check + write");
+
+    // The same read again is stale now (generation 2 was written since): the guard
+    // fails, etcd's answer is planned on, and the generation goes on from 2.
+    let q2 = kv_requests(url);
+    let again = b
+        .put_domain_after(&vm1, "web1", b"{\"n\":3}", &wanted, Some(read))
+        .await
+        .unwrap();
+    assert_eq!(again.outcome, PutOutcome::Changed { generation: 3 });
+    assert_eq!(
+        kv_requests(url) - q2,
+        2,
+        "a stale read costs one more round trip"
+    );
+    // Without a read, a known VM is a wrong guess: the same two round trips.
+    let q3 = kv_requests(url);
+    let same = a
+        .put_domain(&vm1, "web1", b"{\"n\":3}", &wanted)
+        .await
+        .unwrap();
+    assert_eq!(same.outcome, PutOutcome::Unchanged { generation: 3 });
+    assert_eq!(
+        kv_requests(url) - q3,
+        1,
+        "the failed guess answered the reads"
+    );
+
+    // Across a delete (a tombstone keeps the generation), the guess of nothing fails
+    // and the generation goes on.
+    a.release_leases(&vm1).await.unwrap();
+    assert!(a.delete_desired(&vm1).await.unwrap());
+    let after_delete = b
+        .put_domain(&vm1, "web1", b"{\"n\":4}", &leases(&["host/web1"]))
+        .await
+        .unwrap();
+    assert_eq!(after_delete.outcome, PutOutcome::Changed { generation: 4 });
+    assert!(!after_delete.existed);
+
+    // A lease taken alone (no desired configuration): the guess of an empty index
+    // fails, and the lease the PUT does not want is given back.
+    a.acquire_leases(&vm2, &leases(&["addr/192.0.2.50"]))
+        .await
+        .unwrap();
+    let put2 = b
+        .put_domain(&vm2, "web2", b"{\"n\":1}", &leases(&["host/web2"]))
+        .await
+        .unwrap();
+    assert_eq!(put2.outcome, PutOutcome::Changed { generation: 1 });
+    assert_eq!(put2.leases.released, leases(&["addr/192.0.2.50"]));
+    assert_eq!(a.lease_holder("addr/192.0.2.50").await.unwrap(), None);
+    assert_eq!(
+        a.lease_holder("host/web2").await.unwrap(),
+        Some(vm2.clone())
+    );
+
+    // A lease another VM took between the check and the write: refused, naming it, and
+    // nothing of the PUT written.
+    let want3 = leases(&["addr/192.0.2.60", "host/web3"]);
+    let read3 = a.read_domain(&vm3, &want3).await.unwrap();
+    assert_eq!(read3.held_by_other("addr/192.0.2.60"), None);
+    b.put_domain(
+        &vm2,
+        "web2",
+        b"{\"n\":2}",
+        &leases(&["host/web2", "addr/192.0.2.60"]),
+    )
+    .await
+    .unwrap();
+    let e = a
+        .put_domain_after(&vm3, "web3", b"{\"n\":1}", &want3, Some(read3))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClusterError::Conflict { lease, holder } if lease == "addr/192.0.2.60" && *holder == vm2.to_string()),
+        "{e}"
+    );
+    assert_eq!(a.desired(&vm3).await.unwrap(), None);
+    assert_eq!(a.lease_holder("host/web3").await.unwrap(), None);
+    // The check names it too; a read of another VM is not used for this one.
+    let read3 = a.read_domain(&vm3, &want3).await.unwrap();
+    assert_eq!(read3.held_by_other("addr/192.0.2.60"), Some(&vm2));
+    let other_vm = a.read_domain(&vm1, &leases(&["host/web3"])).await.unwrap();
+    let put3 = a
+        .put_domain_after(
+            &vm3,
+            "web3",
+            b"{\"n\":1}",
+            &leases(&["host/web3"]),
+            Some(other_vm),
+        )
+        .await
+        .unwrap();
+    assert_eq!(put3.outcome, PutOutcome::Changed { generation: 1 });
+    assert_eq!(
+        a.lease_holder("host/web3").await.unwrap(),
+        Some(vm3.clone())
+    );
+}

@@ -16,6 +16,7 @@ mod applied;
 mod discovered;
 mod join;
 mod names;
+mod prefetch;
 mod spelling;
 
 use std::collections::HashMap;
@@ -35,6 +36,7 @@ use applied::record_applied_task;
 pub use join::JoinError;
 pub(crate) use join::join_when_etcd_answers;
 use names::Names;
+use prefetch::Prefetched;
 use spelling::{bad_uuid, lease_text, runs_elsewhere};
 pub use spelling::{cluster_config, lease_key, store_error};
 
@@ -60,6 +62,8 @@ pub struct EtcdStore {
     sync_rx: Mutex<Option<mpsc::UnboundedReceiver<SyncRequest>>>,
     /// What agents applied, on its way to etcd.
     applied: Mutex<AppliedSink>,
+    /// The reads of the PUTs' lease checks, for their writes.
+    prefetched: Prefetched,
 }
 
 /// One applied state for etcd: the domain's name (for the log), its UUID, the record.
@@ -116,6 +120,7 @@ impl EtcdStore {
             sync_tx,
             sync_rx: Mutex::new(Some(sync_rx)),
             applied: Mutex::new(AppliedSink::Held(HashMap::new())),
+            prefetched: Prefetched::default(),
         }
     }
 
@@ -267,10 +272,12 @@ impl EtcdStore {
         }
         let keys: Vec<String> = req.leases.iter().map(lease_key).collect();
         let json = req.config.canonical_json();
-        // Leases and the document in one transaction (`put_domain`).
+        // Leases and the document in one transaction, planned on what the lease check
+        // read (`conflict`), if it did.
+        let read = self.prefetched.take(req.name, &uuid);
         let done = match self
             .cluster()?
-            .put_domain(&uuid, req.name, &json, &keys)
+            .put_domain_after(&uuid, req.name, &json, &keys, read)
             .await
         {
             Ok(d) => d,
@@ -315,35 +322,6 @@ impl EtcdStore {
             xenchan_cluster::PutOutcome::Changed { .. } if existed => PutOutcome::Updated(d),
             xenchan_cluster::PutOutcome::Changed { .. } => PutOutcome::Created(d),
         }))
-    }
-
-    async fn conflict(
-        &self,
-        name: &str,
-        wanted: &[Lease],
-    ) -> Result<Option<LeaseConflict>, StoreError> {
-        // Without a known UUID the holder may be this very VM (put through another
-        // broker): the transaction in `put` decides then.
-        let Some(uuid) = self.uuid_of(name) else {
-            return Ok(None);
-        };
-        let cluster = self.cluster()?;
-        for l in wanted {
-            let holder = cluster
-                .lease_holder(&lease_key(l))
-                .await
-                .map_err(store_error)?;
-            if let Some(h) = holder
-                && h != uuid
-            {
-                let holder = self.holder_name(h.as_str()).await;
-                return Ok(Some(LeaseConflict {
-                    lease: l.clone(),
-                    holder,
-                }));
-            }
-        }
-        Ok(None)
     }
 
     async fn delete(&self, name: &str, keep_row: bool) -> Result<Deleted, StoreError> {
