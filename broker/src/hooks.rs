@@ -264,6 +264,12 @@ impl Hooks {
         list_hooks(&self.dir)
     }
 
+    /// Whether any hook is installed now (what a `begin` call would run). Read from the
+    /// folder each time: a hook installed or removed counts from the next call.
+    pub fn any(&self) -> bool {
+        !self.list().is_empty()
+    }
+
     /// Queues a notification hook run; never waits. A full queue drops a run of the
     /// domain with the most queued (counted, logged) — see [`FairQueue::push`].
     pub fn notify(&self, call: HookCall) {

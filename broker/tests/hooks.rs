@@ -1,7 +1,8 @@
 //! Hooks: a failing prepare hook aborts the config with its stderr (422, however slow
-//! and whatever it leaves running); every lifecycle event calls the hooks with the
-//! documented arguments and the domain's JSON; a hung hook is killed at its deadline
-//! (504 naming it, and a log line); other failures are counted, not fatal.
+//! and whatever it leaves running), and a configuration whose leases are taken runs
+//! none; every lifecycle event calls the hooks with the documented arguments and the
+//! domain's JSON; a hung hook is killed at its deadline (504 naming it, and a log line);
+//! other failures are counted, not fatal.
 
 mod support;
 
@@ -63,10 +64,23 @@ async fn a_failing_prepare_hook_aborts_the_config_with_its_stderr() {
         .await
         .unwrap();
 
+    // A configuration whose lease is taken is refused before any hook runs for it.
+    let e = broker
+        .client
+        .put_config("dup", &sample_config("dup", "192.0.2.70/24"), None)
+        .await
+        .unwrap_err();
+    let ClientError::Api { status, error } = e else {
+        panic!("{e}")
+    };
+    assert_eq!(status, 409, "{error:?}");
+    assert!(error.error.contains("good"), "names the holder: {error:?}");
+
     let text = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines[0].starts_with("bad prepare begin sha256:"), "{text}");
     assert!(lines[1].starts_with("good prepare begin sha256:"), "{text}");
+    assert!(!text.contains("dup prepare"), "no hook ran for dup: {text}");
     broker.stop().await.unwrap();
 }
 

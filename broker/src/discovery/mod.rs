@@ -7,6 +7,7 @@
 //! Both turn what they see into [`Shared::attach`] and [`Shared::vanished`] calls;
 //! [`policy`] says, per source, what attach, prepare, release and resume do.
 
+pub mod asked;
 mod bindings;
 pub mod policy;
 pub mod socket_dir;

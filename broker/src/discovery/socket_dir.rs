@@ -4,7 +4,8 @@
 //! scan is seen by one or the other (and seeing it twice is harmless). A queue overflow,
 //! and a timer as a safety net, trigger a full rescan that reconciles what exists with
 //! what runs. If the folder itself goes away, every session stops and the folder is
-//! watched for again. A prepare (`Shared::rediscover`) also triggers a rescan.
+//! watched for again. A prepare (`Shared::rediscover`) has its domain's socket looked at
+//! again.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -19,6 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::DiscoveryError;
+use super::asked::Wanted;
 use crate::domains::{Endpoint, Shared, Source};
 use crate::paths::domain_of_socket_file;
 
@@ -73,6 +75,17 @@ fn reconcile(shared: &Arc<Shared>, present: &HashSet<String>) {
     }
 }
 
+/// What a prepare asks: each named domain's socket, attached if it is there (what
+/// [`reconcile`] would do for it, without reading the whole folder).
+fn look_again(shared: &Arc<Shared>, names: &[String]) {
+    for name in names {
+        let ep = endpoint(shared, name);
+        if is_socket(&ep.path) {
+            shared.attach(name, ep, false, None);
+        }
+    }
+}
+
 fn is_socket(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
 }
@@ -108,7 +121,10 @@ async fn follow(
         tokio::select! {
             () = stop.cancelled() => return,
             _ = rescan.tick() => reconcile(&shared, &scan(&dir)),
-            () = shared.rediscover.notified() => reconcile(&shared, &scan(&dir)),
+            w = shared.rediscover.wanted() => match w {
+                Wanted::All => reconcile(&shared, &scan(&dir)),
+                Wanted::Names(names) => look_again(&shared, &names),
+            },
             ev = stream.next() => {
                 let Some(Ok(ev)) = ev else {
                     tracing::error!("inotify stream on {} failed; rescanning", dir.display());

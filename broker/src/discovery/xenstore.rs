@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use xenchan_basics::{Backoff, chain};
 use xenchan_xenstore::{Client, Error as XsError, layout};
 
+use super::asked::Wanted;
 pub use super::bindings::Found;
 use super::bindings::{Bindings, Effect};
 use crate::config::XenstoreCandidates;
@@ -124,7 +125,10 @@ async fn follow(
                 }
             },
             // A prepare may have made a released domain attachable again.
-            () = shared.rediscover.notified() => attach_all(&bindings),
+            w = shared.rediscover.wanted() => match w {
+                Wanted::All => attach_all(&bindings),
+                Wanted::Names(names) => attach_named(&bindings, &names),
+            },
         };
         apply(&shared, &effects);
     }
@@ -135,6 +139,16 @@ fn attach_all(bindings: &Bindings) -> Vec<Effect> {
     bindings
         .bound()
         .into_iter()
+        .map(|b| Effect::Attach(b.clone()))
+        .collect()
+}
+
+/// [`attach_all`] for the named domains only.
+fn attach_named(bindings: &Bindings, names: &[String]) -> Vec<Effect> {
+    bindings
+        .bound()
+        .into_iter()
+        .filter(|b| names.binary_search(&b.name).is_ok())
         .map(|b| Effect::Attach(b.clone()))
         .collect()
 }

@@ -217,7 +217,7 @@ impl Shared {
         }
         self.fire(name, hooks);
         // The default socket (or the xenstore backend) may be there already.
-        self.rediscover.notify_one();
+        self.rediscover.ask(name);
     }
 
     /// The lifecycle release, in memory (after the durable write, under the domain's lock):

@@ -24,7 +24,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use xenchan_protocol::config::Digest;
@@ -33,6 +33,7 @@ use xenchan_protocol::message::GuestFacts;
 use crate::api::types::{DomainState, DomainView, ItemView, Lifecycle};
 use crate::budget::{Budget, Budgets};
 use crate::config::{Config, Mode};
+use crate::discovery::asked::Rediscover;
 use crate::hooks::{HookCall, Hooks};
 use crate::metrics::{ErrorKind, Metrics};
 use crate::ops::DomainLocks;
@@ -241,8 +242,8 @@ pub struct Shared {
     /// API's writes, so that memory always ends in the order the store committed
     /// (`ops`). Never held while a hook runs.
     pub locks: DomainLocks,
-    /// Asks discovery to reconcile now (a prepare changed what may be attached).
-    pub rediscover: Notify,
+    /// Asks discovery to look at a domain again (a prepare changed what may be attached).
+    pub rediscover: Rediscover,
     slots: Mutex<HashMap<String, Slot>>,
     /// Tasks of sessions that were stopped and may still hold their connection (a stop
     /// is seen between two steps, and a step may be a store write). The next session of
@@ -285,7 +286,7 @@ impl Shared {
             hooks,
             shutdown: CancellationToken::new(),
             locks: DomainLocks::default(),
-            rediscover: Notify::new(),
+            rediscover: Rediscover::default(),
             slots: Mutex::new(slots),
             stopping: Mutex::new(HashMap::new()),
         }

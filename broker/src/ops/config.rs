@@ -34,25 +34,32 @@ pub struct PutDone {
     pub view: DomainView,
 }
 
-/// Stores a new desired configuration: checks that its push fits in one frame and that
-/// its leases are free, runs the `prepare begin` hooks, stores it (the store re-checks
-/// the leases in its transaction), updates the registry (the session pushes), and queues
-/// the `prepare end` hooks. The same document again changes nothing and runs no end hook.
+/// Stores a new desired configuration: checks that its push fits in one frame, runs the
+/// `prepare begin` hooks (after checking its leases are free: a doomed configuration runs
+/// no hook), stores it (the store checks the leases in its transaction), updates the
+/// registry (the session pushes), and queues the `prepare end` hooks. The same document
+/// again changes nothing and runs no end hook.
 pub async fn do_put_config(sh: &Arc<Shared>, put: PutConfig) -> Result<PutDone, OpError> {
     let PutConfig { name, uuid, config } = put;
     check_wire_size(&config, sh.config.limits.max_frame)?;
     let leases = leases_of(&config, sh.config.leases.hostname);
-    // Refuse a doomed config before running hooks for it.
-    if let Some(c) = sh.store.lease_conflict(&name, &leases).await? {
-        return Err(OpError::Lease(c));
+    // The check before the store's exists for the hooks, which must not run for a
+    // configuration the store would refuse; without hooks it would only repeat the
+    // transaction's own check (the same answer) at the cost of a store round trip
+    // (an etcd read in cluster mode).
+    if sh.hooks.any() {
+        if let Some(c) = sh.store.lease_conflict(&name, &leases).await? {
+            return Err(OpError::Lease(c));
+        }
+        let digest = config.digest().to_string();
+        let mut prospective = view_or_empty(sh, &name);
+        prospective.config = Some(config.clone());
+        prospective.desired_digest = Some(digest.clone());
+        if uuid.is_some() {
+            prospective.uuid.clone_from(&uuid);
+        }
+        prepare_hooks(sh, &name, digest, &prospective).await?;
     }
-    let mut prospective = view_or_empty(sh, &name);
-    prospective.config = Some(config.clone());
-    prospective.desired_digest = Some(config.digest().to_string());
-    if uuid.is_some() {
-        prospective.uuid.clone_from(&uuid);
-    }
-    prepare_hooks(sh, &name, config.digest().to_string(), &prospective).await?;
 
     let outcome = {
         let _domain = sh.locks.lock(&name).await;

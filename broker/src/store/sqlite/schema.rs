@@ -21,6 +21,9 @@ CREATE TABLE IF NOT EXISTS domains (
     lifecycle TEXT,
     channel_path TEXT
 );
+-- A prepare refuses a UUID another domain holds: without this, that check read every
+-- row, and starting N domains cost O(N^2).
+CREATE INDEX IF NOT EXISTS domains_by_uuid ON domains(uuid);
 CREATE TABLE IF NOT EXISTS generations (
     name TEXT PRIMARY KEY,
     last INTEGER NOT NULL
