@@ -12,17 +12,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use axum::{Extension, Router};
 use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::UnixListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -501,6 +501,7 @@ pub(super) fn blank(bytes: &[u8]) -> bool {
 /// (bounded by `timeouts.shutdown`).
 pub async fn serve(listener: UnixListener, shared: Arc<Shared>, stop: CancellationToken) {
     let router = router(Arc::clone(&shared));
+    let own_uid = nix::unistd::geteuid().as_raw();
     let cfg = Arc::clone(&shared.config);
     let permits = Arc::new(Semaphore::new(cfg.limits.max_connections));
     let mut conns = JoinSet::new();
@@ -532,11 +533,16 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>, stop: Cancellati
         conns.spawn(async move {
             let _permit = permit;
             // Read here, not in the accept loop: /proc reads are quick but not free.
-            let Some(caller) = roles::peer(&stream) else {
+            let Some(caller) = roles::peer(&stream, own_uid) else {
                 tracing::warn!("control connection without peer credentials: closed");
                 return;
             };
-            let svc = TowerToHyperService::new(router.layer(Extension(caller)));
+            // The caller rides in each request's extensions (`Extension<Caller>`): a
+            // `Router::layer` per connection rebuilt every route for every request.
+            let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                req.extensions_mut().insert(caller.clone());
+                tower_service::Service::call(&mut router.clone(), req)
+            });
             let mut builder = http1::Builder::new();
             builder
                 .timer(TokioTimer::new())

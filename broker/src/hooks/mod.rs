@@ -24,6 +24,9 @@ use tokio::process::Command;
 use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
+use listing::Listing;
+
+mod listing;
 
 /// One hook invocation.
 #[derive(Debug, Clone)]
@@ -67,7 +70,7 @@ impl std::fmt::Display for HookFailure {
 /// Runs the hooks of one folder.
 #[derive(Debug, Clone)]
 pub struct Hooks {
-    dir: PathBuf,
+    listing: Arc<Listing>,
     timeout: Duration,
     stderr_limit: usize,
     metrics: Arc<Metrics>,
@@ -198,7 +201,7 @@ impl Hooks {
         metrics: Arc<Metrics>,
     ) -> Hooks {
         let hooks = Hooks {
-            dir,
+            listing: Arc::new(Listing::new(dir)),
             timeout,
             stderr_limit,
             metrics,
@@ -261,7 +264,7 @@ impl Hooks {
 
     /// The executables of the hooks folder, by name. A missing folder has none.
     pub fn list(&self) -> Vec<PathBuf> {
-        list_hooks(&self.dir)
+        self.listing.list()
     }
 
     /// Whether any hook is installed now (what a `begin` call would run). Read from the
@@ -295,34 +298,6 @@ impl Hooks {
         }
         Ok(())
     }
-}
-
-/// Executable regular files in `dir`, sorted, skipping hidden files, editor backups and
-/// package-manager leftovers.
-fn list_hooks(dir: &Path) -> Vec<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut out: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .filter(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            !(name.starts_with('.')
-                || name.ends_with('~')
-                || name.contains(".dpkg-")
-                || name.ends_with(".rpmnew")
-                || name.ends_with(".rpmsave"))
-        })
-        .filter(|e| {
-            std::fs::metadata(e.path())
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-        .map(|e| e.path())
-        .collect();
-    out.sort();
-    out
 }
 
 /// After a hook exits, how long its stderr may stay open (a background child holding
