@@ -1,9 +1,17 @@
 //! The background task that records in etcd what agents applied, in batches.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use xenchan_cluster::{Cluster, Uuid};
+
+/// How long a batch that is not full waits for more: results come one by one (each agent
+/// answers on its own), and what queued during one transaction's round trip alone made
+/// batches of about 7 at 10,000 domains (0.14 transactions and WAL fsyncs per domain in
+/// etcd); waiting this long first makes them several times larger. A record reaches etcd
+/// this much later, which only a migration's destination reads.
+const LINGER: Duration = Duration::from_millis(25);
 
 /// Records what agents applied in etcd, many domains per transaction: whatever queued
 /// while the last transaction was in flight goes in the next (up to
@@ -22,14 +30,23 @@ pub(super) async fn record_applied_task(
         items.clear();
         names.clear();
         let mut next = Some(first);
-        while let Some((name, uuid, applied)) = next {
-            names.push(name);
-            items.push((uuid, applied));
-            next = if items.len() < xenchan_cluster::APPLIED_BATCH {
-                rx.try_recv().ok()
-            } else {
-                None
-            };
+        let mut lingered = false;
+        loop {
+            while let Some((name, uuid, applied)) = next {
+                names.push(name);
+                items.push((uuid, applied));
+                next = if items.len() < xenchan_cluster::APPLIED_BATCH {
+                    rx.try_recv().ok()
+                } else {
+                    None
+                };
+            }
+            if lingered || items.len() >= xenchan_cluster::APPLIED_BATCH {
+                break;
+            }
+            lingered = true;
+            tokio::time::sleep(LINGER).await;
+            next = rx.try_recv().ok();
         }
         match cluster.record_applied_batch(&items).await {
             Ok(refused) => {
