@@ -7,6 +7,13 @@ use xenchan_basics::chain;
 use xenchan_basics::exit::{Exit, HasExit};
 use xenchan_broker::cli::{Args, LogFormat};
 
+/// jemalloc, not glibc's malloc: the broker allocates and frees small buffers per
+/// request, frame and etcd message on every core, where glibc's arenas spent a tenth of
+/// its CPU (docs/PERFORMANCE.md: configuring 10,000 domains in one bulk PUT took a third
+/// less CPU). It replaces malloc for SQLite's C code as well (unprefixed symbols).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
