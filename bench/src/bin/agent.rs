@@ -3,7 +3,14 @@
 //! addition the binary does not expose: `NetworkOptions::netns` from the
 //! `XENCHAN_BENCH_NETNS` environment variable (a path such as `/run/netns/NAME`), so the
 //! live network part acts in a test namespace while files go under a temporary root.
+//!
+//! The process also enters that namespace before anything else, as the agent lives in
+//! its guest's namespace (and qemu-guest-agent in the bench runs inside it under `ip
+//! netns exec`): the netlink sockets are then made on the calling thread, where from the
+//! host's namespace each would be made on a thread spawned to enter it, one per push,
+//! which a real guest never pays and which was timed as the agent's.
 
+use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -28,6 +35,19 @@ fn main() -> ExitCode {
     let netns = std::env::var_os("XENCHAN_BENCH_NETNS")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from);
+    if let Some(path) = &netns {
+        // Still one thread: every thread the runtime starts inherits the namespace.
+        let entered = std::fs::File::open(path).and_then(|f| {
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
+        });
+        if let Err(e) = entered {
+            eprintln!(
+                "xenchan-bench-agent: cannot enter the network namespace {}: {e}",
+                path.display()
+            );
+            return Exit::Unavailable.into();
+        }
+    }
     let mut opts = cli.options();
     opts.network.netns = netns;
     let runtime = match tokio::runtime::Builder::new_current_thread()

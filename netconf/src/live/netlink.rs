@@ -429,7 +429,8 @@ pub(crate) fn link_of(l: &LinkMessage) -> Link {
 /// A socket made by `make` in the caller's namespace, or in the namespace of `netns` (a
 /// file such as `/run/netns/<name>`). A netlink socket belongs to the namespace it was
 /// created in, so it is created on a short-lived thread that enters the namespace; the
-/// caller's threads never change namespace.
+/// caller's threads never change namespace. A caller already in that namespace makes it
+/// itself: a thread per socket costs more than the rest of a small push.
 pub(crate) fn socket_in(
     netns: Option<&Path>,
     make: fn() -> io::Result<Socket>,
@@ -437,6 +438,9 @@ pub(crate) fn socket_in(
     let Some(path) = netns else {
         return make();
     };
+    if already_in(path) {
+        return make();
+    }
     let path = path.to_path_buf();
     std::thread::spawn(move || -> io::Result<Socket> {
         let f = std::fs::File::open(&path)
@@ -447,6 +451,19 @@ pub(crate) fn socket_in(
     })
     .join()
     .map_err(|_| io::Error::other("netns thread panicked"))?
+}
+
+/// Whether the calling thread's network namespace is the one `path` names: the same
+/// nsfs inode (what `ip netns identify` compares). Unknown counts as no.
+fn already_in(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (
+        std::fs::metadata(path),
+        std::fs::metadata("/proc/thread-self/ns/net"),
+    ) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 fn new_socket() -> io::Result<Socket> {
@@ -479,5 +496,43 @@ pub(crate) fn describe(e: &io::Error) -> String {
     match e.raw_os_error() {
         Some(n) => nix::errno::Errno::from_raw(n).desc().to_string(),
         None => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_callers_own_namespace_is_recognised_and_other_files_are_not() {
+        assert!(already_in(Path::new("/proc/thread-self/ns/net")));
+        assert!(!already_in(Path::new("/proc/thread-self/ns/uts")));
+        assert!(!already_in(Path::new("/")));
+        assert!(!already_in(Path::new("/nonexistent/netns")));
+    }
+
+    #[test]
+    fn a_thread_in_another_namespace_is_told_apart() {
+        use nix::sched::{CloneFlags, unshare};
+        let main = format!("/proc/self/task/{}/ns/net", nix::unistd::gettid());
+        let inner = std::thread::spawn(move || -> Option<(String, bool, bool)> {
+            if let Err(e) = unshare(CloneFlags::CLONE_NEWNET) {
+                eprintln!("skipped: a new network namespace needs CAP_SYS_ADMIN ({e})");
+                return None;
+            }
+            let own = format!("/proc/self/task/{}/ns/net", nix::unistd::gettid());
+            // The socket is made here, without a thread, and works in this namespace.
+            let sock = socket_in(Some(Path::new(&own)), new_socket);
+            Some((
+                own.clone(),
+                already_in(Path::new(&own)) && sock.is_ok(),
+                already_in(Path::new(&main)),
+            ))
+        });
+        let Some((own, in_own, in_main)) = inner.join().expect("thread") else {
+            return;
+        };
+        assert!(in_own, "a thread is in its own namespace ({own})");
+        assert!(!in_main, "the thread left the main thread's namespace");
     }
 }
