@@ -120,6 +120,34 @@ fn still(key: &str, value: Option<&str>) -> Compare {
     }
 }
 
+/// Reads of the ownership keys, in [`Cluster::ownership_keys`]'s order.
+fn gets(keys: &[String; 2]) -> [TxnOp; 2] {
+    [
+        TxnOp::get(keys[0].clone(), None),
+        TxnOp::get(keys[1].clone(), None),
+    ]
+}
+
+/// The ownership in the responses of [`gets`].
+fn ownership_of(resps: Vec<TxnOpResponse>, keys: &[String; 2]) -> Result<Ownership, ClusterError> {
+    let mut values = [None, None];
+    for ((slot, resp), key) in values.iter_mut().zip(resps).zip(keys) {
+        if let TxnOpResponse::Get(get) = resp
+            && let Some(kv) = get.kvs().first()
+        {
+            *slot =
+                Some(
+                    codec::decode_host(kv.value()).map_err(|reason| ClusterError::Corrupt {
+                        key: key.clone(),
+                        reason,
+                    })?,
+                );
+        }
+    }
+    let [owner, incoming] = values;
+    Ok(Ownership { owner, incoming })
+}
+
 impl Cluster {
     /// Reads the owner and prepared destination of a domain (one consistent read).
     pub async fn ownership(&self, uuid: &Uuid) -> Result<Ownership, ClusterError> {
@@ -132,57 +160,52 @@ impl Cluster {
         dl: &crate::client::Deadline,
         uuid: &Uuid,
     ) -> Result<Ownership, ClusterError> {
-        let owner_key = self.keys.domain(uuid, &DomainKey::Owner);
-        let incoming_key = self.keys.domain(uuid, &DomainKey::Incoming);
-        let txn = Txn::new().and_then([
-            TxnOp::get(owner_key.clone(), None),
-            TxnOp::get(incoming_key.clone(), None),
-        ]);
-        let resp = self.txn(dl, txn).await?;
-        let mut values = [None, None];
-        for ((slot, resp), key) in values
-            .iter_mut()
-            .zip(resp.op_responses())
-            .zip([&owner_key, &incoming_key])
-        {
-            if let TxnOpResponse::Get(get) = resp
-                && let Some(kv) = get.kvs().first()
-            {
-                *slot = Some(codec::decode_host(kv.value()).map_err(|reason| {
-                    ClusterError::Corrupt {
-                        key: key.clone(),
-                        reason,
-                    }
-                })?);
-            }
-        }
-        let [owner, incoming] = values;
-        Ok(Ownership { owner, incoming })
+        let keys = self.ownership_keys(uuid);
+        let resp = self.txn(dl, Txn::new().and_then(gets(&keys))).await?;
+        ownership_of(resp.op_responses(), &keys)
     }
 
-    /// Runs `txn_for(ownership read)` until its guards hold, or `decide` refuses.
+    fn ownership_keys(&self, uuid: &Uuid) -> [String; 2] {
+        [
+            self.keys.domain(uuid, &DomainKey::Owner),
+            self.keys.domain(uuid, &DomainKey::Incoming),
+        ]
+    }
+
+    /// Runs `ops(ownership)` guarded on that ownership until the guards hold, or `decide`
+    /// refuses. It starts from `guess` when `decide` accepts it (no read: a domain started
+    /// for the first time is owned by nobody), else from a read; a failed guard brings the
+    /// current ownership back in the same round trip. A guess is never refused on: a
+    /// refusal is always decided on what etcd holds.
     async fn ownership_step(
         &self,
         op: &'static str,
         uuid: &Uuid,
+        guess: Option<Ownership>,
         decide: impl Fn(&Ownership) -> Result<(), ClusterError>,
         ops: impl Fn(&Ownership) -> Vec<TxnOp>,
     ) -> Result<Ownership, ClusterError> {
         let dl = self.deadline(op);
-        let owner_key = self.keys.domain(uuid, &DomainKey::Owner);
-        let incoming_key = self.keys.domain(uuid, &DomainKey::Incoming);
+        let keys = self.ownership_keys(uuid);
+        let [owner_key, incoming_key] = &keys;
+        let mut own = match guess {
+            Some(g) if decide(&g).is_ok() => g,
+            _ => self.read_ownership(&dl, uuid).await?,
+        };
         loop {
-            let own = self.read_ownership(&dl, uuid).await?;
             decide(&own)?;
             let txn = Txn::new()
                 .when([
-                    still(&owner_key, own.owner.as_deref()),
-                    still(&incoming_key, own.incoming.as_deref()),
+                    still(owner_key, own.owner.as_deref()),
+                    still(incoming_key, own.incoming.as_deref()),
                 ])
-                .and_then(ops(&own));
-            if self.txn(&dl, txn).await?.succeeded() {
+                .and_then(ops(&own))
+                .or_else(gets(&keys));
+            let resp = self.txn(&dl, txn).await?;
+            if resp.succeeded() {
                 return Ok(own);
             }
+            own = ownership_of(resp.op_responses(), &keys)?;
         }
     }
 
@@ -194,6 +217,7 @@ impl Cluster {
         self.ownership_step(
             "claim",
             uuid,
+            Some(Ownership::default()),
             |own| may_claim(uuid, &self.host, own),
             |_| {
                 vec![TxnOp::put(
@@ -229,6 +253,7 @@ impl Cluster {
             .ownership_step(
                 "start",
                 uuid,
+                Some(Ownership::default()),
                 |own| decide(own).map(drop),
                 |own| match decide(own) {
                     Ok(Start::Claim) => vec![TxnOp::put(
@@ -319,6 +344,7 @@ impl Cluster {
         self.ownership_step(
             "prepare_migrate",
             uuid,
+            None,
             |own| may_prepare(uuid, from, to, own),
             |_| {
                 vec![TxnOp::put(
@@ -360,6 +386,7 @@ impl Cluster {
         self.ownership_step(
             "complete_migrate",
             uuid,
+            None,
             |own| may_complete(uuid, from, to, own),
             |_| {
                 vec![

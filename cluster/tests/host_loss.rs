@@ -5,7 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{Etcd, connect, quick, uuid};
+use support::{Etcd, connect, kv_requests, quick, uuid};
 use xenchan_cluster::{ClusterError, Start, WatchEvent};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,4 +172,44 @@ async fn a_domain_starts_on_one_host_at_a_time() {
         b.leave().await.unwrap();
     }
     assert_eq!(c.start_here(&vm).await.unwrap(), Start::Claim);
+}
+
+/// A first start is one round trip (planned on nobody owning the domain, the usual case);
+/// when that guess is wrong the guard's failure brings back what etcd holds in the same
+/// round trip, and the start is decided on that, never on the guess: the owner starting
+/// it again claims it in two, another host is refused naming the live owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_start_is_one_round_trip_and_a_wrong_guess_is_decided_on_what_etcd_holds() {
+    require_etcd!();
+    let etcd = Etcd::start().await;
+    let urls = vec![etcd.client_url.clone()];
+    let url = etcd.client_url.as_str();
+    let a = connect(&urls, "/loss4/", "dom0-a", quick()).await;
+    let b = connect(&urls, "/loss4/", "dom0-b", quick()).await;
+    let vm = uuid(4, 1);
+
+    let q0 = kv_requests(url);
+    assert!(matches!(a.start_here(&vm).await, Ok(Start::Claim)));
+    assert_eq!(kv_requests(url) - q0, 1, "a first start is one round trip");
+
+    let q1 = kv_requests(url);
+    assert!(matches!(a.start_here(&vm).await, Ok(Start::Claim)));
+    assert_eq!(
+        kv_requests(url) - q1,
+        2,
+        "the owner starting it again: the failed guess, then the claim"
+    );
+
+    let q2 = kv_requests(url);
+    match b.start_here(&vm).await {
+        Err(ClusterError::RunsElsewhere { owner, .. }) => assert_eq!(owner, "dom0-a"),
+        r => panic!("dom0-b started a domain dom0-a runs: {r:?}"),
+    }
+    // The failed guess (its reads decide), then the owner key's lease for the refusal's
+    // "expires within" (the lease's TTL is not a KV request).
+    assert_eq!(kv_requests(url) - q2, 2);
+    assert_eq!(
+        b.ownership(&vm).await.unwrap().owner.as_deref(),
+        Some("dom0-a")
+    );
 }

@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::{Etcd, connect, quick, uuid};
+use support::{Etcd, connect, kv_requests, quick, uuid};
 use xenchan_cluster::{Applied, ClusterError, PutOutcome};
 
 fn leases(items: &[&str]) -> Vec<String> {
@@ -168,28 +168,6 @@ async fn applied_records_go_in_one_transaction_and_only_for_owned_domains() {
         matches!(&e, ClusterError::Invalid(i) if i.field == "batch"),
         "{e}"
     );
-}
-
-/// etcd's count of KV requests answered (ranges, transactions, puts, deletes: each one
-/// round trip), from its /metrics.
-fn kv_requests(client_url: &str) -> u64 {
-    use std::io::{Read, Write};
-    let addr = client_url.strip_prefix("http://").expect("http URL");
-    let mut s = std::net::TcpStream::connect(addr).expect("etcd metrics");
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .unwrap();
-    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .unwrap();
-    let mut body = String::new();
-    s.take(16 << 20).read_to_string(&mut body).unwrap();
-    body.lines()
-        .filter(|l| {
-            l.starts_with("grpc_server_handled_total{")
-                && l.contains("grpc_service=\"etcdserverpb.KV\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
 }
 
 /// A first PUT is one round trip (planned on the guess that etcd holds nothing of the

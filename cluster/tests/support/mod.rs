@@ -46,3 +46,25 @@ pub fn quick() -> Timeouts {
 pub fn uuid(set: u16, n: u64) -> Uuid {
     Uuid::parse(&format!("00000000-{set:04x}-4000-8000-{n:012x}")).unwrap()
 }
+
+/// etcd's count of KV requests answered (ranges, transactions, puts, deletes: each one
+/// round trip), from its /metrics.
+pub fn kv_requests(client_url: &str) -> u64 {
+    use std::io::{Read, Write};
+    let addr = client_url.strip_prefix("http://").expect("http URL");
+    let mut s = std::net::TcpStream::connect(addr).expect("etcd metrics");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut body = String::new();
+    s.take(16 << 20).read_to_string(&mut body).unwrap();
+    body.lines()
+        .filter(|l| {
+            l.starts_with("grpc_server_handled_total{")
+                && l.contains("grpc_service=\"etcdserverpb.KV\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
