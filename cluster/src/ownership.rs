@@ -160,9 +160,16 @@ impl Cluster {
         dl: &crate::client::Deadline,
         uuid: &Uuid,
     ) -> Result<Ownership, ClusterError> {
-        let keys = self.ownership_keys(uuid);
-        let resp = self.txn(dl, Txn::new().and_then(gets(&keys))).await?;
-        ownership_of(resp.op_responses(), &keys)
+        self.read_ownership_at(dl, &self.ownership_keys(uuid)).await
+    }
+
+    async fn read_ownership_at(
+        &self,
+        dl: &crate::client::Deadline,
+        keys: &[String; 2],
+    ) -> Result<Ownership, ClusterError> {
+        let resp = self.txn(dl, Txn::new().and_then(gets(keys))).await?;
+        ownership_of(resp.op_responses(), keys)
     }
 
     fn ownership_keys(&self, uuid: &Uuid) -> [String; 2] {
@@ -190,7 +197,7 @@ impl Cluster {
         let [owner_key, incoming_key] = &keys;
         let mut own = match guess {
             Some(g) if decide(&g).is_ok() => g,
-            _ => self.read_ownership(&dl, uuid).await?,
+            _ => self.read_ownership_at(&dl, &keys).await?,
         };
         loop {
             decide(&own)?;

@@ -29,24 +29,13 @@ pub(super) async fn record_applied_task(
     while let Some(first) = rx.recv().await {
         items.clear();
         names.clear();
-        let mut next = Some(first);
-        let mut lingered = false;
-        loop {
-            while let Some((name, uuid, applied)) = next {
-                names.push(name);
-                items.push((uuid, applied));
-                next = if items.len() < xenchan_cluster::APPLIED_BATCH {
-                    rx.try_recv().ok()
-                } else {
-                    None
-                };
-            }
-            if lingered || items.len() >= xenchan_cluster::APPLIED_BATCH {
-                break;
-            }
-            lingered = true;
+        let (name, uuid, applied) = first;
+        names.push(name);
+        items.push((uuid, applied));
+        take_queued(&mut rx, &mut names, &mut items);
+        if items.len() < xenchan_cluster::APPLIED_BATCH {
             tokio::time::sleep(LINGER).await;
-            next = rx.try_recv().ok();
+            take_queued(&mut rx, &mut names, &mut items);
         }
         match cluster.record_applied_batch(&items).await {
             Ok(refused) => {
@@ -65,5 +54,20 @@ pub(super) async fn record_applied_task(
                 xenchan_basics::chain(&e)
             ),
         }
+    }
+}
+
+/// Moves what is queued into the batch, up to [`xenchan_cluster::APPLIED_BATCH`].
+fn take_queued(
+    rx: &mut mpsc::UnboundedReceiver<(String, Uuid, xenchan_cluster::Applied)>,
+    names: &mut Vec<String>,
+    items: &mut Vec<(Uuid, xenchan_cluster::Applied)>,
+) {
+    while items.len() < xenchan_cluster::APPLIED_BATCH {
+        let Ok((name, uuid, applied)) = rx.try_recv() else {
+            return;
+        };
+        names.push(name);
+        items.push((uuid, applied));
     }
 }
