@@ -4,7 +4,9 @@
 //! Every replacement goes through a temporary file in the same folder (so the rename is
 //! atomic). A process killed between creating it and renaming it (kill -9, power loss)
 //! leaves it there for good: in `/etc`, in a user's `~/.ssh`. So the first time a process
-//! writes into a folder, it removes the leftovers of processes that are gone. The rule is
+//! reads or writes a file it manages in a folder, it removes the leftovers of processes that
+//! are gone there. Reading counts too: a push that finds a file already as it should be
+//! writes nothing into its folder, and a leftover beside it must not wait for a change. The rule is
 //! pure ([`is_stale`]) and only ever matches our own naming scheme, `.<name>.xenchan-tmp-
 //! <pid>-<n>`: a file is stale when it is older than this boot, or when the process that
 //! made it (another pid) no longer runs. A pid is reused once its process is gone, so a
@@ -177,6 +179,23 @@ pub fn sweep_once(dir: &File) -> Vec<OsString> {
         }
     }
     sweep(dir)
+}
+
+/// [`sweep_once`] for the folder that holds `path` (opened by path, as the caller's own
+/// lookup of `path` does); nothing when it cannot be opened.
+pub fn sweep_once_beside(path: &std::path::Path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let folder = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    if let Ok(dir) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(folder)
+    {
+        sweep_once(&dir);
+    }
 }
 
 /// [`sweep_once`] without the once: every call reads the folder.

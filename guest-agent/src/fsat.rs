@@ -150,8 +150,11 @@ pub(crate) fn read_bounded(file: &mut File, limit: u64) -> io::Result<Vec<u8>> {
 }
 
 /// Reads the regular file `name` in `dir` (symlinks, FIFOs and devices refused);
-/// `None` when it does not exist.
+/// `None` when it does not exist. The first read in a folder removes the temporary files
+/// killed processes left there (a file found unchanged is not written, so its folder
+/// would otherwise not be swept until it changes).
 pub(crate) fn read_file_at(dir: &File, name: &OsStr, limit: u64) -> io::Result<Option<Vec<u8>>> {
+    xenchan_basics::tempname::sweep_once(dir);
     // O_NONBLOCK: a FIFO planted under the name must not block the agent.
     let mut f = match open_at(dir, name, OFlag::O_RDONLY | OFlag::O_NONBLOCK, 0) {
         Ok(f) => f,

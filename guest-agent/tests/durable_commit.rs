@@ -162,6 +162,49 @@ async fn a_repush_rewrites_nothing_and_a_change_replaces_every_file() {
     agent.stop().await.unwrap();
 }
 
+/// A push that finds every file already as it should be writes nothing, yet the
+/// temporary files a killed agent left beside those files go: a new agent removes them
+/// the first time it reads a file in their folder, not only when it next writes there
+/// (a leftover beside a file that never changes again would stay for good).
+#[tokio::test]
+async fn leftovers_beside_unchanged_files_are_removed_by_the_next_agent() {
+    let guest = Guest::new();
+    let nic = guest.path("sys/class/net/enX0");
+    std::fs::create_dir_all(nic.join("device")).unwrap();
+    std::fs::write(nic.join("address"), format!("{MAC}\n")).unwrap();
+    let p = pty();
+    let mut agent = spawn_agent(&guest, &p);
+    let mut broker = Broker::new(p);
+    broker.handshake().await;
+    assert!(broker.push(1, &config(&doc(0))).await.all_ok());
+    agent.kill();
+
+    // What a kill -9 between staging and renaming leaves: a temporary file of a process
+    // that is gone, beside each file of the push.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    let dead = gone.id();
+    let files = files(&guest);
+    for f in &files {
+        let name = f.file_name().unwrap().to_string_lossy();
+        let tmp = f.with_file_name(format!(".{name}.xenchan-tmp-{dead}-0"));
+        std::fs::write(&tmp, "half a file").unwrap();
+    }
+    let before: Vec<_> = files[..4].iter().map(|f| version(f)).collect();
+    assert_eq!(strays(&files).len(), files.len());
+
+    // The same document under a new generation: every item unchanged.
+    let p = pty();
+    let _agent = spawn_agent(&guest, &p);
+    let mut broker = Broker::new(p);
+    broker.handshake().await;
+    let r = broker.push(2, &config(&doc(0))).await;
+    assert_eq!(statuses(&r), [ItemStatus::Unchanged; 3], "{r:?}");
+    let after: Vec<_> = files[..4].iter().map(|f| version(f)).collect();
+    assert_eq!(before, after, "an unchanged file was rewritten");
+    assert_eq!(strays(&files), Vec::<PathBuf>::new());
+}
+
 /// The real agent binary, killed (SIGKILL) when dropped, so that a failing test leaves
 /// no agent behind.
 struct Agent(std::process::Child);
@@ -341,7 +384,7 @@ async fn kill_9_at_any_moment_of_a_push_leaves_old_or_new_files_and_keeps_what_w
         }
     }
     // Temporary files of killed agents do not pile up in /etc or ~/.ssh: the next agent
-    // removes them with its first write into each folder.
+    // removes them the first time it reads or writes a file in each folder.
     let left_by_kills = strays(&files(&guest));
     let p = pty();
     let _agent = spawn_agent(&guest, &p);

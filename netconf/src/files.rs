@@ -68,8 +68,10 @@ pub(crate) fn header() -> String {
 }
 
 /// Reads a regular file without following a symlink in the last component; `None` if
-/// there is nothing there.
+/// there is nothing there. The first read in a folder removes the temporary files killed
+/// processes left there (an unchanged file is not written, so nothing else would).
 pub(crate) fn read_regular(path: &Path) -> Result<Option<(Vec<u8>, u32)>, FileError> {
+    xenchan_basics::tempname::sweep_once_beside(path);
     let meta = match fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
