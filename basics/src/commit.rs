@@ -274,6 +274,10 @@ impl Batch {
     /// with what it wants asks this first: the file on disk is not yet what an earlier
     /// step of the same push staged.
     pub fn pending(&self, dir: &File, name: &OsStr) -> Option<Pending> {
+        // Nothing staged (the usual case for the first steps of a push): no fstat.
+        if self.is_empty() {
+            return None;
+        }
         let id = dir_id(dir).ok()?;
         let ops = self.ops();
         ops.iter().rev().find_map(|op| match op {
@@ -287,6 +291,9 @@ impl Batch {
 
     /// [`Batch::pending`] by path.
     pub fn pending_path(&self, path: &Path) -> Option<Pending> {
+        if self.is_empty() {
+            return None;
+        }
         let folder = path.parent()?;
         let dir = open_dir(folder).ok()?;
         self.pending(&dir, path.file_name()?)

@@ -136,9 +136,13 @@ pub(crate) fn set_owner_mode(file: &File, want: Owner) -> io::Result<bool> {
     Ok(changed)
 }
 
-/// Reads an open file, refusing more than `limit` bytes.
-pub(crate) fn read_bounded(file: &mut File, limit: u64) -> io::Result<Vec<u8>> {
-    let mut buf = Vec::new();
+/// Reads an open file whose size was just read as `size`, refusing more than `limit`
+/// bytes. The buffer is made that large up front, so the file comes in one read (and one
+/// that finds its end) instead of reads of 32, 64, 128... bytes; a file that grew
+/// meanwhile is still read to its end or past `limit`.
+fn read_bounded(file: &mut File, limit: u64, size: u64) -> io::Result<Vec<u8>> {
+    let hint = usize::try_from(size.min(limit).saturating_add(1)).unwrap_or(0);
+    let mut buf = Vec::with_capacity(hint);
     file.take(limit + 1).read_to_end(&mut buf)?;
     if buf.len() as u64 > limit {
         return Err(io::Error::new(
@@ -161,13 +165,14 @@ pub(crate) fn read_file_at(dir: &File, name: &OsStr, limit: u64) -> io::Result<O
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
         Err(e) => return Err(e),
     };
-    if !f.metadata()?.file_type().is_file() {
+    let meta = f.metadata()?;
+    if !meta.file_type().is_file() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "is not a regular file",
         ));
     }
-    read_bounded(&mut f, limit).map(Some)
+    read_bounded(&mut f, limit, meta.len()).map(Some)
 }
 
 /// Replaces `name` in `dir` atomically: a temporary file in the same folder, written,

@@ -88,7 +88,8 @@ pub(crate) fn read_regular(path: &Path) -> Result<Option<(Vec<u8>, u32)>, FileEr
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
         .map_err(io_err("open", path))?;
-    let mut buf = Vec::new();
+    // Sized up front: one read (and one that finds the end), not reads of 32, 64, ...
+    let mut buf = Vec::with_capacity(usize::try_from(meta.len() + 1).unwrap_or(0));
     f.take(MAX_FILE + 1)
         .read_to_end(&mut buf)
         .map_err(io_err("read", path))?;
