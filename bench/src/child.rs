@@ -17,6 +17,26 @@ pub struct Child {
     log: PathBuf,
 }
 
+/// Asks the kernel to SIGKILL `cmd`'s process when the thread that starts it ends.
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook runs in the child between fork and exec and only makes two
+    // async-signal-safe system calls (prctl, getppid); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have ended before the prctl: then nobody would kill it.
+            if libc::getppid() == 1 {
+                return Err(std::io::Error::other("the bench ended while starting it"));
+            }
+            Ok(())
+        });
+    }
+}
+
 /// The last `n` lines of a file.
 pub fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -26,7 +46,15 @@ pub fn tail(path: &Path, n: usize) -> String {
 
 impl Child {
     /// Starts `cmd` with stdin closed (unless the caller set it) and output appended to `log`.
+    ///
+    /// The child gets SIGKILL when the thread that started it ends, which for the callers
+    /// here (the main thread, tokio's workers) is when the bench ends, killed or not: an
+    /// agent that outlived a killed bench reopened its pty's path (`/dev/pts/0`), which
+    /// the next run's pty took, and read the bytes meant for that run's agent (pushes
+    /// timed out after 20 s). Not for a child started on a thread that ends early (such
+    /// as tokio's blocking pool).
     pub fn spawn(what: &str, cmd: &mut Command, log: &Path) -> anyhow::Result<Child> {
+        die_with_parent(cmd);
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -98,5 +126,35 @@ impl Child {
 impl Drop for Child {
     fn drop(&mut self) {
         self.terminate(Duration::from_secs(3));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::wait::{WaitStatus, waitpid};
+
+    /// A child outlives nothing that started it: the thread that spawned it ends, and
+    /// the kernel kills it (as it kills every agent of a bench that is killed).
+    #[test]
+    fn a_child_is_killed_when_the_thread_that_started_it_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("sleep.log");
+        let pid = std::thread::spawn(move || {
+            let mut cmd = Command::new("sleep");
+            cmd.arg("30");
+            let c = Child::spawn("sleep", &mut cmd, &log).unwrap();
+            let pid = c.pid();
+            // Without its Drop, which would stop it: only the kernel may.
+            std::mem::forget(c);
+            pid
+        })
+        .join()
+        .unwrap();
+        let pid = Pid::from_raw(i32::try_from(pid).unwrap());
+        let started = Instant::now();
+        let status = waitpid(pid, None).unwrap();
+        assert_eq!(status, WaitStatus::Signaled(pid, Signal::SIGKILL, false));
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 }
