@@ -45,6 +45,15 @@ fn doc(v: usize) -> String {
     )
 }
 
+/// A guest root with the NIC the document's network item matches (by MAC).
+fn guest_with_nic() -> Guest {
+    let guest = Guest::new();
+    let nic = guest.path("sys/class/net/enX0");
+    std::fs::create_dir_all(nic.join("device")).unwrap();
+    std::fs::write(nic.join("address"), format!("{MAC}\n")).unwrap();
+    guest
+}
+
 /// Every file the document touches.
 fn files(guest: &Guest) -> Vec<PathBuf> {
     [
@@ -114,10 +123,7 @@ fn strays(files: &[PathBuf]) -> Vec<PathBuf> {
 
 #[tokio::test]
 async fn a_repush_rewrites_nothing_and_a_change_replaces_every_file() {
-    let guest = Guest::new();
-    let nic = guest.path("sys/class/net/enX0");
-    std::fs::create_dir_all(nic.join("device")).unwrap();
-    std::fs::write(nic.join("address"), format!("{MAC}\n")).unwrap();
+    let guest = guest_with_nic();
     let pty = pty();
     guest.link_channel(1, &pty.path, CHANNEL);
     let mut broker = Broker::new(pty);
@@ -168,10 +174,7 @@ async fn a_repush_rewrites_nothing_and_a_change_replaces_every_file() {
 /// (a leftover beside a file that never changes again would stay for good).
 #[tokio::test]
 async fn leftovers_beside_unchanged_files_are_removed_by_the_next_agent() {
-    let guest = Guest::new();
-    let nic = guest.path("sys/class/net/enX0");
-    std::fs::create_dir_all(nic.join("device")).unwrap();
-    std::fs::write(nic.join("address"), format!("{MAC}\n")).unwrap();
+    let guest = guest_with_nic();
     let p = pty();
     let mut agent = spawn_agent(&guest, &p);
     let mut broker = Broker::new(p);
@@ -265,10 +268,7 @@ fn variant(generation: u64) -> usize {
 /// state file's (the run says how many left temporary files behind: killed mid-commit).
 #[tokio::test]
 async fn kill_9_at_any_moment_of_a_push_leaves_old_or_new_files_and_keeps_what_was_acknowledged() {
-    let guest = Guest::new();
-    let nic = guest.path("sys/class/net/enX0");
-    std::fs::create_dir_all(nic.join("device")).unwrap();
-    std::fs::write(nic.join("address"), format!("{MAC}\n")).unwrap();
+    let guest = guest_with_nic();
 
     // What each variant's files hold, and how long a push takes here.
     let mut expected = vec![Vec::new(); 2];
