@@ -31,14 +31,18 @@ fn err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Atom
     }
 }
 
+/// The folder that holds `path`, where its temporary files go (`.` for a bare name).
+pub fn folder_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 /// Writes `content` to `path` with `mode`: a temporary file in the same folder (created
 /// 0755 if missing), fsync, rename over, fsync the folder. The temporary file is removed
 /// when a step fails. Symlinks are not followed for the temporary file.
 pub fn write_atomic(path: &Path, content: &[u8], mode: u32) -> Result<(), AtomicWriteError> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = folder_of(path);
     if !dir.is_dir() {
         fs::DirBuilder::new()
             .recursive(true)

@@ -204,10 +204,7 @@ impl Batch {
         content: &[u8],
         mode: u32,
     ) -> Result<(), AtomicWriteError> {
-        let folder = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        let folder = crate::atomic::folder_of(path);
         if !folder.is_dir() {
             fs::DirBuilder::new()
                 .recursive(true)
@@ -274,12 +271,12 @@ impl Batch {
     /// with what it wants asks this first: the file on disk is not yet what an earlier
     /// step of the same push staged.
     pub fn pending(&self, dir: &File, name: &OsStr) -> Option<Pending> {
+        let ops = self.ops();
         // Nothing staged (the usual case for the first steps of a push): no fstat.
-        if self.is_empty() {
+        if ops.iter().all(|o| matches!(o, Op::Barrier)) {
             return None;
         }
         let id = dir_id(dir).ok()?;
-        let ops = self.ops();
         ops.iter().rev().find_map(|op| match op {
             Op::Put(p) if p.dir.id == id && p.name == name => {
                 Some(Pending::Content(p.content.clone()))

@@ -181,14 +181,23 @@ pub fn sweep_once(dir: &File) -> Vec<OsString> {
     sweep(dir)
 }
 
-/// [`sweep_once`] for the folder that holds `path` (opened by path, as the caller's own
-/// lookup of `path` does); nothing when it cannot be opened.
+/// [`sweep_once`] for the folder that holds `path` (looked up by path, as the caller's
+/// own lookup of `path` is); nothing when it cannot be opened. Once the folder is swept
+/// a call costs one `stat`, not an open.
 pub fn sweep_once_beside(path: &std::path::Path) {
-    use std::os::unix::fs::OpenOptionsExt;
-    let folder = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let folder = crate::atomic::folder_of(path);
+    let Ok(meta) = std::fs::metadata(folder) else {
+        return;
+    };
+    let swept = SWEPT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .as_ref()
+        .is_some_and(|s| s.contains(&(meta.dev(), meta.ino())));
+    if swept {
+        return;
+    }
     if let Ok(dir) = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
