@@ -21,12 +21,19 @@
 //!
 //! Removals are staged the same way ([`Batch::stage_remove`]) and happen in order with
 //! the renames. A batch dropped without commit removes its temporary files.
+//!
+//! The files a commit replaces or removes are held open until the batch is dropped, or
+//! handed out by [`Batch::take_retired`]: freeing them is not part of making the new
+//! files durable, and it is not free. On ext4 mounted `discard` without a journal each
+//! freed file is a synchronous discard inside the `rename` (0.06 ms per file on the
+//! bench's disk, against 0.004 ms with the old file still open): the agent answers the
+//! broker first and lets them go after.
 
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -103,6 +110,46 @@ pub struct Committed {
 #[derive(Debug, Default)]
 pub struct Batch {
     ops: Mutex<Vec<Op>>,
+    retired: Mutex<Retired>,
+}
+
+/// The files commits replaced or removed, still open: the old contents are freed (and,
+/// on a file system mounted `discard`, trimmed) when this is dropped. Drop it off the
+/// path anyone waits on.
+#[derive(Debug, Default)]
+pub struct Retired(Vec<OwnedFd>);
+
+impl Retired {
+    /// How many old files are held.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether none is held.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Holds the file `name` in `dir` (not following a symlink) if there is one: a
+    /// path-only open, which reads nothing and needs no permission on the file.
+    #[allow(unsafe_code)]
+    fn hold(&mut self, dir: &File, name: &OsStr) {
+        let held = nix::fcntl::openat(
+            Some(dir.as_raw_fd()),
+            name,
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_NOFOLLOW
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        );
+        if let Ok(fd) = held {
+            // SAFETY: openat returned a new descriptor that nothing else owns.
+            self.0
+                .push(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+        }
+    }
 }
 
 fn err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> AtomicWriteError + 'a {
@@ -296,6 +343,17 @@ impl Batch {
         self.pending(&dir, path.file_name()?)
     }
 
+    /// The old files the commits so far replaced or removed, to be dropped by the
+    /// caller once nobody waits (see [`Retired`]). Not taken, they go with the batch.
+    pub fn take_retired(&self) -> Retired {
+        std::mem::take(
+            &mut *self
+                .retired
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
     /// Everything staged from here on is renamed only once everything staged before is
     /// renamed and its folders synced.
     pub fn barrier(&self) {
@@ -311,6 +369,10 @@ impl Batch {
     pub fn commit(&self) -> Result<Committed, AtomicWriteError> {
         let mut ops = std::mem::take(&mut *self.ops());
         let mut done = Committed::default();
+        let mut retired = self
+            .retired
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // 1. Every file's data on its way to the disk, then each one durable. The first
         //    fsync's journal commit carries the blocks of all of them (see the module).
         for op in &ops {
@@ -332,6 +394,7 @@ impl Batch {
             for op in segment.iter_mut() {
                 let dir = match op {
                     Op::Put(p) => {
+                        retired.hold(&p.dir.file, &p.name);
                         nix::fcntl::renameat(
                             Some(p.dir.file.as_raw_fd()),
                             p.tmp.as_os_str(),
@@ -344,6 +407,7 @@ impl Batch {
                         &p.dir
                     }
                     Op::Remove { dir, name, shown } => {
+                        retired.hold(&dir.file, name);
                         match nix::unistd::unlinkat(
                             Some(dir.file.as_raw_fd()),
                             name.as_os_str(),
@@ -432,6 +496,39 @@ mod tests {
         assert_eq!(names(d.path()), ["a", "sub"]);
         assert!(batch.is_empty());
         assert_eq!(batch.pending_path(&a), None);
+    }
+
+    #[test]
+    fn the_files_a_commit_replaced_or_removed_are_held_until_taken_and_dropped() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, gone, fresh) = (
+            d.path().join("a"),
+            d.path().join("gone"),
+            d.path().join("new"),
+        );
+        fs::write(&a, "old a").unwrap();
+        fs::write(&gone, "x").unwrap();
+        let olds = [&a, &gone].map(|p| fs::metadata(p).unwrap().ino());
+        let batch = Batch::new();
+        batch.stage_path(&a, b"new a", 0o644).unwrap();
+        batch
+            .stage_path(&fresh, b"nothing replaced", 0o644)
+            .unwrap();
+        batch.stage_remove_path(&gone).unwrap();
+        batch.commit().unwrap();
+        let retired = batch.take_retired();
+        // The two old files, no longer named anywhere, and nothing for the new name.
+        let held: Vec<(u64, u64)> = retired
+            .0
+            .iter()
+            .map(|fd| {
+                let st = nix::sys::stat::fstat(fd.as_raw_fd()).unwrap();
+                (st.st_ino, st.st_nlink)
+            })
+            .collect();
+        assert_eq!(held, [(olds[0], 0), (olds[1], 0)]);
+        assert_eq!(fs::read(&a).unwrap(), b"new a");
+        assert!(batch.take_retired().is_empty());
     }
 
     #[test]

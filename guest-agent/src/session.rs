@@ -25,7 +25,7 @@ use xenchan_protocol::{
 };
 
 use xenchan_basics::Backoff;
-use xenchan_basics::commit::Batch;
+use xenchan_basics::commit::{Batch, Retired};
 
 use crate::apply::{self, Applier, ApplyContext};
 use crate::coalesce::Coalesce;
@@ -109,6 +109,7 @@ where
         codec: FrameCodec::new(core.opts.max_frame),
         rules: xenchan_protocol::session::SessionRules::new(Role::Agent),
         out: BytesMut::new(),
+        retired: Retired::default(),
         beacon_every: timing.beacon_min,
         next_beacon: Some(Instant::now()),
         last_rx: Instant::now(),
@@ -179,7 +180,12 @@ where
             },
             r = wr.write(&s.out), if !s.out.is_empty() => match r {
                 Ok(0) => break End::Hangup(io::Error::new(io::ErrorKind::WriteZero, "the device took no bytes")),
-                Ok(n) => s.out.advance(n),
+                Ok(n) => {
+                    s.out.advance(n);
+                    if s.out.is_empty() {
+                        s.release_retired();
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => break End::Hangup(e),
             },
@@ -204,6 +210,9 @@ struct Session<'c> {
     codec: FrameCodec,
     rules: xenchan_protocol::session::SessionRules,
     out: BytesMut,
+    /// The files the last push replaced, held until its result is written out: freeing
+    /// them can wait on the disk (a discard), and nobody waits on that.
+    retired: Retired,
     /// Current beacon interval (doubles while nobody answers).
     beacon_every: Duration,
     /// When to beacon next; `None` while in a session.
@@ -478,6 +487,15 @@ impl Session<'_> {
         }
     }
 
+    /// Lets the last push's replaced files go, on the blocking pool: the result is out,
+    /// and their freeing may wait on the disk.
+    fn release_retired(&mut self) {
+        if !self.retired.is_empty() {
+            let retired = std::mem::take(&mut self.retired);
+            tokio::task::spawn_blocking(move || drop(retired));
+        }
+    }
+
     fn send(&mut self, msg: &Envelope) {
         if self.out.len() > MAX_PENDING {
             warn!(
@@ -675,7 +693,10 @@ impl Session<'_> {
         )
         .await;
         let state = match applied {
-            Ok(Ok(state)) => state,
+            Ok(Ok((state, retired))) => {
+                self.retired = retired;
+                state
+            }
             failure => {
                 let why = match failure {
                     Err(_) => {
@@ -800,7 +821,7 @@ fn apply_and_commit(
     previous: Option<&AppliedState>,
     push: &ConfigPush,
     store: &StateStore,
-) -> AppliedState {
+) -> (AppliedState, Retired) {
     let batch = Batch::new();
     let ctx = ApplyContext {
         opts,
@@ -841,7 +862,7 @@ fn apply_and_commit(
             xenchan_netconf::fail_changed(&mut state.items, &why);
         }
     }
-    state
+    (state, batch.take_retired())
 }
 
 /// The applier's results followed by one `unsupported` entry per item or field of the

@@ -208,6 +208,36 @@ async fn leftovers_beside_unchanged_files_are_removed_by_the_next_agent() {
     assert_eq!(strays(&files), Vec::<PathBuf>::new());
 }
 
+/// The files a push replaces are held open until its result is out (freeing them can
+/// wait on the disk), then let go: an agent that kept them would hold every old version
+/// of the guest's files, deleted but still taking space, until its next push.
+#[tokio::test]
+async fn the_files_a_push_replaced_are_let_go_once_its_result_is_out() {
+    let guest = guest_with_nic();
+    let p = pty();
+    let agent = spawn_agent(&guest, &p);
+    let mut broker = Broker::new(p);
+    broker.handshake().await;
+    assert!(broker.push(1, &config(&doc(0))).await.all_ok());
+    assert!(broker.push(2, &config(&doc(1))).await.all_ok());
+    let fds = PathBuf::from(format!("/proc/{}/fd", agent.0.id()));
+    let held = || -> Vec<PathBuf> {
+        std::fs::read_dir(&fds)
+            .map(|d| {
+                d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                    .filter(|t| {
+                        t.starts_with(&guest.root) && t.to_string_lossy().ends_with(" (deleted)")
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    eventually("the agent to let go of the files push 2 replaced", || {
+        held().is_empty()
+    })
+    .await;
+}
+
 /// The real agent binary, killed (SIGKILL) when dropped, so that a failing test leaves
 /// no agent behind.
 struct Agent(std::process::Child);
