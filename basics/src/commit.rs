@@ -11,7 +11,9 @@
 //! holds every file's blocks, and the others find their inode committed and return
 //! (nothing left to write). The renames, then one fsync per folder, make the second
 //! commit. Each file still gets its own fsync, so the guarantee does not depend on the
-//! file system batching them: that is only what makes it cheap.
+//! file system batching them: that is only what makes it cheap. The fsyncs of each step
+//! are submitted together ([`crate::sync_many`]): without a journal (each fsync its own
+//! writes and cache flush) they overlap instead of waiting out the disk one by one.
 //!
 //! Crash safety is that of `write_atomic`: a name only ever points at a complete old or a
 //! complete new file (a temporary file is renamed only once its data is durable), after a
@@ -373,19 +375,25 @@ impl Batch {
             .retired
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // 1. Every file's data on its way to the disk, then each one durable. The first
-        //    fsync's journal commit carries the blocks of all of them (see the module).
+        // 1. Every file's data on its way to the disk, then each one durable, the fsyncs
+        //    submitted together (`sync_many`). On a journalled file system the first
+        //    journal commit carries the blocks of all of them (see the module).
         for op in &ops {
             if let Op::Put(p) = op {
                 start_writeback(&p.file);
             }
         }
-        for op in &ops {
-            if let Op::Put(p) = op {
-                let tmp = p.dir.shown.join(&p.tmp);
-                p.file.sync_all().map_err(err("sync", &tmp))?;
-            }
-        }
+        let puts: Vec<&Put> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Put(p) => Some(p),
+                _ => None,
+            })
+            .collect();
+        let files: Vec<&File> = puts.iter().map(|p| &p.file).collect();
+        crate::sync_many::sync_all(&files)
+            .map_err(|(i, e)| err("sync", &puts[i].dir.shown.join(&puts[i].tmp))(e))?;
+        drop(puts);
         // 2. Per segment between barriers: renames and removals in order, then each
         //    folder touched synced once.
         for segment in ops.split_mut(|o| matches!(o, Op::Barrier)) {
@@ -425,12 +433,10 @@ impl Batch {
                     dirs.push(Arc::clone(dir));
                 }
             }
-            for d in dirs {
-                d.file
-                    .sync_all()
-                    .map_err(err("sync the folder", &d.shown))?;
-                done.dir_syncs += 1;
-            }
+            let folders: Vec<&File> = dirs.iter().map(|d| &d.file).collect();
+            crate::sync_many::sync_all(&folders)
+                .map_err(|(i, e)| err("sync the folder", &dirs[i].shown)(e))?;
+            done.dir_syncs += dirs.len();
         }
         ops.clear();
         Ok(done)

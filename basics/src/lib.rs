@@ -17,6 +17,7 @@ pub mod error;
 pub mod exit;
 #[cfg(feature = "signal")]
 pub mod signal;
+pub mod sync_many;
 pub mod tempname;
 
 pub use backoff::Backoff;
