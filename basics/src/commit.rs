@@ -24,12 +24,15 @@
 //! Removals are staged the same way ([`Batch::stage_remove`]) and happen in order with
 //! the renames. A batch dropped without commit removes its temporary files.
 //!
-//! The files a commit replaces or removes are held open until the batch is dropped, or
-//! handed out by [`Batch::take_retired`]: freeing them is not part of making the new
-//! files durable, and it is not free. On ext4 mounted `discard` without a journal each
-//! freed file is a synchronous discard inside the `rename` (0.06 ms per file on the
-//! bench's disk, against 0.004 ms with the old file still open): the agent answers the
-//! broker first and lets them go after.
+//! What need not hold up the caller's answer is handed out by [`Batch::take_after`] as an
+//! [`AfterCommit`], done once the caller has answered:
+//! - the files a commit replaced or removed, held open: freeing them is no part of making
+//!   the new files durable, and it is not free. On ext4 mounted `discard` without a
+//!   journal each freed file is a synchronous discard inside the `rename` (0.06 ms per
+//!   file on the bench's disk, against 0.004 ms with the old file still open);
+//! - with [`Batch::defer_final_syncs`], the folder syncs of what was staged after the last
+//!   barrier: a record that may lag behind its files after a power loss (the agent's
+//!   `applied.json`: the broker then pushes again, and nothing changes).
 
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
@@ -38,6 +41,7 @@ use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::atomic::AtomicWriteError;
@@ -112,26 +116,46 @@ pub struct Committed {
 #[derive(Debug, Default)]
 pub struct Batch {
     ops: Mutex<Vec<Op>>,
-    retired: Mutex<Retired>,
+    after: Mutex<AfterCommit>,
+    defer_final_syncs: AtomicBool,
 }
 
-/// The files commits replaced or removed, still open: the old contents are freed (and,
-/// on a file system mounted `discard`, trimmed) when this is dropped. Drop it off the
-/// path anyone waits on.
+/// What commits left to do once their caller has answered (see the module): the files
+/// they replaced or removed, still open (freed, and on a file system mounted `discard`
+/// trimmed, when let go), and the folders whose sync was deferred. [`AfterCommit::finish`]
+/// does it; dropped unfinished, it syncs the folders all the same (errors unseen).
 #[derive(Debug, Default)]
-pub struct Retired(Vec<OwnedFd>);
+pub struct AfterCommit {
+    old: Vec<OwnedFd>,
+    folders: Vec<(File, PathBuf)>,
+}
 
-impl Retired {
-    /// How many old files are held.
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether none is held.
+impl AfterCommit {
+    /// Whether there is nothing left to do.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.old.is_empty() && self.folders.is_empty()
+    }
+
+    /// How many old files are held.
+    #[must_use]
+    pub fn old_files(&self) -> usize {
+        self.old.len()
+    }
+
+    /// How many folders wait for their sync.
+    #[must_use]
+    pub fn folders(&self) -> usize {
+        self.folders.len()
+    }
+
+    /// Syncs the deferred folders (the first failure names its folder), then lets the
+    /// old files go. Blocking: run it where nobody waits.
+    pub fn finish(mut self) -> Result<(), AtomicWriteError> {
+        let folders = std::mem::take(&mut self.folders);
+        let files: Vec<&File> = folders.iter().map(|(f, _)| f).collect();
+        crate::sync_many::sync_all(&files)
+            .map_err(|(i, e)| err("sync the folder", &folders[i].1)(e))
     }
 
     /// Holds the file `name` in `dir` (not following a symlink) if there is one: a
@@ -148,9 +172,16 @@ impl Retired {
         );
         if let Ok(fd) = held {
             // SAFETY: openat returned a new descriptor that nothing else owns.
-            self.0
+            self.old
                 .push(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
         }
+    }
+}
+
+impl Drop for AfterCommit {
+    fn drop(&mut self) {
+        let files: Vec<&File> = self.folders.iter().map(|(f, _)| f).collect();
+        let _ = crate::sync_many::sync_all(&files);
     }
 }
 
@@ -345,15 +376,24 @@ impl Batch {
         self.pending(&dir, path.file_name()?)
     }
 
-    /// The old files the commits so far replaced or removed, to be dropped by the
-    /// caller once nobody waits (see [`Retired`]). Not taken, they go with the batch.
-    pub fn take_retired(&self) -> Retired {
+    /// What the commits so far left to do once the caller has answered (see
+    /// [`AfterCommit`]). Not taken, it is done when the batch is dropped.
+    pub fn take_after(&self) -> AfterCommit {
         std::mem::take(
             &mut *self
-                .retired
+                .after
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         )
+    }
+
+    /// From now on, a commit leaves the folder syncs of what was staged after its last
+    /// barrier to [`AfterCommit::finish`]: those files are in place when it returns, and
+    /// durable once finished. Nothing changes for a batch without a barrier (everything
+    /// is synced before commit returns): only a record that follows the files it
+    /// describes, and may lag behind them after a power loss, belongs after the barrier.
+    pub fn defer_final_syncs(&self) {
+        self.defer_final_syncs.store(true, Ordering::Relaxed);
     }
 
     /// Everything staged from here on is renamed only once everything staged before is
@@ -371,8 +411,8 @@ impl Batch {
     pub fn commit(&self) -> Result<Committed, AtomicWriteError> {
         let mut ops = std::mem::take(&mut *self.ops());
         let mut done = Committed::default();
-        let mut retired = self
-            .retired
+        let mut after = self
+            .after
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // 1. Every file's data on its way to the disk, then each one durable, the fsyncs
@@ -395,14 +435,16 @@ impl Batch {
             .map_err(|(i, e)| err("sync", &puts[i].dir.shown.join(&puts[i].tmp))(e))?;
         drop(puts);
         // 2. Per segment between barriers: renames and removals in order, then each
-        //    folder touched synced once.
-        for segment in ops.split_mut(|o| matches!(o, Op::Barrier)) {
+        //    folder touched synced once (the last segment's maybe after the answer).
+        let segments = ops.split(|o| matches!(o, Op::Barrier)).count();
+        let defer_last = segments > 1 && self.defer_final_syncs.load(Ordering::Relaxed);
+        for (n, segment) in ops.split_mut(|o| matches!(o, Op::Barrier)).enumerate() {
             let mut dirs: Vec<Arc<Dir>> = Vec::new();
             let mut seen = BTreeSet::new();
             for op in segment.iter_mut() {
                 let dir = match op {
                     Op::Put(p) => {
-                        retired.hold(&p.dir.file, &p.name);
+                        after.hold(&p.dir.file, &p.name);
                         nix::fcntl::renameat(
                             Some(p.dir.file.as_raw_fd()),
                             p.tmp.as_os_str(),
@@ -415,7 +457,7 @@ impl Batch {
                         &p.dir
                     }
                     Op::Remove { dir, name, shown } => {
-                        retired.hold(&dir.file, name);
+                        after.hold(&dir.file, name);
                         match nix::unistd::unlinkat(
                             Some(dir.file.as_raw_fd()),
                             name.as_os_str(),
@@ -432,6 +474,16 @@ impl Batch {
                 if seen.insert(dir.id) {
                     dirs.push(Arc::clone(dir));
                 }
+            }
+            if defer_last && n + 1 == segments {
+                for d in &dirs {
+                    let file = d
+                        .file
+                        .try_clone()
+                        .map_err(err("open the folder", &d.shown))?;
+                    after.folders.push((file, d.shown.clone()));
+                }
+                continue;
             }
             let folders: Vec<&File> = dirs.iter().map(|d| &d.file).collect();
             crate::sync_many::sync_all(&folders)
@@ -522,10 +574,10 @@ mod tests {
             .unwrap();
         batch.stage_remove_path(&gone).unwrap();
         batch.commit().unwrap();
-        let retired = batch.take_retired();
+        let after = batch.take_after();
         // The two old files, no longer named anywhere, and nothing for the new name.
-        let held: Vec<(u64, u64)> = retired
-            .0
+        let held: Vec<(u64, u64)> = after
+            .old
             .iter()
             .map(|fd| {
                 let st = nix::sys::stat::fstat(fd.as_raw_fd()).unwrap();
@@ -534,7 +586,33 @@ mod tests {
             .collect();
         assert_eq!(held, [(olds[0], 0), (olds[1], 0)]);
         assert_eq!(fs::read(&a).unwrap(), b"new a");
-        assert!(batch.take_retired().is_empty());
+        assert!(batch.take_after().is_empty());
+        // No barrier: nothing was deferred, whatever was asked.
+        assert_eq!(after.folders(), 0);
+    }
+
+    #[test]
+    fn deferred_final_syncs_leave_only_what_follows_the_last_barrier_to_finish() {
+        let d = tempfile::tempdir().unwrap();
+        let (files, record) = (d.path().join("files"), d.path().join("record"));
+        let (a, r) = (files.join("a"), record.join("applied"));
+        let batch = Batch::new();
+        batch.defer_final_syncs();
+        // Without a barrier, every folder is synced by the commit.
+        batch.stage_path(&a, b"1", 0o644).unwrap();
+        assert_eq!(batch.commit().unwrap().dir_syncs, 1);
+        assert_eq!(batch.take_after().folders(), 0);
+        // With one, the record's folder waits; everything is in place already.
+        batch.stage_path(&a, b"2", 0o644).unwrap();
+        batch.barrier();
+        batch.stage_path(&r, b"2", 0o600).unwrap();
+        let done = batch.commit().unwrap();
+        assert_eq!((done.files, done.dir_syncs), (2, 1));
+        assert_eq!(fs::read(&a).unwrap(), b"2");
+        assert_eq!(fs::read(&r).unwrap(), b"2");
+        let after = batch.take_after();
+        assert_eq!((after.folders(), after.old_files()), (1, 1));
+        after.finish().unwrap();
     }
 
     #[test]

@@ -25,7 +25,7 @@ use xenchan_protocol::{
 };
 
 use xenchan_basics::Backoff;
-use xenchan_basics::commit::{Batch, Retired};
+use xenchan_basics::commit::{AfterCommit, Batch};
 
 use crate::apply::{self, Applier, ApplyContext};
 use crate::coalesce::Coalesce;
@@ -109,7 +109,7 @@ where
         codec: FrameCodec::new(core.opts.max_frame),
         rules: xenchan_protocol::session::SessionRules::new(Role::Agent),
         out: BytesMut::new(),
-        retired: Retired::default(),
+        after: AfterCommit::default(),
         beacon_every: timing.beacon_min,
         next_beacon: Some(Instant::now()),
         last_rx: Instant::now(),
@@ -183,7 +183,7 @@ where
                 Ok(n) => {
                     s.out.advance(n);
                     if s.out.is_empty() {
-                        s.release_retired();
+                        s.after_answer();
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -210,9 +210,9 @@ struct Session<'c> {
     codec: FrameCodec,
     rules: xenchan_protocol::session::SessionRules,
     out: BytesMut,
-    /// The files the last push replaced, held until its result is written out: freeing
-    /// them can wait on the disk (a discard), and nobody waits on that.
-    retired: Retired,
+    /// What the last push's commit left for after its result is written out: its state
+    /// folder's sync and the files it replaced (see `after_answer`).
+    after: AfterCommit,
     /// Current beacon interval (doubles while nobody answers).
     beacon_every: Duration,
     /// When to beacon next; `None` while in a session.
@@ -487,12 +487,18 @@ impl Session<'_> {
         }
     }
 
-    /// Lets the last push's replaced files go, on the blocking pool: the result is out,
-    /// and their freeing may wait on the disk.
-    fn release_retired(&mut self) {
-        if !self.retired.is_empty() {
-            let retired = std::mem::take(&mut self.retired);
-            tokio::task::spawn_blocking(move || drop(retired));
+    /// Once the result is out, on the blocking pool: syncs the state folder (the state
+    /// file is renamed, so a kill loses nothing; a power loss before this sync may bring
+    /// the previous record back, and the broker pushes again) and lets the replaced files
+    /// go (freeing them may wait on the disk). Nobody waits on either.
+    fn after_answer(&mut self) {
+        if !self.after.is_empty() {
+            let after = std::mem::take(&mut self.after);
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = after.finish() {
+                    error!(error = %xenchan_basics::chain(&e), "cannot save what was applied");
+                }
+            });
         }
     }
 
@@ -693,8 +699,8 @@ impl Session<'_> {
         )
         .await;
         let state = match applied {
-            Ok(Ok((state, retired))) => {
-                self.retired = retired;
+            Ok(Ok((state, after))) => {
+                self.after = after;
                 state
             }
             failure => {
@@ -810,7 +816,10 @@ fn link_fixes(
 /// Applies `push` and makes it durable in one commit (blocking): every applier stages
 /// the files it changes, then the state file is staged behind a barrier (it must never
 /// say a configuration is in place before its files are), then one commit fsyncs every
-/// temporary file, renames the files, syncs their folders, and renames the state file.
+/// temporary file, renames the files, syncs their folders, and renames the state file;
+/// the state folder's sync is left to the returned [`AfterCommit`], done once the result
+/// is written out (the files are durable before the answer; after a power loss in that
+/// moment the agent reports the previous generation, and the broker pushes again).
 /// A re-push of what is in place leaves even the state file alone. A commit that fails
 /// before the state file fails every item that changed something, naming the file; a
 /// failure on the state file itself is logged (the broker then pushes again after a
@@ -821,7 +830,7 @@ fn apply_and_commit(
     previous: Option<&AppliedState>,
     push: &ConfigPush,
     store: &StateStore,
-) -> (AppliedState, Retired) {
+) -> (AppliedState, AfterCommit) {
     let batch = Batch::new();
     let ctx = ApplyContext {
         opts,
@@ -840,6 +849,7 @@ fn apply_and_commit(
         debug!("nothing changed; state file left as it is");
     } else {
         batch.barrier();
+        batch.defer_final_syncs();
         if let Err(e) = store.stage(&state, &batch) {
             error!(dir = %store.dir().display(), error = %e, "cannot save what was applied");
         }
@@ -862,7 +872,7 @@ fn apply_and_commit(
             xenchan_netconf::fail_changed(&mut state.items, &why);
         }
     }
-    (state, batch.take_retired())
+    (state, batch.take_after())
 }
 
 /// The applier's results followed by one `unsupported` entry per item or field of the
