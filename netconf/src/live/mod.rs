@@ -235,7 +235,7 @@ pub(crate) fn apply_iface(
 
     // Deleting an address also drops the routes through it, wanted ones included: put
     // them back, and check that every wanted address is really there before saying so.
-    if steps.iter().any(|s| matches!(s, Step::DelAddr(_))) {
+    if !want_routes.is_empty() && steps.iter().any(|s| matches!(s, Step::DelAddr(_))) {
         let now = nl.routes(index).map_err(|e| read("routes", e))?;
         let repairs: Vec<Step> = want_routes
             .iter()

@@ -59,6 +59,10 @@ pub(crate) struct Route {
 pub(crate) struct Netlink {
     sock: Socket,
     seq: u32,
+    /// The state of each link as the last dump ([`Netlink::links`]) saw it, each taken
+    /// by the first [`Netlink::link_state`] of its link: an apply that just listed the
+    /// links does not ask again (one round trip less), a second look asks the kernel.
+    dumped: Vec<(u32, LinkState)>,
 }
 
 impl Netlink {
@@ -68,7 +72,11 @@ impl Netlink {
     /// the caller's threads never change namespace.
     pub(crate) fn open(netns: Option<&Path>) -> io::Result<Netlink> {
         let sock = socket_in(netns, new_socket)?;
-        Ok(Netlink { sock, seq: 0 })
+        Ok(Netlink {
+            sock,
+            seq: 0,
+            dumped: Vec::new(),
+        })
     }
 
     fn request(
@@ -161,11 +169,13 @@ impl Netlink {
             NLM_F_DUMP,
         )?;
         let mut links = Vec::new();
+        self.dumped.clear();
         for m in msgs {
             let RouteNetlinkMessage::NewLink(l) = m else {
                 continue;
             };
             let link = link_of(&l);
+            self.dumped.push((link.index, state_of(&l)));
             links.push(link);
         }
         links.sort_by(|a, b| a.name.cmp(&b.name));
@@ -174,23 +184,15 @@ impl Netlink {
 
     /// MTU and up flag of a link.
     pub(crate) fn link_state(&mut self, index: u32) -> io::Result<LinkState> {
+        if let Some(i) = self.dumped.iter().position(|(n, _)| *n == index) {
+            return Ok(self.dumped.swap_remove(i).1);
+        }
         let mut m = LinkMessage::default();
         m.header.index = index;
         let msgs = self.request(RouteNetlinkMessage::GetLink(m), 0)?;
         for m in msgs {
             if let RouteNetlinkMessage::NewLink(l) = m {
-                let mtu = l
-                    .attributes
-                    .iter()
-                    .find_map(|a| match a {
-                        LinkAttribute::Mtu(m) => Some(*m),
-                        _ => None,
-                    })
-                    .unwrap_or(0);
-                return Ok(LinkState {
-                    mtu,
-                    up: l.header.flags.contains(LinkFlags::Up),
-                });
+                return Ok(state_of(&l));
             }
         }
         Err(io::Error::new(
@@ -384,6 +386,22 @@ impl Netlink {
 }
 
 /// A link as a `RTM_NEWLINK` message describes it (a dump's entry or a notification).
+/// MTU and up flag of a link message.
+fn state_of(l: &LinkMessage) -> LinkState {
+    let mtu = l
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Mtu(m) => Some(*m),
+            _ => None,
+        })
+        .unwrap_or(0);
+    LinkState {
+        mtu,
+        up: l.header.flags.contains(LinkFlags::Up),
+    }
+}
+
 pub(crate) fn link_of(l: &LinkMessage) -> Link {
     let mut link = Link {
         name: String::new(),
@@ -534,5 +552,36 @@ mod tests {
         };
         assert!(in_own, "a thread is in its own namespace ({own})");
         assert!(!in_main, "the thread left the main thread's namespace");
+    }
+
+    /// A link's state comes from the dump that just listed it, once; the next look asks
+    /// the kernel (which has seen the change made in between).
+    #[test]
+    fn a_links_state_is_taken_from_the_dump_once_then_asked() {
+        use nix::sched::{CloneFlags, unshare};
+        let seen = std::thread::spawn(|| -> Option<(u32, u32, u32)> {
+            if let Err(e) = unshare(CloneFlags::CLONE_NEWNET) {
+                eprintln!("skipped: a new network namespace needs CAP_SYS_ADMIN ({e})");
+                return None;
+            }
+            let mut nl = Netlink::open(None).unwrap();
+            let lo = nl
+                .links()
+                .unwrap()
+                .into_iter()
+                .find(|l| l.name == "lo")
+                .unwrap();
+            let before = nl.dumped.len();
+            let mut other = Netlink::open(None).unwrap();
+            other.set_mtu(lo.index, 1400).unwrap();
+            let from_dump = nl.link_state(lo.index).unwrap().mtu;
+            let asked = nl.link_state(lo.index).unwrap().mtu;
+            Some((u32::try_from(before).unwrap(), from_dump, asked))
+        });
+        let Some((dumped, from_dump, asked)) = seen.join().expect("thread") else {
+            return;
+        };
+        assert_eq!(dumped, 1, "a new namespace has lo only");
+        assert_eq!((from_dump, asked), (65536, 1400));
     }
 }
