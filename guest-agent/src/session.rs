@@ -700,6 +700,9 @@ impl Session<'_> {
         .await;
         let state = match applied {
             Ok(Ok((state, after))) => {
+                // The previous push's, if its result is still on its way: done now, off
+                // this thread, rather than dropped here (its drop would block).
+                self.after_answer();
                 self.after = after;
                 state
             }
