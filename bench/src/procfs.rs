@@ -31,6 +31,16 @@ pub fn pss_kib(pid: u32) -> io::Result<u64> {
         .ok_or_else(|| io::Error::other(format!("no Pss in /proc/{pid}/smaps_rollup")))
 }
 
+/// Page-cache data not yet on its disk, in KiB: `Dirty` + `Writeback` of /proc/meminfo.
+pub fn unwritten_kib() -> io::Result<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo")?;
+    unwritten_of(&text).ok_or_else(|| io::Error::other("no Dirty in /proc/meminfo"))
+}
+
+fn unwritten_of(meminfo: &str) -> Option<u64> {
+    Some(kib_field(meminfo, "Dirty:")? + kib_field(meminfo, "Writeback:").unwrap_or(0))
+}
+
 fn kib_field(text: &str, name: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name))
@@ -183,5 +193,12 @@ mod tests {
         assert!(m.anon_kib + m.file_kib > 0 && m.anon_kib + m.file_kib <= m.rss_kib);
         assert!(pss_kib(me).unwrap() > 0);
         assert!(cpu_seconds(me).unwrap() >= 0.0);
+    }
+
+    #[test]
+    fn unwritten_data_is_dirty_plus_under_write_back() {
+        let meminfo = "MemTotal:       24683540 kB\nDirty:             1234 kB\nWriteback:          16 kB\nAnonPages: 1 kB\n";
+        assert_eq!(unwritten_of(meminfo), Some(1250));
+        assert_eq!(unwritten_of("MemTotal: 1 kB\n"), None);
     }
 }
