@@ -18,7 +18,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, TryLockError};
 
 use io_uring::{IoUring, opcode, types};
 
@@ -39,7 +39,13 @@ static RING: Mutex<Ring> = Mutex::new(Ring::Untried);
 /// whose fsync failed and its error.
 pub fn sync_all(files: &[&File]) -> Result<(), (usize, io::Error)> {
     if files.len() > 1 && !fsync_is_free(files[0]) {
-        let mut ring = RING.lock().unwrap_or_else(PoisonError::into_inner);
+        // Another commit waiting on the ring (the agent's push beside a hotplug's): this
+        // one does not queue behind it, it syncs its files itself.
+        let mut ring = match RING.try_lock() {
+            Ok(r) => r,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return one_by_one(files),
+        };
         if matches!(*ring, Ring::Untried) {
             *ring =
                 IoUring::new(RING_ENTRIES).map_or(Ring::Unavailable, |r| Ring::Ready(Box::new(r)));
@@ -78,8 +84,9 @@ fn fsync_is_free(file: &File) -> bool {
 }
 
 /// Submits one fsync per file and waits for all of them: each file's own outcome. An
-/// error of the ring itself (not of an fsync) is returned as such, after every request
-/// it accepted has completed.
+/// error of the ring itself (not of an fsync) is returned as such; the caller then drops
+/// the ring (requests in flight still complete: the kernel holds their files) and syncs
+/// the files itself.
 fn sync_on_ring(ring: &mut IoUring, files: &[&File]) -> io::Result<Vec<io::Result<()>>> {
     let mut results: Vec<Option<io::Result<()>>> = files.iter().map(|_| None).collect();
     let per_round = ring.params().sq_entries() as usize;
@@ -187,6 +194,25 @@ mod tests {
         // system that is not tmpfs).
         let proc = File::open("/proc/self/status").unwrap();
         assert!(!fsync_is_free(&proc));
+    }
+
+    /// A commit that finds the ring busy with another syncs its files itself instead of
+    /// waiting for the other's fsyncs.
+    #[test]
+    fn a_busy_ring_is_not_waited_for() {
+        let d = on_disk();
+        let _busy = RING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = d.path().to_path_buf();
+        std::thread::spawn(move || {
+            let files = files_in(&path, 3);
+            let refs: Vec<&File> = files.iter().collect();
+            let _ = tx.send(sync_all(&refs).map_err(|(i, e)| format!("{i}: {e}")));
+        });
+        let done = rx.recv_timeout(std::time::Duration::from_secs(10));
+        assert_eq!(done, Ok(Ok(())), "sync_all waited for the busy ring");
     }
 
     /// The ring itself, where the kernel offers one: each file's outcome, in order.
