@@ -127,7 +127,7 @@ pub struct Batch {
 #[derive(Debug, Default)]
 pub struct AfterCommit {
     old: Vec<OwnedFd>,
-    folders: Vec<(File, PathBuf)>,
+    folders: Vec<Arc<Dir>>,
 }
 
 impl AfterCommit {
@@ -153,9 +153,9 @@ impl AfterCommit {
     /// old files go. Blocking: run it where nobody waits.
     pub fn finish(mut self) -> Result<(), AtomicWriteError> {
         let folders = std::mem::take(&mut self.folders);
-        let files: Vec<&File> = folders.iter().map(|(f, _)| f).collect();
+        let files: Vec<&File> = folders.iter().map(|d| &d.file).collect();
         crate::sync_many::sync_all(&files)
-            .map_err(|(i, e)| err("sync the folder", &folders[i].1)(e))
+            .map_err(|(i, e)| err("sync the folder", &folders[i].shown)(e))
     }
 
     /// Holds the file `name` in `dir` (not following a symlink) if there is one: a
@@ -180,7 +180,7 @@ impl AfterCommit {
 
 impl Drop for AfterCommit {
     fn drop(&mut self) {
-        let files: Vec<&File> = self.folders.iter().map(|(f, _)| f).collect();
+        let files: Vec<&File> = self.folders.iter().map(|d| &d.file).collect();
         let _ = crate::sync_many::sync_all(&files);
     }
 }
@@ -379,12 +379,13 @@ impl Batch {
     /// What the commits so far left to do once the caller has answered (see
     /// [`AfterCommit`]). Not taken, it is done when the batch is dropped.
     pub fn take_after(&self) -> AfterCommit {
-        std::mem::take(
-            &mut *self
-                .after
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
+        std::mem::take(&mut *self.after())
+    }
+
+    fn after(&self) -> MutexGuard<'_, AfterCommit> {
+        self.after
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// From now on, a commit leaves the folder syncs of what was staged after its last
@@ -411,10 +412,7 @@ impl Batch {
     pub fn commit(&self) -> Result<Committed, AtomicWriteError> {
         let mut ops = std::mem::take(&mut *self.ops());
         let mut done = Committed::default();
-        let mut after = self
-            .after
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut after = self.after();
         // 1. Every file's data on its way to the disk, then each one durable, the fsyncs
         //    submitted together (`sync_many`). On a journalled file system the first
         //    journal commit carries the blocks of all of them (see the module).
@@ -476,13 +474,7 @@ impl Batch {
                 }
             }
             if defer_last && n + 1 == segments {
-                for d in &dirs {
-                    let file = d
-                        .file
-                        .try_clone()
-                        .map_err(err("open the folder", &d.shown))?;
-                    after.folders.push((file, d.shown.clone()));
-                }
+                after.folders.extend(dirs);
                 continue;
             }
             let folders: Vec<&File> = dirs.iter().map(|d| &d.file).collect();
